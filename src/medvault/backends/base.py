@@ -1,0 +1,72 @@
+"""The Backend protocol: a flat store of immutable named objects.
+
+Names are relative, '/'-separated, ASCII, without '.' or '..' components; they are checked
+here once, not by every backend. Nothing above this layer sees paths or buckets.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+from medvault.errors import BackendError
+
+_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def validate_name(name: str) -> str:
+    parts = name.split("/")
+    if not name or any(not _NAME_PART.match(p) for p in parts):
+        raise BackendError(f"invalid object name {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+
+
+class Backend(ABC):
+    """Objects are written whole and durably, or not at all; readers never see partial ones."""
+
+    url: str
+
+    @abstractmethod
+    def create(self) -> None:
+        """Prepare an empty store; fails with RepositoryExists when one is already there."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read an object, or `length` bytes of it from `offset`. ObjectNotFound if absent."""
+
+    @abstractmethod
+    def store(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
+        """Write an object durably before returning. ObjectExists unless `overwrite`."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects whose name starts with `prefix` + '/', in no particular order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release cached handles."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,151 @@
+"""A repository in a local directory.
+
+Writes go to a hidden temporary file in the destination directory, are fsynced, renamed into
+place and the directory is fsynced, so an object is either absent or complete and durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from medvault.backends.base import Backend, ObjectInfo, validate_name
+from medvault.errors import BackendError, ObjectExists, ObjectNotFound, RepositoryExists
+
+TEMP_PREFIX = ".tmp-"
+_TOP_LEVEL = ("data", "index", "snapshots", "keys", "locks")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.url = str(self.root)
+        self._handles: dict[str, int] = {}
+        self._handles_lock = threading.Lock()
+
+    def _path(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def _fail(self, action: str, name: str, exc: OSError) -> BackendError:
+        if exc.errno == errno.ENOSPC:
+            return BackendError(f"repository disk {self.root} is full: cannot {action} {name}")
+        return BackendError(f"cannot {action} {name} in {self.root}: {exc.strerror}")
+
+    def create(self) -> None:
+        if self.root.exists() and any(self.root.iterdir()):
+            raise RepositoryExists(f"{self.root} already exists and is not empty")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in _TOP_LEVEL:
+                (self.root / sub).mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise BackendError(f"cannot create repository at {self.root}: {exc.strerror}") from exc
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def _fd(self, name: str) -> int:
+        with self._handles_lock:
+            fd = self._handles.get(name)
+            if fd is None:
+                fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+                if len(self._handles) >= 256:
+                    for old in list(self._handles)[:64]:
+                        os.close(self._handles.pop(old))
+                self._handles[name] = fd
+            return fd
+
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        try:
+            if length is None and offset == 0:
+                return self._path(name).read_bytes()
+            fd = self._fd(name)
+            if length is None:
+                length = os.fstat(fd).st_size - offset
+            data = os.pread(fd, length, offset)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
+        except OSError as exc:
+            raise self._fail("read", name, exc) from exc
+        if len(data) != length:
+            raise BackendError(f"object {name} is shorter than expected ({len(data)} < {length})")
+        return data
+
+    def store(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
+        path = self._path(name)
+        if not overwrite and path.exists():
+            raise ObjectExists(f"object {name} already exists")
+        tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                # link() fails if the name exists: two writers never overwrite each other.
+                try:
+                    os.link(tmp, path)
+                except FileExistsError as exc:
+                    raise ObjectExists(f"object {name} already exists") from exc
+                finally:
+                    os.unlink(tmp)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._fail("write", name, exc) from exc
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        with self._handles_lock:
+            fd = self._handles.pop(name, None)
+            if fd is not None:
+                os.close(fd)
+        try:
+            path.unlink()
+            _fsync_dir(path.parent)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
+        except OSError as exc:
+            raise self._fail("delete", name, exc) from exc
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for filename in filenames:
+                if filename.startswith("."):
+                    continue
+                try:
+                    size = os.stat(os.path.join(dirpath, filename)).st_size
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(f"{rel}/{filename}", size)
+
+    def close(self) -> None:
+        with self._handles_lock:
+            for fd in self._handles.values():
+                os.close(fd)
+            self._handles.clear()

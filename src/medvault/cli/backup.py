@@ -1,0 +1,124 @@
+"""`medvault backup`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import typer
+
+from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, stderr
+from medvault.errors import UsageError
+from medvault.sources.files import BACKUP_TYPES, BackupOptions, BackupResult, backup_files
+
+EXIT_INCOMPLETE = 3
+DEFAULT_SOURCE = "files"
+
+
+def backup(
+    ctx: typer.Context,
+    targets: list[str] = typer.Argument(
+        None, metavar="PATH|SOURCE...", help="Paths to back up, or a source from medvault.toml."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", "-s", help="Source name recorded in the snapshot (or a configured one)."
+    ),
+    tags: list[str] = typer.Option([], "--tag", help="Tag the snapshot (repeatable)."),
+    backup_type: str = typer.Option(
+        "incremental", "--type", help="full, incremental or differential."
+    ),
+    excludes: list[str] = typer.Option([], "--exclude", help="Skip names matching GLOB."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    no_verify: bool = typer.Option(False, "--no-verify-blobs", hidden=True),
+) -> None:
+    """Back up files and directories into the repository."""
+    cli = obtain(ctx)
+    if backup_type not in BACKUP_TYPES:
+        raise UsageError(f"--type must be one of {', '.join(BACKUP_TYPES)}, not {backup_type!r}")
+    targets = list(targets or [])
+    configured = cli.settings.source
+    name = source
+    if not targets and source is not None and source in configured:
+        pass
+    elif len(targets) == 1 and source is None and targets[0] in configured:
+        name, targets = targets[0], []
+    if name is not None and name in configured and not targets:
+        settings = configured[name]
+        options = BackupOptions(
+            source=name,
+            paths=list(settings.paths),
+            backup_type=backup_type,
+            tags=tuple(dict.fromkeys([*settings.tags, *tags])),
+            excludes=tuple([*settings.exclude, *excludes]),
+            tier=settings.tier,
+            verify=not no_verify,
+        )
+    else:
+        if not targets:
+            raise UsageError("nothing to back up: give paths, or a source from medvault.toml")
+        options = BackupOptions(
+            source=name or DEFAULT_SOURCE,
+            paths=targets,
+            backup_type=backup_type,
+            tags=tuple(tags),
+            excludes=tuple(excludes),
+            verify=not no_verify,
+        )
+    repo = cli.open(options.source)
+    with progress_bar("backing up", None, not as_json) as advance:
+        result = backup_files(repo, options, on_progress=advance)
+    _report(result, as_json)
+    if not result.complete:
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _report(result: BackupResult, as_json: bool) -> None:
+    snap = result.snapshot
+    if as_json:
+        print_json(
+            {
+                "snapshot": snap.id,
+                "source": snap.source,
+                "type": snap.backup_type,
+                "parent": snap.parent,
+                "files_new": result.files_new,
+                "files_changed": result.files_changed,
+                "files_unchanged": result.files_unchanged,
+                "dirs": result.dirs,
+                "bytes_read": result.bytes_read,
+                "bytes_added": result.bytes_added,
+                "duration_s": round(result.duration, 3),
+                "complete": result.complete,
+                "unreadable": [asdict(p) for p in result.unreadable],
+                "changed_while_read": [asdict(p) for p in result.changed_while_read],
+                "skipped": [asdict(p) for p in result.skipped],
+            }
+        )
+        return
+    for problem in result.unreadable:
+        stderr.print(f"warning: could not read {problem.path}: {problem.reason}", markup=False)
+    for problem in result.changed_while_read:
+        stderr.print(
+            f"warning: {problem.path} changed while it was read; the copy in this "
+            "snapshot may be inconsistent",
+            markup=False,
+        )
+    for problem in result.skipped:
+        stderr.print(f"note: skipped {problem.path}: {problem.reason}", markup=False)
+    parent = f", parent {snap.parent[:12]}" if snap.parent else ""
+    print(
+        f"snapshot {snap.short_id} saved ({snap.backup_type}{parent}): files "
+        f"{result.files_new} new, {result.files_changed} changed, "
+        f"{result.files_unchanged} unchanged; read {human_bytes(result.bytes_read)}, "
+        f"added {human_bytes(result.bytes_added)} in {result.duration:.1f} s"
+    )
+    if not result.complete:
+        bad = len(result.unreadable) + len(result.changed_while_read)
+        stderr.print(
+            f"warning: backup is incomplete: {bad} file(s) could not be read "
+            "consistently (listed above)",
+            markup=False,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(backup)

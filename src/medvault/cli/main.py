@@ -1,0 +1,117 @@
+"""The `medvault` command. Exit codes (docs/operations.md) are mapped here, in one place."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+from medvault import __version__
+from medvault.cli import backup, repo_cmds, restore, snapshots
+from medvault.cli.context import CliContext, stderr
+from medvault.credentials import CredentialOptions
+from medvault.errors import MedvaultError
+
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="medvault",
+    help="Encrypted, deduplicating, verified backups for healthcare data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"medvault {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    repo: str | None = typer.Option(
+        None,
+        "--repo",
+        "-r",
+        help="Repository name from medvault.toml, or a path/URL.",
+        envvar="MEDVAULT_REPOSITORY",
+        show_envvar=True,
+    ),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="medvault.toml to use.",
+        envvar="MEDVAULT_CONFIG",
+        show_envvar=True,
+    ),
+    password_file: str | None = typer.Option(
+        None, "--password-file", help="Read the passphrase from this file."
+    ),
+    password_command: str | None = typer.Option(
+        None, "--password-command", help="Run this command; its output is the passphrase."
+    ),
+    key_file: str | None = typer.Option(
+        None, "--key-file", help="Open the repository with this key file."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    ctx.obj = CliContext(
+        repo_option=repo,
+        config_option=config,
+        credentials=CredentialOptions(password_file, password_command, key_file),
+    )
+
+
+repo_cmds.register(app)
+backup.register(app)
+snapshots.register(app)
+restore.register(app)
+
+
+def main() -> None:
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="medvault", standalone_mode=False)
+    except typer.Exit as done:
+        code = done.exit_code
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:  # empty when the help text was shown instead
+            stderr.print(f"medvault: {message}", markup=False)
+        code = 2
+    except (KeyboardInterrupt, typer.Abort):
+        stderr.print(
+            "medvault: interrupted; the repository is unchanged apart from unreferenced "
+            "data that `medvault prune` removes",
+            markup=False,
+        )
+        code = EXIT_INTERRUPTED
+    except MedvaultError as exc:
+        stderr.print(f"medvault: error: {exc}", markup=False)
+        code = exc.exit_code
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:
+        if os.environ.get("MEDVAULT_DEBUG"):
+            traceback.print_exc()
+        stderr.print(
+            f"medvault: internal error: {type(exc).__name__}: {exc} "
+            "(set MEDVAULT_DEBUG=1 for details)",
+            markup=False,
+        )
+        code = 1
+    sys.stdout.flush()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""medvault.toml -> typed settings. Validation errors name the key and the problem.
+
+Found at --config PATH, else $MEDVAULT_CONFIG, else ./medvault.toml, else
+/etc/medvault/medvault.toml; with none of them, medvault runs on --repo alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medvault.errors import ConfigError, UsageError
+
+SEARCH_PATH = (Path("medvault.toml"), Path("/etc/medvault/medvault.toml"))
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RepositorySettings(_Section):
+    url: str = Field(min_length=1)
+    password_file: str | None = None
+    password_command: str | None = None
+    key_file: str | None = None
+
+
+class SourceSettings(_Section):
+    kind: Literal["files"]
+    paths: list[str] = Field(min_length=1)
+    repository: str | None = None
+    exclude: list[str] = []
+    tags: list[str] = []
+    tier: str | None = None
+
+
+class Settings(_Section):
+    repository: dict[str, RepositorySettings] = {}
+    source: dict[str, SourceSettings] = {}
+    path: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        for name, source in self.source.items():
+            if source.repository is not None and source.repository not in self.repository:
+                raise ValueError(
+                    f"source.{name}.repository: no [repository.{source.repository}] section"
+                )
+        return self
+
+
+def _format_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}" if key else message
+
+
+def find_config(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("MEDVAULT_CONFIG")
+    if from_env:
+        return Path(from_env)
+    return next((p for p in SEARCH_PATH if p.is_file()), None)
+
+
+def load_settings(explicit: str | None = None) -> Settings:
+    path = find_config(explicit)
+    if path is None:
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for section in ("repository", "source"):
+        for name in raw.get(section, {}) if isinstance(raw.get(section), dict) else ():
+            if not re.match(NAME_PATTERN, name):
+                raise ConfigError(f"{path}: {section}.{name}: invalid name")
+    try:
+        return Settings(**raw, path=str(path))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_format_error(exc)}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def resolve_repository(
+    settings: Settings, repo_option: str | None, source: str | None = None
+) -> tuple[str, RepositorySettings | None]:
+    """The repository URL to use and its settings when it is one named in the config."""
+    chosen = repo_option or os.environ.get("MEDVAULT_REPOSITORY")
+    if chosen:
+        if chosen in settings.repository:
+            return settings.repository[chosen].url, settings.repository[chosen]
+        return chosen, None
+    if source is not None and source in settings.source:
+        name = settings.source[source].repository
+        if name is not None:
+            return settings.repository[name].url, settings.repository[name]
+    if len(settings.repository) == 1:
+        only = next(iter(settings.repository.values()))
+        return only.url, only
+    if settings.repository:
+        names = ", ".join(sorted(settings.repository))
+        raise UsageError(f"several repositories are configured ({names}); choose one with --repo")
+    raise UsageError(
+        "no repository given: pass --repo PATH, set MEDVAULT_REPOSITORY, "
+        "or define [repository.NAME] in medvault.toml"
+    )

@@ -1,0 +1,104 @@
+"""Where a passphrase or key file comes from. Never from argv: from the environment, a file,
+a command (a secrets manager), or a prompt on a terminal."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from medvault.config import RepositorySettings
+from medvault.errors import NoCredential, UsageError
+from medvault.repository.keys import Credential, read_keyfile
+
+
+@dataclass(frozen=True)
+class CredentialOptions:
+    password_file: str | None = None
+    password_command: str | None = None
+    key_file: str | None = None
+
+
+def _strip_newline(raw: bytes) -> bytes:
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def _from_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            secret = _strip_newline(handle.read())
+    except OSError as exc:
+        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
+    if not secret:
+        raise UsageError(f"password file {path} is empty")
+    return secret
+
+
+def _from_command(command: str) -> bytes:
+    try:
+        done = subprocess.run(
+            shlex.split(command), capture_output=True, check=False, timeout=60, stdin=None
+        )
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"password command could not run: {type(exc).__name__}") from None
+    if done.returncode != 0:
+        raise UsageError(f"password command failed with exit code {done.returncode}")
+    secret = _strip_newline(done.stdout)
+    if not secret:
+        raise UsageError("password command printed nothing")
+    return secret
+
+
+def _prompt(text: str, confirm: bool) -> bytes:
+    if not sys.stdin.isatty():
+        raise NoCredential(
+            "no passphrase given: set MEDVAULT_PASSWORD, or pass --password-file, "
+            "--password-command or --key-file"
+        )
+    first = getpass.getpass(text)
+    if confirm and getpass.getpass("enter it again: ") != first:
+        raise UsageError("the passphrases did not match")
+    if not first:
+        raise UsageError("an empty passphrase is not allowed")
+    return first.encode()
+
+
+def get_credential(
+    options: CredentialOptions,
+    repo_settings: RepositorySettings | None = None,
+    *,
+    confirm: bool = False,
+) -> Credential:
+    """Command-line options first, then the environment, then the config file, then a prompt."""
+    if options.key_file:
+        return Credential(keyfile_secret=read_keyfile(options.key_file), origin="--key-file")
+    if options.password_file:
+        return Credential(passphrase=_from_file(options.password_file), origin="--password-file")
+    if options.password_command:
+        return Credential(passphrase=_from_command(options.password_command), origin="command")
+    if os.environ.get("MEDVAULT_PASSWORD"):
+        return Credential(passphrase=os.environ["MEDVAULT_PASSWORD"].encode(), origin="env")
+    if os.environ.get("MEDVAULT_KEY_FILE"):
+        path = os.environ["MEDVAULT_KEY_FILE"]
+        return Credential(keyfile_secret=read_keyfile(path), origin="MEDVAULT_KEY_FILE")
+    if repo_settings is not None:
+        if repo_settings.key_file:
+            return Credential(keyfile_secret=read_keyfile(repo_settings.key_file), origin="config")
+        if repo_settings.password_file:
+            return Credential(passphrase=_from_file(repo_settings.password_file), origin="config")
+        if repo_settings.password_command:
+            secret = _from_command(repo_settings.password_command)
+            return Credential(passphrase=secret, origin="config")
+    return Credential(passphrase=_prompt("repository passphrase: ", confirm), origin="prompt")
+
+
+def get_new_passphrase(password_file: str | None) -> Credential:
+    """A new passphrase for `key add` / `key passwd`."""
+    if password_file:
+        return Credential(passphrase=_from_file(password_file), origin="--new-password-file")
+    if os.environ.get("MEDVAULT_NEW_PASSWORD"):
+        return Credential(passphrase=os.environ["MEDVAULT_NEW_PASSWORD"].encode(), origin="env")
+    return Credential(passphrase=_prompt("new passphrase: ", confirm=True), origin="prompt")

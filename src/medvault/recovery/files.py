@@ -1,0 +1,335 @@
+"""Restore a files snapshot into a target directory.
+
+Every path is created relative to an open directory descriptor with O_NOFOLLOW, so neither
+a hostile snapshot ('..', '/', a symlink followed by a file of the same name) nor a symlink
+planted in the target can make a write land outside the target. Files are written under a
+temporary name and renamed into place, so a failed restore never leaves a half-written file
+where a real one is expected. Blobs are fetched and verified in parallel, written in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from medvault.errors import (
+    IntegrityError,
+    RestoreTargetError,
+    SnapshotNotFound,
+    TargetFull,
+    UnsafeSnapshot,
+)
+from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, check_name
+from medvault.repository.repo import Repository
+from medvault.sources.files import display_path
+
+PREFETCH_BLOBS = 32
+TEMP_PREFIX = b".medvault-restore-"
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    parts: tuple[bytes, ...]  # path below the target, one validated component each
+    node: Node
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes_written: int = 0
+    duration: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _split(path: str) -> tuple[bytes, ...]:
+    parts = tuple(p for p in os.fsencode(path).split(b"/") if p and p != b".")
+    for part in parts:
+        check_name(part)
+    return parts
+
+
+def plan_restore(
+    repo: Repository, snapshot: Snapshot, includes: Iterable[str] = ()
+) -> list[PlannedEntry]:
+    """Entries in creation order: each directory before what it holds."""
+    wanted = [_split(p) for p in includes] or [()]
+    plan: list[PlannedEntry] = []
+    seen: set[tuple[bytes, ...]] = set()
+    for parts in wanted:
+        tree: bytes | None = snapshot.tree
+        for depth, name in enumerate(parts):
+            nodes = {n.name: n for n in repo.load_tree(tree)} if tree else {}
+            node = nodes.get(name)
+            if node is None:
+                shown = "/".join(display_path(p) for p in parts)
+                raise SnapshotNotFound(f"path /{shown} is not in snapshot {snapshot.short_id}")
+            prefix = parts[: depth + 1]
+            if prefix not in seen:
+                seen.add(prefix)
+                plan.append(PlannedEntry(prefix, node))
+            tree = node.subtree
+        if tree is not None:
+            _plan_tree(repo, tree, parts, plan, seen)
+    return plan
+
+
+def _plan_tree(
+    repo: Repository,
+    tree: bytes,
+    prefix: tuple[bytes, ...],
+    plan: list[PlannedEntry],
+    seen: set[tuple[bytes, ...]],
+) -> None:
+    for node in repo.load_tree(tree):
+        parts = (*prefix, node.name)
+        if parts in seen:
+            continue
+        seen.add(parts)
+        plan.append(PlannedEntry(parts, node))
+        if node.subtree is not None:
+            _plan_tree(repo, node.subtree, parts, plan, seen)
+
+
+def _ordered_prefetch(
+    fetch: Callable[[bytes], bytes], blob_ids: Iterable[bytes], workers: int
+) -> Iterator[bytes]:
+    """fetch() over blob_ids in parallel, results in order, at most PREFETCH_BLOBS ahead."""
+    with ThreadPoolExecutor(workers, "medvault-restore") as pool:
+        window: deque[Future[bytes]] = deque()
+        try:
+            for blob_id in blob_ids:
+                window.append(pool.submit(fetch, blob_id))
+                if len(window) >= PREFETCH_BLOBS:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+
+class FileRestore:
+    def __init__(
+        self,
+        repo: Repository,
+        snapshot: Snapshot,
+        target: str,
+        *,
+        includes: Iterable[str] = (),
+        overwrite: bool = False,
+        workers: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.snapshot = snapshot
+        self.target = os.path.abspath(target)
+        self.includes = list(includes)
+        self.overwrite = overwrite
+        self.workers = workers or os.cpu_count() or 2
+        self._on_progress = on_progress
+        self._chown = os.geteuid() == 0
+        self.result = RestoreResult()
+
+    def run(self) -> RestoreResult:
+        started = time.monotonic()
+        if self.snapshot.kind != "files":
+            raise RestoreTargetError(
+                f"snapshot {self.snapshot.short_id} is a {self.snapshot.kind} snapshot, "
+                "not a files snapshot"
+            )
+        plan = plan_restore(self.repo, self.snapshot, self.includes)
+        root_fd = self._open_target()
+        try:
+            if not self.overwrite:
+                self._refuse_conflicts(root_fd, plan)
+            self._execute(root_fd, plan)
+        finally:
+            os.close(root_fd)
+        self.result.duration = time.monotonic() - started
+        return self.result
+
+    # -- target ----------------------------------------------------------------------------
+
+    def _open_target(self) -> int:
+        if os.path.lexists(self.target) and not os.path.isdir(self.target):
+            raise RestoreTargetError(f"restore target {self.target} exists and is not a directory")
+        try:
+            os.makedirs(self.target, mode=0o700, exist_ok=True)
+            return os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise RestoreTargetError(f"cannot use {self.target} as target: {exc.strerror}") from exc
+
+    def _refuse_conflicts(self, root_fd: int, plan: list[PlannedEntry]) -> None:
+        for entry in plan:
+            path = os.path.join(self.target.encode(), *entry.parts)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except NotADirectoryError:
+                pass  # a parent is a file: a conflict all the same
+            else:
+                if entry.node.type == DIR and stat.S_ISDIR(st.st_mode):
+                    continue
+            raise RestoreTargetError(
+                f"{display_path(path)} already exists in the target; "
+                "pass --overwrite to replace existing files"
+            )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _execute(self, root_fd: int, plan: list[PlannedEntry]) -> None:
+        blobs = (blob for e in plan if e.node.type == FILE for blob in e.node.content)
+        data = _ordered_prefetch(self.repo.load_blob, blobs, self.workers)
+        dir_fds: dict[tuple[bytes, ...], int] = {(): root_fd}
+        finished_dirs: list[tuple[tuple[bytes, ...], Node]] = []
+        try:
+            for entry in plan:
+                parent_fd = dir_fds[entry.parts[:-1]]
+                name = entry.parts[-1]
+                node = entry.node
+                if node.type == DIR:
+                    dir_fds[entry.parts] = self._make_dir(parent_fd, entry)
+                    finished_dirs.append((entry.parts, node))
+                    self.result.dirs += 1
+                elif node.type == FILE:
+                    self._write_file(parent_fd, entry, data)
+                    self.result.files += 1
+                elif node.type == SYMLINK:
+                    self._make_symlink(parent_fd, name, node, entry)
+                    self.result.symlinks += 1
+                else:
+                    self.result.skipped.append(self._shown(entry))
+            # Directory times and modes last: writing into a directory changes its mtime.
+            for parts, node in reversed(finished_dirs):
+                self._apply_metadata(dir_fds[parts], node)
+        finally:
+            for parts, fd in dir_fds.items():
+                if parts:
+                    os.close(fd)
+
+    def _shown(self, entry: PlannedEntry) -> str:
+        return display_path(os.path.join(self.target.encode(), *entry.parts))
+
+    def _fail(self, entry: PlannedEntry, exc: OSError) -> Exception:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return TargetFull(
+                f"no space left on the restore target while writing {self._shown(entry)}; "
+                "free space and run the restore again with --overwrite"
+            )
+        return RestoreTargetError(f"cannot write {self._shown(entry)}: {exc.strerror}")
+
+    def _remove_existing(self, parent_fd: int, name: bytes, entry: PlannedEntry) -> None:
+        try:
+            os.unlink(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError as exc:
+            raise RestoreTargetError(
+                f"{self._shown(entry)} is a directory in the target; remove it first"
+            ) from exc
+
+    def _make_dir(self, parent_fd: int, entry: PlannedEntry) -> int:
+        name = entry.parts[-1]
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            try:
+                return os.open(name, flags, dir_fd=parent_fd)
+            except (NotADirectoryError, OSError) as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP) or not self.overwrite:
+                    raise
+                self._remove_existing(parent_fd, name, entry)  # a file or symlink in the way
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+                return os.open(name, flags, dir_fd=parent_fd)
+        except OSError as exc:
+            raise self._fail(entry, exc) from exc
+
+    def _write_file(self, parent_fd: int, entry: PlannedEntry, data: Iterator[bytes]) -> None:
+        node = entry.node
+        name = entry.parts[-1]
+        temp = TEMP_PREFIX + secrets.token_hex(6).encode()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        written = 0
+        try:
+            fd = os.open(temp, flags, 0o600, dir_fd=parent_fd)
+            try:
+                for _ in node.content:
+                    chunk = next(data)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    written += len(chunk)
+                    if self._on_progress is not None:
+                        self._on_progress(len(chunk))
+                if written != node.size:
+                    raise IntegrityError(
+                        f"{self._shown(entry)}: restored {written} bytes, snapshot says {node.size}"
+                    )
+                self._apply_metadata(fd, node)
+            finally:
+                os.close(fd)
+            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=parent_fd)
+            raise self._fail(entry, exc) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=parent_fd)
+            raise
+        self.result.bytes_written += written
+
+    def _make_symlink(self, parent_fd: int, name: bytes, node: Node, entry: PlannedEntry) -> None:
+        try:
+            try:
+                os.symlink(node.target, name, dir_fd=parent_fd)
+            except FileExistsError:
+                if not self.overwrite:
+                    raise
+                self._remove_existing(parent_fd, name, entry)
+                os.symlink(node.target, name, dir_fd=parent_fd)
+            if self._chown:
+                os.chown(name, node.uid, node.gid, dir_fd=parent_fd, follow_symlinks=False)
+            os.utime(
+                name,
+                ns=(node.mtime_ns, node.mtime_ns),
+                dir_fd=parent_fd,
+                follow_symlinks=False,
+            )
+        except OSError as exc:
+            raise self._fail(entry, exc) from exc
+
+    def _apply_metadata(self, fd: int, node: Node) -> None:
+        if self._chown:
+            os.fchown(fd, node.uid, node.gid)
+        os.fchmod(fd, node.mode)
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
+def restore_files(
+    repo: Repository,
+    snapshot: Snapshot,
+    target: str,
+    *,
+    includes: Iterable[str] = (),
+    overwrite: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> RestoreResult:
+    return FileRestore(
+        repo, snapshot, target, includes=includes, overwrite=overwrite, on_progress=on_progress
+    ).run()
+
+
+__all__ = ["RestoreResult", "UnsafeSnapshot", "plan_restore", "restore_files"]

@@ -1,0 +1,219 @@
+"""Repository verification.
+
+Structure (always): every index opens, every indexed pack exists and is long enough, every
+snapshot opens and every tree and blob it names is indexed and readable. With read_data:
+every pack (or a random subset) still hashes to its id, and every blob in it authenticates,
+decompresses and hashes to its blob id. Damage is traced to the snapshots and files it hurts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from medvault.errors import IntegrityError, MedvaultError
+from medvault.repository import compression
+from medvault.repository.crypto import KEY_BLOCK_LEN, storage_id
+from medvault.repository.index import PackRecord
+from medvault.repository.packs import TRAILER, open_blob, read_pack_header
+from medvault.repository.records import Snapshot
+from medvault.repository.repo import Repository, pack_name
+from medvault.sources.files import display_path
+
+
+@dataclass
+class CheckReport:
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    affected: dict[str, list[str]] = field(default_factory=dict)  # snapshot id -> paths
+    snapshots: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    blobs_read: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class Checker:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        read_data: bool = False,
+        subset: float | None = None,
+        workers: int = 2,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.read_data = read_data or subset is not None
+        self.subset = subset
+        self.workers = workers
+        self.on_progress = on_progress
+        self.report = CheckReport()
+        self.bad_blobs: dict[bytes, str] = {}
+
+    def run(self) -> CheckReport:
+        for index_id, reason in self.repo.load_index(strict=False):
+            self.report.errors.append(f"index {index_id[:12]} is unreadable: {reason}")
+        packs = list(self.repo.index.packs())
+        self.report.packs = len(packs)
+        present = {obj.name.rsplit("/", 1)[1]: obj.size for obj in self.repo.backend.list("data")}
+        indexed = {p.pack_id for p in packs}
+        for pack in packs:
+            self._check_pack_present(pack, present)
+        stray = set(present) - indexed
+        if stray:
+            self.report.notes.append(
+                f"{len(stray)} pack(s) are not referenced by any index (left by an interrupted "
+                "backup); `medvault prune` will remove them"
+            )
+        if self.read_data:
+            self._read_packs([p for p in packs if p.pack_id in present])
+        self._check_snapshots()
+        return self.report
+
+    # -- packs -----------------------------------------------------------------------------
+
+    def _mark_pack_bad(self, pack: PackRecord, reason: str) -> None:
+        for entry in pack.entries:
+            self.bad_blobs.setdefault(entry.blob_id, reason)
+
+    def _check_pack_present(self, pack: PackRecord, present: dict[str, int]) -> None:
+        size = present.get(pack.pack_id)
+        if size is None:
+            self.report.errors.append(f"pack {pack.pack_id[:16]} is missing")
+            self._mark_pack_bad(pack, f"pack {pack.pack_id[:16]} is missing")
+            return
+        end = max((e.offset + e.length for e in pack.entries), default=0)
+        if size < end + KEY_BLOCK_LEN + TRAILER.size:
+            self.report.errors.append(
+                f"pack {pack.pack_id[:16]} is truncated ({size} bytes, index expects > {end})"
+            )
+            self._mark_pack_bad(pack, f"pack {pack.pack_id[:16]} is truncated")
+
+    def _select(self, packs: list[PackRecord]) -> list[PackRecord]:
+        if self.subset is None:
+            return packs
+        count = max(1, round(len(packs) * self.subset / 100)) if packs else 0
+        return random.sample(packs, min(count, len(packs)))
+
+    def _read_packs(self, packs: list[PackRecord]) -> None:
+        with ThreadPoolExecutor(self.workers, "medvault-check") as pool:
+            for errors, bad, blobs, size in pool.map(self._read_pack, self._select(packs)):
+                self.report.errors.extend(errors)
+                self.bad_blobs.update(bad)
+                self.report.packs_read += 1
+                self.report.blobs_read += blobs
+                self.report.bytes_read += size
+                if self.on_progress is not None:
+                    self.on_progress(size)
+
+    def _read_pack(self, pack: PackRecord) -> tuple[list[str], dict[bytes, str], int, int]:
+        name = pack.pack_id[:16]
+        errors: list[str] = []
+        bad: dict[bytes, str] = {}
+        try:
+            data = self.repo.backend.load(pack_name(pack.pack_id))
+        except MedvaultError as exc:
+            return [f"pack {name} cannot be read: {exc}"], {}, 0, 0
+        if storage_id(data) != pack.pack_id:
+            errors.append(f"pack {name} is damaged: its bytes no longer hash to its id")
+        try:
+            _, header = read_pack_header(self.repo.master.keks, data)
+            if {e.blob_id for e in header} != {e.blob_id for e in pack.entries}:
+                errors.append(f"pack {name}: its header and the index disagree")
+        except IntegrityError as exc:
+            errors.append(f"pack {name}: header unreadable ({exc})")
+        content_key = self.repo.content_key(pack.key_block)
+        for entry in pack.entries:
+            sealed = data[entry.offset : entry.offset + entry.length]
+            try:
+                raw = compression.decode(open_blob(content_key, entry, sealed), entry.raw_length)
+                if self.repo.blob_id(raw) != entry.blob_id:
+                    raise IntegrityError("does not hash to its id")
+            except IntegrityError as exc:
+                reason = f"blob {entry.blob_id.hex()[:16]} in pack {name}: {exc}"
+                errors.append(reason)
+                bad[entry.blob_id] = reason
+        return errors, bad, len(pack.entries), len(data)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def _check_snapshots(self) -> None:
+        clean_trees: set[bytes] = set()
+        for snapshot_id in self.repo.snapshot_ids():
+            try:
+                snapshot = self.repo.load_snapshot(snapshot_id)
+            except MedvaultError as exc:
+                self.report.errors.append(f"snapshot {snapshot_id[:12]} is unreadable: {exc}")
+                continue
+            self.report.snapshots += 1
+            damaged: list[str] = []
+            self._check_tree(snapshot, snapshot.tree, b"", damaged, clean_trees)
+            if damaged:
+                self.report.affected[snapshot.id] = damaged
+
+    def _blob_problem(self, blob_id: bytes) -> str | None:
+        if blob_id in self.bad_blobs:
+            return self.bad_blobs[blob_id]
+        if self.repo.index.lookup(blob_id) is None:
+            return f"blob {blob_id.hex()[:16]} is not in any index"
+        return None
+
+    def _check_tree(
+        self,
+        snapshot: Snapshot,
+        tree_id: bytes,
+        path: bytes,
+        damaged: list[str],
+        clean_trees: set[bytes],
+    ) -> bool:
+        if tree_id in clean_trees:
+            return True
+        shown = "/" + display_path(path)
+        problem = self._blob_problem(tree_id)
+        if problem is None:
+            try:
+                nodes = self.repo.load_tree(tree_id)
+            except MedvaultError as exc:
+                problem = str(exc)
+        if problem is not None:
+            damaged.append(f"{shown} (directory listing: {problem})")
+            self.report.errors.append(
+                f"snapshot {snapshot.short_id}: directory {shown} unreadable: {problem}"
+            )
+            return False
+        clean = True
+        for node in nodes:
+            child = path + b"/" + node.name if path else node.name
+            if node.subtree is not None:
+                clean &= self._check_tree(snapshot, node.subtree, child, damaged, clean_trees)
+                continue
+            for blob_id in node.content:
+                problem = self._blob_problem(blob_id)
+                if problem is not None:
+                    damaged.append(f"/{display_path(child)}")
+                    self.report.errors.append(
+                        f"snapshot {snapshot.short_id}: file /{display_path(child)} "
+                        f"is damaged: {problem}"
+                    )
+                    clean = False
+                    break
+        if clean:
+            clean_trees.add(tree_id)
+        return clean
+
+
+def check_repository(
+    repo: Repository,
+    *,
+    read_data: bool = False,
+    subset: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> CheckReport:
+    return Checker(repo, read_data=read_data, subset=subset, on_progress=on_progress).run()

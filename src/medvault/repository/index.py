@@ -1,0 +1,201 @@
+"""The blob index: blob id -> where the sealed blob lives.
+
+Held in memory as sorted NumPy arrays (~60 bytes a blob, against ~115 for the id alone in a
+Python set) so ten million chunks fit in well under a gigabyte; blobs added during this run
+sit in a small dict until the next merge.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from medvault.errors import IntegrityError
+from medvault.repository.packs import ENTRY, PackEntry
+
+TABLE_DTYPE = np.dtype(
+    [
+        ("id", "u1", (32,)),
+        ("type", "u1"),
+        ("ordinal", "<u4"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("raw", "<u4"),
+    ]
+)
+assert TABLE_DTYPE.itemsize == ENTRY.size
+ROW_DTYPE = np.dtype([*TABLE_DTYPE.descr, ("pack", "<u4")])
+MERGE_AT = 65536
+
+
+@dataclass(frozen=True)
+class PackRecord:
+    pack_id: str
+    key_block: bytes
+    entries: list[PackEntry]
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    pack_id: str
+    key_block: bytes
+    entry: PackEntry
+
+
+def encode_index(packs: Iterable[PackRecord], supersedes: Iterable[str] = ()) -> bytes:
+    return msgpack.packb(
+        {
+            "v": 1,
+            "packs": [
+                {
+                    "id": bytes.fromhex(p.pack_id),
+                    "key": p.key_block,
+                    "blobs": b"".join(e.pack() for e in p.entries),
+                }
+                for p in packs
+            ],
+            "supersedes": list(supersedes),
+        }
+    )
+
+
+def decode_index(payload: bytes) -> tuple[list[tuple[str, bytes, bytes]], list[str]]:
+    """(pack id, key block, raw entry table) triples and the ids of superseded indexes."""
+    try:
+        doc = msgpack.unpackb(payload)
+        if doc.get("v") != 1:
+            raise IntegrityError(f"index has unknown version {doc.get('v')}")
+        packs = [(p["id"].hex(), p["key"], p["blobs"]) for p in doc["packs"]]
+        return packs, list(doc.get("supersedes", []))
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise IntegrityError("index is malformed") from exc
+
+
+class MasterIndex:
+    def __init__(self) -> None:
+        self._pack_ids: list[str] = []
+        self._key_blocks: list[bytes] = []
+        self._pack_numbers: dict[str, int] = {}
+        self._rows = np.zeros(0, dtype=ROW_DTYPE)
+        self._prefixes = np.zeros(0, dtype=np.uint64)
+        self._staged: list[np.ndarray] = []
+        self._recent: dict[bytes, tuple[int, PackEntry]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows) + sum(len(s) for s in self._staged) + len(self._recent)
+
+    @property
+    def pack_ids(self) -> list[str]:
+        return list(self._pack_ids)
+
+    def _pack_number(self, pack_id: str, key_block: bytes) -> int:
+        number = self._pack_numbers.get(pack_id)
+        if number is None:
+            number = self._pack_numbers[pack_id] = len(self._pack_ids)
+            self._pack_ids.append(pack_id)
+            self._key_blocks.append(key_block)
+        return number
+
+    def add_table(self, pack_id: str, key_block: bytes, table: bytes) -> None:
+        """Bulk load from an index object; call `merge()` once all are added."""
+        if len(table) % ENTRY.size:
+            raise IntegrityError(f"index entry table for pack {pack_id[:16]} is truncated")
+        with self._lock:
+            number = self._pack_number(pack_id, key_block)
+            parsed = np.frombuffer(table, dtype=TABLE_DTYPE)
+            rows = np.empty(len(parsed), dtype=ROW_DTYPE)
+            for name in TABLE_DTYPE.names or ():
+                rows[name] = parsed[name]
+            rows["pack"] = number
+            self._staged.append(rows)
+
+    def add_pack(self, record: PackRecord) -> None:
+        with self._lock:
+            number = self._pack_number(record.pack_id, record.key_block)
+            for entry in record.entries:
+                self._recent[entry.blob_id] = (number, entry)
+            if len(self._recent) >= MERGE_AT:
+                self._merge_locked()
+
+    def merge(self) -> None:
+        with self._lock:
+            self._merge_locked()
+
+    def _merge_locked(self) -> None:
+        parts = [self._rows, *self._staged]
+        if self._recent:
+            recent = np.empty(len(self._recent), dtype=ROW_DTYPE)
+            for i, (number, e) in enumerate(self._recent.values()):
+                recent[i] = (
+                    np.frombuffer(e.blob_id, dtype="u1"),
+                    e.blob_type,
+                    e.ordinal,
+                    e.offset,
+                    e.length,
+                    e.raw_length,
+                    number,
+                )
+            parts.append(recent)
+        if len(parts) == 1:
+            return
+        rows = np.concatenate(parts)
+        prefixes = _prefixes(rows)
+        order = np.argsort(prefixes, kind="stable")
+        self._rows, self._prefixes = rows[order], prefixes[order]
+        self._staged, self._recent = [], {}
+
+    def lookup(self, blob_id: bytes) -> BlobLocation | None:
+        with self._lock:
+            if self._staged:
+                self._merge_locked()
+            hit = self._recent.get(blob_id)
+            if hit is not None:
+                number, entry = hit
+                return BlobLocation(self._pack_ids[number], self._key_blocks[number], entry)
+            prefix = np.uint64(int.from_bytes(blob_id[:8], "big"))
+            lo = int(np.searchsorted(self._prefixes, prefix, "left"))
+            hi = int(np.searchsorted(self._prefixes, prefix, "right"))
+            for i in range(lo, hi):
+                row = self._rows[i]
+                if row["id"].tobytes() == blob_id:
+                    return self._location(row)
+            return None
+
+    def __contains__(self, blob_id: object) -> bool:
+        return isinstance(blob_id, bytes) and self.lookup(blob_id) is not None
+
+    def _location(self, row: np.void) -> BlobLocation:
+        number = int(row["pack"])
+        entry = PackEntry(
+            row["id"].tobytes(),
+            int(row["type"]),
+            int(row["ordinal"]),
+            int(row["offset"]),
+            int(row["length"]),
+            int(row["raw"]),
+        )
+        return BlobLocation(self._pack_ids[number], self._key_blocks[number], entry)
+
+    def packs(self) -> Iterator[PackRecord]:
+        """Every indexed pack with its blobs in pack order."""
+        self.merge()
+        by_pack = np.argsort(self._rows["pack"], kind="stable")
+        rows = self._rows[by_pack]
+        bounds = np.searchsorted(rows["pack"], np.arange(len(self._pack_ids) + 1))
+        for number, pack_id in enumerate(self._pack_ids):
+            chunk = rows[bounds[number] : bounds[number + 1]]
+            entries = sorted((self._location(row).entry for row in chunk), key=lambda e: e.ordinal)
+            yield PackRecord(pack_id, self._key_blocks[number], entries)
+
+    def blob_ids(self) -> set[bytes]:
+        self.merge()
+        return {row.tobytes() for row in self._rows["id"]}
+
+
+def _prefixes(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows["id"][:, :8]).view(">u8").ravel().astype(np.uint64)

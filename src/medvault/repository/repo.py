@@ -1,0 +1,360 @@
+"""The Repository: opens keys, reads and writes blobs, indexes and snapshots.
+
+Write order carries crash safety: packs, then the index naming them, then the snapshot
+naming their blobs. Every object is written whole and durably before the next refers to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+from medvault import __version__
+from medvault.backends import Backend
+from medvault.errors import (
+    BackendError,
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UnsupportedFormat,
+    UsageError,
+)
+from medvault.repository import compression
+from medvault.repository.crypto import open_object, seal_object, storage_id, unwrap_content_key
+from medvault.repository.index import MasterIndex, PackRecord, decode_index, encode_index
+from medvault.repository.keys import Credential, KeySlot, MasterKey, now_iso, open_master_key
+from medvault.repository.locks import locked
+from medvault.repository.packs import open_blob
+from medvault.repository.records import (
+    Node,
+    Snapshot,
+    decode_snapshot,
+    decode_tree,
+    encode_snapshot,
+)
+
+FORMAT_VERSION = 1
+METADATA_ZSTD_LEVEL = 3
+KIND_INDEX = b"medvault index"
+KIND_SNAPSHOT = b"medvault snapshot"
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    algorithm: str = "fastcdc2020"
+    min_size: int = 512 * 1024
+    avg_size: int = 512 * 1024
+    max_size: int = 8 * 1024 * 1024
+    normalization: int = 1
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    version: int
+    repo_id: str
+    created: str
+    chunker: ChunkerParams
+    compression_level: int
+    pack_size: int
+
+    def to_json(self, master: MasterKey) -> bytes:
+        body = {
+            "version": self.version,
+            "id": self.repo_id,
+            "created": self.created,
+            "chunker": asdict(self.chunker),
+            "compression": {"algorithm": "zstd", "level": self.compression_level},
+            "pack_size": self.pack_size,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps({**body, "mac": master.mac(canonical)}, indent=1).encode()
+
+    @classmethod
+    def parse(cls, raw: bytes, url: str) -> tuple[RepoConfig, dict[str, Any]]:
+        try:
+            doc = json.loads(raw)
+            version = doc["version"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"repository config at {url} is damaged") from exc
+        if version != FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"repository at {url} has format version {version}; this medvault "
+                f"{__version__} reads version {FORMAT_VERSION}: upgrade medvault"
+            )
+        try:
+            config = cls(
+                version=version,
+                repo_id=doc["id"],
+                created=doc["created"],
+                chunker=ChunkerParams(**doc["chunker"]),
+                compression_level=int(doc["compression"]["level"]),
+                pack_size=int(doc["pack_size"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"repository config at {url} is damaged") from exc
+        return config, doc
+
+    def verify(self, doc: dict[str, Any], master: MasterKey) -> None:
+        body = {k: v for k, v in doc.items() if k != "mac"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if doc.get("mac") != master.mac(canonical):
+            raise IntegrityError("repository config has been altered (MAC mismatch)")
+
+
+def pack_name(pack_id: str) -> str:
+    return f"data/{pack_id[:2]}/{pack_id}"
+
+
+class Repository:
+    def __init__(
+        self, backend: Backend, master: MasterKey, config: RepoConfig, slot: KeySlot
+    ) -> None:
+        self.backend = backend
+        self.master = master
+        self.config = config
+        self.slot = slot
+        self._index: MasterIndex | None = None
+        self._index_ids: list[str] = []
+        self.content_key = lru_cache(maxsize=4096)(self._unwrap)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        credential: Credential,
+        *,
+        label: str = "",
+        chunker: ChunkerParams | None = None,
+        compression_level: int = 1,
+        pack_size: int = 16 * 1024 * 1024,
+    ) -> Repository:
+        backend.create()
+        master = MasterKey.generate()
+        config = RepoConfig(
+            version=FORMAT_VERSION,
+            repo_id=secrets.token_hex(16),
+            created=now_iso(),
+            chunker=chunker or ChunkerParams(),
+            compression_level=compression_level,
+            pack_size=pack_size,
+        )
+        slot = KeySlot.create(master, credential, label)
+        backend.store(f"keys/{slot.slot_id}", slot.to_json())
+        # The config goes last: a repository whose init was interrupted has no config and is
+        # reported as "not a repository" rather than opened half-made.
+        backend.store("config", config.to_json(master))
+        return cls(backend, master, config, slot)
+
+    @staticmethod
+    def probe(backend: Backend) -> tuple[RepoConfig, dict[str, Any]]:
+        """The repository's config, checked for a format we read; no key needed."""
+        try:
+            raw = backend.load("config")
+        except ObjectNotFound:
+            raise RepositoryNotFound(
+                f"no medvault repository at {backend.url}; create one with `medvault init`"
+            ) from None
+        return RepoConfig.parse(raw, backend.url)
+
+    @classmethod
+    def open(cls, backend: Backend, credential: Credential) -> Repository:
+        config, doc = cls.probe(backend)
+        slots = cls.read_key_slots(backend)
+        if not slots:
+            raise IntegrityError(f"repository at {backend.url} has no key slots")
+        master, slot = open_master_key(slots, credential)
+        config.verify(doc, master)
+        return cls(backend, master, config, slot)
+
+    @staticmethod
+    def read_key_slots(backend: Backend) -> list[KeySlot]:
+        slots = []
+        for obj in backend.list("keys"):
+            slot_id = obj.name.split("/", 1)[1]
+            slots.append(KeySlot.from_json(slot_id, backend.load(obj.name)))
+        return sorted(slots, key=lambda s: s.created)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- key slots -------------------------------------------------------------------------
+
+    def key_slots(self) -> list[KeySlot]:
+        return self.read_key_slots(self.backend)
+
+    def add_key(self, credential: Credential, label: str = "") -> KeySlot:
+        slot = KeySlot.create(self.master, credential, label)
+        self.backend.store(f"keys/{slot.slot_id}", slot.to_json())
+        return slot
+
+    def find_key(self, prefix: str) -> KeySlot:
+        matches = [s for s in self.key_slots() if s.slot_id.startswith(prefix)]
+        if len(matches) != 1:
+            what = "no" if not matches else "more than one"
+            raise UsageError(f"{what} key slot matches {prefix!r}; see `medvault key list`")
+        return matches[0]
+
+    def remove_key(self, slot_id: str) -> None:
+        slots = self.key_slots()
+        if len(slots) <= 1:
+            raise UsageError("refusing to remove the last key slot: the repository would be lost")
+        if slot_id not in {s.slot_id for s in slots}:
+            raise UsageError(f"no key slot {slot_id}")
+        self.backend.delete(f"keys/{slot_id}")
+
+    def change_passphrase(self, credential: Credential) -> KeySlot:
+        """Rewrap the master key in a new slot, then drop the slot that opened this session."""
+        new = self.add_key(credential, self.slot.label)
+        self.backend.delete(f"keys/{self.slot.slot_id}")
+        self.slot = new
+        return new
+
+    # -- sealing ---------------------------------------------------------------------------
+
+    def seal(self, payload: bytes, kind: bytes) -> bytes:
+        encoded = compression.encode(payload, METADATA_ZSTD_LEVEL)
+        return seal_object(self.master.current, encoded, kind)
+
+    def unseal(self, data: bytes, kind: bytes) -> bytes:
+        return compression.decode(open_object(self.master.keks, data, kind))
+
+    def _store_sealed(self, folder: str, payload: bytes, kind: bytes) -> str:
+        data = self.seal(payload, kind)
+        object_id = storage_id(data)
+        self.backend.store(f"{folder}/{object_id}", data)
+        return object_id
+
+    def _unwrap(self, key_block: bytes) -> bytes:
+        return unwrap_content_key(self.master.keks, key_block)
+
+    # -- index -----------------------------------------------------------------------------
+
+    @property
+    def index(self) -> MasterIndex:
+        if self._index is None:
+            self.load_index()
+        assert self._index is not None
+        return self._index
+
+    def index_ids(self) -> list[str]:
+        return [obj.name.split("/", 1)[1] for obj in self.backend.list("index")]
+
+    def read_index(self, index_id: str) -> tuple[list[tuple[str, bytes, bytes]], list[str]]:
+        data = self.backend.load(f"index/{index_id}")
+        if storage_id(data) != index_id:
+            raise IntegrityError(f"index {index_id[:12]} does not match its id (damaged)")
+        return decode_index(self.unseal(data, KIND_INDEX))
+
+    def load_index(self, *, strict: bool = True) -> list[tuple[str, str]]:
+        """Load every index object. With strict=False, damaged ones are skipped and returned
+        as (id, reason) for `check` to report."""
+        index = MasterIndex()
+        failures = []
+        self._index_ids = self.index_ids()
+        for index_id in self._index_ids:
+            try:
+                packs, _ = self.read_index(index_id)
+            except (IntegrityError, ObjectNotFound) as exc:
+                if strict:
+                    raise IntegrityError(
+                        f"index {index_id[:12]} is damaged ({exc}); run `medvault check`"
+                    ) from exc
+                failures.append((index_id, str(exc)))
+                continue
+            for pack_id, key_block, table in packs:
+                index.add_table(pack_id, key_block, table)
+        index.merge()
+        self._index = index
+        return failures
+
+    def write_index(self, packs: list[PackRecord], supersedes: tuple[str, ...] = ()) -> str:
+        return self._store_sealed("index", encode_index(packs, supersedes), KIND_INDEX)
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return self.master.blob_id(data)
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        """Read, authenticate, decompress and re-hash one blob."""
+        location = self.index.lookup(blob_id)
+        if location is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in any index")
+        entry = location.entry
+        try:
+            sealed = self.backend.load(pack_name(location.pack_id), entry.offset, entry.length)
+        except ObjectNotFound:
+            raise IntegrityError(
+                f"pack {location.pack_id[:16]} holding blob {blob_id.hex()[:16]} is missing"
+            ) from None
+        except BackendError as exc:
+            raise IntegrityError(f"pack {location.pack_id[:16]}: {exc}") from exc
+        payload = open_blob(self.content_key(location.key_block), entry, sealed)
+        data = compression.decode(payload, entry.raw_length)
+        if len(data) != entry.raw_length or self.blob_id(data) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+        return data
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        return decode_tree(self.load_blob(tree_id))
+
+    def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+        """Depth-first (path, node) pairs below a tree; paths are '/'-joined bytes."""
+        for node in self.load_tree(tree_id):
+            path = prefix + b"/" + node.name if prefix else node.name
+            yield path, node
+            if node.subtree is not None:
+                yield from self.walk(node.subtree, path)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> str:
+        if self.index.lookup(snapshot.tree) is None:
+            raise IntegrityError("refusing to save a snapshot whose tree is not indexed")
+        return self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
+
+    def snapshot_ids(self) -> list[str]:
+        return [obj.name.split("/", 1)[1] for obj in self.backend.list("snapshots")]
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        try:
+            data = self.backend.load(f"snapshots/{snapshot_id}")
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id[:12]}") from None
+        if storage_id(data) != snapshot_id:
+            raise IntegrityError(f"snapshot {snapshot_id[:12]} does not match its id (damaged)")
+        return decode_snapshot(self.unseal(data, KIND_SNAPSHOT), snapshot_id)
+
+    def list_snapshots(self) -> list[Snapshot]:
+        return sorted((self.load_snapshot(i) for i in self.snapshot_ids()), key=lambda s: s.time)
+
+    def find_snapshot(self, selector: str) -> Snapshot:
+        """An id or unique id prefix, `latest`, or `latest:SOURCE`."""
+        if selector == "latest" or selector.startswith("latest:"):
+            source = selector.partition(":")[2]
+            snaps = [s for s in self.list_snapshots() if not source or s.source == source]
+            if not snaps:
+                where = f" of source {source}" if source else ""
+                raise SnapshotNotFound(f"the repository holds no snapshot{where}")
+            return snaps[-1]
+        if len(selector) < 4 or any(c not in "0123456789abcdef" for c in selector):
+            raise UsageError(f"{selector!r} is not a snapshot id (give 4+ hex digits or latest)")
+        matches = [i for i in self.snapshot_ids() if i.startswith(selector)]
+        if not matches:
+            raise SnapshotNotFound(f"no snapshot {selector}; see `medvault snapshots`")
+        if len(matches) > 1:
+            raise UsageError(f"snapshot id {selector} is ambiguous; give more digits")
+        return self.load_snapshot(matches[0])
+
+    # -- locks -----------------------------------------------------------------------------
+
+    def lock(self, *, exclusive: bool, purpose: str) -> contextlib.AbstractContextManager[None]:
+        return locked(self.backend, exclusive=exclusive, purpose=purpose)

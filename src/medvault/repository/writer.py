@@ -1,0 +1,204 @@
+"""The write pipeline: id -> dedup -> compress -> seal -> verify -> pack -> store.
+
+Worker threads do the CPU work (BLAKE3, zstd and AES-GCM release the GIL); one uploader
+thread writes finished packs, so a slow store never stalls hashing. Memory stays bounded:
+at most `max_in_flight` bytes of chunks wait for workers, one open pack per worker, and
+`upload_queue` finished packs wait for the uploader.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from medvault.errors import IntegrityError, MedvaultError
+from medvault.repository import compression
+from medvault.repository.crypto import storage_id
+from medvault.repository.index import PackRecord
+from medvault.repository.packs import PackBuilder
+from medvault.repository.repo import Repository, pack_name
+
+INDEX_EVERY_PACKS = 32
+
+
+@dataclass
+class WriteStats:
+    blobs_new: int = 0
+    blobs_known: int = 0
+    bytes_new: int = 0  # plaintext bytes of new blobs
+    bytes_stored: int = 0  # bytes written to packs
+    packs: int = 0
+
+
+class BlobSink:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        workers: int | None = None,
+        max_in_flight: int = 256 * 1024 * 1024,
+        upload_queue: int = 2,
+        verify: bool = True,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.stats = WriteStats()
+        self.index_ids: list[str] = []
+        self._verify = verify
+        self._level = repo.config.compression_level
+        self._pack_size = repo.config.pack_size
+        self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, "medvault-blob")
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._outstanding = 0
+        self._cond = threading.Condition()
+        self._claimed: set[bytes] = set()
+        self._free_builders: list[PackBuilder] = []
+        self._uploads: queue.Queue[PackBuilder | None] = queue.Queue(upload_queue)
+        self._unindexed: list[PackRecord] = []
+        self._error: BaseException | None = None
+        self._on_progress = on_progress
+        self._closed = False
+        self._uploader = threading.Thread(target=self._upload_loop, name="medvault-upload")
+        self._uploader.start()
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, data: bytes, blob_type: int) -> Future[bytes]:
+        """Queue a blob; the future yields its id once it is in a pack (or known already)."""
+        size = len(data)
+        with self._cond:
+            while self._in_flight and self._in_flight + size > self._max_in_flight:
+                self._raise_if_failed()
+                self._cond.wait(1.0)
+            self._raise_if_failed()
+            self._in_flight += size
+            self._outstanding += 1
+        return self._pool.submit(self._process, data, blob_type)
+
+    def store(self, data: bytes, blob_type: int) -> bytes:
+        return self.submit(data, blob_type).result()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            if isinstance(self._error, MedvaultError):
+                raise self._error
+            raise MedvaultError(f"writing to the repository failed: {self._error}")
+
+    def _claim(self, blob_id: bytes) -> bool:
+        with self._cond:
+            if blob_id in self._claimed:
+                return False
+            self._claimed.add(blob_id)
+        return blob_id not in self.repo.index
+
+    def _process(self, data: bytes, blob_type: int) -> bytes:
+        try:
+            self._raise_if_failed()
+            blob_id = self.repo.blob_id(data)
+            if not self._claim(blob_id):
+                with self._cond:
+                    self.stats.blobs_known += 1
+                return blob_id
+            payload = compression.encode(data, self._level)
+            builder = self._take_builder()
+            entry = builder.add(blob_id, blob_type, payload, len(data))
+            if self._verify and compression.decode(builder.open_added(entry)) != data:
+                raise IntegrityError(
+                    f"blob {blob_id.hex()[:16]} did not decode to its input; nothing was stored"
+                )
+            with self._cond:
+                self.stats.blobs_new += 1
+                self.stats.bytes_new += len(data)
+                self.stats.bytes_stored += entry.length
+            if builder.size >= self._pack_size:
+                self._uploads.put(builder)
+            else:
+                with self._cond:
+                    self._free_builders.append(builder)
+            return blob_id
+        except BaseException as exc:
+            with self._cond:
+                self._error = self._error or exc
+            raise
+        finally:
+            with self._cond:
+                self._in_flight -= len(data)
+                self._outstanding -= 1
+                self._cond.notify_all()
+            if self._on_progress is not None:
+                self._on_progress(len(data))
+
+    def _take_builder(self) -> PackBuilder:
+        with self._cond:
+            if self._free_builders:
+                return self._free_builders.pop()
+        return PackBuilder(self.repo.master.current)
+
+    # -- uploading -------------------------------------------------------------------------
+
+    def _upload_loop(self) -> None:
+        while True:
+            builder = self._uploads.get()
+            if builder is None:
+                return
+            if self._error is not None:
+                continue  # drain so that workers never block on a dead uploader
+            try:
+                self._write_pack(builder)
+                if len(self._unindexed) >= INDEX_EVERY_PACKS:
+                    self._write_index()
+            except BaseException as exc:
+                with self._cond:
+                    self._error = self._error or exc
+                    self._cond.notify_all()
+
+    def _write_pack(self, builder: PackBuilder) -> None:
+        data = builder.finish()
+        pack_id = storage_id(data)
+        self.repo.backend.store(pack_name(pack_id), data)
+        record = PackRecord(pack_id, builder.key_block, builder.entries)
+        self.repo.index.add_pack(record)
+        self._unindexed.append(record)
+        self.stats.packs += 1
+
+    def _write_index(self) -> None:
+        if self._unindexed:
+            self.index_ids.append(self.repo.write_index(self._unindexed))
+            self._unindexed = []
+
+    # -- finishing -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Store every queued blob, then an index naming every new pack. After this returns,
+        a snapshot may refer to any id the sink has handed out."""
+        if self._closed:
+            return
+        with self._cond:
+            while self._outstanding:
+                self._cond.wait(1.0)
+            builders, self._free_builders = self._free_builders, []
+        for builder in builders:
+            if builder.entries:
+                self._uploads.put(builder)
+        self._uploads.put(None)
+        self._uploader.join()
+        self._closed = True
+        self._pool.shutdown()
+        self._raise_if_failed()
+        self._write_index()
+
+    def abort(self) -> None:
+        """Stop without writing a final index; packs already stored stay for prune."""
+        if self._closed:
+            return
+        with self._cond:
+            self._error = self._error or MedvaultError("aborted")
+        self._pool.shutdown(cancel_futures=True)
+        self._uploads.put(None)
+        self._uploader.join()
+        self._closed = True

@@ -1,0 +1,456 @@
+"""File-system source: walks paths, chunks files and builds the snapshot's trees.
+
+Incremental backups reuse a file's blobs from the parent snapshot when size, mtime, ctime
+and inode all match, except for files modified within a second of the parent's start (their
+mtime cannot tell a later edit in the same tick). Trees are resolved in post-order from a
+bounded queue, so the pipeline never drains at a directory boundary.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import grp
+import os
+import pwd
+import socket
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+
+from medvault import __version__
+from medvault.errors import MedvaultError, SourceUnavailable, UsageError
+from medvault.repository.chunker import Chunker
+from medvault.repository.keys import now_iso
+from medvault.repository.packs import DATA_BLOB, TREE_BLOB
+from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, encode_tree
+from medvault.repository.repo import Repository
+from medvault.repository.writer import BlobSink
+
+BACKUP_TYPES = ("full", "incremental", "differential")
+PENDING_DIRS = 64
+Trie = dict[bytes, "Trie | None"]
+RACY_WINDOW_NS = 1_000_000_000
+
+
+@dataclass
+class BackupOptions:
+    source: str
+    paths: list[str]
+    backup_type: str = "incremental"
+    tags: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    tier: str | None = None
+    verify: bool = True
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    duration: float = 0.0
+    unreadable: list[Problem] = field(default_factory=list)
+    changed_while_read: list[Problem] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unreadable and not self.changed_while_read
+
+
+def display_path(path: bytes) -> str:
+    """A path for humans: invalid UTF-8 shown as escapes, never as a crash."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+@lru_cache(maxsize=1024)
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@lru_cache(maxsize=1024)
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def node_from_stat(name: bytes, st: os.stat_result) -> Node:
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        kind = FILE
+    elif stat.S_ISDIR(mode):
+        kind = DIR
+    elif stat.S_ISLNK(mode):
+        kind = SYMLINK
+    elif stat.S_ISFIFO(mode):
+        kind = "fifo"
+    elif stat.S_ISSOCK(mode):
+        kind = "socket"
+    elif stat.S_ISCHR(mode):
+        kind = "chardev"
+    else:
+        kind = "blockdev"
+    return Node(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        user=_user(st.st_uid),
+        group=_group(st.st_gid),
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        dev=st.st_dev,
+        size=st.st_size if kind == FILE else 0,
+    )
+
+
+class _PendingDir:
+    """A directory whose entries may still wait for blob ids."""
+
+    __slots__ = ("entries", "tree")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Node, list[Future[bytes]] | _PendingDir | None]] = []
+        self.tree: Future[bytes] | None = None
+
+
+def _parse_time_ns(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1e9)
+
+
+def choose_parent(repo: Repository, source: str, backup_type: str) -> Snapshot | None:
+    if backup_type == "full":
+        return None
+    candidates = [s for s in repo.list_snapshots() if s.source == source and s.kind == "files"]
+    if backup_type == "differential":
+        candidates = [s for s in candidates if s.backup_type == "full"]
+    return candidates[-1] if candidates else None
+
+
+class FileBackup:
+    def __init__(
+        self,
+        repo: Repository,
+        options: BackupOptions,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        if options.backup_type not in BACKUP_TYPES:
+            raise UsageError(f"--type must be one of {', '.join(BACKUP_TYPES)}")
+        self.repo = repo
+        self.options = options
+        self._on_progress = on_progress
+        self._chunker = Chunker(repo.config.chunker, repo.master.chunker_seed)
+        self._pending: deque[_PendingDir] = deque()
+        self._parent_cutoff_ns = 0
+        self.result: BackupResult | None = None
+        self._counts = {
+            "new": 0,
+            "changed": 0,
+            "unchanged": 0,
+            "dirs": 0,
+            "read": 0,
+            "total": 0,
+        }
+        self._unreadable: list[Problem] = []
+        self._changed: list[Problem] = []
+        self._skipped: list[Problem] = []
+
+    # -- entry point -----------------------------------------------------------------------
+
+    def run(self) -> BackupResult:
+        roots = self._roots()
+        started = time.monotonic()
+        start_time = now_iso()
+        with self.repo.lock(exclusive=False, purpose=f"backup of {self.options.source}"):
+            parent = choose_parent(self.repo, self.options.source, self.options.backup_type)
+            backup_type = self.options.backup_type if parent else "full"
+            if parent is not None:
+                self._parent_cutoff_ns = _parse_time_ns(parent.time) - RACY_WINDOW_NS
+            sink = BlobSink(
+                self.repo,
+                verify=self.options.verify,
+                workers=self.options.workers,
+                on_progress=self._on_progress,
+            )
+            self._sink = sink
+            try:
+                root = self._walk_roots(roots, parent.tree if parent else None)
+                while self._pending:
+                    self._resolve(self._pending.popleft())
+                assert root.tree is not None
+                tree_id = root.tree.result()
+                sink.flush()
+            except BaseException:
+                sink.abort()
+                raise
+            duration = time.monotonic() - started
+            snapshot = Snapshot(
+                time=start_time,
+                end_time=now_iso(),
+                host=socket.gethostname(),
+                user=_user(os.getuid()) or str(os.getuid()),
+                source=self.options.source,
+                kind="files",
+                backup_type=backup_type,
+                paths=tuple(display_path(p) for p in sorted(roots)),
+                tree=tree_id,
+                tags=self.options.tags,
+                parent=parent.id if parent else None,
+                tier=self.options.tier,
+                stats={
+                    "files_new": self._counts["new"],
+                    "files_changed": self._counts["changed"],
+                    "files_unchanged": self._counts["unchanged"],
+                    "dirs": self._counts["dirs"],
+                    "total_bytes": self._counts["total"],
+                    "bytes_read": self._counts["read"],
+                    "bytes_added": sink.stats.bytes_stored,
+                    "blobs_added": sink.stats.blobs_new,
+                    "unreadable": len(self._unreadable),
+                    "changed_while_read": len(self._changed),
+                    "duration_s": round(duration, 3),
+                },
+                program=f"medvault {__version__}",
+            )
+            snapshot_id = self.repo.save_snapshot(snapshot)
+        snapshot = Snapshot(**{**snapshot.__dict__, "id": snapshot_id})
+        return BackupResult(
+            snapshot=snapshot,
+            files_new=self._counts["new"],
+            files_changed=self._counts["changed"],
+            files_unchanged=self._counts["unchanged"],
+            dirs=self._counts["dirs"],
+            bytes_read=self._counts["read"],
+            bytes_added=sink.stats.bytes_stored,
+            duration=duration,
+            unreadable=self._unreadable,
+            changed_while_read=self._changed,
+            skipped=self._skipped,
+        )
+
+    def _roots(self) -> list[bytes]:
+        if not self.options.paths:
+            raise UsageError("nothing to back up: give one or more paths")
+        roots = []
+        for raw in self.options.paths:
+            path = os.path.abspath(os.fsencode(raw))
+            try:
+                os.lstat(path)
+            except FileNotFoundError:
+                raise SourceUnavailable(f"path {raw} does not exist") from None
+            except OSError as exc:
+                raise SourceUnavailable(f"cannot read {raw}: {exc.strerror}") from None
+            roots.append(path)
+        return roots
+
+    # -- walking ---------------------------------------------------------------------------
+
+    def _walk_roots(self, roots: list[bytes], parent_tree: bytes | None) -> _PendingDir:
+        """The snapshot's root mirrors absolute paths: /app/uploads is stored as app/uploads,
+        each intermediate directory with its own metadata."""
+        if b"/" in roots:
+            return self._walk_dir(b"/", parent_tree)
+        trie: Trie = {}
+        for root in sorted(roots, key=len):  # ancestors first: they swallow descendants
+            parts = root.strip(b"/").split(b"/")
+            level: Trie | None = trie
+            for part in parts[:-1]:
+                assert level is not None
+                level = level.setdefault(part, {})
+                if level is None:
+                    break
+            else:
+                assert level is not None
+                level[parts[-1]] = None
+        return self._walk_trie(b"", trie, parent_tree)
+
+    def _walk_trie(self, base: bytes, trie: Trie, parent_tree: bytes | None) -> _PendingDir:
+        pending = _PendingDir()
+        parent_nodes = self._parent_nodes(parent_tree)
+        for name, sub in sorted(trie.items()):
+            path = base + b"/" + name
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+                continue
+            node = node_from_stat(name, st)
+            prior = parent_nodes.get(name)
+            if sub is None:
+                self._add_entry(pending, path, node, prior)
+            else:
+                prior_tree = prior.subtree if prior is not None else None
+                pending.entries.append((node, self._walk_trie(path, sub, prior_tree)))
+                self._counts["dirs"] += 1
+        self._enqueue(pending)
+        return pending
+
+    def _excluded(self, path: bytes, name: bytes) -> bool:
+        if not self.options.excludes:
+            return False
+        text, base = os.fsdecode(path), os.fsdecode(name)
+        return any(
+            fnmatch.fnmatchcase(text if "/" in pattern else base, pattern)
+            for pattern in self.options.excludes
+        )
+
+    def _walk_dir(self, path: bytes, parent_tree: bytes | None) -> _PendingDir:
+        pending = _PendingDir()
+        parent_nodes = self._parent_nodes(parent_tree)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+            self._enqueue(pending)
+            return pending
+        for entry in entries:
+            name = entry.name
+            full = path.rstrip(b"/") + b"/" + name
+            if self._excluded(full, name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._unreadable.append(Problem(display_path(full), exc.strerror or str(exc)))
+                continue
+            self._add_entry(pending, full, node_from_stat(name, st), parent_nodes.get(name))
+        self._enqueue(pending)
+        return pending
+
+    def _add_entry(self, pending: _PendingDir, path: bytes, node: Node, prior: Node | None) -> None:
+        if node.type == DIR:
+            prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
+            pending.entries.append((node, self._walk_dir(path, prior_tree)))
+            self._counts["dirs"] += 1
+        elif node.type == FILE:
+            self._add_file(pending, path, node, prior)
+        elif node.type == SYMLINK:
+            try:
+                target = os.readlink(path)
+            except OSError as exc:
+                self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+                return
+            pending.entries.append((Node(**{**node.__dict__, "target": target}), None))
+        else:
+            self._skipped.append(
+                Problem(display_path(path), f"{node.type} files are not backed up")
+            )
+
+    def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        return {node.name: node for node in self.repo.load_tree(tree_id)}
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _add_file(self, pending: _PendingDir, path: bytes, node: Node, prior: Node | None) -> None:
+        if (
+            prior is not None
+            and node.same_file(prior)
+            and node.mtime_ns < self._parent_cutoff_ns
+            and all(blob in self.repo.index for blob in prior.content)
+        ):
+            self._counts["unchanged"] += 1
+            self._counts["total"] += node.size
+            pending.entries.append((node.with_content(prior.content), None))
+            return
+        read = self._read_file(path, node)
+        if read is None:
+            return
+        node, futures = read
+        self._counts["changed" if prior is not None else "new"] += 1
+        self._counts["total"] += node.size
+        pending.entries.append((node, futures))
+
+    def _open(self, path: bytes) -> int:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(path, flags | os.O_NOATIME)
+        except PermissionError:
+            return os.open(path, flags)  # O_NOATIME needs ownership; plain read still works
+
+    def _read_file(self, path: bytes, node: Node) -> tuple[Node, list[Future[bytes]]] | None:
+        futures: list[Future[bytes]] = []
+        total = 0
+        try:
+            fd = self._open(path)
+            with os.fdopen(fd, "rb", buffering=0) as handle:
+                before = os.fstat(fd)
+                for chunk in self._chunker.chunks(handle):
+                    total += len(chunk)
+                    futures.append(self._sink.submit(chunk, DATA_BLOB))
+                after = os.fstat(fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise MedvaultError(f"disk full while reading {display_path(path)}") from exc
+            self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+            for future in futures:
+                future.cancel()
+            return None
+        self._counts["read"] += total
+        moved = (before.st_ino, before.st_mtime_ns, before.st_size) != (
+            node.inode,
+            node.mtime_ns,
+            node.size,
+        )
+        changed = (after.st_mtime_ns, after.st_ctime_ns, after.st_size) != (
+            before.st_mtime_ns,
+            before.st_ctime_ns,
+            before.st_size,
+        )
+        if moved or changed or total != after.st_size:
+            self._changed.append(Problem(display_path(path), "file changed while it was read"))
+        stored = node_from_stat(node.name, after)
+        return Node(**{**stored.__dict__, "size": total}), futures
+
+    # -- trees -----------------------------------------------------------------------------
+
+    def _enqueue(self, pending: _PendingDir) -> None:
+        self._pending.append(pending)
+        while len(self._pending) > PENDING_DIRS:
+            self._resolve(self._pending.popleft())
+
+    def _resolve(self, pending: _PendingDir) -> None:
+        """Children are always enqueued before their parent, so their trees exist already."""
+        nodes = []
+        for node, work in pending.entries:
+            if isinstance(work, _PendingDir):
+                assert work.tree is not None
+                nodes.append(Node(**{**node.__dict__, "subtree": work.tree.result()}))
+            elif work is not None:
+                nodes.append(node.with_content(tuple(f.result() for f in work)))
+            else:
+                nodes.append(node)
+        pending.entries = []
+        pending.tree = self._sink.submit(encode_tree(nodes), TREE_BLOB)
+
+
+def backup_files(
+    repo: Repository, options: BackupOptions, on_progress: Callable[[int], None] | None = None
+) -> BackupResult:
+    return FileBackup(repo, options, on_progress).run()
