@@ -1,0 +1,31 @@
+# make demo   installs everything and runs the end-to-end demo
+# make test   installs everything and runs ruff, mypy and the test suite
+.PHONY: install demo test lint typecheck pytest bench clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+install:
+	@scripts/bootstrap.sh
+
+demo: install
+	@$(BIN)/python demo/demo.py
+
+lint: install
+	$(BIN)/ruff check src tests bench demo
+	$(BIN)/ruff format --check src tests bench demo
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench:
+	@scripts/bootstrap.sh bench
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what medvault needs on a fresh Debian machine: system packages through apt-get
+# when missing, uv through pip when missing, then the locked Python environment in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=/usr/bin/python3
+packages=()
+[ -x "$PYTHON" ] || packages+=(python3)
+for extra in "$@"; do
+  case "$extra" in
+    bench) command -v restic >/dev/null || packages+=(restic)
+           command -v borg >/dev/null || packages+=(borgbackup) ;;
+  esac
+done
+if [ ${#packages[@]} -gt 0 ]; then
+  echo "installing system packages: ${packages[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+find_uv() { command -v uv 2>/dev/null || ls "$HOME/.local/bin/uv" 2>/dev/null || true; }
+UV=$(find_uv)
+if [ -z "$UV" ]; then
+  echo "installing uv"
+  pip=(python3 -m pip)
+  "${pip[@]}" --version >/dev/null 2>&1 || { apt-get install -y -qq python3-pip >/dev/null; }
+  "${pip[@]}" install -q uv 2>/dev/null || "${pip[@]}" install -q --break-system-packages uv \
+    || "${pip[@]}" install -q --user --break-system-packages uv
+  hash -r
+  UV=$(find_uv)
+fi
+# Debian's interpreter, not one under root's private home: PostgreSQL's archive_command runs
+# medvault as the postgres user, who must be able to execute this venv.
+UV_PYTHON="$PYTHON" "$UV" sync --frozen --quiet --python "$PYTHON"

@@ -1,0 +1,114 @@
+"""Fixtures: real repositories on disk, the real `medvault` command as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from medvault.backends import open_backend
+from medvault.repository.keys import Credential
+from medvault.repository.repo import Repository
+
+PASSWORD = "correct horse battery staple"
+MEDVAULT = str(Path(sys.executable).parent / "medvault")
+
+
+class Cli:
+    """Runs `medvault` against one repository with a passphrase in the environment."""
+
+    def __init__(self, repo: Path, cwd: Path) -> None:
+        self.repo = repo
+        self.cwd = cwd
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")
+        } | {"MEDVAULT_PASSWORD": PASSWORD, "MEDVAULT_REPOSITORY": str(repo)}
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, check: bool = True,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [MEDVAULT, *args],
+            cwd=self.cwd,
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=600,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"medvault {' '.join(args)} exited {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}"
+            )
+        return done
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [MEDVAULT, *args], cwd=self.cwd, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "repo", tmp_path)
+
+
+@pytest.fixture
+def initialized_cli(cli: Cli) -> Cli:
+    cli("init")
+    return cli
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    """A repository opened in-process, for tests of the engine itself."""
+    return Repository.init(
+        open_backend(str(tmp_path / "repo")), Credential(passphrase=PASSWORD.encode())
+    )
+
+
+def reopen(repo: Repository) -> Repository:
+    return Repository.open(open_backend(repo.backend.url), Credential(passphrase=PASSWORD.encode()))
+
+
+@pytest.fixture
+def make_tree(tmp_path: Path) -> Callable[[dict[str, bytes | str]], Path]:
+    """Builds a directory from {relative path: content}; a str content is a symlink target."""
+
+    def build(files: dict[str, bytes | str], root: Path | None = None) -> Path:
+        base = root or tmp_path / "data"
+        for rel, content in files.items():
+            path = base / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, str):
+                path.symlink_to(content)
+            else:
+                path.write_bytes(content)
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+
+    return build
+
+
+def tree_digest(root: Path) -> dict[str, tuple[str, int, int, bytes]]:
+    """What a restore must reproduce: type, mode, mtime and content (or link target)."""
+    out: dict[str, tuple[str, int, int, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = ("link", 0, 0, os.readlink(path).encode())
+            elif path.is_dir():
+                out[rel] = ("dir", st.st_mode & 0o7777, st.st_mtime_ns, b"")
+            else:
+                out[rel] = ("file", st.st_mode & 0o7777, st.st_mtime_ns, path.read_bytes())
+    return out
