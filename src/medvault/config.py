@@ -1,22 +1,18 @@
 """medvault.toml -> typed settings. Validation errors name the key and the problem.
-
-Found at --config PATH, else $MEDVAULT_CONFIG, else ./medvault.toml, else
-/etc/medvault/medvault.toml; with none of them, medvault runs on --repo alone.
-"""
+With no config file (see configfile.py), medvault runs on --repo alone."""
 
 from __future__ import annotations
 
 import os
 import re
 import tomllib
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medvault.configfile import find_config
 from medvault.errors import ConfigError, UsageError
 
-SEARCH_PATH = (Path("medvault.toml"), Path("/etc/medvault/medvault.toml"))
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -60,15 +56,6 @@ def _format_error(exc: ValidationError) -> str:
     key = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     return f"{key}: {message}" if key else message
-
-
-def find_config(explicit: str | None) -> Path | None:
-    if explicit:
-        return Path(explicit)
-    from_env = os.environ.get("MEDVAULT_CONFIG")
-    if from_env:
-        return Path(from_env)
-    return next((p for p in SEARCH_PATH if p.is_file()), None)
 
 
 def load_settings(explicit: str | None = None) -> Settings:

@@ -9,10 +9,13 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from medvault.config import RepositorySettings
 from medvault.errors import NoCredential, UsageError
 from medvault.repository.keys import Credential, read_keyfile
+
+if TYPE_CHECKING:
+    from medvault.config import RepositorySettings
 
 
 @dataclass(frozen=True)

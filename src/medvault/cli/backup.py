@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import typer
 
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, stderr
+from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
 from medvault.errors import UsageError
-from medvault.sources.files import BACKUP_TYPES, BackupOptions, BackupResult, backup_files
+
+if TYPE_CHECKING:
+    from medvault.sources.files import BackupResult
 
 EXIT_INCOMPLETE = 3
 DEFAULT_SOURCE = "files"
@@ -31,18 +34,18 @@ def backup(
     no_verify: bool = typer.Option(False, "--no-verify-blobs", hidden=True),
 ) -> None:
     """Back up files and directories into the repository."""
+    from medvault.sources.files import BACKUP_TYPES, BackupOptions, backup_files
+
     cli = obtain(ctx)
     if backup_type not in BACKUP_TYPES:
         raise UsageError(f"--type must be one of {', '.join(BACKUP_TYPES)}, not {backup_type!r}")
     targets = list(targets or [])
-    configured = cli.settings.source
+    configured = cli.configured_sources()
     name = source
-    if not targets and source is not None and source in configured:
-        pass
-    elif len(targets) == 1 and source is None and targets[0] in configured:
+    if len(targets) == 1 and source is None and targets[0] in configured:
         name, targets = targets[0], []
     if name is not None and name in configured and not targets:
-        settings = configured[name]
+        settings = cli.settings.source[name]
         options = BackupOptions(
             source=name,
             paths=list(settings.paths),
@@ -95,15 +98,14 @@ def _report(result: BackupResult, as_json: bool) -> None:
         )
         return
     for problem in result.unreadable:
-        stderr.print(f"warning: could not read {problem.path}: {problem.reason}", markup=False)
+        warn(f"warning: could not read {problem.path}: {problem.reason}")
     for problem in result.changed_while_read:
-        stderr.print(
+        warn(
             f"warning: {problem.path} changed while it was read; the copy in this "
-            "snapshot may be inconsistent",
-            markup=False,
+            "snapshot may be inconsistent"
         )
     for problem in result.skipped:
-        stderr.print(f"note: skipped {problem.path}: {problem.reason}", markup=False)
+        warn(f"note: skipped {problem.path}: {problem.reason}")
     parent = f", parent {snap.parent[:12]}" if snap.parent else ""
     print(
         f"snapshot {snap.short_id} saved ({snap.backup_type}{parent}): files "
@@ -113,10 +115,9 @@ def _report(result: BackupResult, as_json: bool) -> None:
     )
     if not result.complete:
         bad = len(result.unreadable) + len(result.changed_while_read)
-        stderr.print(
+        warn(
             f"warning: backup is incomplete: {bad} file(s) could not be read "
-            "consistently (listed above)",
-            markup=False,
+            "consistently (listed above)"
         )
 
 

@@ -1,4 +1,8 @@
-"""State shared by all commands: global options, settings, and opening the repository."""
+"""State shared by all commands: global options, settings, and opening the repository.
+
+Heavy modules (pydantic, rich's progress, the repository engine) are imported only by the
+commands that use them, so a command starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,22 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
-from medvault.backends import open_backend
-from medvault.config import RepositorySettings, Settings, load_settings, resolve_repository
-from medvault.credentials import CredentialOptions, get_credential
-from medvault.repository.repo import Repository
+from medvault.configfile import find_config
+from medvault.credentials import CredentialOptions
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from medvault.config import RepositorySettings, Settings
+    from medvault.repository.repo import Repository
+
+
+def warn(message: str) -> None:
+    """One line on stderr, never wrapped: log collectors and DBAs grep for it."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 @dataclass
@@ -37,13 +39,28 @@ class CliContext:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from medvault.config import load_settings
+
             self._settings = load_settings(self.config_option)
         return self._settings
 
+    def configured_sources(self) -> set[str]:
+        if find_config(self.config_option) is None:
+            return set()
+        return set(self.settings.source)
+
     def repository_target(self, source: str | None = None) -> tuple[str, RepositorySettings | None]:
+        if self.repo_option and find_config(self.config_option) is None:
+            return self.repo_option, None
+        from medvault.config import resolve_repository
+
         return resolve_repository(self.settings, self.repo_option, source)
 
     def open(self, source: str | None = None) -> Repository:
+        from medvault.backends import open_backend
+        from medvault.credentials import get_credential
+        from medvault.repository.repo import Repository
+
         url, repo_settings = self.repository_target(source)
         backend = open_backend(url)
         # Say "no repository here" before asking for a passphrase that could not help.
@@ -76,13 +93,22 @@ def progress_bar(label: str, total: int | None, enabled: bool) -> Iterator[Calla
     if not enabled or not sys.stderr.isatty():
         yield lambda _n: None
         return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeElapsedColumn(),
-        console=stderr,
+        console=Console(stderr=True),
         transient=True,
     ) as progress:
         task = progress.add_task(label, total=total)

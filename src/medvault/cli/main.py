@@ -10,7 +10,7 @@ import typer
 
 from medvault import __version__
 from medvault.cli import backup, repo_cmds, restore, snapshots
-from medvault.cli.context import CliContext, stderr
+from medvault.cli.context import CliContext, warn
 from medvault.credentials import CredentialOptions
 from medvault.errors import MedvaultError
 
@@ -86,27 +86,25 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors: unknown option, missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # empty when the help text was shown instead
-            stderr.print(f"medvault: {message}", markup=False)
+            warn(f"medvault: {message}")
         code = 2
     except (KeyboardInterrupt, typer.Abort):
-        stderr.print(
+        warn(
             "medvault: interrupted; the repository is unchanged apart from unreferenced "
-            "data that `medvault prune` removes",
-            markup=False,
+            "data that `medvault prune` removes"
         )
         code = EXIT_INTERRUPTED
     except MedvaultError as exc:
-        stderr.print(f"medvault: error: {exc}", markup=False)
+        warn(f"medvault: error: {exc}")
         code = exc.exit_code
     except BrokenPipeError:
         code = 0
     except Exception as exc:
         if os.environ.get("MEDVAULT_DEBUG"):
             traceback.print_exc()
-        stderr.print(
+        warn(
             f"medvault: internal error: {type(exc).__name__}: {exc} "
-            "(set MEDVAULT_DEBUG=1 for details)",
-            markup=False,
+            "(set MEDVAULT_DEBUG=1 for details)"
         )
         code = 1
     sys.stdout.flush()

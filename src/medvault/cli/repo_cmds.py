@@ -6,14 +6,10 @@ import os
 
 import typer
 
-from medvault.backends import open_backend
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, stderr
-from medvault.credentials import CredentialOptions, get_credential, get_new_passphrase
+from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
+from medvault.credentials import get_credential, get_new_passphrase
 from medvault.errors import IntegrityError, UsageError
-from medvault.repository.check import check_repository
 from medvault.repository.keys import Credential, write_keyfile
-from medvault.repository.locks import list_locks, remove_stale_locks
-from medvault.repository.repo import Repository
 
 key_app = typer.Typer(help="Manage key slots: passphrases and key files.", no_args_is_help=True)
 
@@ -37,6 +33,9 @@ def init(
     label: str = typer.Option("", "--label", help="A note on the first key slot."),
 ) -> None:
     """Create a new, empty repository."""
+    from medvault.backends import open_backend
+    from medvault.repository.repo import Repository
+
     cli = obtain(ctx)
     url, repo_settings = cli.repository_target()
     if new_key_file:
@@ -142,6 +141,8 @@ def check(
             ) from None
         if not 0 < fraction <= 100:
             raise UsageError("--read-data-subset must be between 0% and 100%")
+    from medvault.repository.check import check_repository
+
     repo = obtain(ctx).open()
     with (
         repo.lock(exclusive=False, purpose="check"),
@@ -185,6 +186,8 @@ def unlock(
     ),
 ) -> None:
     """Remove locks left by processes that are gone."""
+    from medvault.repository.locks import list_locks, remove_stale_locks
+
     repo = obtain(ctx).open()
     removed = remove_stale_locks(repo.backend, remove_all=remove_all)
     for lock in removed:
@@ -193,7 +196,7 @@ def unlock(
     if not removed:
         print("no stale locks")
     for lock in remaining:
-        stderr.print(f"still held: {lock.describe()}", markup=False)
+        warn(f"still held: {lock.describe()}")
 
 
 def register(app: typer.Typer) -> None:
@@ -201,6 +204,3 @@ def register(app: typer.Typer) -> None:
     app.add_typer(key_app, name="key")
     app.command()(check)
     app.command()(unlock)
-
-
-__all__ = ["CredentialOptions", "register"]

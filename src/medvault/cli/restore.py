@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
-from medvault.recovery.files import restore_files
 
 
 def restore(
@@ -19,6 +18,8 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a snapshot into a directory, verifying every blob on the way."""
+    from medvault.recovery.files import restore_files
+
     repo = obtain(ctx).open()
     snap = repo.find_snapshot(snapshot)
     total = int(snap.stats.get("total_bytes", 0)) or None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import stat
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json
-from medvault.repository.browse import diff_snapshots, list_entries
-from medvault.repository.records import Node, Snapshot
+
+if TYPE_CHECKING:
+    from medvault.repository.records import Node, Snapshot
 
 
 def _snapshot_doc(snap: Snapshot) -> dict[str, object]:
@@ -64,6 +66,8 @@ def ls(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the files in a snapshot."""
+    from medvault.repository.browse import list_entries
+
     repo = obtain(ctx).open()
     snap = repo.find_snapshot(snapshot)
     entries = list_entries(repo, snap, path, recursive=recursive)
@@ -105,6 +109,8 @@ def diff(
 ) -> None:
     """Show what changed between two snapshots (+ added, - removed, M content, U metadata,
     T type)."""
+    from medvault.repository.browse import diff_snapshots
+
     repo = obtain(ctx).open()
     old, new = repo.find_snapshot(first), repo.find_snapshot(second)
     changes = diff_snapshots(repo, old, new)

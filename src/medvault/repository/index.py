@@ -10,25 +10,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgpack
-import numpy as np
 
 from medvault.errors import IntegrityError
 from medvault.repository.packs import ENTRY, PackEntry
 
-TABLE_DTYPE = np.dtype(
-    [
-        ("id", "u1", (32,)),
-        ("type", "u1"),
-        ("ordinal", "<u4"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("raw", "<u4"),
-    ]
-)
-assert TABLE_DTYPE.itemsize == ENTRY.size
-ROW_DTYPE = np.dtype([*TABLE_DTYPE.descr, ("pack", "<u4")])
+if TYPE_CHECKING:
+    import numpy as np
+
+TABLE_FIELDS = [
+    ("id", "u1", (32,)),
+    ("type", "u1"),
+    ("ordinal", "<u4"),
+    ("offset", "<u4"),
+    ("length", "<u4"),
+    ("raw", "<u4"),
+]
 MERGE_AT = 65536
 
 
@@ -77,10 +76,16 @@ def decode_index(payload: bytes) -> tuple[list[tuple[str, bytes, bytes]], list[s
 
 class MasterIndex:
     def __init__(self) -> None:
+        import numpy as np  # here, not at the top: commands that need no index start faster
+
+        self._np = np
+        self._table_dtype = np.dtype(TABLE_FIELDS)
+        assert self._table_dtype.itemsize == ENTRY.size
+        self._row_dtype = np.dtype([*TABLE_FIELDS, ("pack", "<u4")])
         self._pack_ids: list[str] = []
         self._key_blocks: list[bytes] = []
         self._pack_numbers: dict[str, int] = {}
-        self._rows = np.zeros(0, dtype=ROW_DTYPE)
+        self._rows = np.zeros(0, dtype=self._row_dtype)
         self._prefixes = np.zeros(0, dtype=np.uint64)
         self._staged: list[np.ndarray] = []
         self._recent: dict[bytes, tuple[int, PackEntry]] = {}
@@ -102,14 +107,15 @@ class MasterIndex:
         return number
 
     def add_table(self, pack_id: str, key_block: bytes, table: bytes) -> None:
+        np = self._np
         """Bulk load from an index object; call `merge()` once all are added."""
         if len(table) % ENTRY.size:
             raise IntegrityError(f"index entry table for pack {pack_id[:16]} is truncated")
         with self._lock:
             number = self._pack_number(pack_id, key_block)
-            parsed = np.frombuffer(table, dtype=TABLE_DTYPE)
-            rows = np.empty(len(parsed), dtype=ROW_DTYPE)
-            for name in TABLE_DTYPE.names or ():
+            parsed = np.frombuffer(table, dtype=self._table_dtype)
+            rows = np.empty(len(parsed), dtype=self._row_dtype)
+            for name in self._table_dtype.names or ():
                 rows[name] = parsed[name]
             rows["pack"] = number
             self._staged.append(rows)
@@ -127,9 +133,10 @@ class MasterIndex:
             self._merge_locked()
 
     def _merge_locked(self) -> None:
+        np = self._np
         parts = [self._rows, *self._staged]
         if self._recent:
-            recent = np.empty(len(self._recent), dtype=ROW_DTYPE)
+            recent = np.empty(len(self._recent), dtype=self._row_dtype)
             for i, (number, e) in enumerate(self._recent.values()):
                 recent[i] = (
                     np.frombuffer(e.blob_id, dtype="u1"),
@@ -150,6 +157,7 @@ class MasterIndex:
         self._staged, self._recent = [], {}
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
+        np = self._np
         with self._lock:
             if self._staged:
                 self._merge_locked()
@@ -182,6 +190,7 @@ class MasterIndex:
         return BlobLocation(self._pack_ids[number], self._key_blocks[number], entry)
 
     def packs(self) -> Iterator[PackRecord]:
+        np = self._np
         """Every indexed pack with its blobs in pack order."""
         self.merge()
         by_pack = np.argsort(self._rows["pack"], kind="stable")
@@ -198,4 +207,6 @@ class MasterIndex:
 
 
 def _prefixes(rows: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return np.ascontiguousarray(rows["id"][:, :8]).view(">u8").ravel().astype(np.uint64)
