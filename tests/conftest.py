@@ -24,12 +24,16 @@ class Cli:
     def __init__(self, repo: Path, cwd: Path) -> None:
         self.repo = repo
         self.cwd = cwd
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")
-        } | {"MEDVAULT_PASSWORD": PASSWORD, "MEDVAULT_REPOSITORY": str(repo)}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")} | {
+            "MEDVAULT_PASSWORD": PASSWORD,
+            "MEDVAULT_REPOSITORY": str(repo),
+        }
 
     def __call__(
-        self, *args: str, env: dict[str, str] | None = None, check: bool = True,
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        check: bool = True,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -50,8 +54,12 @@ class Cli:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [MEDVAULT, *args], cwd=self.cwd, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [MEDVAULT, *args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
 

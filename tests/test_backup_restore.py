@@ -21,14 +21,16 @@ def backup_json(cli: Cli, *args: str) -> dict[str, object]:
 def test_restore_is_byte_identical_with_modes_mtimes_and_symlinks(
     initialized_cli: Cli, make_tree, tmp_path: Path
 ) -> None:
-    data = make_tree({
-        "letters/referral.txt": b"Dear colleague,\n" * 1000,
-        "scans/ct-0001.dcm": os.urandom(3_000_000),
-        "empty.txt": b"",
-        "nested/deeper/still/note.md": b"# note\n",
-        "latest-scan": "scans/ct-0001.dcm",
-        "dangling": "does/not/exist",
-    })
+    data = make_tree(
+        {
+            "letters/referral.txt": b"Dear colleague,\n" * 1000,
+            "scans/ct-0001.dcm": os.urandom(3_000_000),
+            "empty.txt": b"",
+            "nested/deeper/still/note.md": b"# note\n",
+            "latest-scan": "scans/ct-0001.dcm",
+            "dangling": "does/not/exist",
+        }
+    )
     (data / "letters/referral.txt").chmod(0o640)
     (data / "nested").chmod(0o750)
     os.utime(data / "empty.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
@@ -37,9 +39,7 @@ def test_restore_is_byte_identical_with_modes_mtimes_and_symlinks(
     assert tree_digest(restored(tmp_path / "out", data)) == tree_digest(data)
 
 
-def test_names_that_are_not_utf8_survive_a_round_trip(
-    initialized_cli: Cli, tmp_path: Path
-) -> None:
+def test_names_that_are_not_utf8_survive_a_round_trip(initialized_cli: Cli, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     name = b"patient-\xe9\xff.txt"
@@ -53,9 +53,7 @@ def test_names_that_are_not_utf8_survive_a_round_trip(
     assert open(os.path.join(out, name), "rb").read() == b"latin-1 named file"
 
 
-def test_second_backup_of_unchanged_files_adds_nothing(
-    initialized_cli: Cli, make_tree
-) -> None:
+def test_second_backup_of_unchanged_files_adds_nothing(initialized_cli: Cli, make_tree) -> None:
     data = make_tree({f"f{i}.bin": os.urandom(200_000) for i in range(5)})
     first = backup_json(initialized_cli, str(data))
     second = backup_json(initialized_cli, str(data), "--type", "full")
@@ -75,9 +73,7 @@ def test_duplicate_content_within_one_backup_is_stored_once(
     assert result["bytes_added"] < 2_200_000
 
 
-def test_incremental_skips_unchanged_files_by_metadata(
-    initialized_cli: Cli, make_tree
-) -> None:
+def test_incremental_skips_unchanged_files_by_metadata(initialized_cli: Cli, make_tree) -> None:
     data = make_tree({"old.bin": os.urandom(100_000), "changing.txt": b"v1"})
     old_time = 1_700_000_000_000_000_000
     for name in ("old.bin", "changing.txt"):
@@ -91,9 +87,7 @@ def test_incremental_skips_unchanged_files_by_metadata(
     assert result["bytes_read"] == len(b"version two") + len(b"fresh")
 
 
-def test_files_touched_near_the_parent_start_are_reread(
-    initialized_cli: Cli, make_tree
-) -> None:
+def test_files_touched_near_the_parent_start_are_reread(initialized_cli: Cli, make_tree) -> None:
     data = make_tree({"racy.txt": b"written just now"})
     backup_json(initialized_cli, str(data))
     result = backup_json(initialized_cli, str(data))

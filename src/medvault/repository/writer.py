@@ -1,7 +1,9 @@
 """The write pipeline: id -> dedup -> compress -> seal -> verify -> pack -> store.
 
 Worker threads do the CPU work (BLAKE3, zstd and AES-GCM release the GIL); one uploader
-thread writes finished packs, so a slow store never stalls hashing. Memory stays bounded:
+thread writes finished packs, so a slow store never stalls hashing. Tree blobs go to packs of
+their own: losing a data pack then costs the files in it, never the directory listings that
+name what was lost. Memory stays bounded:
 at most `max_in_flight` bytes of chunks wait for workers, one open pack per worker, and
 `upload_queue` finished packs wait for the uploader.
 """
@@ -57,7 +59,7 @@ class BlobSink:
         self._outstanding = 0
         self._cond = threading.Condition()
         self._claimed: set[bytes] = set()
-        self._free_builders: list[PackBuilder] = []
+        self._free_builders: dict[int, list[PackBuilder]] = {}
         self._uploads: queue.Queue[PackBuilder | None] = queue.Queue(upload_queue)
         self._unindexed: list[PackRecord] = []
         self._error: BaseException | None = None
@@ -105,7 +107,7 @@ class BlobSink:
                     self.stats.blobs_known += 1
                 return blob_id
             payload = compression.encode(data, self._level)
-            builder = self._take_builder()
+            builder = self._take_builder(blob_type)
             entry = builder.add(blob_id, blob_type, payload, len(data))
             if self._verify and compression.decode(builder.open_added(entry)) != data:
                 raise IntegrityError(
@@ -119,7 +121,7 @@ class BlobSink:
                 self._uploads.put(builder)
             else:
                 with self._cond:
-                    self._free_builders.append(builder)
+                    self._free_builders.setdefault(blob_type, []).append(builder)
             return blob_id
         except BaseException as exc:
             with self._cond:
@@ -133,10 +135,11 @@ class BlobSink:
             if self._on_progress is not None:
                 self._on_progress(len(data))
 
-    def _take_builder(self) -> PackBuilder:
+    def _take_builder(self, blob_type: int) -> PackBuilder:
         with self._cond:
-            if self._free_builders:
-                return self._free_builders.pop()
+            free = self._free_builders.get(blob_type)
+            if free:
+                return free.pop()
         return PackBuilder(self.repo.master.current)
 
     # -- uploading -------------------------------------------------------------------------
@@ -181,7 +184,8 @@ class BlobSink:
         with self._cond:
             while self._outstanding:
                 self._cond.wait(1.0)
-            builders, self._free_builders = self._free_builders, []
+            builders = [b for free in self._free_builders.values() for b in free]
+            self._free_builders = {}
         for builder in builders:
             if builder.entries:
                 self._uploads.put(builder)
