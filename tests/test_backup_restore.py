@@ -50,7 +50,7 @@ def test_names_that_are_not_utf8_survive_a_round_trip(initialized_cli: Cli, tmp_
     assert "patient-\\\\xe9\\\\xff.txt" in listing
     initialized_cli("restore", "latest", "--target", str(tmp_path / "out"))
     out = os.fsencode(restored(tmp_path / "out", data))
-    assert open(os.path.join(out, name), "rb").read() == b"latin-1 named file"
+    assert Path(os.fsdecode(os.path.join(out, name))).read_bytes() == b"latin-1 named file"
 
 
 def test_second_backup_of_unchanged_files_adds_nothing(initialized_cli: Cli, make_tree) -> None:

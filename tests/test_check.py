@@ -66,7 +66,7 @@ def test_deleted_pack_is_found_without_reading_data(backed_up: tuple[Cli, Path])
 
 
 def test_truncated_index_is_found_and_the_damage_traced(backed_up: tuple[Cli, Path]) -> None:
-    cli, data = backed_up
+    cli, _ = backed_up
     (index,) = list((cli.repo / "index").iterdir())
     index.write_bytes(index.read_bytes()[:40])
     code, report = check(cli)
