@@ -129,3 +129,11 @@ def test_key_files_are_never_overwritten(initialized_cli: Cli, tmp_path: Path) -
     assert done.returncode == 2
     assert existing.read_text() == "precious"
     assert os.path.exists(existing)
+
+
+def test_passphrase_file_from_the_environment_for_cron(cli: Cli, tmp_path: Path) -> None:
+    secret = tmp_path / "pass"
+    secret.write_text("cron secret\n")
+    env = {"MEDVAULT_PASSWORD": "", "MEDVAULT_PASSWORD_FILE": str(secret)}
+    cli("init", env=env)
+    assert "0 snapshot(s)" in cli("snapshots", env=env).stdout

@@ -84,6 +84,12 @@ def get_credential(
         return Credential(passphrase=_from_command(options.password_command), origin="command")
     if os.environ.get("MEDVAULT_PASSWORD"):
         return Credential(passphrase=os.environ["MEDVAULT_PASSWORD"].encode(), origin="env")
+    if os.environ.get("MEDVAULT_PASSWORD_FILE"):
+        path = os.environ["MEDVAULT_PASSWORD_FILE"]
+        return Credential(passphrase=_from_file(path), origin="MEDVAULT_PASSWORD_FILE")
+    if os.environ.get("MEDVAULT_PASSWORD_COMMAND"):
+        command = os.environ["MEDVAULT_PASSWORD_COMMAND"]
+        return Credential(passphrase=_from_command(command), origin="MEDVAULT_PASSWORD_COMMAND")
     if os.environ.get("MEDVAULT_KEY_FILE"):
         path = os.environ["MEDVAULT_KEY_FILE"]
         return Credential(keyfile_secret=read_keyfile(path), origin="MEDVAULT_KEY_FILE")
