@@ -166,6 +166,10 @@ class BlobSink:
         self.repo.backend.store(pack_name(pack_id), data)
         record = PackRecord(pack_id, builder.key_block, builder.entries)
         self.repo.index.add_pack(record)
+        # Indexed now: the claim is no longer needed to stop a second copy, and keeping it
+        # would grow memory with every new chunk of a large backup.
+        with self._cond:
+            self._claimed.difference_update(e.blob_id for e in builder.entries)
         self._unindexed.append(record)
         self.stats.packs += 1
 
