@@ -42,7 +42,7 @@ class BlobSink:
         repo: Repository,
         *,
         workers: int | None = None,
-        max_in_flight: int = 256 * 1024 * 1024,
+        max_in_flight: int = 64 * 1024 * 1024,
         upload_queue: int = 2,
         verify: bool = True,
         on_progress: Callable[[int], None] | None = None,
