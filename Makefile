@@ -11,9 +11,11 @@ install:
 demo: install
 	@$(BIN)/python demo/demo.py
 
+PYDIRS := $(wildcard src tests bench demo)
+
 lint: install
-	$(BIN)/ruff check src tests bench demo
-	$(BIN)/ruff format --check src tests bench demo
+	$(BIN)/ruff check $(PYDIRS)
+	$(BIN)/ruff format --check $(PYDIRS)
 
 typecheck: install
 	$(BIN)/mypy
