@@ -19,7 +19,10 @@ if [ ${#packages[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-find_uv() { command -v uv 2>/dev/null || ls "$HOME/.local/bin/uv" 2>/dev/null || true; }
+find_uv() {
+  command -v uv 2>/dev/null && return
+  python3 -c 'import uv; print(uv.find_uv_bin())' 2>/dev/null || true
+}
 UV=$(find_uv)
 if [ -z "$UV" ]; then
   echo "installing uv"
@@ -29,6 +32,7 @@ if [ -z "$UV" ]; then
     || "${pip[@]}" install -q --user --break-system-packages uv
   hash -r
   UV=$(find_uv)
+  [ -n "$UV" ] || { echo "uv was installed but cannot be found" >&2; exit 1; }
 fi
 # Debian's interpreter, not one under root's private home: PostgreSQL's archive_command runs
 # medvault as the postgres user, who must be able to execute this venv.
