@@ -15,22 +15,9 @@ if TYPE_CHECKING:
 
 
 def _snapshot_doc(snap: Snapshot) -> dict[str, object]:
-    return {
-        "id": snap.id,
-        "time": snap.time,
-        "end_time": snap.end_time,
-        "host": snap.host,
-        "user": snap.user,
-        "source": snap.source,
-        "kind": snap.kind,
-        "type": snap.backup_type,
-        "paths": list(snap.paths),
-        "tags": list(snap.tags),
-        "parent": snap.parent,
-        "tier": snap.tier,
-        "stats": snap.stats,
-        "program": snap.program,
-    }
+    from medvault.repository.records import snapshot_fields
+
+    return {"id": snap.id, **snapshot_fields(snap), "tree": snap.tree.hex()}
 
 
 def snapshots(

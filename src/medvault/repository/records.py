@@ -135,27 +135,29 @@ class Snapshot:
         return self.id[:12]
 
 
+def snapshot_fields(snap: Snapshot) -> dict[str, Any]:
+    """The stored fields of a snapshot, by their names in the format."""
+    return {
+        "time": snap.time,
+        "end_time": snap.end_time,
+        "host": snap.host,
+        "user": snap.user,
+        "source": snap.source,
+        "kind": snap.kind,
+        "type": snap.backup_type,
+        "paths": list(snap.paths),
+        "tree": snap.tree,
+        "tags": list(snap.tags),
+        "parent": snap.parent,
+        "tier": snap.tier,
+        "stats": snap.stats,
+        "facts": snap.facts,
+        "program": snap.program,
+    }
+
+
 def encode_snapshot(snap: Snapshot) -> bytes:
-    return msgpack.packb(
-        {
-            "v": 1,
-            "time": snap.time,
-            "end_time": snap.end_time,
-            "host": snap.host,
-            "user": snap.user,
-            "source": snap.source,
-            "kind": snap.kind,
-            "type": snap.backup_type,
-            "paths": list(snap.paths),
-            "tree": snap.tree,
-            "tags": list(snap.tags),
-            "parent": snap.parent,
-            "tier": snap.tier,
-            "stats": snap.stats,
-            "facts": snap.facts,
-            "program": snap.program,
-        }
-    )
+    return msgpack.packb({"v": 1, **snapshot_fields(snap)})
 
 
 def decode_snapshot(raw: bytes, snapshot_id: str) -> Snapshot:
