@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from conftest import Cli, tree_digest
@@ -89,6 +90,10 @@ def test_incremental_skips_unchanged_files_by_metadata(initialized_cli: Cli, mak
 
 def test_files_touched_near_the_parent_start_are_reread(initialized_cli: Cli, make_tree) -> None:
     data = make_tree({"racy.txt": b"written just now"})
+    # An mtime at or after the parent's start cannot prove the file was not written again
+    # later in the same clock tick; a future one is the deterministic form of that case.
+    future = time.time_ns() + 5_000_000_000
+    os.utime(data / "racy.txt", ns=(future, future))
     backup_json(initialized_cli, str(data))
     result = backup_json(initialized_cli, str(data))
     assert result["files_unchanged"] == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,8 +31,6 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.url = str(self.root)
-        self._handles: dict[str, int] = {}
-        self._handles_lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -50,6 +47,11 @@ class LocalBackend(Backend):
             self.root.mkdir(parents=True, exist_ok=True)
             for sub in _TOP_LEVEL:
                 (self.root / sub).mkdir(exist_ok=True)
+            # All 256 pack folders now, so that no later write depends on a new directory
+            # entry reaching the disk.
+            for prefix in range(256):
+                (self.root / "data" / f"{prefix:02x}").mkdir(exist_ok=True)
+            _fsync_dir(self.root / "data")
             _fsync_dir(self.root)
         except OSError as exc:
             raise BackendError(f"cannot create repository at {self.root}: {exc.strerror}") from exc
@@ -57,25 +59,17 @@ class LocalBackend(Backend):
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
 
-    def _fd(self, name: str) -> int:
-        with self._handles_lock:
-            fd = self._handles.get(name)
-            if fd is None:
-                fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
-                if len(self._handles) >= 256:
-                    for old in list(self._handles)[:64]:
-                        os.close(self._handles.pop(old))
-                self._handles[name] = fd
-            return fd
-
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        # One open per read: a shared descriptor cache races with eviction and deletion
+        # (a reused descriptor number would return another pack's bytes).
         try:
-            if length is None and offset == 0:
-                return self._path(name).read_bytes()
-            fd = self._fd(name)
-            if length is None:
-                length = os.fstat(fd).st_size - offset
-            data = os.pread(fd, length, offset)
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if length is None:
+                    length = os.fstat(fd).st_size - offset
+                data = os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
         except OSError as exc:
@@ -90,7 +84,7 @@ class LocalBackend(Backend):
             raise ObjectExists(f"object {name} already exists")
         tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_dir(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
@@ -114,12 +108,15 @@ class LocalBackend(Backend):
             tmp.unlink(missing_ok=True)
             raise self._fail("write", name, exc) from exc
 
+    def _ensure_dir(self, folder: Path) -> None:
+        if folder.is_dir():
+            return
+        self._ensure_dir(folder.parent)
+        folder.mkdir(exist_ok=True)
+        _fsync_dir(folder.parent)
+
     def delete(self, name: str) -> None:
         path = self._path(name)
-        with self._handles_lock:
-            fd = self._handles.pop(name, None)
-            if fd is not None:
-                os.close(fd)
         try:
             path.unlink()
             _fsync_dir(path.parent)
@@ -143,9 +140,3 @@ class LocalBackend(Backend):
                 except FileNotFoundError:
                     continue
                 yield ObjectInfo(f"{rel}/{filename}", size)
-
-    def close(self) -> None:
-        with self._handles_lock:
-            for fd in self._handles.values():
-                os.close(fd)
-            self._handles.clear()

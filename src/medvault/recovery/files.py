@@ -16,7 +16,7 @@ import secrets
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -62,7 +62,9 @@ def plan_restore(
     repo: Repository, snapshot: Snapshot, includes: Iterable[str] = ()
 ) -> list[PlannedEntry]:
     """Entries in creation order: each directory before what it holds."""
-    wanted = [_split(p) for p in includes] or [()]
+    # Sorted, so that entries sharing a parent are planned together and the plan stays
+    # depth-first: the restore keeps only the directories on the current path open.
+    wanted = sorted({_split(p) for p in includes}) or [()]
     plan: list[PlannedEntry] = []
     seen: set[tuple[bytes, ...]] = set()
     for parts in wanted:
@@ -102,7 +104,7 @@ def _plan_tree(
 
 def _ordered_prefetch(
     fetch: Callable[[bytes], bytes], blob_ids: Iterable[bytes], workers: int
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """fetch() over blob_ids in parallel, results in order, at most PREFETCH_BLOBS ahead."""
     with ThreadPoolExecutor(workers, "medvault-restore") as pool:
         window: deque[Future[bytes]] = deque()
@@ -153,8 +155,11 @@ class FileRestore:
             if not self.overwrite:
                 self._refuse_conflicts(root_fd, plan)
             self._execute(root_fd, plan)
+            os.fsync(root_fd)
         finally:
             os.close(root_fd)
+        # Durable before we say "restored": the next step may be starting a database on it.
+        os.sync()
         self.result.duration = time.monotonic() - started
         return self.result
 
@@ -171,7 +176,7 @@ class FileRestore:
 
     def _refuse_conflicts(self, root_fd: int, plan: list[PlannedEntry]) -> None:
         for entry in plan:
-            path = os.path.join(self.target.encode(), *entry.parts)
+            path = os.path.join(os.fsencode(self.target), *entry.parts)
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
@@ -191,35 +196,47 @@ class FileRestore:
     def _execute(self, root_fd: int, plan: list[PlannedEntry]) -> None:
         blobs = (blob for e in plan if e.node.type == FILE for blob in e.node.content)
         data = _ordered_prefetch(self.repo.load_blob, blobs, self.workers)
-        dir_fds: dict[tuple[bytes, ...], int] = {(): root_fd}
-        finished_dirs: list[tuple[tuple[bytes, ...], Node]] = []
+        # The directories on the path to the current entry, each with its descriptor: a
+        # directory is finished (metadata applied, descriptor closed) once the plan leaves
+        # it, so deep and wide trees never run out of descriptors.
+        open_dirs: list[tuple[tuple[bytes, ...], int, Node | None]] = [((), root_fd, None)]
         try:
             for entry in plan:
-                parent_fd = dir_fds[entry.parts[:-1]]
-                name = entry.parts[-1]
+                while open_dirs[-1][0] != entry.parts[:-1]:
+                    if len(open_dirs) == 1:
+                        raise RestoreTargetError("restore plan is not depth-first")  # a bug
+                    self._finish_dir(open_dirs.pop())
+                parent_fd = open_dirs[-1][1]
                 node = entry.node
                 if node.type == DIR:
-                    dir_fds[entry.parts] = self._make_dir(parent_fd, entry)
-                    finished_dirs.append((entry.parts, node))
+                    open_dirs.append((entry.parts, self._make_dir(parent_fd, entry), node))
                     self.result.dirs += 1
                 elif node.type == FILE:
                     self._write_file(parent_fd, entry, data)
                     self.result.files += 1
                 elif node.type == SYMLINK:
-                    self._make_symlink(parent_fd, name, node, entry)
+                    self._make_symlink(parent_fd, entry.parts[-1], node, entry)
                     self.result.symlinks += 1
                 else:
                     self.result.skipped.append(self._shown(entry))
-            # Directory times and modes last: writing into a directory changes its mtime.
-            for parts, node in reversed(finished_dirs):
-                self._apply_metadata(dir_fds[parts], node)
+            while len(open_dirs) > 1:
+                self._finish_dir(open_dirs.pop())
         finally:
-            for parts, fd in dir_fds.items():
-                if parts:
-                    os.close(fd)
+            data.close()
+            for _, fd, _ in open_dirs[1:]:
+                os.close(fd)
+
+    def _finish_dir(self, item: tuple[tuple[bytes, ...], int, Node | None]) -> None:
+        """Times and modes last: writing into a directory changes its mtime."""
+        _, fd, node = item
+        try:
+            if node is not None:
+                self._apply_metadata(fd, node)
+        finally:
+            os.close(fd)
 
     def _shown(self, entry: PlannedEntry) -> str:
-        return display_path(os.path.join(self.target.encode(), *entry.parts))
+        return display_path(os.path.join(os.fsencode(self.target), *entry.parts))
 
     def _fail(self, entry: PlannedEntry, exc: OSError) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -7,8 +7,10 @@ naming their blobs. Every object is written whole and durably before the next re
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -103,7 +105,7 @@ class RepoConfig:
     def verify(self, doc: dict[str, Any], master: MasterKey) -> None:
         body = {k: v for k, v in doc.items() if k != "mac"}
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        if doc.get("mac") != master.mac(canonical):
+        if not hmac.compare_digest(str(doc.get("mac", "")), master.mac(canonical)):
             raise IntegrityError("repository config has been altered (MAC mismatch)")
 
 
@@ -120,6 +122,7 @@ class Repository:
         self.config = config
         self.slot = slot
         self._index: MasterIndex | None = None
+        self._index_lock = threading.Lock()
         self._index_ids: list[str] = []
         self.content_key = lru_cache(maxsize=4096)(self._unwrap)
 
@@ -240,7 +243,9 @@ class Repository:
     @property
     def index(self) -> MasterIndex:
         if self._index is None:
-            self.load_index()
+            with self._index_lock:
+                if self._index is None:
+                    self.load_index()
         assert self._index is not None
         return self._index
 

@@ -71,7 +71,7 @@ class BlobSink:
     # -- submitting ------------------------------------------------------------------------
 
     def submit(self, data: bytes, blob_type: int) -> Future[bytes]:
-        """Queue a blob; the future yields its id once it is in a pack (or known already)."""
+        """Queue a blob; the future yields its id. The blob is durable only after flush()."""
         size = len(data)
         with self._cond:
             while self._in_flight and self._in_flight + size > self._max_in_flight:
@@ -92,11 +92,15 @@ class BlobSink:
             raise MedvaultError(f"writing to the repository failed: {self._error}")
 
     def _claim(self, blob_id: bytes) -> bool:
+        """True when this call is the one to store the blob. Claims are only taken for blobs
+        the index lacks, and dropped once their pack is indexed, so the set stays small."""
+        if blob_id in self.repo.index:
+            return False
         with self._cond:
             if blob_id in self._claimed:
                 return False
             self._claimed.add(blob_id)
-        return blob_id not in self.repo.index
+        return True
 
     def _process(self, data: bytes, blob_type: int) -> bytes:
         try:

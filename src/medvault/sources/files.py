@@ -186,6 +186,7 @@ class FileBackup:
         started = time.monotonic()
         start_time = now_iso()
         with self.repo.lock(exclusive=False, purpose=f"backup of {self.options.source}"):
+            self.repo.index  # noqa: B018 - load it once here, before worker threads need it
             parent = choose_parent(self.repo, self.options.source, self.options.backup_type)
             backup_type = self.options.backup_type if parent else "full"
             if parent is not None:
@@ -294,7 +295,9 @@ class FileBackup:
         for name, sub in sorted(trie.items()):
             path = base + b"/" + name
             try:
-                st = os.lstat(path)
+                # A directory on the way to a root is followed if it is a symlink: the
+                # snapshot records the directory the path leads through.
+                st = os.lstat(path) if sub is None else os.stat(path)
             except OSError as exc:
                 self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
                 continue
@@ -302,8 +305,11 @@ class FileBackup:
             prior = parent_nodes.get(name)
             if sub is None:
                 self._add_entry(pending, path, node, prior)
+            elif node.type != DIR:
+                reason = "is not a directory, but a path to back up lies below it"
+                self._unreadable.append(Problem(display_path(path), reason))
             else:
-                prior_tree = prior.subtree if prior is not None else None
+                prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
                 pending.entries.append((node, self._walk_trie(path, sub, prior_tree)))
                 self._counts["dirs"] += 1
         self._enqueue(pending)
@@ -388,11 +394,17 @@ class FileBackup:
         pending.entries.append((node, futures))
 
     def _open(self, path: bytes) -> int:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO swapped in after the scan must not hang the backup.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            return os.open(path, flags | os.O_NOATIME)
+            fd = os.open(path, flags | os.O_NOATIME)
         except PermissionError:
-            return os.open(path, flags)  # O_NOATIME needs ownership; plain read still works
+            fd = os.open(path, flags)  # O_NOATIME needs ownership; plain read still works
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "no longer a regular file")
+        os.set_blocking(fd, True)
+        return fd
 
     def _read_file(self, path: bytes, node: Node) -> tuple[Node, list[Future[bytes]]] | None:
         futures: list[Future[bytes]] = []
@@ -408,9 +420,9 @@ class FileBackup:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise MedvaultError(f"disk full while reading {display_path(path)}") from exc
+            # Chunks already queued finish normally and become unreferenced blobs; cancelling
+            # them would leave the writer waiting for work that never runs.
             self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
-            for future in futures:
-                future.cancel()
             return None
         self._counts["read"] += total
         moved = (before.st_ino, before.st_mtime_ns, before.st_size) != (
