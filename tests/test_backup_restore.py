@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
-from conftest import Cli, tree_digest
+from conftest import MEDVAULT, Cli, tree_digest
 
 
 def restored(target: Path, source: Path) -> Path:
@@ -188,3 +189,42 @@ def test_latest_of_a_source_picks_that_source(initialized_cli: Cli, make_tree) -
     assert any(e["path"].endswith("/a/x") for e in listing)
     shown = json.loads(initialized_cli("snapshots", "--source", "alpha", "--json").stdout)
     assert [s["id"] for s in shown] == [first["snapshot"]]
+
+
+def test_path_below_a_symlinked_directory_restores(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    real = make_tree({"a/chart.txt": b"through the link"}, root=tmp_path / "real")
+    (tmp_path / "via").symlink_to(real)
+    initialized_cli("backup", str(tmp_path / "via" / "a"))
+    initialized_cli("check")
+    initialized_cli("restore", "latest", "--target", str(tmp_path / "out"))
+    restored_file = tmp_path / "out" / str(tmp_path / "via").lstrip("/") / "a" / "chart.txt"
+    assert restored_file.read_bytes() == b"through the link"
+
+
+def test_restore_of_many_directories_within_a_small_descriptor_limit(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    for i in range(300):
+        folder = data / f"patient-{i:03d}" / "visits"
+        folder.mkdir(parents=True)
+        (folder / "note.txt").write_bytes(b"note %d" % i)
+    initialized_cli("backup", str(data))
+    restore = subprocess.run(
+        [
+            "prlimit",
+            "--nofile=64:64",
+            MEDVAULT,
+            "restore",
+            "latest",
+            "--target",
+            str(tmp_path / "out"),
+        ],
+        env=initialized_cli.env,
+        capture_output=True,
+        text=True,
+    )
+    assert restore.returncode == 0, restore.stderr
+    assert tree_digest(restored(tmp_path / "out", data)) == tree_digest(data)
