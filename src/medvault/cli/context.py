@@ -35,6 +35,7 @@ class CliContext:
     config_option: str | None = None
     credentials: CredentialOptions = field(default_factory=CredentialOptions)
     _settings: Settings | None = None
+    _opened: list[Repository] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:
@@ -65,7 +66,14 @@ class CliContext:
         backend = open_backend(url)
         # Say "no repository here" before asking for a passphrase that could not help.
         Repository.probe(backend)
-        return Repository.open(backend, get_credential(self.credentials, repo_settings))
+        repo = Repository.open(backend, get_credential(self.credentials, repo_settings))
+        self._opened.append(repo)
+        return repo
+
+    def print_warnings(self) -> None:
+        for repo in self._opened:
+            for message in dict.fromkeys(repo.warnings):
+                warn(f"medvault: warning: {message}")
 
 
 def obtain(ctx: typer.Context) -> CliContext:

@@ -15,6 +15,7 @@ from medvault.credentials import CredentialOptions
 from medvault.errors import MedvaultError
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 app = typer.Typer(
     name="medvault",
@@ -69,6 +70,7 @@ def root(
         config_option=config,
         credentials=CredentialOptions(password_file, password_command, key_file),
     )
+    ctx.call_on_close(ctx.obj.print_warnings)
 
 
 repo_cmds.register(app)
@@ -90,15 +92,17 @@ def main() -> None:
         code = 2
     except (KeyboardInterrupt, typer.Abort):
         warn(
-            "medvault: interrupted; the repository is unchanged apart from unreferenced "
-            "data that `medvault prune` removes"
+            "medvault: interrupted; earlier snapshots are intact (data written so far "
+            "stays unreferenced)"
         )
         code = EXIT_INTERRUPTED
     except MedvaultError as exc:
         warn(f"medvault: error: {exc}")
         code = exc.exit_code
     except BrokenPipeError:
-        code = 0
+        # The reader went away (`medvault snapshots | head`): say so the way a shell would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     except Exception as exc:
         if os.environ.get("MEDVAULT_DEBUG"):
             traceback.print_exc()
@@ -107,7 +111,11 @@ def main() -> None:
             "(set MEDVAULT_DEBUG=1 for details)"
         )
         code = 1
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -27,9 +27,8 @@ from medvault.errors import (
     TargetFull,
     UnsafeSnapshot,
 )
-from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, check_name
+from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, check_name, display_path
 from medvault.repository.repo import Repository
-from medvault.sources.files import display_path
 
 PREFETCH_BLOBS = 32
 TEMP_PREFIX = b".medvault-restore-"

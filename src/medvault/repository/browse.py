@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from medvault.errors import SnapshotNotFound
-from medvault.repository.records import DIR, Node, Snapshot, check_name
+from medvault.repository.records import DIR, Node, Snapshot, check_name, display_path
 from medvault.repository.repo import Repository
-from medvault.sources.files import display_path
 
 ADDED, REMOVED, MODIFIED, METADATA, TYPE_CHANGED = "+", "-", "M", "U", "T"
 

@@ -18,9 +18,8 @@ from medvault.repository import compression
 from medvault.repository.crypto import KEY_BLOCK_LEN, storage_id
 from medvault.repository.index import PackRecord
 from medvault.repository.packs import TRAILER, open_blob, read_pack_header
-from medvault.repository.records import Snapshot
+from medvault.repository.records import Snapshot, display_path
 from medvault.repository.repo import Repository, pack_name
-from medvault.sources.files import display_path
 
 
 @dataclass

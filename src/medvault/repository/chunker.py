@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from medvault.errors import MedvaultError
+from medvault.errors import IntegrityError, MedvaultError
 from medvault.repository.repo import ChunkerParams
 
 
@@ -32,13 +32,18 @@ class Chunker:
     def __init__(self, params: ChunkerParams, seed: int) -> None:
         if params.algorithm != "fastcdc2020":
             raise MedvaultError(f"unknown chunker {params.algorithm!r}")
-        self._cdc = _compiled_fastcdc()(
-            params.avg_size,
-            min_size=params.min_size,
-            max_size=params.max_size,
-            normalized_chunking=params.normalization,
-            seed=seed,
-        )
+        try:
+            self._cdc = _compiled_fastcdc()(
+                params.avg_size,
+                min_size=params.min_size,
+                max_size=params.max_size,
+                normalized_chunking=params.normalization,
+                seed=seed,
+            )
+        except ValueError as exc:
+            raise IntegrityError(
+                f"repository config has invalid chunker parameters: {exc}"
+            ) from exc
 
     def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
         """Chunks of a stream as independent bytes objects (the chunker reuses its buffer)."""

@@ -70,7 +70,7 @@ def decode_index(payload: bytes) -> tuple[list[tuple[str, bytes, bytes]], list[s
             raise IntegrityError(f"index has unknown version {doc.get('v')}")
         packs = [(p["id"].hex(), p["key"], p["blobs"]) for p in doc["packs"]]
         return packs, list(doc.get("supersedes", []))
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
         raise IntegrityError("index is malformed") from exc
 
 

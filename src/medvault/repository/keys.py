@@ -141,9 +141,17 @@ def write_keyfile(path: str | os.PathLike[str]) -> bytes:
     return secret
 
 
+# A key slot is read before anything can authenticate it: cap what it may ask for, so that a
+# planted slot cannot make opening the repository allocate tens of gigabytes.
+KDF_LIMITS = {"memory_kib": 4 * 1024 * 1024, "iterations": 64, "lanes": 64}
+
+
 def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
     if kdf.get("algorithm") != "argon2id":
         raise IntegrityError(f"key slot uses unknown KDF {kdf.get('algorithm')!r}")
+    for name, limit in KDF_LIMITS.items():
+        if not 1 <= int(kdf.get(name, 0)) <= limit:
+            raise IntegrityError(f"key slot asks for Argon2id {name}={kdf.get(name)!r}")
     return Argon2id(
         salt=_unb64(kdf["salt"]),
         length=32,

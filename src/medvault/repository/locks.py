@@ -11,7 +11,6 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -97,6 +96,7 @@ class RepositoryLock:
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_refreshed = time.monotonic()
 
     def _write(self) -> None:
         doc = asdict(self._info)
@@ -135,6 +135,29 @@ class RepositoryLock:
             self._info = LockInfo(**{**asdict(self._info), "refreshed": time.time()})
             with contextlib.suppress(Exception):
                 self._write()
+                self._last_refreshed = time.monotonic()
+
+    def ensure_held(self) -> None:
+        """Before committing work (a snapshot): the lock must still be ours and fresh. If
+        refreshing failed for too long, or someone removed it, an exclusive operation such
+        as prune may have run meanwhile and deleted data this work relies on."""
+        if time.monotonic() - self._last_refreshed > LOCK_TTL - REFRESH_EVERY:
+            raise RepositoryLocked(
+                "lost the repository lock (it could not be refreshed); "
+                "nothing was committed: run the operation again"
+            )
+        if not self._backend.exists(self._info.name):
+            raise RepositoryLocked(
+                "the repository lock was removed while this operation ran "
+                "(medvault unlock --remove-all?); nothing was committed"
+            )
+
+    def __enter__(self) -> RepositoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     def release(self) -> None:
         self._stop.set()
@@ -142,16 +165,6 @@ class RepositoryLock:
             self._thread.join()
         with contextlib.suppress(ObjectNotFound):
             self._backend.delete(self._info.name)
-
-
-@contextlib.contextmanager
-def locked(backend: Backend, *, exclusive: bool, purpose: str) -> Iterator[None]:
-    lock = RepositoryLock(backend, exclusive=exclusive, purpose=purpose)
-    lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def remove_stale_locks(backend: Backend, *, remove_all: bool = False) -> list[LockInfo]:

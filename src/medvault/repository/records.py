@@ -65,6 +65,11 @@ _NODE_KEYS = {
 _NODE_FIELDS = {short: long for long, short in _NODE_KEYS.items()}
 
 
+def display_path(path: bytes) -> str:
+    """A path for humans: invalid UTF-8 shown as escapes, never as a crash."""
+    return path.decode("utf-8", "backslashreplace")
+
+
 def check_name(name: bytes) -> None:
     """A tree entry name is one path component; anything else could escape a restore target."""
     if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
@@ -96,7 +101,7 @@ def decode_tree(raw: bytes) -> list[Node]:
             if "content" in fields:
                 fields["content"] = tuple(fields["content"])
             nodes.append(Node(**fields))
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
         raise IntegrityError("tree is malformed") from exc
     seen: set[bytes] = set()
     for node in nodes:
@@ -183,5 +188,5 @@ def decode_snapshot(raw: bytes, snapshot_id: str) -> Snapshot:
             program=doc["program"],
             id=snapshot_id,
         )
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
         raise IntegrityError(f"snapshot {snapshot_id[:12]} is malformed") from exc

@@ -31,7 +31,7 @@ from medvault.repository import compression
 from medvault.repository.crypto import open_object, seal_object, storage_id, unwrap_content_key
 from medvault.repository.index import MasterIndex, PackRecord, decode_index, encode_index
 from medvault.repository.keys import Credential, KeySlot, MasterKey, now_iso, open_master_key
-from medvault.repository.locks import locked
+from medvault.repository.locks import RepositoryLock
 from medvault.repository.packs import open_blob
 from medvault.repository.records import (
     Node,
@@ -123,6 +123,9 @@ class Repository:
         self.slot = slot
         self._index: MasterIndex | None = None
         self._index_lock = threading.Lock()
+        # Damage met on the way (an unreadable index or snapshot) that did not stop the
+        # operation: the CLI prints these so nobody mistakes a partial view for the whole.
+        self.warnings: list[str] = []
         self._index_ids: list[str] = []
         self.content_key = lru_cache(maxsize=4096)(self._unwrap)
 
@@ -179,10 +182,12 @@ class Repository:
 
     @staticmethod
     def read_key_slots(backend: Backend) -> list[KeySlot]:
+        """Every readable key slot; a damaged one cannot open anything, so it is skipped."""
         slots = []
         for obj in backend.list("keys"):
             slot_id = obj.name.split("/", 1)[1]
-            slots.append(KeySlot.from_json(slot_id, backend.load(obj.name)))
+            with contextlib.suppress(IntegrityError, ObjectNotFound):
+                slots.append(KeySlot.from_json(slot_id, backend.load(obj.name)))
         return sorted(slots, key=lambda s: s.created)
 
     def close(self) -> None:
@@ -258,9 +263,10 @@ class Repository:
             raise IntegrityError(f"index {index_id[:12]} does not match its id (damaged)")
         return decode_index(self.unseal(data, KIND_INDEX))
 
-    def load_index(self, *, strict: bool = True) -> list[tuple[str, str]]:
-        """Load every index object. With strict=False, damaged ones are skipped and returned
-        as (id, reason) for `check` to report."""
+    def load_index(self, *, strict: bool = False) -> list[tuple[str, str]]:
+        """Load every index object. A damaged one is skipped (its packs' blobs then look
+        absent: a backup stores them again, a restore names what it cannot find) and
+        returned as (id, reason); with strict=True it is an error instead."""
         index = MasterIndex()
         failures = []
         self._index_ids = self.index_ids()
@@ -273,6 +279,9 @@ class Repository:
                         f"index {index_id[:12]} is damaged ({exc}); run `medvault check`"
                     ) from exc
                 failures.append((index_id, str(exc)))
+                self.warnings.append(
+                    f"index {index_id[:12]} is unreadable ({exc}); run `medvault check`"
+                )
                 continue
             for pack_id, key_block, table in packs:
                 index.add_table(pack_id, key_block, table)
@@ -339,7 +348,14 @@ class Repository:
         return decode_snapshot(self.unseal(data, KIND_SNAPSHOT), snapshot_id)
 
     def list_snapshots(self) -> list[Snapshot]:
-        return sorted((self.load_snapshot(i) for i in self.snapshot_ids()), key=lambda s: s.time)
+        """Every readable snapshot, oldest first; damaged ones are left out with a warning."""
+        snapshots = []
+        for snapshot_id in self.snapshot_ids():
+            try:
+                snapshots.append(self.load_snapshot(snapshot_id))
+            except (IntegrityError, SnapshotNotFound) as exc:
+                self.warnings.append(f"snapshot {snapshot_id[:12]} is unreadable: {exc}")
+        return sorted(snapshots, key=lambda s: s.time)
 
     def find_snapshot(self, selector: str) -> Snapshot:
         """An id or unique id prefix, `latest`, or `latest:SOURCE`."""
@@ -361,5 +377,5 @@ class Repository:
 
     # -- locks -----------------------------------------------------------------------------
 
-    def lock(self, *, exclusive: bool, purpose: str) -> contextlib.AbstractContextManager[None]:
-        return locked(self.backend, exclusive=exclusive, purpose=purpose)
+    def lock(self, *, exclusive: bool, purpose: str) -> RepositoryLock:
+        return RepositoryLock(self.backend, exclusive=exclusive, purpose=purpose)

@@ -28,7 +28,15 @@ from medvault.errors import MedvaultError, SourceUnavailable, UsageError
 from medvault.repository.chunker import Chunker
 from medvault.repository.keys import now_iso
 from medvault.repository.packs import DATA_BLOB, TREE_BLOB
-from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, encode_tree
+from medvault.repository.records import (
+    DIR,
+    FILE,
+    SYMLINK,
+    Node,
+    Snapshot,
+    display_path,
+    encode_tree,
+)
 from medvault.repository.repo import Repository
 from medvault.repository.writer import BlobSink
 
@@ -73,11 +81,6 @@ class BackupResult:
     @property
     def complete(self) -> bool:
         return not self.unreadable and not self.changed_while_read
-
-
-def display_path(path: bytes) -> str:
-    """A path for humans: invalid UTF-8 shown as escapes, never as a crash."""
-    return path.decode("utf-8", "backslashreplace")
 
 
 @lru_cache(maxsize=1024)
@@ -185,7 +188,7 @@ class FileBackup:
         roots = self._roots()
         started = time.monotonic()
         start_time = now_iso()
-        with self.repo.lock(exclusive=False, purpose=f"backup of {self.options.source}"):
+        with self.repo.lock(exclusive=False, purpose=f"backup of {self.options.source}") as lock:
             self.repo.index  # noqa: B018 - load it once here, before worker threads need it
             parent = choose_parent(self.repo, self.options.source, self.options.backup_type)
             backup_type = self.options.backup_type if parent else "full"
@@ -237,6 +240,7 @@ class FileBackup:
                 },
                 program=f"medvault {__version__}",
             )
+            lock.ensure_held()
             snapshot_id = self.repo.save_snapshot(snapshot)
         snapshot = Snapshot(**{**snapshot.__dict__, "id": snapshot_id})
         return BackupResult(
