@@ -136,3 +136,24 @@ def test_objects_are_never_overwritten_by_accident(repo: Repository) -> None:
     with pytest.raises(BackendError):
         repo.backend.store("locks/abc", b"two")
     assert repo.backend.load("locks/abc") == b"one"
+
+
+def test_block_wise_chunking_cuts_exactly_where_whole_file_chunking_does(
+    repo: Repository, tmp_path: Path
+) -> None:
+    from medvault.repository import chunker as chunker_module
+    from medvault.repository.chunker import Chunker
+
+    data = os.urandom(5_000_000) + b"report line\n" * 300_000 + os.urandom(3_000_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    cutter = Chunker(repo.config.chunker, repo.master.chunker_seed)
+    whole = [bytes(c.data) for c in cutter._cdc.cut_buf(data)]
+    original = chunker_module.READ_BLOCK
+    try:
+        for block in (original, 1_000_003, 9_000_000):
+            chunker_module.READ_BLOCK = block
+            with path.open("rb") as handle:
+                assert list(cutter.chunks(handle)) == whole
+    finally:
+        chunker_module.READ_BLOCK = original

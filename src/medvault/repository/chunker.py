@@ -13,6 +13,8 @@ from typing import BinaryIO
 from medvault.errors import IntegrityError, MedvaultError
 from medvault.repository.repo import ChunkerParams
 
+READ_BLOCK = 16 * 1024 * 1024
+
 
 def _compiled_fastcdc() -> type:
     with warnings.catch_warnings():
@@ -40,12 +42,45 @@ class Chunker:
                 normalized_chunking=params.normalization,
                 seed=seed,
             )
+            self._max_size = params.max_size
+            self._buffer: bytearray | None = None
         except ValueError as exc:
             raise IntegrityError(
                 f"repository config has invalid chunker parameters: {exc}"
             ) from exc
 
     def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
-        """Chunks of a stream as independent bytes objects (the chunker reuses its buffer)."""
-        for chunk in self._cdc.cut_stream(stream):
-            yield bytes(chunk.data)
+        """Chunks of a stream as independent bytes objects.
+
+        Read in large blocks and cut with cut_buf: pyfastcdc's cut_stream runs at a fifth of
+        the speed, and its mmap-based cut_file would kill the process with SIGBUS if a live
+        file were truncated while read. The last chunk of a block may only have ended because
+        the block did, so it is carried into the next read; cut points depend only on the
+        bytes from a chunk's start, so the result equals chunking the whole stream at once.
+        """
+        # One buffer for every stream this chunker reads (it serves one thread): fresh
+        # allocations cost page faults, and zero-filling one per small file costs more.
+        if self._buffer is None or len(self._buffer) < READ_BLOCK + self._max_size:
+            self._buffer = bytearray(READ_BLOCK + self._max_size)
+        buf = self._buffer
+        view = memoryview(buf)
+        filled = 0
+        try:
+            while True:
+                got = stream.readinto(view[filled : filled + READ_BLOCK])  # type: ignore[attr-defined]
+                filled += got or 0
+                if not got:
+                    for chunk in self._cdc.cut_buf(view[:filled]):
+                        yield bytes(chunk.data)
+                    return
+                tail_start = 0
+                for chunk in self._cdc.cut_buf(view[:filled]):
+                    if chunk.offset + chunk.length == filled:
+                        tail_start = chunk.offset
+                        break
+                    yield bytes(chunk.data)
+                tail = filled - tail_start
+                buf[:tail] = view[tail_start:filled]
+                filled = tail
+        finally:
+            view.release()
