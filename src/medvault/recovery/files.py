@@ -10,14 +10,17 @@ where a real one is expected. Blobs are fetched and verified in parallel, writte
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 
 from medvault.errors import (
@@ -30,7 +33,8 @@ from medvault.errors import (
 from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, check_name, display_path
 from medvault.repository.repo import Repository
 
-PREFETCH_BLOBS = 32
+PREFETCH_BLOBS = 16
+WRITERS = 4
 TEMP_PREFIX = b".medvault-restore-"
 
 
@@ -102,21 +106,39 @@ def _plan_tree(
 
 
 def _ordered_prefetch(
-    fetch: Callable[[bytes], bytes], blob_ids: Iterable[bytes], workers: int
+    pool: ThreadPoolExecutor, fetch: Callable[[bytes], bytes], blob_ids: Iterable[bytes]
 ) -> Generator[bytes, None, None]:
-    """fetch() over blob_ids in parallel, results in order, at most PREFETCH_BLOBS ahead."""
-    with ThreadPoolExecutor(workers, "medvault-restore") as pool:
-        window: deque[Future[bytes]] = deque()
-        try:
-            for blob_id in blob_ids:
-                window.append(pool.submit(fetch, blob_id))
-                if len(window) >= PREFETCH_BLOBS:
-                    yield window.popleft().result()
-            while window:
+    """fetch() over blob_ids on the pool, results in order, at most PREFETCH_BLOBS ahead."""
+    window: deque[Future[bytes]] = deque()
+    try:
+        for blob_id in blob_ids:
+            window.append(pool.submit(fetch, blob_id))
+            if len(window) >= PREFETCH_BLOBS:
                 yield window.popleft().result()
-        finally:
-            for future in window:
-                future.cancel()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for future in window:
+            future.cancel()
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the file system holding fd (not every file system, as sync() would)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
+
+@dataclass
+class _OpenDir:
+    parts: tuple[bytes, ...]
+    fd: int
+    node: Node | None
+    writes: list[Future[int]] = field(default_factory=list)
 
 
 class FileRestore:
@@ -154,11 +176,10 @@ class FileRestore:
             if not self.overwrite:
                 self._refuse_conflicts(root_fd, plan)
             self._execute(root_fd, plan)
-            os.fsync(root_fd)
+            # Durable before we say "restored": the next step may be starting a database.
+            _syncfs(root_fd)
         finally:
             os.close(root_fd)
-        # Durable before we say "restored": the next step may be starting a database on it.
-        os.sync()
         self.result.duration = time.monotonic() - started
         return self.result
 
@@ -193,46 +214,66 @@ class FileRestore:
     # -- writing ---------------------------------------------------------------------------
 
     def _execute(self, root_fd: int, plan: list[PlannedEntry]) -> None:
-        blobs = (blob for e in plan if e.node.type == FILE for blob in e.node.content)
-        data = _ordered_prefetch(self.repo.load_blob, blobs, self.workers)
-        # The directories on the path to the current entry, each with its descriptor: a
-        # directory is finished (metadata applied, descriptor closed) once the plan leaves
-        # it, so deep and wide trees never run out of descriptors.
-        open_dirs: list[tuple[tuple[bytes, ...], int, Node | None]] = [((), root_fd, None)]
-        try:
-            for entry in plan:
-                while open_dirs[-1][0] != entry.parts[:-1]:
-                    if len(open_dirs) == 1:
-                        raise RestoreTargetError("restore plan is not depth-first")  # a bug
+        """Directories are made by this thread in plan order; files are written by a few
+        writer threads (creating a file costs a millisecond on a busy disk; one at a time,
+        thousands of small files would dominate). Only the directories on the path to the
+        current entry are open; one is finished (its files awaited, its metadata applied, its
+        descriptor closed) when the plan leaves it."""
+        open_dirs = [_OpenDir((), root_fd, None)]
+        slots = threading.BoundedSemaphore(WRITERS * 2)
+        with (
+            ThreadPoolExecutor(self.workers, "medvault-decode") as decoders,
+            ThreadPoolExecutor(WRITERS, "medvault-write") as writers,
+        ):
+            try:
+                for entry in plan:
+                    while open_dirs[-1].parts != entry.parts[:-1]:
+                        if len(open_dirs) == 1:
+                            raise RestoreTargetError("restore plan is not depth-first")  # a bug
+                        self._finish_dir(open_dirs.pop())
+                    parent = open_dirs[-1]
+                    node = entry.node
+                    if node.type == DIR:
+                        open_dirs.append(
+                            _OpenDir(entry.parts, self._make_dir(parent.fd, entry), node)
+                        )
+                        self.result.dirs += 1
+                    elif node.type == FILE:
+                        slots.acquire()
+                        job = writers.submit(self._write_file, parent.fd, entry, decoders)
+                        job.add_done_callback(lambda _job: slots.release())
+                        parent.writes.append(job)
+                        self.result.files += 1
+                    elif node.type == SYMLINK:
+                        self._make_symlink(parent.fd, entry.parts[-1], node, entry)
+                        self.result.symlinks += 1
+                    else:
+                        self.result.skipped.append(self._shown(entry))
+                while len(open_dirs) > 1:
                     self._finish_dir(open_dirs.pop())
-                parent_fd = open_dirs[-1][1]
-                node = entry.node
-                if node.type == DIR:
-                    open_dirs.append((entry.parts, self._make_dir(parent_fd, entry), node))
-                    self.result.dirs += 1
-                elif node.type == FILE:
-                    self._write_file(parent_fd, entry, data)
-                    self.result.files += 1
-                elif node.type == SYMLINK:
-                    self._make_symlink(parent_fd, entry.parts[-1], node, entry)
-                    self.result.symlinks += 1
-                else:
-                    self.result.skipped.append(self._shown(entry))
-            while len(open_dirs) > 1:
-                self._finish_dir(open_dirs.pop())
-        finally:
-            data.close()
-            for _, fd, _ in open_dirs[1:]:
-                os.close(fd)
+                self._await(open_dirs[0].writes)
+            finally:
+                for item in open_dirs:
+                    for job in item.writes:
+                        job.cancel()
+                    futures_wait(item.writes)
+                for item in open_dirs[1:]:
+                    os.close(item.fd)
 
-    def _finish_dir(self, item: tuple[tuple[bytes, ...], int, Node | None]) -> None:
+    def _await(self, writes: list[Future[int]]) -> None:
+        for job in writes:
+            self.result.bytes_written += job.result()
+        writes.clear()
+
+    def _finish_dir(self, item: _OpenDir) -> None:
         """Times and modes last: writing into a directory changes its mtime."""
-        _, fd, node = item
         try:
-            if node is not None:
-                self._apply_metadata(fd, node)
+            self._await(item.writes)
+            if item.node is not None:
+                self._apply_metadata(item.fd, item.node)
         finally:
-            os.close(fd)
+            futures_wait(item.writes)
+            os.close(item.fd)
 
     def _shown(self, entry: PlannedEntry) -> str:
         return display_path(os.path.join(os.fsencode(self.target), *entry.parts))
@@ -272,17 +313,22 @@ class FileRestore:
         except OSError as exc:
             raise self._fail(entry, exc) from exc
 
-    def _write_file(self, parent_fd: int, entry: PlannedEntry, data: Iterator[bytes]) -> None:
+    def _write_file(self, parent_fd: int, entry: PlannedEntry, decoders: ThreadPoolExecutor) -> int:
+        """Write one file under a temporary name, then rename it into place. Its blobs are
+        decoded here when there is one, on the shared decoder pool when there are more."""
         node = entry.node
         name = entry.parts[-1]
         temp = TEMP_PREFIX + secrets.token_hex(6).encode()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        if len(node.content) > 1:
+            data: Iterator[bytes] = _ordered_prefetch(decoders, self.repo.load_blob, node.content)
+        else:
+            data = (self.repo.load_blob(blob) for blob in node.content)
         written = 0
         try:
             fd = os.open(temp, flags, 0o600, dir_fd=parent_fd)
             try:
-                for _ in node.content:
-                    chunk = next(data)
+                for chunk in data:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
@@ -305,7 +351,10 @@ class FileRestore:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=parent_fd)
             raise
-        self.result.bytes_written += written
+        finally:
+            if isinstance(data, Generator):
+                data.close()
+        return written
 
     def _make_symlink(self, parent_fd: int, name: bytes, node: Node, entry: PlannedEntry) -> None:
         try:
