@@ -87,6 +87,7 @@ class MasterIndex:
         self._pack_numbers: dict[str, int] = {}
         self._rows = np.zeros(0, dtype=self._row_dtype)
         self._prefixes = np.zeros(0, dtype=np.uint64)
+        self._ids = self._rows["id"]
         self._staged: list[np.ndarray] = []
         self._recent: dict[bytes, tuple[int, PackEntry]] = {}
         self._lock = threading.Lock()
@@ -154,6 +155,7 @@ class MasterIndex:
         prefixes = _prefixes(rows)
         order = np.argsort(prefixes, kind="stable")
         self._rows, self._prefixes = rows[order], prefixes[order]
+        self._ids = self._rows["id"]
         self._staged, self._recent = [], {}
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
@@ -175,7 +177,23 @@ class MasterIndex:
             return None
 
     def __contains__(self, blob_id: object) -> bool:
-        return isinstance(blob_id, bytes) and self.lookup(blob_id) is not None
+        """Membership without building a location: the incremental walk asks this for
+        every blob of every unchanged file."""
+        if not isinstance(blob_id, bytes):
+            return False
+        with self._lock:
+            if self._staged:
+                self._merge_locked()
+            if blob_id in self._recent:
+                return True
+            prefix = int.from_bytes(blob_id[:8], "big")
+            prefixes = self._prefixes
+            i = int(prefixes.searchsorted(prefix))
+            while i < len(prefixes) and int(prefixes[i]) == prefix:
+                if self._ids[i].tobytes() == blob_id:
+                    return True
+                i += 1
+            return False
 
     def _location(self, row: np.void) -> BlobLocation:
         number = int(row["pack"])

@@ -25,6 +25,7 @@ from medvault.repository.packs import PackBuilder
 from medvault.repository.repo import Repository, pack_name
 
 INDEX_EVERY_PACKS = 32
+MAX_OPEN_PACKS = 2
 
 
 @dataclass
@@ -60,6 +61,7 @@ class BlobSink:
         self._cond = threading.Condition()
         self._claimed: set[bytes] = set()
         self._free_builders: dict[int, list[PackBuilder]] = {}
+        self._open_packs: dict[int, int] = {}
         self._uploads: queue.Queue[PackBuilder | None] = queue.Queue(upload_queue)
         self._unindexed: list[PackRecord] = []
         self._error: BaseException | None = None
@@ -111,21 +113,33 @@ class BlobSink:
                     self.stats.blobs_known += 1
                 return blob_id
             payload = compression.encode(data, self._level)
-            builder = self._take_builder(blob_type)
-            entry = builder.add(blob_id, blob_type, payload, len(data))
-            if self._verify and compression.decode(builder.open_added(entry)) != data:
+            # Decode before write, in two halves: decompression needs no pack, so only the
+            # decryption check holds one (fewer open packs serve more workers).
+            if self._verify and compression.decode(payload) != data:
                 raise IntegrityError(
-                    f"blob {blob_id.hex()[:16]} did not decode to its input; nothing was stored"
+                    f"blob {blob_id.hex()[:16]} did not decompress to its input; nothing stored"
                 )
+            builder = self._take_builder(blob_type)
+            try:
+                entry = builder.add(blob_id, blob_type, payload, len(data))
+                if self._verify and builder.open_added(entry) != payload:
+                    raise IntegrityError(
+                        f"blob {blob_id.hex()[:16]} did not decrypt to its input; nothing stored"
+                    )
+            except BaseException:
+                self._release_builder(blob_type)
+                raise
             with self._cond:
                 self.stats.blobs_new += 1
                 self.stats.bytes_new += len(data)
                 self.stats.bytes_stored += entry.length
             if builder.size >= self._pack_size:
+                self._release_builder(blob_type)
                 self._uploads.put(builder)
             else:
                 with self._cond:
                     self._free_builders.setdefault(blob_type, []).append(builder)
+                    self._cond.notify_all()
             return blob_id
         except BaseException as exc:
             with self._cond:
@@ -140,11 +154,25 @@ class BlobSink:
                 self._on_progress(len(data))
 
     def _take_builder(self, blob_type: int) -> PackBuilder:
+        """A pack to add to: a free one, or a new one while fewer than MAX_OPEN_PACKS of this
+        type exist; otherwise wait. Open packs are the largest buffers here, and one per
+        worker would make memory grow with the core count."""
         with self._cond:
-            free = self._free_builders.get(blob_type)
-            if free:
-                return free.pop()
-        return PackBuilder(self.repo.master.current)
+            while True:
+                free = self._free_builders.get(blob_type)
+                if free:
+                    return free.pop()
+                if self._open_packs.get(blob_type, 0) < MAX_OPEN_PACKS:
+                    self._open_packs[blob_type] = self._open_packs.get(blob_type, 0) + 1
+                    return PackBuilder(self.repo.master.current)
+                self._raise_if_failed()
+                self._cond.wait(1.0)
+
+    def _release_builder(self, blob_type: int) -> None:
+        """A pack leaves the open set (full and queued for upload, or abandoned)."""
+        with self._cond:
+            self._open_packs[blob_type] -= 1
+            self._cond.notify_all()
 
     # -- uploading -------------------------------------------------------------------------
 
