@@ -92,18 +92,6 @@ def make_tree(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts; any still running at the end are continued and killed."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.kill()
-        proc.communicate()
-
-
 @pytest.fixture(scope="module")
 def imaging(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Enough data that a backup holds its lock for a while."""

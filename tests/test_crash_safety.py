@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,16 +276,6 @@ def many_packs_run(
     """A small-pack repository with history, and 20 MiB to back up: ~55 packs, with an
     intermediate index after the first 32."""
     return scenario(cli, small_pack_template, small_bulk, tmp_path)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def start_backup(s: Scenario, processes: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
