@@ -228,3 +228,24 @@ def test_restore_of_many_directories_within_a_small_descriptor_limit(
     )
     assert restore.returncode == 0, restore.stderr
     assert tree_digest(restored(tmp_path / "out", data)) == tree_digest(data)
+
+
+def test_owners_are_restored_when_running_as_root(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    assert os.geteuid() == 0, "the suite runs as root (PostgreSQL tests need it too)"
+    data = make_tree({"ward/chart.txt": b"owned by the EMR service", "ward/link": "chart.txt"})
+    os.chown(data / "ward/chart.txt", 1234, 5678)
+    os.chown(data / "ward", 4321, 8765)
+    os.lchown(data / "ward/link", 1111, 2222)
+    initialized_cli("backup", str(data))
+    initialized_cli("restore", "latest", "--target", str(tmp_path / "out"))
+    out = restored(tmp_path / "out", data)
+    chart, ward, link = (
+        (out / "ward/chart.txt").stat(),
+        (out / "ward").stat(),
+        (out / "ward/link").lstat(),
+    )
+    assert (chart.st_uid, chart.st_gid) == (1234, 5678)
+    assert (ward.st_uid, ward.st_gid) == (4321, 8765)
+    assert (link.st_uid, link.st_gid) == (1111, 2222)

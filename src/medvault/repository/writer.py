@@ -115,7 +115,8 @@ class BlobSink:
             payload = compression.encode(data, self._level)
             # Decode before write, in two halves: decompression needs no pack, so only the
             # decryption check holds one (fewer open packs serve more workers).
-            if self._verify and compression.decode(payload) != data:
+            compressed = payload[0] == compression.ZSTD  # a raw payload is the input itself
+            if self._verify and compressed and compression.decode(payload) != data:
                 raise IntegrityError(
                     f"blob {blob_id.hex()[:16]} did not decompress to its input; nothing stored"
                 )
