@@ -4,7 +4,6 @@ wrapped under a key-encryption key (KEK) named by id. See docs/format.md, "Key b
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 
 import blake3
@@ -85,7 +84,3 @@ def open_object(keks: dict[bytes, DataKey], data: bytes, kind: bytes) -> bytes:
         return AESGCM(content_key).decrypt(OBJECT_NONCE, data[KEY_BLOCK_LEN:], kind)
     except InvalidTag as exc:
         raise IntegrityError("object failed authentication") from exc
-
-
-def pack_u32(value: int) -> bytes:
-    return struct.pack("<I", value)

@@ -95,10 +95,6 @@ class MasterIndex:
     def __len__(self) -> int:
         return len(self._rows) + sum(len(s) for s in self._staged) + len(self._recent)
 
-    @property
-    def pack_ids(self) -> list[str]:
-        return list(self._pack_ids)
-
     def _pack_number(self, pack_id: str, key_block: bytes) -> int:
         number = self._pack_numbers.get(pack_id)
         if number is None:
@@ -158,23 +154,27 @@ class MasterIndex:
         self._ids = self._rows["id"]
         self._staged, self._recent = [], {}
 
+    def _row_of(self, blob_id: bytes) -> int | None:
+        """The sorted-array row holding blob_id; call with the lock held."""
+        if self._staged:
+            self._merge_locked()
+        prefix = int.from_bytes(blob_id[:8], "big")
+        prefixes = self._prefixes
+        row = int(prefixes.searchsorted(prefix))
+        while row < len(prefixes) and int(prefixes[row]) == prefix:
+            if self._ids[row].tobytes() == blob_id:
+                return row
+            row += 1
+        return None
+
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        np = self._np
         with self._lock:
-            if self._staged:
-                self._merge_locked()
             hit = self._recent.get(blob_id)
             if hit is not None:
                 number, entry = hit
                 return BlobLocation(self._pack_ids[number], self._key_blocks[number], entry)
-            prefix = np.uint64(int.from_bytes(blob_id[:8], "big"))
-            lo = int(np.searchsorted(self._prefixes, prefix, "left"))
-            hi = int(np.searchsorted(self._prefixes, prefix, "right"))
-            for i in range(lo, hi):
-                row = self._rows[i]
-                if row["id"].tobytes() == blob_id:
-                    return self._location(row)
-            return None
+            row = self._row_of(blob_id)
+            return None if row is None else self._location(self._rows[row])
 
     def __contains__(self, blob_id: object) -> bool:
         """Membership without building a location: the incremental walk asks this for
@@ -182,18 +182,7 @@ class MasterIndex:
         if not isinstance(blob_id, bytes):
             return False
         with self._lock:
-            if self._staged:
-                self._merge_locked()
-            if blob_id in self._recent:
-                return True
-            prefix = int.from_bytes(blob_id[:8], "big")
-            prefixes = self._prefixes
-            i = int(prefixes.searchsorted(prefix))
-            while i < len(prefixes) and int(prefixes[i]) == prefix:
-                if self._ids[i].tobytes() == blob_id:
-                    return True
-                i += 1
-            return False
+            return blob_id in self._recent or self._row_of(blob_id) is not None
 
     def _location(self, row: np.void) -> BlobLocation:
         number = int(row["pack"])
@@ -218,10 +207,6 @@ class MasterIndex:
             chunk = rows[bounds[number] : bounds[number + 1]]
             entries = sorted((self._location(row).entry for row in chunk), key=lambda e: e.ordinal)
             yield PackRecord(pack_id, self._key_blocks[number], entries)
-
-    def blob_ids(self) -> set[bytes]:
-        self.merge()
-        return {row.tobytes() for row in self._rows["id"]}
 
 
 def _prefixes(rows: np.ndarray) -> np.ndarray:

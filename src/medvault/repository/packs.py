@@ -26,7 +26,6 @@ ENTRY = struct.Struct("<32sBIIII")  # id, type, ordinal, offset, length, raw len
 
 DATA_BLOB = 0
 TREE_BLOB = 1
-BLOB_TYPES = {DATA_BLOB: "data", TREE_BLOB: "tree"}
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,6 @@ class Repository:
         # Damage met on the way (an unreadable index or snapshot) that did not stop the
         # operation: the CLI prints these so nobody mistakes a partial view for the whole.
         self.warnings: list[str] = []
-        self._index_ids: list[str] = []
         self.content_key = lru_cache(maxsize=4096)(self._unwrap)
 
     # -- opening ---------------------------------------------------------------------------
@@ -269,8 +268,7 @@ class Repository:
         returned as (id, reason); with strict=True it is an error instead."""
         index = MasterIndex()
         failures = []
-        self._index_ids = self.index_ids()
-        for index_id in self._index_ids:
+        for index_id in self.index_ids():
             try:
                 packs, _ = self.read_index(index_id)
             except (IntegrityError, ObjectNotFound) as exc:

@@ -31,8 +31,6 @@ MAX_OPEN_PACKS = 2
 @dataclass
 class WriteStats:
     blobs_new: int = 0
-    blobs_known: int = 0
-    bytes_new: int = 0  # plaintext bytes of new blobs
     bytes_stored: int = 0  # bytes written to packs
     packs: int = 0
 
@@ -109,8 +107,6 @@ class BlobSink:
             self._raise_if_failed()
             blob_id = self.repo.blob_id(data)
             if not self._claim(blob_id):
-                with self._cond:
-                    self.stats.blobs_known += 1
                 return blob_id
             payload = compression.encode(data, self._level)
             # Decode before write, in two halves: decompression needs no pack, so only the
@@ -132,7 +128,6 @@ class BlobSink:
                 raise
             with self._cond:
                 self.stats.blobs_new += 1
-                self.stats.bytes_new += len(data)
                 self.stats.bytes_stored += entry.length
             if builder.size >= self._pack_size:
                 self._release_builder(blob_type)
