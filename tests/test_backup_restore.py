@@ -249,3 +249,14 @@ def test_owners_are_restored_when_running_as_root(
     assert (chart.st_uid, chart.st_gid) == (1234, 5678)
     assert (ward.st_uid, ward.st_gid) == (4321, 8765)
     assert (link.st_uid, link.st_gid) == (1111, 2222)
+
+
+def test_a_repository_inside_the_backed_up_tree_is_left_out(cli: Cli, make_tree) -> None:
+    data = make_tree({"chart.txt": b"kept"})
+    cli.env["MEDVAULT_REPOSITORY"] = str(data / "backups" / "repo")
+    cli("init")
+    cli("backup", str(data))
+    paths = [e["path"] for e in json.loads(cli("ls", "latest", "--json").stdout)]
+    assert any(p.endswith("/chart.txt") for p in paths)
+    assert any(p.endswith("/backups") for p in paths)
+    assert not any("/backups/repo" in p for p in paths)

@@ -34,6 +34,7 @@ class Backend(ABC):
     """Objects are written whole and durably, or not at all; readers never see partial ones."""
 
     url: str
+    local_path: str | None = None  # where the objects live when that is this file system
 
     @abstractmethod
     def create(self) -> None:

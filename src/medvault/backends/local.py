@@ -31,6 +31,7 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.url = str(self.root)
+        self.local_path = str(self.root)
 
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)

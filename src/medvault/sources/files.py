@@ -53,6 +53,7 @@ class BackupOptions:
     backup_type: str = "incremental"
     tags: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    skip_paths: tuple[str, ...] = ()  # exact paths left out, e.g. the repository itself
     tier: str | None = None
     verify: bool = True
     workers: int | None = None
@@ -168,6 +169,7 @@ class FileBackup:
         self._on_progress = on_progress
         self._chunker = Chunker(repo.config.chunker, repo.master.chunker_seed)
         self._pending: deque[_PendingDir] = deque()
+        self._skip = {os.fsencode(os.path.abspath(p)) for p in options.skip_paths}
         self._parent_cutoff_ns = 0
         self.result: BackupResult | None = None
         self._counts = {
@@ -320,6 +322,8 @@ class FileBackup:
         return pending
 
     def _excluded(self, path: bytes, name: bytes) -> bool:
+        if path in self._skip:
+            return True
         if not self.options.excludes:
             return False
         text, base = os.fsdecode(path), os.fsdecode(name)
