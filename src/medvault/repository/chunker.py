@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 from medvault.errors import IntegrityError, MedvaultError
 from medvault.repository.repo import ChunkerParams
 
 READ_BLOCK = 16 * 1024 * 1024
+
+
+class ReadsInto(Protocol):
+    """A file opened unbuffered (FileIO) or any stream that fills a caller's buffer."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 def _compiled_fastcdc() -> type:
@@ -49,7 +55,7 @@ class Chunker:
                 f"repository config has invalid chunker parameters: {exc}"
             ) from exc
 
-    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+    def chunks(self, stream: ReadsInto) -> Iterator[bytes]:
         """Chunks of a stream as independent bytes objects.
 
         Read in large blocks and cut with cut_buf: pyfastcdc's cut_stream runs at a fifth of
@@ -67,7 +73,7 @@ class Chunker:
         filled = 0
         try:
             while True:
-                got = stream.readinto(view[filled : filled + READ_BLOCK])  # type: ignore[attr-defined]
+                got = stream.readinto(view[filled : filled + READ_BLOCK])
                 filled += got or 0
                 if not got:
                     for chunk in self._cdc.cut_buf(view[:filled]):

@@ -171,7 +171,6 @@ class FileBackup:
         self._pending: deque[_PendingDir] = deque()
         self._skip = {os.fsencode(os.path.abspath(p)) for p in options.skip_paths}
         self._parent_cutoff_ns = 0
-        self.result: BackupResult | None = None
         self._counts = {
             "new": 0,
             "changed": 0,
