@@ -1,6 +1,6 @@
 # make demo   installs everything and runs the end-to-end demo
 # make test   installs everything and runs ruff, mypy and the test suite
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench bench-pg clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,6 +10,7 @@ install:
 
 demo: install
 	@$(BIN)/python demo/demo.py
+	@$(BIN)/python demo/pg_demo.py
 
 PYDIRS := $(wildcard src tests bench demo)
 
@@ -28,6 +29,10 @@ test: lint typecheck pytest
 bench:
 	@scripts/bootstrap.sh bench
 	$(BIN)/python bench/run.py
+
+bench-pg:
+	@scripts/bootstrap.sh bench
+	$(BIN)/python bench/pg_run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

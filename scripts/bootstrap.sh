@@ -7,10 +7,14 @@ cd "$(dirname "$0")/.."
 PYTHON=/usr/bin/python3
 packages=()
 [ -x "$PYTHON" ] || packages+=(python3)
+# PostgreSQL 15 server and client programs: the tests run throwaway clusters as `postgres`.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql-15)
+command -v pg_dump >/dev/null || packages+=(postgresql-client-15)
 for extra in "$@"; do
   case "$extra" in
     bench) command -v restic >/dev/null || packages+=(restic)
-           command -v borg >/dev/null || packages+=(borgbackup) ;;
+           command -v borg >/dev/null || packages+=(borgbackup)
+           command -v pgbackrest >/dev/null || packages+=(pgbackrest) ;;
   esac
 done
 if [ ${#packages[@]} -gt 0 ]; then
@@ -34,6 +38,10 @@ if [ -z "$UV" ]; then
   UV=$(find_uv)
   [ -n "$UV" ] || { echo "uv was installed but cannot be found" >&2; exit 1; }
 fi
+id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 # Debian's interpreter, not one under root's private home: PostgreSQL's archive_command runs
 # medvault as the postgres user, who must be able to execute this venv.
-UV_PYTHON="$PYTHON" "$UV" sync --frozen --quiet --python "$PYTHON"
+UV_PYTHON="$PYTHON" "$UV" sync --frozen --quiet --compile-bytecode --python "$PYTHON"
+# The postgres user runs medvault (archive_command) but cannot write bytecode caches here:
+# compile them now, or every wal-push recompiles its imports.
+.venv/bin/python -m compileall -q -j 0 src >/dev/null

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.pgcluster import PgWorld, make_pg_tempdir, running_clusters
 
 from medvault.backends import open_backend
 from medvault.repository.keys import Credential
@@ -133,3 +135,12 @@ def tree_digest(root: Path) -> dict[str, tuple[str, int, int, bytes]]:
             else:
                 out[rel] = ("file", st.st_mode & 0o7777, st.st_mtime_ns, path.read_bytes())
     return out
+
+
+@pytest.fixture
+def pg_world() -> Iterator[PgWorld]:
+    """A postgres-owned temp dir with a repository and config; clusters made in it always stop."""
+    base = make_pg_tempdir()
+    with running_clusters() as clusters:
+        yield PgWorld(base, clusters)
+    shutil.rmtree(base, ignore_errors=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -27,13 +27,43 @@ class RepositorySettings(_Section):
     key_file: str | None = None
 
 
-class SourceSettings(_Section):
+class FilesSourceSettings(_Section):
     kind: Literal["files"]
     paths: list[str] = Field(min_length=1)
     repository: str | None = None
     exclude: list[str] = []
     tags: list[str] = []
     tier: str | None = None
+
+
+class PostgresSourceSettings(_Section):
+    """A PostgreSQL cluster. The DSN carries no password: libpq takes it from PGPASSWORD,
+    PGPASSFILE or ~/.pgpass, so it never sits in medvault.toml or in any log line."""
+
+    kind: Literal["postgres"]
+    dsn: str = Field(min_length=1)
+    pgdata: str | None = None  # needed for physical backups with the local method
+    repository: str | None = None
+    tags: list[str] = []
+    tier: str | None = None
+    pg_bin: str | None = None  # directory of pg_dump & co; default: matches the server
+    wal_async: bool = False
+    wal_spool: str | None = None  # async push bookkeeping; default <pgdata>/pg_wal/medvault
+    archive_timeout_s: int = Field(default=300, ge=1)  # bounded wait for a backup's stop WAL
+
+    @model_validator(mode="after")
+    def _no_password_in_dsn(self) -> PostgresSourceSettings:
+        if re.search(r"(^|\s)password\s*=|://[^/@:]*:[^/@]*@", self.dsn):
+            raise ValueError(
+                "dsn: holds a password; remove it and use PGPASSWORD, PGPASSFILE or ~/.pgpass"
+            )
+        return self
+
+
+SOURCE_KINDS = ("files", "postgres")
+SourceSettings = Annotated[
+    FilesSourceSettings | PostgresSourceSettings, Field(discriminator="kind")
+]
 
 
 class Settings(_Section):
@@ -53,7 +83,10 @@ class Settings(_Section):
 
 def _format_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    loc = list(first["loc"])
+    if len(loc) > 2 and loc[0] == "source" and loc[2] in SOURCE_KINDS:
+        del loc[2]  # the union's tag (the source's kind) is not a key the user wrote
+    key = ".".join(str(part) for part in loc)
     message = first["msg"].removeprefix("Value error, ")
     return f"{key}: {message}" if key else message
 

@@ -86,3 +86,25 @@ class TargetFull(MedvaultError):
 
 class UnsafeSnapshot(IntegrityError):
     """A snapshot holds names that would write outside the restore target."""
+
+
+class WalConflict(MedvaultError):
+    """A WAL file of that name is archived already with different content."""
+
+    exit_code = 18
+
+
+class WalMissing(MedvaultError):
+    """The archive lacks WAL that a backup or a recovery needs (a gap, or not yet pushed)."""
+
+    exit_code = 19
+
+
+class RecoveryFailed(MedvaultError):
+    """A restored cluster did not reach its recovery target, or did not start."""
+
+    exit_code = 20
+
+
+class PageCorruption(IntegrityError):
+    """A PostgreSQL page failed its checksum while being backed up."""

@@ -30,10 +30,22 @@ def backup(
         "incremental", "--type", help="full, incremental or differential."
     ),
     excludes: list[str] = typer.Option([], "--exclude", help="Skip names matching GLOB."),
+    logical: bool = typer.Option(
+        False, "--logical", help="PostgreSQL: a pg_dump of one database instead of the cluster."
+    ),
+    database: str | None = typer.Option(
+        None, "--database", "-d", help="PostgreSQL --logical: the database (default: the DSN's)."
+    ),
+    method: str = typer.Option(
+        "local",
+        "--method",
+        help="PostgreSQL physical: local (read the data directory) or stream (pg_basebackup).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     no_verify: bool = typer.Option(False, "--no-verify-blobs", hidden=True),
 ) -> None:
-    """Back up files and directories into the repository."""
+    """Back up files and directories, or a configured source (files or PostgreSQL)."""
+    from medvault.config import PostgresSourceSettings
     from medvault.sources.files import BACKUP_TYPES, BackupOptions, backup_files
 
     cli = obtain(ctx)
@@ -46,6 +58,16 @@ def backup(
         name, targets = targets[0], []
     if name is not None and name in configured and not targets:
         settings = cli.settings.source[name]
+        if isinstance(settings, PostgresSourceSettings):
+            if logical:
+                from medvault.cli.pg_logical import backup_logical_cmd
+
+                backup_logical_cmd(cli, name, settings, database, tuple(tags), as_json)
+            else:
+                from medvault.cli.pg_physical import backup_physical_cmd
+
+                backup_physical_cmd(cli, name, settings, backup_type, method, tuple(tags), as_json)
+            return
         options = BackupOptions(
             source=name,
             paths=list(settings.paths),
@@ -56,6 +78,8 @@ def backup(
             verify=not no_verify,
         )
     else:
+        if logical or database:
+            raise UsageError("--logical and --database need a PostgreSQL source from medvault.toml")
         if not targets:
             raise UsageError("nothing to back up: give paths, or a source from medvault.toml")
         options = BackupOptions(

@@ -9,7 +9,7 @@ import traceback
 import typer
 
 from medvault import __version__
-from medvault.cli import backup, repo_cmds, restore, snapshots
+from medvault.cli import backup, pg_recovery, repo_cmds, restore, snapshots, wal
 from medvault.cli.context import CliContext, warn
 from medvault.credentials import CredentialOptions
 from medvault.errors import MedvaultError
@@ -77,6 +77,8 @@ repo_cmds.register(app)
 backup.register(app)
 snapshots.register(app)
 restore.register(app)
+wal.register(app)
+pg_recovery.register(app)
 
 
 def main() -> None:

@@ -161,6 +161,8 @@ def check(
                 "packs_read": report.packs_read,
                 "blobs_read": report.blobs_read,
                 "bytes_read": report.bytes_read,
+                "wal_files": report.wal_files,
+                "wal_read": report.wal_read,
             }
         )
     else:
@@ -173,8 +175,11 @@ def check(
         read = ""
         if report.packs_read:
             read = f", read {report.packs_read} packs ({human_bytes(report.bytes_read)})"
+        if report.wal_read:
+            read += f", {report.wal_read} WAL files"
+        wal = f", {report.wal_files} WAL files" if report.wal_files else ""
         verdict = "no errors found" if report.ok else f"{len(report.errors)} error(s) found"
-        print(f"checked {report.snapshots} snapshots, {report.packs} packs{read}: {verdict}")
+        print(f"checked {report.snapshots} snapshots, {report.packs} packs{wal}{read}: {verdict}")
     if not report.ok:
         raise typer.Exit(IntegrityError.exit_code)
 

@@ -1,27 +1,160 @@
-"""`medvault restore`."""
+"""`medvault restore`: files into a directory, a logical dump into a database, a physical
+backup into a data directory (with point-in-time recovery). The snapshot's kind decides."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
+from medvault.errors import UsageError
+
+RECOVERY_TARGETS = ("immediate", "latest")
+
+
+@dataclass(frozen=True)
+class LogicalRestoreRequest:
+    database: str | None
+    tables: tuple[str, ...]
+    schemas: tuple[str, ...]
+    clean: bool
+    list_only: bool
+    as_json: bool
+
+
+@dataclass(frozen=True)
+class PhysicalRestoreRequest:
+    pgdata: str
+    target: str | None  # immediate | latest | None (latest unless a target_* is given)
+    target_time: str | None
+    target_lsn: str | None
+    target_xid: str | None
+    target_name: str | None
+    target_action: str
+    standby: bool
+    start: bool
+    port: int | None
+    delta: bool
+    force: bool
+    keep_archiving: bool
+    tablespace_map: tuple[str, ...]  # OID=DIR
+    as_json: bool
 
 
 def restore(
     ctx: typer.Context,
     snapshot: str = typer.Argument(..., help="Snapshot id, prefix, latest or latest:SOURCE."),
-    target: str = typer.Option(..., "--target", "-t", help="Directory to restore into."),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        "-t",
+        help="Files: the directory to restore into. PostgreSQL physical: immediate or latest.",
+    ),
     includes: list[str] = typer.Option(
         [], "--include", help="Restore only this path (repeatable)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in the target."),
+    database: str | None = typer.Option(
+        None, "--database", "-d", help="Logical: restore into this database."
+    ),
+    tables: list[str] = typer.Option([], "--table", help="Logical: only this table (repeatable)."),
+    schemas: list[str] = typer.Option(
+        [], "--schema", help="Logical: only this schema (repeatable)."
+    ),
+    clean: bool = typer.Option(
+        False, "--clean", help="Logical: drop objects before recreating them."
+    ),
+    list_only: bool = typer.Option(False, "--list", help="Logical: show what the dump holds."),
+    pgdata: str | None = typer.Option(
+        None, "--pgdata", help="Physical: the data directory to restore into."
+    ),
+    target_time: str | None = typer.Option(None, "--target-time", help="Recover up to a time."),
+    target_lsn: str | None = typer.Option(None, "--target-lsn", help="Recover up to an LSN."),
+    target_xid: str | None = typer.Option(
+        None, "--target-xid", help="Recover up to a transaction id."
+    ),
+    target_name: str | None = typer.Option(
+        None, "--target-name", help="Recover up to a restore point (see `medvault mark`)."
+    ),
+    target_action: str = typer.Option(
+        "promote", "--target-action", help="At the target: promote, pause or shutdown."
+    ),
+    target_timeline: str = typer.Option(
+        "latest", "--target-timeline", help="latest, current (the backup's) or a number."
+    ),
+    standby: bool = typer.Option(False, "--standby", help="Set the cluster up as a standby."),
+    start: bool = typer.Option(
+        False, "--start", help="Start the restored cluster and wait for recovery to finish."
+    ),
+    port: int | None = typer.Option(None, "--port", help="Port for the restored cluster."),
+    delta: bool = typer.Option(
+        False, "--delta", help="Physical: reuse a data directory, rewriting only what differs."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Physical: empty a non-empty data directory first."
+    ),
+    keep_archiving: bool = typer.Option(
+        False,
+        "--archive",
+        help="Keep archive_command on in the restored cluster (it writes to the same archive).",
+    ),
+    tablespace_map: list[str] = typer.Option(
+        [], "--tablespace", help="Physical: restore tablespace OID into DIR (OID=DIR)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Restore a snapshot into a directory, verifying every blob on the way."""
+    """Restore a snapshot: files, a logical dump, or a physical backup with PITR."""
+    cli = obtain(ctx)
+    repo = cli.open()
+    snap = repo.find_snapshot(snapshot)
+    if snap.kind == "postgres.logical":
+        from medvault.cli.pg_logical import restore_logical_cmd
+
+        restore_logical_cmd(
+            cli,
+            repo,
+            snap,
+            LogicalRestoreRequest(
+                database, tuple(tables), tuple(schemas), clean, list_only, as_json
+            ),
+        )
+        return
+    if snap.kind == "postgres.physical":
+        if pgdata is None:
+            raise UsageError("a physical PostgreSQL snapshot is restored with --pgdata DIR")
+        if target is not None and target not in RECOVERY_TARGETS:
+            raise UsageError("--target for a physical snapshot is immediate or latest")
+        from medvault.cli.pg_recovery import restore_physical_cmd
+
+        restore_physical_cmd(
+            cli,
+            repo,
+            snap,
+            PhysicalRestoreRequest(
+                pgdata=pgdata,
+                target=target,
+                target_time=target_time,
+                target_lsn=target_lsn,
+                target_xid=target_xid,
+                target_name=target_name,
+                target_action=target_action,
+                standby=standby,
+                start=start,
+                port=port,
+                delta=delta,
+                force=force,
+                keep_archiving=keep_archiving,
+                tablespace_map=tuple(tablespace_map),
+                as_json=as_json,
+            ),
+            target_timeline,
+        )
+        return
+    if target is None:
+        raise UsageError("give the directory to restore into with --target DIR")
     from medvault.recovery.files import restore_files
 
-    repo = obtain(ctx).open()
-    snap = repo.find_snapshot(snapshot)
     total = int(snap.stats.get("total_bytes", 0)) or None
     with progress_bar("restoring", total if not includes else None, not as_json) as advance:
         result = restore_files(

@@ -20,6 +20,14 @@ def _snapshot_doc(snap: Snapshot) -> dict[str, object]:
     return {"id": snap.id, **snapshot_fields(snap), "tree": snap.tree.hex()}
 
 
+def _type_label(snap: Snapshot) -> str:
+    if snap.kind == "postgres.logical":
+        return "logical"
+    if snap.kind == "postgres.physical":
+        return f"physical {snap.backup_type}"
+    return snap.backup_type
+
+
 def snapshots(
     ctx: typer.Context,
     source: str | None = typer.Option(None, "--source", "-s", help="Only this source."),
@@ -31,12 +39,12 @@ def snapshots(
     if as_json:
         print_json([_snapshot_doc(s) for s in snaps])
         return
-    print(f"{'ID':<12}  {'TIME (UTC)':<19}  {'SOURCE':<12}  {'TYPE':<12}  {'SIZE':>10}  PATHS")
+    print(f"{'ID':<12}  {'TIME (UTC)':<19}  {'SOURCE':<12}  {'TYPE':<16}  {'SIZE':>10}  PATHS")
     for s in snaps:
         size = human_bytes(int(s.stats.get("total_bytes", 0)))
         print(
             f"{s.short_id:<12}  {s.time[:19].replace('T', ' '):<19}  {s.source:<12}  "
-            f"{s.backup_type:<12}  {size:>10}  {', '.join(s.paths)}"
+            f"{_type_label(s):<16}  {size:>10}  {', '.join(s.paths)}"
         )
     print(f"{len(snaps)} snapshot(s)")
 

@@ -5,6 +5,10 @@ a hostile snapshot ('..', '/', a symlink followed by a file of the same name) no
 planted in the target can make a write land outside the target. Files are written under a
 temporary name and renamed into place, so a failed restore never leaves a half-written file
 where a real one is expected. Blobs are fetched and verified in parallel, written in order.
+
+A delta restore reuses a target that already holds an older copy (a data directory being
+resynchronised, an interrupted restore): a file whose content chunks to the snapshot's blob
+ids is kept, any other is rewritten, and whatever the snapshot does not hold is removed.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import io
 import os
 import secrets
+import shutil
 import stat
 import threading
 import time
@@ -30,6 +36,7 @@ from medvault.errors import (
     TargetFull,
     UnsafeSnapshot,
 )
+from medvault.repository.chunker import Chunker
 from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, check_name, display_path
 from medvault.repository.repo import Repository
 
@@ -46,7 +53,9 @@ class PlannedEntry:
 
 @dataclass
 class RestoreResult:
-    files: int = 0
+    files: int = 0  # files written (in a delta restore: rewritten)
+    files_unchanged: int = 0  # delta: files kept because their content already matched
+    removed: int = 0  # delta: entries in the target that the snapshot does not hold
     dirs: int = 0
     symlinks: int = 0
     bytes_written: int = 0
@@ -61,17 +70,32 @@ def _split(path: str) -> tuple[bytes, ...]:
     return parts
 
 
+def _subtree(repo: Repository, snapshot: Snapshot, root: str) -> bytes:
+    """The tree of directory `root` inside the snapshot ("" is the snapshot's own root)."""
+    tree = snapshot.tree
+    for name in _split(root):
+        node = next((n for n in repo.load_tree(tree) if n.name == name), None)
+        if node is None or node.subtree is None:
+            raise SnapshotNotFound(
+                f"directory /{root.strip('/')} is not in snapshot {snapshot.short_id}"
+            )
+        tree = node.subtree
+    return tree
+
+
 def plan_restore(
-    repo: Repository, snapshot: Snapshot, includes: Iterable[str] = ()
+    repo: Repository, snapshot: Snapshot, includes: Iterable[str] = (), root: str = ""
 ) -> list[PlannedEntry]:
-    """Entries in creation order: each directory before what it holds."""
+    """Entries in creation order: each directory before what it holds. With `root`, the
+    plan covers that directory of the snapshot, its paths relative to it."""
     # Sorted, so that entries sharing a parent are planned together and the plan stays
     # depth-first: the restore keeps only the directories on the current path open.
     wanted = sorted({_split(p) for p in includes}) or [()]
+    start = _subtree(repo, snapshot, root)
     plan: list[PlannedEntry] = []
     seen: set[tuple[bytes, ...]] = set()
     for parts in wanted:
-        tree: bytes | None = snapshot.tree
+        tree: bytes | None = start
         for depth, name in enumerate(parts):
             nodes = {n.name: n for n in repo.load_tree(tree)} if tree else {}
             node = nodes.get(name)
@@ -105,7 +129,7 @@ def _plan_tree(
             _plan_tree(repo, node.subtree, parts, plan, seen)
 
 
-def _ordered_prefetch(
+def ordered_prefetch(
     pool: ThreadPoolExecutor, fetch: Callable[[bytes], bytes], blob_ids: Iterable[bytes]
 ) -> Generator[bytes, None, None]:
     """fetch() over blob_ids on the pool, results in order, at most PREFETCH_BLOBS ahead."""
@@ -150,6 +174,9 @@ class FileRestore:
         *,
         includes: Iterable[str] = (),
         overwrite: bool = False,
+        delta: bool = False,
+        root: str = "",
+        kinds: tuple[str, ...] = ("files",),
         workers: int | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
@@ -157,29 +184,44 @@ class FileRestore:
         self.snapshot = snapshot
         self.target = os.path.abspath(target)
         self.includes = list(includes)
-        self.overwrite = overwrite
+        self.delta = delta
+        self.overwrite = overwrite or delta
+        self.root = root
+        self.kinds = kinds
         self.workers = workers or os.cpu_count() or 2
         self._on_progress = on_progress
         self._chown = os.geteuid() == 0
+        self._chunkers = threading.local()  # a Chunker serves one thread (it owns a buffer)
+        self._count_lock = threading.Lock()
+        self._children: dict[tuple[bytes, ...], set[bytes]] | None = None
         self.result = RestoreResult()
 
     def run(self) -> RestoreResult:
         started = time.monotonic()
-        if self.snapshot.kind != "files":
+        if self.snapshot.kind not in self.kinds:
             raise RestoreTargetError(
                 f"snapshot {self.snapshot.short_id} is a {self.snapshot.kind} snapshot, "
-                "not a files snapshot"
+                f"not a {' or '.join(self.kinds)} snapshot"
             )
-        plan = plan_restore(self.repo, self.snapshot, self.includes)
+        plan = plan_restore(self.repo, self.snapshot, self.includes, self.root)
+        if self.delta and not self.includes:
+            # Only a whole-tree plan says everything a directory should hold.
+            self._children = {(): set()}
+            for entry in plan:
+                self._children.setdefault(entry.parts[:-1], set()).add(entry.parts[-1])
+                if entry.node.type == DIR:
+                    self._children.setdefault(entry.parts, set())
         root_fd = self._open_target()
         try:
             if not self.overwrite:
                 self._refuse_conflicts(root_fd, plan)
+            self._remove_extras(root_fd, ())
             self._execute(root_fd, plan)
             # Durable before we say "restored": the next step may be starting a database.
             _syncfs(root_fd)
         finally:
             os.close(root_fd)
+        self.result.files -= self.result.files_unchanged
         self.result.duration = time.monotonic() - started
         return self.result
 
@@ -292,9 +334,69 @@ class FileRestore:
         except FileNotFoundError:
             pass
         except IsADirectoryError as exc:
-            raise RestoreTargetError(
-                f"{self._shown(entry)} is a directory in the target; remove it first"
-            ) from exc
+            if not self.delta:
+                raise RestoreTargetError(
+                    f"{self._shown(entry)} is a directory in the target; remove it first"
+                ) from exc
+            shutil.rmtree(name, dir_fd=parent_fd)
+
+    def _remove_extras(self, dir_fd: int, parts: tuple[bytes, ...]) -> None:
+        """Delta: what the target holds in this directory and the snapshot does not."""
+        if self._children is None:
+            return
+        wanted = self._children.get(parts, set())
+        for name in map(os.fsencode, os.listdir(dir_fd)):
+            if name in wanted:
+                continue
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(name, dir_fd=dir_fd)
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                shown = display_path(os.path.join(os.fsencode(self.target), *parts, name))
+                raise RestoreTargetError(f"cannot remove {shown}: {exc.strerror}") from exc
+            self.result.removed += 1
+
+    def _chunker(self) -> Chunker:
+        chunker: Chunker | None = getattr(self._chunkers, "chunker", None)
+        if chunker is None:
+            chunker = Chunker(self.repo.config.chunker, self.repo.master.chunker_seed)
+            self._chunkers.chunker = chunker
+        return chunker
+
+    def _keep_if_same(self, parent_fd: int, entry: PlannedEntry) -> bool:
+        """Delta: the existing file already holds the snapshot's content (same blob ids,
+        compared chunk by chunk). Its metadata is then applied, and nothing is written."""
+        node = entry.node
+        name = entry.parts[-1]
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        except OSError:
+            return False  # missing, a symlink (ELOOP) or unreadable: rewrite it
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=parent_fd)  # a directory where a file belongs
+                return False
+            if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
+                return False
+            blobs = iter(node.content)
+            with io.FileIO(fd, closefd=False) as stream:
+                for chunk in self._chunker().chunks(stream):
+                    if next(blobs, None) != self.repo.blob_id(chunk):
+                        return False
+            if next(blobs, None) is not None:
+                return False
+            self._apply_metadata(fd, node)
+        finally:
+            os.close(fd)
+        with self._count_lock:
+            self.result.files_unchanged += 1
+        return True
 
     def _make_dir(self, parent_fd: int, entry: PlannedEntry) -> int:
         name = entry.parts[-1]
@@ -303,25 +405,33 @@ class FileRestore:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
             try:
-                return os.open(name, flags, dir_fd=parent_fd)
+                fd = os.open(name, flags, dir_fd=parent_fd)
             except (NotADirectoryError, OSError) as exc:
                 if exc.errno not in (errno.ENOTDIR, errno.ELOOP) or not self.overwrite:
                     raise
                 self._remove_existing(parent_fd, name, entry)  # a file or symlink in the way
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
-                return os.open(name, flags, dir_fd=parent_fd)
+                fd = os.open(name, flags, dir_fd=parent_fd)
         except OSError as exc:
             raise self._fail(entry, exc) from exc
+        try:
+            self._remove_extras(fd, entry.parts)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _write_file(self, parent_fd: int, entry: PlannedEntry, decoders: ThreadPoolExecutor) -> int:
         """Write one file under a temporary name, then rename it into place. Its blobs are
         decoded here when there is one, on the shared decoder pool when there are more."""
         node = entry.node
         name = entry.parts[-1]
+        if self.delta and self._keep_if_same(parent_fd, entry):
+            return 0
         temp = TEMP_PREFIX + secrets.token_hex(6).encode()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         if len(node.content) > 1:
-            data: Iterator[bytes] = _ordered_prefetch(decoders, self.repo.load_blob, node.content)
+            data: Iterator[bytes] = ordered_prefetch(decoders, self.repo.load_blob, node.content)
         else:
             data = (self.repo.load_blob(blob) for blob in node.content)
         written = 0
@@ -390,10 +500,22 @@ def restore_files(
     *,
     includes: Iterable[str] = (),
     overwrite: bool = False,
+    delta: bool = False,
+    root: str = "",
+    kinds: tuple[str, ...] = ("files",),
     on_progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
+    """Restore `snapshot` (or its directory `root`) into `target`."""
     return FileRestore(
-        repo, snapshot, target, includes=includes, overwrite=overwrite, on_progress=on_progress
+        repo,
+        snapshot,
+        target,
+        includes=includes,
+        overwrite=overwrite,
+        delta=delta,
+        root=root,
+        kinds=kinds,
+        on_progress=on_progress,
     ).run()
 
 

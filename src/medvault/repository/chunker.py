@@ -7,7 +7,7 @@ visible in packs) reveal nothing about content to someone without the key.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from medvault.errors import IntegrityError, MedvaultError
@@ -55,7 +55,9 @@ class Chunker:
                 f"repository config has invalid chunker parameters: {exc}"
             ) from exc
 
-    def chunks(self, stream: ReadsInto) -> Iterator[bytes]:
+    def chunks(
+        self, stream: ReadsInto, on_block: Callable[[memoryview, int], None] | None = None
+    ) -> Iterator[bytes]:
         """Chunks of a stream as independent bytes objects.
 
         Read in large blocks and cut with cut_buf: pyfastcdc's cut_stream runs at a fifth of
@@ -71,9 +73,13 @@ class Chunker:
         buf = self._buffer
         view = memoryview(buf)
         filled = 0
+        offset = 0
         try:
             while True:
                 got = stream.readinto(view[filled : filled + READ_BLOCK])
+                if got and on_block is not None:
+                    on_block(view[filled : filled + got], offset)
+                offset += got or 0
                 filled += got or 0
                 if not got:
                     for chunk in self._cdc.cut_buf(view[:filled]):

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from typing import Any, Protocol
 
 from medvault import __version__
 from medvault.errors import MedvaultError, SourceUnavailable, UsageError
@@ -46,6 +47,22 @@ Trie = dict[bytes, "Trie | None"]
 RACY_WINDOW_NS = 1_000_000_000
 
 
+class BlockVerifier(Protocol):
+    """Checks a file's bytes as they are read (PostgreSQL page checksums)."""
+
+    bad_blocks: list[int]
+
+    def feed(self, data: memoryview, offset: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def recheck(self, fd: int) -> None: ...
+
+
+# prune(directory, entry names) -> (names to leave out, directories to keep but empty)
+Pruner = Callable[[bytes, list[bytes]], tuple[set[bytes], set[bytes]]]
+
+
 @dataclass
 class BackupOptions:
     source: str
@@ -57,6 +74,19 @@ class BackupOptions:
     tier: str | None = None
     verify: bool = True
     workers: int | None = None
+    kind: str = "files"
+    # Snapshot root entry name ("a" or "a/b") -> directory: the tree is laid out by role
+    # (e.g. pgdata/, tablespaces/16400/) rather than mirroring absolute paths.
+    layout: dict[str, str] | None = None
+    prune: Pruner | None = None
+    verifier_for: Callable[[bytes], BlockVerifier | None] | None = None
+    # A live database directory: files change and vanish while read, and that is expected
+    # (WAL replay repairs it), so it is neither reported nor a reason to call it incomplete.
+    volatile: bool = False
+    # Called after the data is stored and before the snapshot is written; returns facts to
+    # record, or raises to abandon the snapshot.
+    finalize: Callable[[], dict[str, Any]] | None = None
+    parent_filter: Callable[[Snapshot], bool] | None = None  # which snapshots may be parents
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,7 @@ class BackupResult:
     unreadable: list[Problem] = field(default_factory=list)
     changed_while_read: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
+    bad_blocks: list[tuple[str, list[int]]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -146,10 +177,20 @@ def _parse_time_ns(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1e9)
 
 
-def choose_parent(repo: Repository, source: str, backup_type: str) -> Snapshot | None:
+def choose_parent(
+    repo: Repository,
+    source: str,
+    backup_type: str,
+    kind: str = "files",
+    accept: Callable[[Snapshot], bool] | None = None,
+) -> Snapshot | None:
     if backup_type == "full":
         return None
-    candidates = [s for s in repo.list_snapshots() if s.source == source and s.kind == "files"]
+    candidates = [
+        s
+        for s in repo.list_snapshots()
+        if s.source == source and s.kind == kind and (accept is None or accept(s))
+    ]
     if backup_type == "differential":
         candidates = [s for s in candidates if s.backup_type == "full"]
     return candidates[-1] if candidates else None
@@ -182,6 +223,7 @@ class FileBackup:
         self._unreadable: list[Problem] = []
         self._changed: list[Problem] = []
         self._skipped: list[Problem] = []
+        self._bad_blocks: list[tuple[str, list[int]]] = []
 
     # -- entry point -----------------------------------------------------------------------
 
@@ -191,7 +233,13 @@ class FileBackup:
         start_time = now_iso()
         with self.repo.lock(exclusive=False, purpose=f"backup of {self.options.source}") as lock:
             self.repo.index  # noqa: B018 - load it once here, before worker threads need it
-            parent = choose_parent(self.repo, self.options.source, self.options.backup_type)
+            parent = choose_parent(
+                self.repo,
+                self.options.source,
+                self.options.backup_type,
+                self.options.kind,
+                self.options.parent_filter,
+            )
             backup_type = self.options.backup_type if parent else "full"
             if parent is not None:
                 self._parent_cutoff_ns = _parse_time_ns(parent.time) - RACY_WINDOW_NS
@@ -209,6 +257,7 @@ class FileBackup:
                 assert root.tree is not None
                 tree_id = root.tree.result()
                 sink.flush()
+                facts = self.options.finalize() if self.options.finalize else {}
             except BaseException:
                 sink.abort()
                 raise
@@ -219,7 +268,7 @@ class FileBackup:
                 host=socket.gethostname(),
                 user=_user(os.getuid()) or str(os.getuid()),
                 source=self.options.source,
-                kind="files",
+                kind=self.options.kind,
                 backup_type=backup_type,
                 paths=tuple(display_path(p) for p in sorted(roots)),
                 tree=tree_id,
@@ -239,6 +288,7 @@ class FileBackup:
                     "changed_while_read": len(self._changed),
                     "duration_s": round(duration, 3),
                 },
+                facts=facts,
                 program=f"medvault {__version__}",
             )
             lock.ensure_held()
@@ -256,9 +306,12 @@ class FileBackup:
             unreadable=self._unreadable,
             changed_while_read=self._changed,
             skipped=self._skipped,
+            bad_blocks=self._bad_blocks,
         )
 
     def _roots(self) -> list[bytes]:
+        if self.options.layout is not None:
+            return [os.fsencode(p) for p in self.options.layout.values()]
         if not self.options.paths:
             raise UsageError("nothing to back up: give one or more paths")
         roots = []
@@ -278,6 +331,8 @@ class FileBackup:
     def _walk_roots(self, roots: list[bytes], parent_tree: bytes | None) -> _PendingDir:
         """The snapshot's root mirrors absolute paths: /app/uploads is stored as app/uploads,
         each intermediate directory with its own metadata."""
+        if self.options.layout is not None:
+            return self._walk_layout(self.options.layout, parent_tree)
         if b"/" in roots:
             return self._walk_dir(b"/", parent_tree)
         trie: Trie = {}
@@ -320,6 +375,37 @@ class FileBackup:
         self._enqueue(pending)
         return pending
 
+    def _walk_layout(self, layout: dict[str, str], parent_tree: bytes | None) -> _PendingDir:
+        pending = _PendingDir()
+        parent_nodes = self._parent_nodes(parent_tree)
+        nested: dict[str, dict[str, str]] = {}
+        for entry, path in sorted(layout.items()):
+            head, _, rest = entry.partition("/")
+            name = os.fsencode(head)
+            prior = parent_nodes.get(name)
+            prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
+            if rest:
+                nested.setdefault(head, {})[rest] = path
+                continue
+            try:
+                st = os.stat(path)  # the role's directory itself may be reached by a symlink
+            except OSError as exc:
+                raise SourceUnavailable(f"cannot read {path}: {exc.strerror}") from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise SourceUnavailable(f"{path} is not a directory")
+            node = node_from_stat(name, st)
+            pending.entries.append((node, self._walk_dir(os.fsencode(path), prior_tree)))
+            self._counts["dirs"] += 1
+        for head, sub in nested.items():
+            name = os.fsencode(head)
+            prior = parent_nodes.get(name)
+            prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
+            node = Node(name=name, type=DIR, mode=0o700, mtime_ns=time.time_ns())
+            pending.entries.append((node, self._walk_layout(sub, prior_tree)))
+            self._counts["dirs"] += 1
+        self._enqueue(pending)
+        return pending
+
     def _excluded(self, path: bytes, name: bytes) -> bool:
         if path in self._skip:
             return True
@@ -338,20 +424,33 @@ class FileBackup:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+            if not (self.options.volatile and isinstance(exc, FileNotFoundError)):
+                self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
             self._enqueue(pending)
             return pending
+        leave_out: set[bytes] = set()
+        keep_empty: set[bytes] = set()
+        if self.options.prune is not None:
+            leave_out, keep_empty = self.options.prune(path, [e.name for e in entries])
         for entry in entries:
             name = entry.name
             full = path.rstrip(b"/") + b"/" + name
-            if self._excluded(full, name):
+            if name in leave_out or self._excluded(full, name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
-                self._unreadable.append(Problem(display_path(full), exc.strerror or str(exc)))
+                if not (self.options.volatile and isinstance(exc, FileNotFoundError)):
+                    self._unreadable.append(Problem(display_path(full), exc.strerror or str(exc)))
                 continue
-            self._add_entry(pending, full, node_from_stat(name, st), parent_nodes.get(name))
+            node = node_from_stat(name, st)
+            if name in keep_empty and node.type == DIR:
+                empty = _PendingDir()
+                self._enqueue(empty)
+                pending.entries.append((node, empty))
+                self._counts["dirs"] += 1
+                continue
+            self._add_entry(pending, full, node, parent_nodes.get(name))
         self._enqueue(pending)
         return pending
 
@@ -416,17 +515,27 @@ class FileBackup:
     def _read_file(self, path: bytes, node: Node) -> tuple[Node, list[Future[bytes]]] | None:
         futures: list[Future[bytes]] = []
         total = 0
+        verifier = self.options.verifier_for(path) if self.options.verifier_for else None
         try:
             fd = self._open(path)
             with os.fdopen(fd, "rb", buffering=0) as handle:
                 before = os.fstat(fd)
-                for chunk in self._chunker.chunks(handle):
+                on_block = verifier.feed if verifier is not None else None
+                for chunk in self._chunker.chunks(handle, on_block):
                     total += len(chunk)
                     futures.append(self._sink.submit(chunk, DATA_BLOB))
                 after = os.fstat(fd)
+                if verifier is not None:
+                    verifier.finish()
+                    if verifier.bad_blocks:
+                        verifier.recheck(fd)  # a page torn by a concurrent write reads well now
+                    if verifier.bad_blocks:
+                        self._bad_blocks.append((display_path(path), list(verifier.bad_blocks)))
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise MedvaultError(f"disk full while reading {display_path(path)}") from exc
+            if self.options.volatile and isinstance(exc, FileNotFoundError):
+                return None  # dropped while the backup ran; WAL replay removes it anyway
             # Chunks already queued finish normally and become unreferenced blobs; cancelling
             # them would leave the writer waiting for work that never runs.
             self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
@@ -442,7 +551,7 @@ class FileBackup:
             before.st_ctime_ns,
             before.st_size,
         )
-        if moved or changed or total != after.st_size:
+        if (moved or changed or total != after.st_size) and not self.options.volatile:
             self._changed.append(Problem(display_path(path), "file changed while it was read"))
         stored = node_from_stat(node.name, after)
         return Node(**{**stored.__dict__, "size": total}), futures

@@ -1,0 +1,80 @@
+"""The `medvault` program's entry point.
+
+PostgreSQL starts `wal-push` once per WAL file and `wal-fetch` once per file it replays, so
+those two are parsed here and run without Typer, pydantic or the rest of the CLI (together
+they cost more than the push itself). Every other command, and --help or any option this
+parser does not know, goes to cli/main.py unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_ROOT_OPTIONS = {
+    "--config": "config",
+    "-c": "config",
+    "--repo": "repo",
+    "-r": "repo",
+    "--password-file": "password_file",
+    "--password-command": "password_command",
+    "--key-file": "key_file",
+}
+_FAST = ("wal-push", "wal-fetch")
+_HELP = ("-h", "--help")
+
+
+def _root_options(argv: list[str]) -> tuple[dict[str, str], int] | None:
+    """Root options before the command, and the command's position; None if unusual."""
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        option, eq, value = argv[i].partition("=")
+        if option not in _ROOT_OPTIONS:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 1
+        values[_ROOT_OPTIONS[option]] = value
+        i += 1
+    return values, i
+
+
+def _run_fast(argv: list[str]) -> int | None:
+    found = _root_options(argv)
+    if found is None or found[1] >= len(argv) or argv[found[1]] not in _FAST:
+        return None
+    values, position = found
+    command, args = argv[position], argv[position + 1 :]
+    if any(a in _HELP for a in args):
+        return None
+    from medvault.cli import wal
+
+    options = wal.GlobalOptions(**values)
+    if command == "wal-push":
+        force_async = "--async" in args
+        rest = [a for a in args if a != "--async"]
+        if len(rest) != 2 or any(a.startswith("-") for a in rest):
+            return None  # Typer says what is wrong
+        return wal.fast_push(options, rest[0], rest[1], force_async)
+    if len(args) != 3 or any(a.startswith("-") for a in args):
+        # Not a plain "not archived": a broken restore_command must stop recovery.
+        wal.warn("medvault: usage: medvault [--config FILE] wal-fetch SOURCE NAME DEST")
+        return wal.EXIT_ARCHIVE_UNUSABLE
+    return wal.run_fetch(options, args[0], args[1], args[2])
+
+
+def main() -> None:
+    code = _run_fast(sys.argv[1:])
+    if code is None:
+        from medvault.cli.main import main as full_main
+
+        full_main()
+        return
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

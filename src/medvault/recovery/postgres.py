@@ -1,0 +1,1008 @@
+"""Restore a physical PostgreSQL snapshot into a data directory and set up its recovery:
+point-in-time (time, LSN, xid, restore point, immediate, latest) or a standby.
+
+Every check that can fail runs before anything is written: the port, the data directory
+(empty; or, for --delta, this cluster's and not running), tablespace locations, and the WAL
+chain in the archive from the backup's start to the target. Then the files, then the recovery
+settings in a marked block of postgresql.auto.conf, then (optionally) the server is started
+and watched until recovery ends the way the target action says.
+
+A restored cluster never archives into the production archive unless asked: its
+postgresql.conf still carries production's archive_command, so the block turns archive_mode
+off (a second cluster pushing the same WAL names would be refused as a conflict at best).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from medvault.errors import (
+    RecoveryFailed,
+    RestoreTargetError,
+    SnapshotNotFound,
+    SourceUnavailable,
+    UsageError,
+    WalMissing,
+)
+from medvault.recovery.files import RestoreResult, restore_files
+
+if TYPE_CHECKING:
+    from medvault.repository.records import Snapshot
+    from medvault.repository.repo import Repository
+    from medvault.repository.wal import WalArchive
+
+KIND = "postgres.physical"
+TARGET_KINDS = ("latest", "immediate", "time", "lsn", "xid", "name")
+TARGET_ACTIONS = ("promote", "pause", "shutdown")
+BLOCK_BEGIN = "# medvault recovery settings: begin"
+BLOCK_END = "# medvault recovery settings: end"
+LOG_NAME = "medvault-recovery.log"
+WAIT_TIMEOUT_S = 3600.0
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+_RESTORE_POINT_MAX = 63  # MAXFNAMELEN - 1 in PostgreSQL
+
+
+# -- the recovery target --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    """Where recovery stops, and what the server does there."""
+
+    kind: str = "latest"  # one of TARGET_KINDS
+    value: str = ""  # time (ISO-8601, normalised to UTC), LSN, xid or restore point name
+    action: str = "promote"
+    timeline: str = "latest"  # latest, current, or a timeline number
+
+    def settings(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.kind == "immediate":
+            out["recovery_target"] = "immediate"
+        elif self.kind != "latest":
+            out[f"recovery_target_{self.kind}"] = self.value
+        out["recovery_target_timeline"] = self.timeline
+        if self.kind != "latest":
+            out["recovery_target_action"] = self.action
+        return out
+
+    def describe(self) -> str:
+        if self.kind in ("latest", "immediate"):
+            return self.kind
+        return f"{self.kind} {self.value}"
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 time; without a zone it is this host's local time."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace(" UTC", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--target-time {text!r} is not a time; give ISO-8601, e.g. 2024-05-01T14:30:00+02:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.astimezone(UTC)
+
+
+def make_target(
+    *,
+    target: str | None = None,
+    time_: str | None = None,
+    lsn: str | None = None,
+    xid: str | None = None,
+    name: str | None = None,
+    action: str = "promote",
+    timeline: str = "latest",
+    now: datetime | None = None,
+) -> RecoveryTarget:
+    """Validate the command-line target options into one RecoveryTarget."""
+    given = [
+        (kind, value)
+        for kind, value in (
+            ("target", target),
+            ("time", time_),
+            ("lsn", lsn),
+            ("xid", xid),
+            ("name", name),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        shown = ", ".join("--target" if k == "target" else f"--target-{k}" for k, _ in given)
+        raise UsageError(f"give one recovery target, not several ({shown})")
+    if action not in TARGET_ACTIONS:
+        raise UsageError(f"--target-action must be one of {', '.join(TARGET_ACTIONS)}")
+    if timeline not in ("latest", "current") and not timeline.isdigit():
+        raise UsageError("--target-timeline is latest, current or a timeline number")
+    if not given or given[0] == ("target", "latest"):
+        if action != "promote":
+            raise UsageError(
+                "--target-action needs a recovery target: without one (latest) the server "
+                "replays everything archived and is promoted"
+            )
+        return RecoveryTarget("latest", "", action, timeline)
+    kind, value = given[0]
+    assert value is not None
+    if kind == "target":
+        if value not in ("latest", "immediate"):
+            raise UsageError("--target is immediate or latest")
+        return RecoveryTarget(value, "", action, timeline)
+    if kind == "time":
+        moment = parse_time(value)
+        if moment > (now or datetime.now(UTC)):
+            raise UsageError(
+                f"--target-time {value} is in the future: no WAL reaches it yet; "
+                "give a past time, or --target latest for everything archived"
+            )
+        value = moment.isoformat(sep=" ")
+    elif kind == "lsn":
+        if not _LSN.match(value):
+            raise UsageError(f"--target-lsn {value!r} is not an LSN (like 0/3000028)")
+        value = value.upper()
+    elif kind == "xid":
+        if not value.isdigit() or int(value) < 3:
+            raise UsageError(f"--target-xid {value!r} is not a transaction id")
+    elif kind == "name" and (not value or len(value.encode()) > _RESTORE_POINT_MAX):
+        raise UsageError("--target-name must be 1 to 63 bytes long")
+    return RecoveryTarget(kind, value, action, timeline)
+
+
+def _lsn(text: str) -> int:
+    from medvault.sources.postgres.wal import parse_lsn
+
+    return int(parse_lsn(text))
+
+
+def _iso_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+# -- choosing a base backup ------------------------------------------------------------------
+
+
+def physical_snapshots(repo: Repository, source: str) -> list[Snapshot]:
+    """Complete physical backups of `source`, oldest consistent point first."""
+    snaps = [
+        s
+        for s in repo.list_snapshots()
+        if s.kind == KIND and s.source == source and s.facts.get("stop_time")
+    ]
+    return sorted(snaps, key=lambda s: _iso_time(str(s.facts["stop_time"])))
+
+
+def choose_base_backup(repo: Repository, source: str, target: RecoveryTarget) -> Snapshot:
+    """The newest backup that can reach the target: for a time, the newest that was
+    consistent at or before it; for an LSN, the newest whose stop LSN is at or before it;
+    otherwise the newest."""
+    snaps = physical_snapshots(repo, source)
+    if not snaps:
+        raise SnapshotNotFound(
+            f"the repository holds no physical backup of source {source}; "
+            f"take one with `medvault backup {source} --type full`"
+        )
+    if target.kind == "time":
+        moment = _iso_time(target.value)
+        usable = [s for s in snaps if _iso_time(str(s.facts["stop_time"])) <= moment]
+        if not usable:
+            oldest = snaps[0]
+            raise SnapshotNotFound(
+                f"no backup of {source} reaches back to {target.value}: the oldest usable time "
+                f"is {oldest.facts['stop_time']} (backup {oldest.short_id}); give a later "
+                "--target-time"
+            )
+        return usable[-1]
+    if target.kind == "lsn":
+        wanted = _lsn(target.value)
+        usable = [s for s in snaps if _lsn(str(s.facts["stop_lsn"])) <= wanted]
+        if not usable:
+            oldest = min(snaps, key=lambda s: _lsn(str(s.facts["stop_lsn"])))
+            raise SnapshotNotFound(
+                f"no backup of {source} reaches back to LSN {target.value}: the oldest usable "
+                f"LSN is {oldest.facts['stop_lsn']} (backup {oldest.short_id})"
+            )
+        return max(usable, key=lambda s: _lsn(str(s.facts["stop_lsn"])))
+    return snaps[-1]
+
+
+def check_target_reachable(snapshot: Snapshot, target: RecoveryTarget) -> None:
+    """A target before the backup was consistent can never be reached from it."""
+    facts = snapshot.facts
+    if target.kind == "time" and _iso_time(target.value) < _iso_time(str(facts["stop_time"])):
+        raise UsageError(
+            f"target time {target.value} is before backup {snapshot.short_id} became consistent "
+            f"({facts['stop_time']}); restore an older backup, or let `medvault pitr "
+            f"{snapshot.source}` choose one"
+        )
+    if target.kind == "lsn" and _lsn(target.value) < _lsn(str(facts["stop_lsn"])):
+        raise UsageError(
+            f"target LSN {target.value} is before backup {snapshot.short_id} became consistent "
+            f"(LSN {facts['stop_lsn']}); restore an older backup"
+        )
+
+
+# -- the WAL chain ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WalRange:
+    """The WAL recovery will read: from the backup's first segment to `last` on `timeline`."""
+
+    timeline: int
+    first: str
+    last: str
+
+
+def _target_timeline(archive: WalArchive, snapshot: Snapshot, target: RecoveryTarget) -> int:
+    """The timeline recovery will follow: as PostgreSQL resolves 'latest', by probing
+    history files upwards from the backup's timeline."""
+    base = int(snapshot.facts["timeline"])
+    if target.timeline == "current":
+        return base
+    if target.timeline.isdigit():
+        return int(target.timeline)
+    names = set(archive.names())
+    timeline = base
+    while f"{timeline + 1:08X}.history" in names:
+        timeline += 1
+    return timeline
+
+
+def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget) -> WalRange:
+    """Every WAL file recovery needs is archived: from the backup's start on its timeline,
+    across timeline switches, to the target LSN (or to the newest archived WAL, since a time,
+    xid or name cannot be placed in WAL without reading it), and at least to the backup's
+    own stop LSN. WalMissing names the gap."""
+    from medvault.repository.wal import WalArchive
+    from medvault.sources.postgres.wal import (
+        missing_segments,
+        segment_name,
+        timeline_periods,
+    )
+
+    facts = snapshot.facts
+    size = int(facts["wal_segment_size"])
+    archive = WalArchive(repo, snapshot.source)
+    base = int(facts["timeline"])
+    start = _lsn(str(facts["start_lsn"]))
+    stop = _lsn(str(facts["stop_lsn"]))
+    final = _target_timeline(archive, snapshot, target)
+    periods, lacking = timeline_periods(archive, final)
+    if lacking:
+        raise _missing(snapshot, lacking)
+    own = next((p for p in periods if p.timeline == base), None)
+    if own is None:
+        raise RecoveryFailed(
+            f"timeline {final} does not descend from timeline {base} of backup "
+            f"{snapshot.short_id}; recover with --target-timeline current, or use a backup "
+            f"taken on timeline {final}"
+        )
+    if own.end is not None and own.end < stop:
+        raise RecoveryFailed(
+            f"timeline {base} branched off to a later timeline at {_fmt(own.end)}, before backup "
+            f"{snapshot.short_id} became consistent ({facts['stop_lsn']}); recover with "
+            "--target-timeline current, or use a newer backup"
+        )
+    if target.kind == "lsn":
+        end: int | None = _lsn(target.value) + 1  # the segment holding the target itself
+    elif target.kind == "immediate":
+        end = stop
+    else:
+        end = None
+    missing = missing_segments(archive, final, start, end, size)
+    missing += missing_segments(archive, final, start, stop, size)
+    if missing:
+        raise _missing(snapshot, sorted(set(missing)))
+    return WalRange(
+        final,
+        str(facts.get("start_wal") or segment_name(base, start, size)),
+        _last_segment(archive, periods, start, end, size),
+    )
+
+
+def _last_segment(
+    archive: WalArchive, periods: list[Any], start: int, end: int | None, size: int
+) -> str:
+    """The last segment recovery reads: the one holding the target LSN, else the newest
+    archived one along the timeline chain."""
+    from medvault.sources.postgres.wal import SEGMENT, segment_name, segment_number
+
+    if end is not None:
+        # A switch point's segment is read from the newer timeline (it copies the start).
+        number = max(start, end - 1) // size
+        where = next(p for p in periods if p.end is None or number < p.end // size)
+        return str(segment_name(where.timeline, number * size, size))
+    best: tuple[int, str] | None = None
+    for period in periods:
+        low = max(period.begin, start) // size
+        high = None if period.end is None else period.end // size - 1
+        for name in archive.names(period.timeline):
+            if not SEGMENT.match(name):
+                continue
+            number = segment_number(name, size)
+            if number >= low and (high is None or number <= high):
+                best = max(best or (number, name), (number, name))
+    return best[1] if best else str(segment_name(periods[0].timeline, start, size))
+
+
+def _fmt(lsn: int) -> str:
+    from medvault.sources.postgres.wal import format_lsn
+
+    return str(format_lsn(lsn))
+
+
+def _missing(snapshot: Snapshot, missing: list[str]) -> WalMissing:
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return WalMissing(
+        f"the WAL archive of {snapshot.source} lacks {shown}, needed to recover backup "
+        f"{snapshot.short_id} to the target; nothing was restored. Push it from the server's "
+        "pg_wal if it is still there, or choose an earlier target or a newer backup"
+    )
+
+
+# -- the target directory ---------------------------------------------------------------
+
+
+def read_system_identifier(pgdata: str) -> str | None:
+    """The cluster's identity: the first 8 bytes of global/pg_control (little-endian)."""
+    try:
+        with open(os.path.join(pgdata, "global", "pg_control"), "rb") as handle:
+            raw = handle.read(8)
+    except OSError:
+        return None
+    return str(int.from_bytes(raw, "little")) if len(raw) == 8 else None
+
+
+def running_postmaster(pgdata: str) -> int | None:
+    """The pid of a live server using pgdata, from postmaster.pid."""
+    try:
+        with open(os.path.join(pgdata, "postmaster.pid")) as handle:
+            pid = int(handle.readline().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, owned by another user
+    return pid
+
+
+def _entries(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise RestoreTargetError(f"{path} exists and is not a directory") from None
+    except OSError as exc:
+        raise RestoreTargetError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def check_port_free(port: int) -> None:
+    """Refuse a port something listens on (checked before anything is restored)."""
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a TCP port")
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        with sock:
+            # As PostgreSQL does: TIME_WAIT leftovers do not count, a listener does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError:
+                if family == socket.AF_INET6:
+                    continue
+                raise RestoreTargetError(
+                    f"port {port} is in use; choose a free one with --port"
+                ) from None
+            if family == socket.AF_INET6:
+                return
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        raise RestoreTargetError(f"port {port} is in use; choose a free one with --port")
+
+
+def check_data_directory(pgdata: str, snapshot: Snapshot, *, delta: bool, force: bool) -> None:
+    """Refuse a non-empty directory unless --delta (same cluster, stopped) or --force
+    (stopped); never touch a running server's directory."""
+    if not _entries(pgdata):
+        return
+    pid = running_postmaster(pgdata)
+    if pid is not None:
+        raise RestoreTargetError(
+            f"{pgdata} belongs to a running PostgreSQL server (pid {pid}); stop it first, "
+            "or restore into another directory"
+        )
+    if force:
+        return
+    if not delta:
+        raise RestoreTargetError(
+            f"{pgdata} is not empty; restore into an empty directory, or pass --delta to "
+            "rewrite only what differs (same cluster) or --force to empty it first"
+        )
+    found = read_system_identifier(pgdata)
+    wanted = str(snapshot.facts["system_identifier"])
+    if found is None and not os.path.exists(os.path.join(pgdata, "PG_VERSION")):
+        raise RestoreTargetError(
+            f"{pgdata} does not look like a PostgreSQL data directory, so --delta cannot reuse "
+            "it; pass --force to empty it, or choose another directory"
+        )
+    if found is not None and found != wanted:
+        raise RestoreTargetError(
+            f"{pgdata} holds another cluster (system identifier {found}, the backup is of "
+            f"{wanted}); --delta only reuses a copy of the same cluster: pass --force to "
+            "empty it, or choose another directory"
+        )
+
+
+def _empty_directory(path: str) -> None:
+    for name in _entries(path):
+        full = os.path.join(path, name)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+        except OSError as exc:
+            raise RestoreTargetError(f"cannot remove {full}: {exc.strerror}") from None
+
+
+def tablespace_locations(snapshot: Snapshot, remap: dict[str, str]) -> dict[str, str]:
+    """oid -> directory to restore each tablespace into."""
+    spaces = {str(k): str(v) for k, v in dict(snapshot.facts.get("tablespaces") or {}).items()}
+    for oid in remap:
+        if oid not in spaces:
+            known = ", ".join(sorted(spaces)) or "none"
+            raise UsageError(
+                f"--tablespace {oid}=...: the backup has no tablespace {oid} (it has: {known})"
+            )
+    out = {}
+    for oid, location in spaces.items():
+        target = os.path.abspath(remap.get(oid, location))
+        if not os.path.isabs(remap.get(oid, location)):
+            raise UsageError(f"--tablespace {oid}: give an absolute directory")
+        out[oid] = target
+    return out
+
+
+def parse_tablespace_options(items: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        oid, sep, directory = item.partition("=")
+        if not sep or not oid.isdigit() or not directory:
+            raise UsageError(f"--tablespace {item!r}: expected OID=DIR")
+        out[oid] = directory
+    return out
+
+
+def check_tablespaces(
+    snapshot: Snapshot, locations: dict[str, str], pgdata: str, *, delta: bool, force: bool
+) -> None:
+    original = {str(k): str(v) for k, v in dict(snapshot.facts.get("tablespaces") or {}).items()}
+    source_pgdata = str(snapshot.facts.get("pgdata") or (snapshot.paths or ("",))[0])
+    production_up = bool(source_pgdata) and running_postmaster(source_pgdata) is not None
+    for oid, location in locations.items():
+        if os.path.realpath(location).startswith(os.path.realpath(pgdata) + os.sep):
+            raise UsageError(f"tablespace {oid}: {location} is inside the data directory")
+        if not _entries(location):
+            continue
+        if (
+            production_up
+            and location == original.get(oid)
+            and os.path.realpath(pgdata) != os.path.realpath(source_pgdata)
+        ):
+            raise RestoreTargetError(
+                f"tablespace {oid} would be restored into {location}, which the running "
+                f"server of {source_pgdata} uses; move it with --tablespace {oid}=DIR"
+            )
+        if not (delta or force):
+            raise RestoreTargetError(
+                f"tablespace {oid} location {location} is not empty; move it with "
+                f"--tablespace {oid}=DIR, or pass --delta or --force"
+            )
+
+
+# -- recovery settings ------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def recovery_block(
+    snapshot: Snapshot,
+    target: RecoveryTarget,
+    restore_command: str,
+    *,
+    port: int | None,
+    keep_archiving: bool,
+) -> list[str]:
+    settings: dict[str, str] = {"restore_command": restore_command, **target.settings()}
+    if not keep_archiving:
+        # postgresql.conf still holds production's archive_command: a restored copy must not
+        # push its WAL into the production archive unless asked (--archive).
+        settings["archive_mode"] = "off"
+    written = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = [BLOCK_BEGIN, f"# restored from snapshot {snapshot.id} at {written}"]
+    lines += [f"{key} = {_quote(value)}" for key, value in settings.items()]
+    if port is not None:
+        lines.append(f"port = {port}")
+    lines.append(BLOCK_END)
+    return lines
+
+
+def write_auto_conf(pgdata: str, block: list[str]) -> None:
+    """Replace any earlier medvault block; later lines win in postgresql.auto.conf."""
+    path = os.path.join(pgdata, "postgresql.auto.conf")
+    try:
+        with open(path) as handle:
+            existing = handle.read().splitlines()
+    except FileNotFoundError:
+        existing = [
+            "# Do not edit this file manually!",
+            "# It will be overwritten by ALTER SYSTEM.",
+        ]
+    kept: list[str] = []
+    inside = False
+    for line in existing:
+        if line == BLOCK_BEGIN:
+            inside = True
+        elif line == BLOCK_END:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    _write_text(path, "\n".join([*kept, *block]) + "\n")
+
+
+def _write_text(path: str, text: str, mode: int = 0o600) -> None:
+    temp = path + ".medvault-tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def rewrite_tablespace_map(text: str, locations: dict[str, str]) -> str:
+    """tablespace_map lines are `OID PATH`: point each at its restored location."""
+    out = []
+    for line in text.splitlines():
+        oid, _, _path = line.partition(" ")
+        out.append(f"{oid} {locations[oid]}" if oid in locations else line)
+    return "\n".join(out) + ("\n" if out else "")
+
+
+# -- restore ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhysicalRestoreOptions:
+    pgdata: str
+    target: RecoveryTarget
+    restore_command: str
+    standby: bool = False
+    port: int | None = None
+    delta: bool = False
+    force: bool = False
+    keep_archiving: bool = False
+    tablespaces: dict[str, str] = field(default_factory=dict)  # oid -> new location
+    start: bool = False
+    pg_bin: str | None = None
+    wait_timeout: float = WAIT_TIMEOUT_S
+
+
+@dataclass
+class Reached:
+    state: str  # promoted, paused, shut down, standby
+    lsn: str | None = None
+    time: str | None = None
+    timeline: int | None = None
+    port: int | None = None
+    log: str = ""
+    stop_reason: str | None = None
+
+
+@dataclass
+class PhysicalRestoreResult:
+    snapshot: str
+    pgdata: str
+    files: RestoreResult
+    tablespaces: dict[str, str]
+    wal: WalRange
+    settings: list[str]
+    signal: str
+    reached: Reached | None = None
+
+
+def _add(total: RestoreResult, part: RestoreResult) -> None:
+    total.files += part.files
+    total.files_unchanged += part.files_unchanged
+    total.removed += part.removed
+    total.dirs += part.dirs
+    total.symlinks += part.symlinks
+    total.bytes_written += part.bytes_written
+    total.skipped += part.skipped
+
+
+def restore_physical(
+    repo: Repository,
+    snapshot: Snapshot,
+    options: PhysicalRestoreOptions,
+    on_progress: Callable[[int], None] | None = None,
+) -> PhysicalRestoreResult:
+    if snapshot.kind != KIND:
+        raise RestoreTargetError(
+            f"snapshot {snapshot.short_id} is a {snapshot.kind} snapshot, not a physical backup"
+        )
+    if not snapshot.facts.get("stop_lsn") or not snapshot.facts.get("backup_label"):
+        raise RecoveryFailed(
+            f"snapshot {snapshot.short_id} lacks its backup label; it is incomplete"
+        )
+    started = time.monotonic()
+    pgdata = os.path.abspath(options.pgdata)
+    target = options.target
+    pg_ctl = None
+    if options.start:
+        if os.geteuid() == 0:
+            raise UsageError(
+                "refusing to start PostgreSQL as root; run medvault as the user owning the data "
+                "directory (usually postgres), e.g. `runuser -u postgres -- medvault ...`"
+            )
+        if options.port is None:
+            raise UsageError("--start needs --port P: the port the restored server listens on")
+        from medvault.sources.postgres.server import find_program
+
+        major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
+        pg_ctl = find_program("pg_ctl", options.pg_bin, major)
+    if options.port is not None:
+        check_port_free(options.port)
+    check_target_reachable(snapshot, target)
+    check_data_directory(pgdata, snapshot, delta=options.delta, force=options.force)
+    locations = tablespace_locations(snapshot, options.tablespaces)
+    check_tablespaces(snapshot, locations, pgdata, delta=options.delta, force=options.force)
+    wal = check_wal_chain(repo, snapshot, target)
+
+    # Checks done: from here on, files are written.
+    if options.force:
+        _empty_directory(pgdata)
+        for location in locations.values():
+            _empty_directory(location)
+    total = RestoreResult()
+    kinds = (KIND,)
+    _add(
+        total,
+        restore_files(
+            repo,
+            snapshot,
+            pgdata,
+            root="pgdata",
+            kinds=kinds,
+            delta=options.delta,
+            on_progress=on_progress,
+        ),
+    )
+    for oid, location in locations.items():
+        _add(
+            total,
+            restore_files(
+                repo,
+                snapshot,
+                location,
+                root=f"tablespaces/{oid}",
+                kinds=kinds,
+                delta=options.delta,
+                on_progress=on_progress,
+            ),
+        )
+    block = recovery_block(
+        snapshot,
+        target,
+        options.restore_command,
+        port=options.port,
+        keep_archiving=options.keep_archiving,
+    )
+    signal = _prepare_for_recovery(pgdata, snapshot, locations, block, options.standby)
+    total.duration = time.monotonic() - started
+    result = PhysicalRestoreResult(snapshot.id, pgdata, total, locations, wal, block, signal)
+    if options.start:
+        assert pg_ctl is not None and options.port is not None
+        result.reached = start_and_wait(
+            pgdata,
+            pg_ctl,
+            options.port,
+            "standby"
+            if options.standby
+            else target.action
+            if target.kind != "latest"
+            else "promote",
+            options.wait_timeout,
+        )
+    return result
+
+
+def _prepare_for_recovery(
+    pgdata: str,
+    snapshot: Snapshot,
+    locations: dict[str, str],
+    block: list[str],
+    standby: bool,
+) -> str:
+    facts = snapshot.facts
+    for sub in ("pg_wal", os.path.join("pg_wal", "archive_status"), "pg_tblspc"):
+        os.makedirs(os.path.join(pgdata, sub), mode=0o700, exist_ok=True)
+    _write_text(os.path.join(pgdata, "backup_label"), str(facts["backup_label"]))
+    spcmap = str(facts.get("tablespace_map") or "")
+    if spcmap:
+        _write_text(
+            os.path.join(pgdata, "tablespace_map"), rewrite_tablespace_map(spcmap, locations)
+        )
+    for oid, location in locations.items():
+        link = os.path.join(pgdata, "pg_tblspc", oid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+        os.symlink(location, link)
+    write_auto_conf(pgdata, block)
+    for name in ("recovery.signal", "standby.signal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(pgdata, name))
+    signal = "standby.signal" if standby else "recovery.signal"
+    _write_text(os.path.join(pgdata, signal), "")
+    os.chmod(pgdata, 0o700)
+    if os.geteuid() == 0:
+        # As root the restored files keep their recorded owners (the original postgres
+        # user); what this function and the restore's top directories made follows them.
+        st = os.stat(os.path.join(pgdata, "PG_VERSION"))
+        made = [
+            "backup_label",
+            "tablespace_map",
+            "postgresql.auto.conf",
+            signal,
+            "pg_wal",
+            os.path.join("pg_wal", "archive_status"),
+            "pg_tblspc",
+            *(os.path.join("pg_tblspc", oid) for oid in locations),
+        ]
+        for path in [pgdata, *locations.values(), *(os.path.join(pgdata, n) for n in made)]:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    return signal
+
+
+# -- start and wait ---------------------------------------------------------------------
+
+
+def log_tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            text = handle.read()[-20000:]
+    except OSError:
+        return "(no server log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _connect(port: int) -> Any:
+    import psycopg
+
+    return psycopg.connect(
+        f"host=127.0.0.1 port={port} dbname=postgres",
+        autocommit=True,
+        connect_timeout=3,
+        application_name="medvault-recovery",
+    )
+
+
+def _timeline_from_walfile(name: str | None) -> int | None:
+    return int(name[:8], 16) if name else None
+
+
+_STOP = re.compile(r"LOG:\s+(recovery stopping [^\n]*)")
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+_LAST_XACT = re.compile(r"last completed transaction was at log time ([^\n]+)")
+_TIMELINE = re.compile(r"selected new timeline ID: (\d+)")
+
+
+def _from_log(text: str, reached: Reached) -> None:
+    if m := _STOP.findall(text):
+        reached.stop_reason = m[-1].strip()
+    if reached.lsn is None and (m := _REDO_DONE.findall(text)):
+        reached.lsn = m[-1]
+    if reached.time is None and (m := _LAST_XACT.findall(text)):
+        reached.time = m[-1].strip()
+    if reached.timeline is None and (m := _TIMELINE.findall(text)):
+        reached.timeline = int(m[-1])
+
+
+def _from_control_data(pgdata: str, pg_ctl: str, reached: Reached) -> None:
+    """A server shut down at its target: where it stopped, from pg_control."""
+    program = os.path.join(os.path.dirname(pg_ctl), "pg_controldata")
+    try:
+        done = subprocess.run(
+            [program, "-D", pgdata],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+            env=os.environ | {"LC_ALL": "C"},
+        )
+    except OSError:
+        return
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, sep, value in (line.partition(":") for line in done.stdout.splitlines())
+        if sep
+    )
+    reached.lsn = fields.get("Minimum recovery ending location") or reached.lsn
+    tli = fields.get("Min recovery ending loc's timeline", "")
+    reached.timeline = int(tli) if tli.isdigit() else reached.timeline
+    if reached.time is None and reached.stop_reason and ", time " in reached.stop_reason:
+        reached.time = reached.stop_reason.rsplit(", time ", 1)[1]
+
+
+def _read_log(path: str) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def start_and_wait(
+    pgdata: str, pg_ctl: str, port: int, action: str, timeout: float = WAIT_TIMEOUT_S
+) -> Reached:
+    """Start the restored server and wait until recovery is over the way `action` says:
+    promote (out of recovery), pause (replay paused at the target), shutdown (the server
+    stopped at the target), standby (consistent and accepting read-only connections)."""
+    import psycopg
+
+    os.makedirs(os.path.join(pgdata, "log"), mode=0o700, exist_ok=True)
+    log = os.path.join(pgdata, "log", LOG_NAME)
+    done = subprocess.run(
+        [pg_ctl, "-D", pgdata, "-l", log, "-W", "-s", "start"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RecoveryFailed(
+            f"pg_ctl could not start the restored server in {pgdata}: "
+            f"{(done.stderr or done.stdout).strip()}\n{log_tail(log)}"
+        )
+    began = time.monotonic()
+    seen_pid = False
+    while True:
+        text = _read_log(log)
+        if NOT_REACHED in text:
+            last = _LAST_XACT.findall(text)
+            newest = f"; the newest archived commit is at {last[-1].strip()}" if last else ""
+            raise RecoveryFailed(
+                "the restored server replayed all archived WAL without reaching the recovery "
+                "target (a time with no later commit in the archive, an xid that never "
+                f"committed, or a restore point that does not exist){newest}; server log:\n"
+                f"{log_tail(log)}"
+            )
+        pid = running_postmaster(pgdata)
+        seen_pid = seen_pid or pid is not None
+        if pid is None and (seen_pid or time.monotonic() - began > 30):
+            reached = Reached("shut down", port=port, log=log)
+            _from_log(text, reached)
+            if action == "shutdown" and reached.stop_reason is not None:
+                _from_control_data(pgdata, pg_ctl, reached)
+                return reached
+            raise RecoveryFailed(
+                f"the restored server stopped during recovery; server log:\n{log_tail(log)}"
+            )
+        if pid is not None:
+            try:
+                with _connect(port) as conn:
+                    found = _probe(conn, action, port, log)
+            except psycopg.OperationalError:
+                found = None  # starting up, or not yet consistent
+            if found is not None:
+                _from_log(_read_log(log), found)
+                return found
+        if time.monotonic() - began > timeout:
+            raise RecoveryFailed(
+                f"recovery did not finish within {timeout:.0f} s; the server is still running "
+                f"(stop it with pg_ctl -D {pgdata} stop); server log:\n{log_tail(log)}"
+            )
+        time.sleep(0.3)
+
+
+def _probe(conn: Any, action: str, port: int, log: str) -> Reached | None:
+    row = conn.execute(
+        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
+        " pg_last_xact_replay_timestamp(),"
+        " (SELECT timeline_id FROM pg_control_checkpoint())"
+    ).fetchone()
+    in_recovery, replay_lsn, replay_time, checkpoint_tli = row
+    when = replay_time.astimezone(UTC).isoformat() if replay_time is not None else None
+    if action in ("promote", "shutdown") and not in_recovery:
+        current = conn.execute(
+            "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())"
+        ).fetchone()
+        return Reached(
+            "promoted",
+            replay_lsn or current[0],
+            when,
+            _timeline_from_walfile(current[1]),
+            port,
+            log,
+        )
+    if action == "pause" and in_recovery:
+        state = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0]
+        if state == "paused":
+            return Reached("paused", replay_lsn, when, int(checkpoint_tli), port, log)
+    if action == "standby" and in_recovery:
+        return Reached("standby", replay_lsn, when, int(checkpoint_tli), port, log)
+    return None
+
+
+# -- restore points ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    name: str
+    lsn: str
+    wal: str
+    time: str
+
+
+def create_restore_point(dsn: str, name: str, what: str = "PostgreSQL") -> RestorePoint:
+    """pg_create_restore_point, then a WAL switch so the point reaches the archive now
+    rather than when the segment fills."""
+    import psycopg
+
+    from medvault.sources.postgres.server import connect
+
+    if not name or len(name.encode()) > _RESTORE_POINT_MAX:
+        raise UsageError("a restore point name is 1 to 63 bytes long")
+    with connect(dsn, what=what) as conn:
+        try:
+            row = conn.execute(
+                "SELECT lsn::text, pg_walfile_name(lsn), clock_timestamp()"
+                " FROM pg_create_restore_point(%s) AS lsn",
+                (name,),
+            ).fetchone()
+            conn.execute("SELECT pg_switch_wal()")
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SourceUnavailable(f"cannot create restore point {name!r}: {reason}") from None
+    assert row is not None
+    return RestorePoint(name, str(row[0]), str(row[1]), row[2].astimezone(UTC).isoformat())
+
+
+__all__ = [
+    "PhysicalRestoreOptions",
+    "PhysicalRestoreResult",
+    "Reached",
+    "RecoveryTarget",
+    "RestorePoint",
+    "check_data_directory",
+    "check_port_free",
+    "check_wal_chain",
+    "choose_base_backup",
+    "create_restore_point",
+    "make_target",
+    "restore_physical",
+]

@@ -1,0 +1,200 @@
+"""The WAL archive of one source: one sealed object per file the database archives.
+
+    wal/<source>/<timeline>/<name>   the file's bytes, zstd-compressed and sealed with kind
+                                     b"wal:<source>/<name>", so an object moved to another
+                                     name or source fails to open instead of being replayed
+    wal/<source>/cluster             sealed JSON: which cluster the archive belongs to
+
+An object is written whole and durably (Backend.store) before `push` returns, and never
+overwritten with different content: the first copy of a name is the archive's truth. This
+layer knows object names, sealing and durability; what a WAL file means (names, headers,
+timelines) is sources/postgres/wal.py's business. It never touches the blob index.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+
+import zstandard
+
+from medvault.errors import IntegrityError, ObjectExists, ObjectNotFound, UsageError, WalConflict
+from medvault.repository import compression
+from medvault.repository.crypto import seal_object
+from medvault.repository.keys import now_iso
+from medvault.repository.repo import Repository
+
+WAL_ZSTD_LEVEL = 1
+ROOT = "wal"
+CLUSTER = "cluster"
+# The first 8 characters of a name are its timeline in hex (a segment, a .partial or
+# .backup file, or NNNNNNNN.history); the rest is checked by the caller.
+_NAME = re.compile(r"^([0-9A-F]{8})[0-9A-Za-z.]{0,64}$")
+_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """The cluster an archive belongs to; WAL of any other cluster is refused."""
+
+    system_identifier: str
+    segment_size: int
+    created: str
+
+
+def timeline_of(name: str) -> int:
+    match = _NAME.match(name)
+    if match is None:
+        raise UsageError(f"{name!r} is not a WAL file name")
+    return int(match.group(1), 16)
+
+
+class WalArchive:
+    def __init__(self, repo: Repository, source: str, *, compress_threads: int = -1) -> None:
+        """compress_threads: zstd workers per file (-1: one per core, for a lone 16 MiB
+        segment; 0 when the caller already pushes several files in parallel)."""
+        if not _SOURCE.match(source):
+            raise UsageError(f"{source!r} is not a valid source name")
+        self.repo = repo
+        self.source = source
+        self._compress_threads = compress_threads
+        self._local = threading.local()  # a zstd compressor serves one thread at a time
+
+    # -- names -----------------------------------------------------------------------------
+
+    def object_name(self, name: str) -> str:
+        return f"{ROOT}/{self.source}/{timeline_of(name):08X}/{name}"
+
+    def _kind(self, name: str) -> bytes:
+        return b"wal:" + self.source.encode() + b"/" + name.encode()
+
+    def _cluster_kind(self) -> bytes:
+        return b"wal-cluster:" + self.source.encode()
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _seal(self, name: str, data: bytes) -> bytes:
+        # Same payload framing as every other object (flag byte + zstd frame), so the
+        # repository's unseal reads it back; level 1 because a push is latency-critical.
+        compressor: zstandard.ZstdCompressor | None = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(
+                level=WAL_ZSTD_LEVEL, threads=self._compress_threads, write_content_size=True
+            )
+        packed = compressor.compress(data)
+        if len(packed) + 1 < len(data):
+            payload = bytes([compression.ZSTD]) + packed
+        else:
+            payload = bytes([compression.RAW]) + data
+        return seal_object(self.repo.master.current, payload, self._kind(name))
+
+    def push(self, name: str, data: bytes) -> bool:
+        """Store `name` durably. True when stored now, False when an identical copy was
+        there already; WalConflict when a different one is."""
+        object_name = self.object_name(name)
+        # A re-push (after a crash, or of a file pushed ahead) is common enough to look
+        # first rather than compress and encrypt 16 MiB for nothing.
+        if not self.repo.backend.exists(object_name):
+            try:
+                self.repo.backend.store(object_name, self._seal(name, data))
+                return True
+            except ObjectExists:
+                pass  # another push of it won the race: compare with that one
+        try:
+            stored = self.fetch(name)
+        except IntegrityError as exc:
+            # A copy that fails authentication archives nothing: the bytes in hand replace it.
+            self.repo.backend.store(object_name, self._seal(name, data), overwrite=True)
+            self.repo.warnings.append(f"the archived copy of {name} was damaged ({exc}); replaced")
+            return True
+        if stored is None:  # removed between the two calls: store it again
+            self.repo.backend.store(object_name, self._seal(name, data))
+            return True
+        if stored == data:
+            return False
+        raise WalConflict(
+            f"{name} is archived already for source {self.source} with different content; "
+            "refusing to overwrite it. Another cluster may be archiving to this source, or this "
+            "cluster was restored over an older archive: give each cluster its own source "
+            "name, and keep the existing archive while backups need it"
+        )
+
+    def fetch(self, name: str) -> bytes | None:
+        """The file's bytes; None when it is not archived; IntegrityError when damaged."""
+        try:
+            data = self.repo.backend.load(self.object_name(name))
+        except ObjectNotFound:
+            return None
+        try:
+            return self.repo.unseal(data, self._kind(name))
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"the archived {name} of source {self.source} is damaged ({exc}); "
+                "push it again from its cluster if it still has it, and run `medvault check`"
+            ) from exc
+
+    def exists(self, name: str) -> bool:
+        return self.repo.backend.exists(self.object_name(name))
+
+    def names(self, timeline: int | None = None) -> list[str]:
+        """Archived file names, sorted; of one timeline when given."""
+        prefix = f"{ROOT}/{self.source}"
+        if timeline is not None:
+            prefix += f"/{timeline:08X}"
+        found = []
+        for info in self.repo.backend.list(prefix):
+            parts = info.name.split("/")
+            if (
+                len(parts) == 4
+                and _NAME.match(parts[3])
+                and timeline_of(parts[3]) == int(parts[2], 16)
+            ):
+                found.append(parts[3])
+        return sorted(found)
+
+    # -- the cluster record ----------------------------------------------------------------
+
+    def cluster(self) -> ClusterRecord | None:
+        name = f"{ROOT}/{self.source}/{CLUSTER}"
+        try:
+            data = self.repo.backend.load(name)
+        except ObjectNotFound:
+            return None
+        try:
+            doc = json.loads(self.repo.unseal(data, self._cluster_kind()))
+            return ClusterRecord(
+                str(doc["system_identifier"]), int(doc["segment_size"]), str(doc["created"])
+            )
+        except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(
+                f"the WAL archive's cluster record {name} is damaged ({exc}); run `medvault check`"
+            ) from exc
+
+    def record_cluster(self, system_identifier: str, segment_size: int) -> ClusterRecord:
+        """Claim the archive for a cluster; the first claim wins and is returned to all."""
+        record = ClusterRecord(system_identifier, segment_size, now_iso())
+        body = json.dumps(
+            {
+                "system_identifier": record.system_identifier,
+                "segment_size": record.segment_size,
+                "created": record.created,
+            }
+        ).encode()
+        try:
+            self.repo.backend.store(
+                f"{ROOT}/{self.source}/{CLUSTER}", self.repo.seal(body, self._cluster_kind())
+            )
+        except ObjectExists:
+            held = self.cluster()
+            if held is None:
+                raise IntegrityError(
+                    f"the WAL archive's cluster record of {self.source} vanished"
+                ) from None
+            return held
+        return record
+
+    def system_identifier(self) -> str | None:
+        record = self.cluster()
+        return None if record is None else record.system_identifier

@@ -1,0 +1,1 @@
+"""PostgreSQL sources: logical dumps, physical backups and the WAL archive."""

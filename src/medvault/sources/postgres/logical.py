@@ -1,0 +1,313 @@
+"""PostgreSQL logical backups: `pg_dump -Fc` streamed straight into the repository.
+
+Consistency: one REPEATABLE READ, READ ONLY transaction exports its snapshot and stays open for
+the whole dump; pg_dump runs with --snapshot set to it, and the same transaction counts the rows
+of every table pg_dump dumps, in a thread, while the dump runs. Both read the very same data,
+so the recorded counts are the counts of rows in the dump.
+
+Locks: the counter waits until pg_dump holds its ACCESS SHARE locks on the tables before it
+counts. Counting first would hold a lock of ours that a waiting DDL statement queues behind,
+and pg_dump's own lock request would then queue behind that DDL for ever (we only end our
+transaction when pg_dump ends). Once pg_dump holds the locks, no TRUNCATE or table rewrite
+(which are not MVCC-safe) can change what either of us sees.
+
+The dump is uncompressed (-Z0): medvault compresses every chunk with zstd itself, and plain
+COPY data deduplicates between days where a compressed stream does not. No temporary file is
+written: pg_dump's stdout is a pipe into the chunker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, cast
+
+from medvault.errors import MedvaultError, SourceUnavailable
+from medvault.sources.postgres.server import connect, describe_dsn, find_program
+from medvault.sources.stream import backup_stream
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from medvault.repository.chunker import ReadsInto
+    from medvault.repository.records import Snapshot
+    from medvault.repository.repo import Repository
+
+KIND = "postgres.logical"
+F_SETPIPE_SZ = 1031  # Linux: a larger pipe means fewer, larger reads of pg_dump's output
+PIPE_SIZE = 1024 * 1024
+STDERR_LINES = 20
+LOCK_POLL_S = 0.02
+
+# The tables whose data pg_dump dumps by default: ordinary tables and partitions (partitioned
+# parents hold no rows), in every schema but the system ones, except temporary tables and
+# members of extensions (extension config tables are dumped with a filter, if at all).
+TABLES_SQL = """
+SELECT c.oid, n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+  AND NOT EXISTS (
+    SELECT 1 FROM pg_depend d
+    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+"""
+
+# Locks pg_dump's session holds on the tables, found by its unique application_name.
+# pg_stat_activity is cached per transaction, hence the clear before each poll.
+DUMP_LOCKS_SQL = """
+SELECT count(DISTINCT l.relation)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE a.application_name = %s AND l.locktype = 'relation' AND l.granted
+  AND l.relation = ANY(%s)
+"""
+
+
+@dataclass
+class LogicalBackupResult:
+    snapshot: Snapshot
+    database: str
+    tables: int
+    rows: int
+    bytes_read: int
+    bytes_added: int
+    duration: float
+
+
+def table_key(schema: str, table: str) -> str:
+    """How a table is named in the snapshot's row_counts."""
+    return f"{schema}.{table}"
+
+
+def program_version(program: str) -> str:
+    """`pg_dump --version` as printed, e.g. 'pg_dump (PostgreSQL) 15.8'."""
+    try:
+        done = subprocess.run(
+            [program, "--version"], capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SourceUnavailable(f"cannot run {program}: {exc}") from None
+    return done.stdout.strip()
+
+
+def program_major(version: str) -> int | None:
+    match = re.search(r"\)\s*(\d+)", version)
+    return int(match.group(1)) if match else None
+
+
+class StderrTail:
+    """Reads a child's stderr in a thread, keeping only its last lines (bounded memory)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.lines: deque[str] = deque(maxlen=STDERR_LINES)
+        self._stream = stream
+        self._thread = threading.Thread(target=self._run, name="medvault-stderr", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for raw in self._stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self.lines.append(line)
+
+    def summary(self) -> str:
+        """The line that says what went wrong: the first error line, else the last line."""
+        self._thread.join(timeout=5)
+        errors = [line for line in self.lines if "error:" in line or "FATAL:" in line]
+        line = errors[0] if errors else (self.lines[-1] if self.lines else "no message")
+        return line[:400]
+
+
+def _enlarge_pipe(stream: IO[bytes] | None) -> None:
+    if stream is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+
+
+class _RowCounter(threading.Thread):
+    """Counts rows in the exporting transaction once pg_dump holds its table locks."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        tables: list[tuple[int, str, str]],
+        app_name: str,
+        dump: subprocess.Popen[bytes],
+    ) -> None:
+        super().__init__(name="medvault-rowcount", daemon=True)
+        self.conn = conn
+        self.tables = tables
+        self.app_name = app_name
+        self.dump = dump
+        self.counts: dict[str, int] = {}
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from psycopg import sql
+
+        try:
+            self._wait_for_dump_locks()
+            for _oid, schema, table in self.tables:
+                if self.stop.is_set():
+                    return
+                query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table)
+                )
+                row = self.conn.execute(query).fetchone()
+                assert row is not None
+                self.counts[table_key(schema, table)] = int(row[0])
+        except BaseException as exc:
+            self.error = exc
+            if self.dump.poll() is None and not self.stop.is_set():
+                self.dump.kill()  # the backup fails anyway: do not dump for nothing
+
+    def _wait_for_dump_locks(self) -> None:
+        oids = [oid for oid, _schema, _table in self.tables]
+        while oids and self.dump.poll() is None and not self.stop.is_set():
+            self.conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = self.conn.execute(DUMP_LOCKS_SQL, (self.app_name, oids)).fetchone()
+            if row is not None and row[0] >= len(oids):
+                return
+            time.sleep(LOCK_POLL_S)
+
+
+def _database_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT current_database(), current_setting('server_version'),"
+        " current_setting('server_version_num')::int, now(),"
+        " pg_encoding_to_char(d.encoding), d.datcollate, d.datctype"
+        " FROM pg_database d WHERE d.datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    facts: dict[str, Any] = {
+        "database": row[0],
+        "server_version": row[1],
+        "server_version_num": row[2],
+        "snapshot_time": row[3].isoformat(),
+        "encoding": row[4],
+        "lc_collate": row[5],
+        "lc_ctype": row[6],
+        "system_identifier": None,
+    }
+    # pg_control_system() may be denied to a dump-only role; the backup does not need it.
+    conn.execute("SAVEPOINT medvault_facts")
+    try:
+        ident = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+        facts["system_identifier"] = ident[0] if ident else None
+        conn.execute("RELEASE SAVEPOINT medvault_facts")
+    except Exception:
+        conn.execute("ROLLBACK TO SAVEPOINT medvault_facts")
+    return facts
+
+
+def _dump_failed(dump: subprocess.Popen[bytes], stderr: StderrTail, dsn: str) -> MedvaultError:
+    return SourceUnavailable(
+        f"pg_dump of {describe_dsn(dsn)} failed (exit {dump.returncode}): {stderr.summary()}"
+    )
+
+
+def backup_logical(
+    repo: Repository,
+    *,
+    source: str,
+    dsn: str,
+    database: str | None = None,
+    pg_bin: str | None = None,
+    tags: tuple[str, ...] = (),
+    tier: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> LogicalBackupResult:
+    """Dump one database into a new snapshot of kind postgres.logical."""
+    from psycopg.conninfo import make_conninfo
+
+    conn = connect(dsn, dbname=database)
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # As pg_dump does: fail on row-level security rather than count only visible rows.
+        conn.execute("SET LOCAL row_security = off")
+        facts = _database_facts(conn)
+        snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snapshot_row is not None
+        tables = [(int(r[0]), r[1], r[2]) for r in conn.execute(TABLES_SQL).fetchall()]
+        db = facts["database"]
+        target = make_conninfo(dsn, dbname=db)
+        pg_dump = find_program("pg_dump", pg_bin, facts["server_version_num"] // 10000)
+        dump_version = program_version(pg_dump)
+        app_name = f"medvault-pg_dump-{secrets.token_hex(6)}"
+        dump = subprocess.Popen(
+            [
+                pg_dump,
+                f"--snapshot={snapshot_row[0]}",
+                "--format=custom",
+                "--compress=0",
+                "--no-password",  # never prompt: the password comes from the environment
+                f"--dbname={target}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            env=os.environ | {"PGAPPNAME": app_name},
+        )
+        assert dump.stdout is not None and dump.stderr is not None
+        _enlarge_pipe(dump.stdout)
+        stderr = StderrTail(dump.stderr)
+        counter = _RowCounter(conn, tables, app_name, dump)
+        counter.start()
+
+        def finish() -> dict[str, Any]:
+            if dump.wait() != 0 and counter.error is None:
+                counter.stop.set()
+                raise _dump_failed(dump, stderr, target)
+            counter.join()
+            if counter.error is not None:  # it stopped pg_dump, if pg_dump still ran
+                reason = str(counter.error).strip().splitlines() or [type(counter.error).__name__]
+                raise SourceUnavailable(f"cannot count rows in {describe_dsn(target)}: {reason[0]}")
+            return {"pg_dump_version": dump_version, "row_counts": counter.counts}
+
+        try:
+            result = backup_stream(
+                repo,
+                cast("ReadsInto", dump.stdout),  # bufsize=0: a raw FileIO
+                source=source,
+                kind=KIND,
+                filename=f"{db.replace('/', '_')}.dump".encode(),
+                facts={**facts, "dump_format": "custom", "dump_compression": "none"},
+                tags=tags,
+                tier=tier,
+                on_progress=on_progress,
+                before_save=finish,
+            )
+        finally:
+            counter.stop.set()
+            if dump.poll() is None:
+                dump.kill()
+            dump.wait()
+            dump.stdout.close()
+            if counter.is_alive():
+                with contextlib.suppress(Exception):
+                    conn.cancel_safe()
+                counter.join()
+    finally:
+        conn.close()
+    counts = result.snapshot.facts["row_counts"]
+    return LogicalBackupResult(
+        snapshot=result.snapshot,
+        database=db,
+        tables=len(counts),
+        rows=sum(counts.values()),
+        bytes_read=result.bytes_read,
+        bytes_added=result.bytes_added,
+        duration=result.duration,
+    )
