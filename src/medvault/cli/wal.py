@@ -39,6 +39,7 @@ from medvault.sources.postgres.wal import (
     push_file,
     push_ready,
     ready_count,
+    ready_files,
     summarize,
 )
 
@@ -248,8 +249,9 @@ def run_push(options: GlobalOptions, source: str, path: str, *, force_async: boo
         spool = Spool(settings.wal_spool or Spool.default_path(path), source, settings.url)
         if spool.acknowledge(name, path):
             return
-        # Files go in parallel, so each is compressed on one thread.
-        archive = open_archive(settings, options, compress_threads=0)
+        # Several files go in parallel, each compressed on one thread; a lone one uses all.
+        alone = len(ready_files(os.path.dirname(os.path.abspath(path)))) <= 1
+        archive = open_archive(settings, options, compress_threads=-1 if alone else 0)
         push_ready(archive, path, spool, warn=warn)
     else:
         archive = open_archive(settings, options)
