@@ -48,7 +48,7 @@ class PostgresSourceSettings(_Section):
     tier: str | None = None
     pg_bin: str | None = None  # directory of pg_dump & co; default: matches the server
     wal_async: bool = False
-    wal_spool: str | None = None  # async push bookkeeping; default <pgdata>/pg_wal/medvault
+    wal_spool: str | None = None  # async push markers; default <directory of %p>/medvault-spool
     archive_timeout_s: int = Field(default=300, ge=1)  # bounded wait for a backup's stop WAL
 
     @model_validator(mode="after")

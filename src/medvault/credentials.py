@@ -3,10 +3,7 @@ a command (a secrets manager), or a prompt on a terminal."""
 
 from __future__ import annotations
 
-import getpass
 import os
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,6 +38,9 @@ def _from_file(path: str) -> bytes:
 
 
 def _from_command(command: str) -> bytes:
+    import shlex
+    import subprocess
+
     try:
         done = subprocess.run(
             shlex.split(command), capture_output=True, check=False, timeout=60, stdin=None
@@ -61,6 +61,8 @@ def _prompt(text: str, confirm: bool) -> bytes:
             "no passphrase given: set MEDVAULT_PASSWORD, or pass --password-file, "
             "--password-command or --key-file"
         )
+    import getpass
+
     first = getpass.getpass(text)
     if confirm and getpass.getpass("enter it again: ") != first:
         raise UsageError("the passphrases did not match")

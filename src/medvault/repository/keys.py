@@ -7,11 +7,9 @@ opens the repository, and changing a passphrase rewrites only its slot.
 from __future__ import annotations
 
 import base64
-import getpass
 import json
 import os
 import secrets
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +19,6 @@ import blake3
 import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from medvault.errors import IntegrityError, UsageError, WrongPassphrase
 from medvault.repository.crypto import DataKey
@@ -152,6 +149,9 @@ def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
     for name, limit in KDF_LIMITS.items():
         if not 1 <= int(kdf.get(name, 0)) <= limit:
             raise IntegrityError(f"key slot asks for Argon2id {name}={kdf.get(name)!r}")
+    # Imported here: opening with a key file (wal-push) never pays for it.
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
     return Argon2id(
         salt=_unb64(kdf["salt"]),
         length=32,
@@ -193,6 +193,9 @@ class KeySlot:
             keyfile_id = _keyfile_id(kek)
         else:
             raise UsageError("a new key slot needs a passphrase or a key file")
+        import getpass
+        import socket
+
         nonce = os.urandom(12)
         wrapped = AESGCM(kek).encrypt(nonce, master.to_bytes(), slot_id.encode())
         try:
