@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from medvault.cli.context import human_bytes, print_json, progress_bar
@@ -29,10 +30,12 @@ def backup_logical_cmd(
 ) -> None:
     from medvault.sources.postgres.logical import backup_logical
 
-    repo = cli.open(name)
+    # The repository is opened once pg_dump runs, overlapping its catalog reads; but first
+    # when a passphrase may be prompted for, so the prompt never fights the progress bar.
+    opener = cli.open(name) if sys.stdin.isatty() else lambda: cli.open(name)
     with progress_bar("dumping", None, not as_json) as advance:
         result = backup_logical(
-            repo,
+            opener,
             source=name,
             dsn=settings.dsn,
             database=database,

@@ -218,7 +218,7 @@ def _dump_failed(dump: subprocess.Popen[bytes], stderr: StderrTail, dsn: str) ->
 
 
 def backup_logical(
-    repo: Repository,
+    repo: Repository | Callable[[], Repository],
     *,
     source: str,
     dsn: str,
@@ -228,7 +228,10 @@ def backup_logical(
     tier: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> LogicalBackupResult:
-    """Dump one database into a new snapshot of kind postgres.logical."""
+    """Dump one database into a new snapshot of kind postgres.logical.
+
+    `repo` may be a function opening the repository: it is then called once pg_dump runs,
+    so that the repository's opening overlaps pg_dump's reading of the catalogs."""
     from psycopg.conninfo import make_conninfo
 
     conn = connect(dsn, dbname=database)
@@ -277,6 +280,8 @@ def backup_logical(
             return {"pg_dump_version": dump_version, "row_counts": counter.counts}
 
         try:
+            if callable(repo):
+                repo = repo()
             result = backup_stream(
                 repo,
                 cast("ReadsInto", dump.stdout),  # bufsize=0: a raw FileIO
