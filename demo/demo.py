@@ -115,7 +115,7 @@ def main() -> None:
             f"restored tree is identical to the source: {len(digest(clinic))} files, "
             "SHA-256 of every file compared"
         )
-        say("Demo finished")
+        say("Files demo finished")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

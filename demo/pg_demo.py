@@ -96,7 +96,7 @@ def run(world: PgWorld) -> None:
     say("A logical dump of the EMR database, with row counts taken in the dump's snapshot")
     medvault(world, "backup", "emr", "--logical", "--database", "emr")
 
-    say("A morning of activity: new encounters and prescriptions")
+    say("A morning of activity: 300 new prescriptions")
     cluster.execute(
         "INSERT INTO prescriptions (patient_id, drug, dose) "
         "SELECT 1 + g % 5000, 'apixaban', '5 mg' FROM generate_series(1, 300) g",
