@@ -311,3 +311,51 @@ def test_restore_as_root_refuses_to_start_the_server(scenario: Scenario, tmp_pat
     assert done.returncode == 2
     assert "as root" in done.stderr
     assert not (tmp_path / "as-root").exists()
+
+
+def test_pause_holds_recovery_at_the_target_read_only(scenario: Scenario) -> None:
+    restored, port = scenario.started("paused")
+    done = scenario.restore(
+        restored.datadir,
+        "--target-name",
+        "between",
+        "--target-action",
+        "pause",
+        "--start",
+        "--port",
+        str(port),
+        "--json",
+    )
+    assert json.loads(done.stdout)["reached"]["state"] == "paused"
+    assert restored.scalar("SELECT pg_is_in_recovery()") is True
+    assert restored.scalar("SELECT pg_get_wal_replay_pause_state()") == "paused"
+    assert labels(restored) == ["t1", "t2"]
+
+
+def test_shutdown_stops_the_server_at_the_target(scenario: Scenario) -> None:
+    restored, port = scenario.started("shutdown")
+    done = scenario.restore(
+        restored.datadir,
+        "--target-name",
+        "between",
+        "--target-action",
+        "shutdown",
+        "--start",
+        "--port",
+        str(port),
+        "--json",
+    )
+    assert json.loads(done.stdout)["reached"]["state"] == "shut down"
+    assert not (restored.datadir / "postmaster.pid").exists()
+
+
+def test_standby_follows_the_archive_without_promoting(scenario: Scenario) -> None:
+    restored, port = scenario.started("standby")
+    scenario.restore(restored.datadir, "--standby", "--start", "--port", str(port))
+    assert (restored.datadir / "standby.signal").exists()
+    assert restored.scalar("SELECT pg_is_in_recovery()") is True
+    # Everything archived so far is replayed: t3 included.
+    deadline = time.monotonic() + 60
+    while labels(restored) != ["t1", "t2", "t3"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert labels(restored) == ["t1", "t2", "t3"]
