@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.pgcluster import PgWorld, as_postgres
+from tests.pgcluster import PgWorld, as_postgres, free_port
 
 from medvault.backends import open_backend
 from medvault.repository.keys import Credential, read_keyfile
@@ -157,3 +157,36 @@ def test_server_down_and_mismatched_data_directory(pg_world: PgWorld) -> None:
     assert done.returncode == 15
     assert "cannot connect" in done.stderr and "Traceback" not in done.stderr
     assert os.path.isdir(Path(pg_world.repo) / "snapshots")
+
+
+def test_tablespace_is_restored_to_a_new_location(pg_world: PgWorld) -> None:
+    cluster = pg_world.start_archiving_cluster()
+    space = pg_world.base / "space1"
+    space.mkdir()
+    as_postgres(space)
+    cluster.execute(f"CREATE TABLESPACE space1 LOCATION '{space}'")
+    cluster.execute(
+        "CREATE TABLE patients TABLESPACE space1 AS SELECT g AS id FROM generate_series(1, 5000) g"
+    )
+    pg_world.cli("backup", "emr", "--type", "full")
+    oid = str(cluster.scalar("SELECT oid FROM pg_tablespace WHERE spcname = 'space1'"))
+    moved = pg_world.base / "space1-restored"
+    restored = pg_world.new_cluster("restored")
+    restored.port = free_port()
+    pg_world.cli(
+        "restore",
+        "latest:emr",
+        "--pgdata",
+        str(restored.datadir),
+        "--tablespace",
+        f"{oid}={moved}",
+        "--target",
+        "immediate",
+        "--start",
+        "--port",
+        str(restored.port),
+    )
+    assert os.readlink(restored.datadir / "pg_tblspc" / oid) == str(moved)
+    assert restored.scalar("SELECT count(*) FROM patients") == 5000
+    assert restored.scalar("SELECT pg_tablespace_location(%s)" % oid) == str(moved)
+    assert any(moved.iterdir())
