@@ -188,5 +188,5 @@ def test_tablespace_is_restored_to_a_new_location(pg_world: PgWorld) -> None:
     )
     assert os.readlink(restored.datadir / "pg_tblspc" / oid) == str(moved)
     assert restored.scalar("SELECT count(*) FROM patients") == 5000
-    assert restored.scalar("SELECT pg_tablespace_location(%s)" % oid) == str(moved)
+    assert restored.scalar(f"SELECT pg_tablespace_location({oid})") == str(moved)
     assert any(moved.iterdir())
