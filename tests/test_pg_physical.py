@@ -190,3 +190,16 @@ def test_tablespace_is_restored_to_a_new_location(pg_world: PgWorld) -> None:
     assert restored.scalar("SELECT count(*) FROM patients") == 5000
     assert restored.scalar(f"SELECT pg_tablespace_location({oid})") == str(moved)
     assert any(moved.iterdir())
+
+
+def test_spread_checkpoint_is_configurable(pg_world: PgWorld) -> None:
+    cluster = pg_world.start_archiving_cluster(settings={"log_checkpoints": "on"})
+    pg_world.write_config(extra_source='checkpoint = "spread"\n')
+    assert json.loads(pg_world.cli("backup", "emr", "--type", "full", "--json").stdout)["complete"]
+    starts = [line for line in cluster.log().splitlines() if "checkpoint starting" in line]
+    # The backup's checkpoint was asked for without "immediate": the server paces it.
+    assert starts and "force wait" in starts[-1] and "immediate" not in starts[-1]
+    pg_world.write_config()
+    pg_world.cli("backup", "emr", "--type", "full")
+    starts = [line for line in cluster.log().splitlines() if "checkpoint starting" in line]
+    assert "immediate force wait" in starts[-1]

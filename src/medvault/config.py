@@ -50,6 +50,9 @@ class PostgresSourceSettings(_Section):
     wal_async: bool = False
     wal_spool: str | None = None  # async push markers; default <directory of %p>/medvault-spool
     archive_timeout_s: int = Field(default=300, ge=1)  # bounded wait for a backup's stop WAL
+    # How a physical backup starts: an immediate checkpoint (quick start, an I/O burst) or a
+    # spread one (gentle on a busy server; the backup waits up to checkpoint_timeout).
+    checkpoint: Literal["fast", "spread"] = "fast"
 
     @model_validator(mode="after")
     def _no_password_in_dsn(self) -> PostgresSourceSettings:

@@ -202,9 +202,9 @@ class PhysicalBackup:
             self._pgdata, self._tablespace_dirs = pgdata, tablespaces
             label = f"medvault {self.source} {socket.gethostname()}"
             row = conn.execute(
-                "SELECT pg_backup_start(%s, true), clock_timestamp(),"
+                "SELECT pg_backup_start(%s, %s), clock_timestamp(),"
                 " (SELECT timeline_id FROM pg_control_checkpoint())",
-                (label,),
+                (label, self.settings.checkpoint == "fast"),
             ).fetchone()
             assert row is not None
             start_lsn = _lsn(str(row[0]))
@@ -523,7 +523,8 @@ def backup_streamed(
         )
     program = find_program("pg_basebackup", settings.pg_bin, server.major)
     args = [program, "--dbname", settings.dsn, "-D", "-", "-F", "tar", "-X", "none"]
-    args += ["--checkpoint", "fast", "--manifest-checksums", "NONE", "--no-verify-checksums"]
+    args += ["--checkpoint", settings.checkpoint, "--manifest-checksums", "NONE"]
+    args += ["--no-verify-checksums"]  # medvault verifies pages itself, and names relations
     args += ["--label", f"medvault {source}"]
     # stderr holds no data, only progress and errors; a spooled buffer keeps it in memory.
     errors = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
