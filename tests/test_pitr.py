@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -29,6 +30,7 @@ from tests.pgcluster import (
 )
 
 EXIT_RESTORE_TARGET = 16
+EXIT_TARGET_FULL = 17
 EXIT_WAL_MISSING = 19
 EXIT_RECOVERY_FAILED = 20
 EXIT_SNAPSHOT_NOT_FOUND = 4
@@ -204,8 +206,9 @@ def test_delta_rewrites_only_what_differs(scenario: Scenario) -> None:
     (copy / "base" / "stray-file").write_bytes(b"x" * 100)
 
     report = json.loads(scenario.restore(copy, "--delta", "--json").stdout)
-    # postgresql.conf edited; postgresql.auto.conf carries the earlier recovery block.
-    assert report["files"] == 2, report
+    # postgresql.conf edited; postgresql.auto.conf carries the earlier recovery block;
+    # pg_control is always written anew, last.
+    assert report["files"] == 3, report
     assert report["files_unchanged"] > 500
     # The stray file, the earlier restore's backup_label and recovery.signal, and
     # pg_wal/archive_status when the backup left pg_wal empty (the restore makes it again).
@@ -213,6 +216,28 @@ def test_delta_rewrites_only_what_differs(scenario: Scenario) -> None:
     assert conf.read_bytes() == original
     assert not (copy / "base" / "stray-file").exists()
     assert (copy / "backup_label").exists() and (copy / "recovery.signal").exists()
+
+
+def test_a_failed_restore_leaves_a_directory_that_cannot_be_started(
+    scenario: Scenario,
+) -> None:
+    """Files are written in place, pg_control last: a restore that stops half-way (here: the
+    disk fills) leaves no pg_control, so nobody can start the torn copy by mistake."""
+    mount_point = scenario.world.base / "small-disk"
+    mount_point.mkdir()
+    entry = pwd.getpwnam("postgres")
+    options = f"size=8m,uid={entry.pw_uid},gid={entry.pw_gid},mode=700"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], check=True)
+    try:
+        target = mount_point / "pgdata"
+        done = scenario.restore(target, check=False)
+        assert done.returncode == EXIT_TARGET_FULL, done.stderr
+        assert "no space left" in done.stderr
+        assert (target / "PG_VERSION").exists()
+        assert not (target / "global" / "pg_control").exists()
+        assert not (target / "backup_label").exists()
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_delta_refuses_another_clusters_directory(scenario: Scenario) -> None:
@@ -289,6 +314,27 @@ def test_a_target_time_in_the_future_is_refused(scenario: Scenario) -> None:
     assert done.returncode == 2
     assert "in the future" in done.stderr
     assert not target.exists()
+
+
+def test_a_target_time_after_the_newest_archived_wal_is_refused(scenario: Scenario) -> None:
+    # An idle server: its newest WAL reached the archive an hour ago, so a target a second
+    # ago lies in WAL that is still only on the server.
+    archived = [p for p in (scenario.world.repo / "wal" / "emr").rglob("*") if p.is_file()]
+    times = {p: p.stat().st_mtime for p in archived}
+    for path, mtime in times.items():
+        os.utime(path, (mtime - 3600, mtime - 3600))
+    try:
+        target = scenario.world.base / "after-archive"
+        moment = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+        done = scenario.restore(target, "--target-time", moment, check=False)
+        assert done.returncode == EXIT_WAL_MISSING, done.stderr
+        assert "after the newest archived WAL" in done.stderr
+        assert "pg_switch_wal()" in done.stderr and "nothing was restored" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not target.exists()
+    finally:
+        for path, mtime in times.items():
+            os.utime(path, (mtime, mtime))
 
 
 def test_restore_as_root_refuses_to_start_the_server(scenario: Scenario, tmp_path: Path) -> None:

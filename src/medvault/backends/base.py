@@ -28,6 +28,7 @@ def validate_name(name: str) -> str:
 class ObjectInfo:
     name: str
     size: int
+    modified: float | None = None  # when the store wrote it (seconds since the epoch)
 
 
 class Backend(ABC):

@@ -137,7 +137,7 @@ class LocalBackend(Backend):
                 if filename.startswith("."):
                     continue
                 try:
-                    size = os.stat(os.path.join(dirpath, filename)).st_size
+                    st = os.stat(os.path.join(dirpath, filename))
                 except FileNotFoundError:
                     continue
-                yield ObjectInfo(f"{rel}/{filename}", size)
+                yield ObjectInfo(f"{rel}/{filename}", st.st_size, st.st_mtime)

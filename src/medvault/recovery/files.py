@@ -43,6 +43,20 @@ from medvault.repository.repo import Repository
 PREFETCH_BLOBS = 16
 WRITERS = 4
 TEMP_PREFIX = b".medvault-restore-"
+WRITEBACK_EVERY = 32 * 1024 * 1024
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.sync_file_range  # noqa: B018 - Linux only; absent elsewhere
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _load_libc()
 
 
 @dataclass(frozen=True)
@@ -146,15 +160,19 @@ def ordered_prefetch(
             future.cancel()
 
 
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing these bytes out now, without waiting: the final
+    syncfs then finds little left to do, instead of flushing the whole restore at once
+    while the CPUs idle."""
+    if length <= 0 or _libc is None:
+        return
+    _libc.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), SYNC_FILE_RANGE_WRITE)
+
+
 def _syncfs(fd: int) -> None:
     """Flush the file system holding fd (not every file system, as sync() would)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) == 0:
-            return
-    except (OSError, AttributeError):
-        pass
-    os.sync()
+    if _libc is None or _libc.syncfs(fd) != 0:
+        os.sync()
 
 
 @dataclass
@@ -179,7 +197,13 @@ class FileRestore:
         kinds: tuple[str, ...] = ("files",),
         workers: int | None = None,
         on_progress: Callable[[int], None] | None = None,
+        atomic: bool = True,
+        hold_back: Iterable[str] = (),
     ) -> None:
+        """atomic=False writes files in place instead of under a temporary name (for a target
+        that is unusable until the caller completes it, such as a data directory without
+        pg_control); hold_back names paths the restore leaves out, for the caller to restore
+        last."""
         self.repo = repo
         self.snapshot = snapshot
         self.target = os.path.abspath(target)
@@ -194,6 +218,8 @@ class FileRestore:
         self._chunkers = threading.local()  # a Chunker serves one thread (it owns a buffer)
         self._count_lock = threading.Lock()
         self._children: dict[tuple[bytes, ...], set[bytes]] | None = None
+        self.atomic = atomic
+        self.hold_back = {_split(path) for path in hold_back}
         self.result = RestoreResult()
 
     def run(self) -> RestoreResult:
@@ -211,6 +237,8 @@ class FileRestore:
                 self._children.setdefault(entry.parts[:-1], set()).add(entry.parts[-1])
                 if entry.node.type == DIR:
                     self._children.setdefault(entry.parts, set())
+        if self.hold_back:
+            plan = [entry for entry in plan if entry.parts not in self.hold_back]
         root_fd = self._open_target()
         try:
             if not self.overwrite:
@@ -422,49 +450,71 @@ class FileRestore:
         return fd
 
     def _write_file(self, parent_fd: int, entry: PlannedEntry, decoders: ThreadPoolExecutor) -> int:
-        """Write one file under a temporary name, then rename it into place. Its blobs are
-        decoded here when there is one, on the shared decoder pool when there are more."""
+        """Write one file under a temporary name and rename it into place (or, not atomic,
+        in place). Its blobs are decoded here when there is one, on the shared decoder pool
+        when there are more."""
         node = entry.node
         name = entry.parts[-1]
         if self.delta and self._keep_if_same(parent_fd, entry):
             return 0
-        temp = TEMP_PREFIX + secrets.token_hex(6).encode()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         if len(node.content) > 1:
             data: Iterator[bytes] = ordered_prefetch(decoders, self.repo.load_blob, node.content)
         else:
             data = (self.repo.load_blob(blob) for blob in node.content)
+        path = TEMP_PREFIX + secrets.token_hex(6).encode() if self.atomic else name
         written = 0
         try:
-            fd = os.open(temp, flags, 0o600, dir_fd=parent_fd)
+            fd = self._create(parent_fd, path, entry)
             try:
+                flushed = 0
                 for chunk in data:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
                     written += len(chunk)
+                    if written - flushed >= WRITEBACK_EVERY:
+                        _start_writeback(fd, flushed, written - flushed)
+                        flushed = written
                     if self._on_progress is not None:
                         self._on_progress(len(chunk))
                 if written != node.size:
                     raise IntegrityError(
                         f"{self._shown(entry)}: restored {written} bytes, snapshot says {node.size}"
                     )
+                _start_writeback(fd, flushed, written - flushed)
                 self._apply_metadata(fd, node)
             finally:
                 os.close(fd)
-            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            if self.atomic:
+                os.rename(path, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=parent_fd)
+            if self.atomic:
+                with contextlib.suppress(OSError):
+                    os.unlink(path, dir_fd=parent_fd)
             raise self._fail(entry, exc) from exc
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=parent_fd)
+            if self.atomic:
+                with contextlib.suppress(OSError):
+                    os.unlink(path, dir_fd=parent_fd)
             raise
         finally:
             if isinstance(data, Generator):
                 data.close()
         return written
+
+    def _create(self, parent_fd: int, path: bytes, entry: PlannedEntry) -> int:
+        if self.atomic:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(path, flags, 0o600, dir_fd=parent_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o600, dir_fd=parent_fd)
+        except OSError as exc:
+            # A symlink (ELOOP) or directory (EISDIR) where the file belongs.
+            if exc.errno not in (errno.ELOOP, errno.EISDIR) or not self.overwrite:
+                raise
+        self._remove_existing(parent_fd, path, entry)
+        return os.open(path, flags, 0o600, dir_fd=parent_fd)
 
     def _make_symlink(self, parent_fd: int, name: bytes, node: Node, entry: PlannedEntry) -> None:
         try:
@@ -504,8 +554,10 @@ def restore_files(
     root: str = "",
     kinds: tuple[str, ...] = ("files",),
     on_progress: Callable[[int], None] | None = None,
+    atomic: bool = True,
+    hold_back: Iterable[str] = (),
 ) -> RestoreResult:
-    """Restore `snapshot` (or its directory `root`) into `target`."""
+    """Restore `snapshot` (or its directory `root`) into `target`; see FileRestore."""
     return FileRestore(
         repo,
         snapshot,
@@ -516,6 +568,8 @@ def restore_files(
         root=root,
         kinds=kinds,
         on_progress=on_progress,
+        atomic=atomic,
+        hold_back=hold_back,
     ).run()
 
 

@@ -23,7 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from medvault.errors import (
@@ -47,10 +47,13 @@ TARGET_ACTIONS = ("promote", "pause", "shutdown")
 BLOCK_BEGIN = "# medvault recovery settings: begin"
 BLOCK_END = "# medvault recovery settings: end"
 LOG_NAME = "medvault-recovery.log"
+PG_CONTROL = "global/pg_control"
 WAIT_TIMEOUT_S = 3600.0
 NOT_REACHED = "recovery ended before configured recovery target was reached"
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 _RESTORE_POINT_MAX = 63  # MAXFNAMELEN - 1 in PostgreSQL
+# How far the store's clock (object times) may lag the server's (commit times).
+CLOCK_SKEW_MARGIN_S = 30
 
 
 # -- the recovery target --------------------------------------------------------------------
@@ -303,10 +306,31 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
     missing += missing_segments(archive, final, start, stop, size)
     if missing:
         raise _missing(snapshot, sorted(set(missing)))
-    return WalRange(
-        final,
-        str(facts.get("start_wal") or segment_name(base, start, size)),
-        _last_segment(archive, periods, start, end, size),
+    last = _last_segment(archive, periods, start, end, size)
+    if target.kind == "time":
+        _check_time_archived(archive, snapshot, target, last)
+    return WalRange(final, str(facts.get("start_wal") or segment_name(base, start, size)), last)
+
+
+def _check_time_archived(
+    archive: WalArchive, snapshot: Snapshot, target: RecoveryTarget, last: str
+) -> None:
+    """Recovery to a time stops at the first commit after it, so the archive must hold WAL
+    written after that time. Every record in a segment was written before the segment was
+    archived: a target later than the newest segment's arrival (plus a margin for clock skew
+    between the server and the store) can never be reached."""
+    stored = archive.archived_at(last)
+    if stored is None:
+        return
+    arrived = datetime.fromtimestamp(stored, UTC)
+    if _iso_time(target.value) <= arrived + timedelta(seconds=CLOCK_SKEW_MARGIN_S):
+        return
+    raise WalMissing(
+        f"target time {target.value} is after the newest archived WAL of {snapshot.source} "
+        f"({last}, archived {arrived.isoformat(sep=' ', timespec='seconds')}); nothing was "
+        "restored. The WAL up to that time is still on the server: archive it with "
+        "`SELECT pg_switch_wal()` (or set archive_timeout) and retry, or recover with "
+        "--target latest"
     )
 
 
@@ -680,11 +704,15 @@ def restore_physical(
     check_tablespaces(snapshot, locations, pgdata, delta=options.delta, force=options.force)
     wal = check_wal_chain(repo, snapshot, target)
 
-    # Checks done: from here on, files are written.
+    # Checks done: from here on, files are written. pg_control comes last: until it is there
+    # the directory cannot be started by mistake, which is why the other files may be
+    # written in place rather than under temporary names.
     if options.force:
         _empty_directory(pgdata)
         for location in locations.values():
             _empty_directory(location)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(pgdata, PG_CONTROL))
     total = RestoreResult()
     kinds = (KIND,)
     _add(
@@ -697,6 +725,8 @@ def restore_physical(
             kinds=kinds,
             delta=options.delta,
             on_progress=on_progress,
+            atomic=False,
+            hold_back=(PG_CONTROL,),
         ),
     )
     for oid, location in locations.items():
@@ -710,6 +740,7 @@ def restore_physical(
                 kinds=kinds,
                 delta=options.delta,
                 on_progress=on_progress,
+                atomic=False,
             ),
         )
     block = recovery_block(
@@ -720,6 +751,19 @@ def restore_physical(
         keep_archiving=options.keep_archiving,
     )
     signal = _prepare_for_recovery(pgdata, snapshot, locations, block, options.standby)
+    _add(
+        total,
+        restore_files(
+            repo,
+            snapshot,
+            pgdata,
+            root="pgdata",
+            kinds=kinds,
+            includes=(PG_CONTROL,),
+            overwrite=True,
+            on_progress=on_progress,
+        ),
+    )
     total.duration = time.monotonic() - started
     result = PhysicalRestoreResult(snapshot.id, pgdata, total, locations, wal, block, signal)
     if options.start:

@@ -154,6 +154,13 @@ class WalArchive:
                 found.append(parts[3])
         return sorted(found)
 
+    def archived_at(self, name: str) -> float | None:
+        """When the store wrote `name` (seconds since the epoch); None when absent or the
+        store does not say."""
+        prefix = f"{ROOT}/{self.source}/{timeline_of(name):08X}"
+        wanted = f"{prefix}/{name}"
+        return next((i.modified for i in self.repo.backend.list(prefix) if i.name == wanted), None)
+
     # -- the cluster record ----------------------------------------------------------------
 
     def cluster(self) -> ClusterRecord | None:
