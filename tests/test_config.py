@@ -107,3 +107,19 @@ def test_without_any_repository_the_message_says_how_to_name_one(cli: Cli) -> No
     done = cli("snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
     assert done.returncode == 2
     assert "--repo" in done.stderr
+
+
+def test_a_dsn_with_a_password_or_libpq_cannot_parse_is_refused(cli: Cli, tmp_path: Path) -> None:
+    for dsn, expected in (
+        ("host=db dbname=emr user=backup password=hunter2", "holds a password"),
+        ("postgresql://backup:hunter2@db/emr", "holds a password"),
+        ("host=db dbnme=emr", 'invalid connection option "dbnme"'),
+    ):
+        (tmp_path / "medvault.toml").write_text(
+            f'[repository.primary]\nurl = "/x"\n[source.emr]\nkind = "postgres"\ndsn = "{dsn}"\n'
+        )
+        done = cli("snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+        assert done.returncode == 2, dsn
+        assert "source.emr" in done.stderr and expected in done.stderr
+        assert "hunter2" not in done.stderr
+        assert done.stderr.strip().count("\n") == 0

@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
-from tests.pgcluster import PgWorld, free_port, make_pg_tempdir, running_clusters
+from tests.pgcluster import PgWorld, as_postgres, free_port, make_pg_tempdir, running_clusters
 
 PASSWORD = "S3cret-Dumper-pw-71"
 WRONG = "Wrong-pw-guess-42"
@@ -115,6 +116,11 @@ def emr() -> Iterator[Emr]:
         world.write_config(
             f'\n[source.emr_pw]\nkind = "postgres"\ntier = "critical"\n'
             f'dsn = "host=127.0.0.1 port={cluster.port} dbname=emr user=dumper"\n'
+            f'\n[source.emr_passfile]\nkind = "postgres"\n'
+            f'dsn = "host=127.0.0.1 port={cluster.port} dbname=emr user=dumper'
+            f' passfile={base / "dumper.pgpass"}"\n'
+            f'\n[source.emr_nodb]\nkind = "postgres"\n'
+            f'dsn = "host=127.0.0.1 port={cluster.port} dbname=emr_typo user=postgres"\n'
             f'\n[source.emr_limited]\nkind = "postgres"\n'
             f'dsn = "host=127.0.0.1 port={cluster.port} dbname=emr user=limited"\n'
             f'\n[source.emr_down]\nkind = "postgres"\n'
@@ -266,6 +272,28 @@ def test_password_from_environment_reaches_pg_dump(emr: Emr) -> None:
     assert PASSWORD not in done.stdout + done.stderr
 
 
+def write_pgpass(path: Path, password: str) -> Path:
+    """A libpq password file owned by postgres, mode 600 (libpq ignores laxer ones)."""
+    path.write_text(f"127.0.0.1:*:emr:dumper:{password}\n")
+    path.chmod(0o600)
+    as_postgres(path)
+    return path
+
+
+def test_password_from_a_file_named_in_the_dsn(emr: Emr) -> None:
+    write_pgpass(emr.world.base / "dumper.pgpass", PASSWORD)
+    done = emr.world.cli("backup", "emr_passfile", "--logical", "--json")
+    assert json.loads(done.stdout)["database"] == "emr"
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_password_from_pgpassfile(emr: Emr) -> None:
+    pgpass = write_pgpass(emr.world.base / "env.pgpass", PASSWORD)
+    done = emr.world.cli("backup", "emr_pw", "--logical", env={"PGPASSFILE": str(pgpass)})
+    assert "database emr" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
+
+
 def test_wrong_password_is_one_clear_line_and_no_snapshot(emr: Emr) -> None:
     before = snapshot_count(emr.world)
     done = emr.world.cli("backup", "emr_pw", "--logical", check=False, env={"PGPASSWORD": WRONG})
@@ -282,6 +310,15 @@ def test_server_down_is_one_clear_line_and_no_snapshot(emr: Emr) -> None:
     done = emr.world.cli("backup", "emr_down", "--logical", check=False)
     assert done.returncode == 15
     assert "connection refused" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert snapshot_count(emr.world) == before
+
+
+def test_a_database_that_does_not_exist_is_named(emr: Emr) -> None:
+    before = snapshot_count(emr.world)
+    done = emr.world.cli("backup", "emr_nodb", "--logical", check=False)
+    assert done.returncode == 15
+    assert 'database "emr_typo" does not exist' in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert snapshot_count(emr.world) == before
 

@@ -58,8 +58,16 @@ class PostgresSourceSettings(_Section):
     def _no_password_in_dsn(self) -> PostgresSourceSettings:
         if re.search(r"(^|\s)password\s*=|://[^/@:]*:[^/@]*@", self.dsn):
             raise ValueError(
-                "dsn: holds a password; remove it and use PGPASSWORD, PGPASSFILE or ~/.pgpass"
+                "dsn: holds a password; remove it and use PGPASSWORD, a passfile= in the dsn, "
+                "PGPASSFILE or ~/.pgpass"
             )
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(self.dsn)
+        except Exception as exc:  # libpq's own parser: the reason is its message
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed"
+            raise ValueError(f"dsn: {reason}") from None
         return self
 
 

@@ -39,9 +39,8 @@ def _reason(exc: Exception) -> str:
         return "the server wants a password (set PGPASSWORD, PGPASSFILE or ~/.pgpass)"
     if "connection refused" in lowered or "no such file or directory" in lowered:
         return "connection refused: is the server running and listening there?"
-    if "does not exist" in lowered:
-        return text.removeprefix("FATAL:").strip()
-    return text.removeprefix("FATAL:").strip()
+    # libpq wraps the server's words: 'connection to server at "h", port p failed: FATAL:  x'
+    return text.rpartition("FATAL:")[2].strip() if "FATAL:" in text else text
 
 
 def connect(
