@@ -169,6 +169,9 @@ def test_tablespace_is_restored_to_a_new_location(pg_world: PgWorld) -> None:
         "CREATE TABLE patients TABLESPACE space1 AS SELECT g AS id FROM generate_series(1, 5000) g"
     )
     pg_world.cli("backup", "emr", "--type", "full")
+    streamed = pg_world.cli("backup", "emr", "--method", "stream", "--type", "full", check=False)
+    assert streamed.returncode == 15
+    assert "tablespaces (space1)" in streamed.stderr and "local method" in streamed.stderr
     oid = str(cluster.scalar("SELECT oid FROM pg_tablespace WHERE spcname = 'space1'"))
     moved = pg_world.base / "space1-restored"
     restored = pg_world.new_cluster("restored")

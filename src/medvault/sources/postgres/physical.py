@@ -516,6 +516,19 @@ def backup_streamed(
 
     with connect(settings.dsn, what=f"PostgreSQL source {source}") as conn:
         server = server_facts(conn)
+        spaces = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT spcname FROM pg_tablespace"
+                " WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname"
+            ).fetchall()
+        ]
+    if spaces:
+        # pg_basebackup writes a single tablespace to a stream; the others would need files.
+        raise SourceUnavailable(
+            f"source {source} has tablespaces ({', '.join(spaces)}), which --method stream "
+            "cannot carry; back it up on the database host with the local method"
+        )
     if server.archive_mode == "off":
         raise SourceUnavailable(
             f"archive_mode is off on source {source}: a physical backup is useless without "
