@@ -714,35 +714,16 @@ def restore_physical(
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(pgdata, PG_CONTROL))
     total = RestoreResult()
-    kinds = (KIND,)
-    _add(
-        total,
-        restore_files(
-            repo,
-            snapshot,
-            pgdata,
-            root="pgdata",
-            kinds=kinds,
-            delta=options.delta,
-            on_progress=on_progress,
-            atomic=False,
-            hold_back=(PG_CONTROL,),
-        ),
-    )
-    for oid, location in locations.items():
-        _add(
-            total,
-            restore_files(
-                repo,
-                snapshot,
-                location,
-                root=f"tablespaces/{oid}",
-                kinds=kinds,
-                delta=options.delta,
-                on_progress=on_progress,
-                atomic=False,
-            ),
+
+    def restore_tree(target_dir: str, root: str, **how: Any) -> None:
+        part = restore_files(
+            repo, snapshot, target_dir, root=root, kinds=(KIND,), on_progress=on_progress, **how
         )
+        _add(total, part)
+
+    restore_tree(pgdata, "pgdata", delta=options.delta, atomic=False, hold_back=(PG_CONTROL,))
+    for oid, location in locations.items():
+        restore_tree(location, f"tablespaces/{oid}", delta=options.delta, atomic=False)
     block = recovery_block(
         snapshot,
         target,
@@ -751,19 +732,7 @@ def restore_physical(
         keep_archiving=options.keep_archiving,
     )
     signal = _prepare_for_recovery(pgdata, snapshot, locations, block, options.standby)
-    _add(
-        total,
-        restore_files(
-            repo,
-            snapshot,
-            pgdata,
-            root="pgdata",
-            kinds=kinds,
-            includes=(PG_CONTROL,),
-            overwrite=True,
-            on_progress=on_progress,
-        ),
-    )
+    restore_tree(pgdata, "pgdata", includes=(PG_CONTROL,), overwrite=True)
     total.duration = time.monotonic() - started
     result = PhysicalRestoreResult(snapshot.id, pgdata, total, locations, wal, block, signal)
     if options.start:
