@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 KIND = "postgres.logical"
 F_SETPIPE_SZ = 1031  # Linux: a larger pipe means fewer, larger reads of pg_dump's output
 PIPE_SIZE = 1024 * 1024
+STDOUT_BUFFER = 64 * 1024
 STDERR_LINES = 20
 LOCK_POLL_S = 0.02
 
@@ -131,10 +132,11 @@ class StderrTail:
 
 def _large_stdout_buffer() -> list[str]:
     """pg_dump writes its archive through stdio, which buffers 4 KiB for a pipe: a quarter
-    of a million write() calls for a 1.5 GB dump. coreutils' stdbuf gives it a 1 MiB buffer,
-    which saves about 0.7 s of CPU per 1.5 GB on the cores the dump needs."""
+    of a million write() calls for a 1 GB dump. coreutils' stdbuf gives it a larger buffer.
+    64 KiB measured best (bench, 4 rounds each: 1.02-1.09x pg_dump -Fc against 1.13-1.19x
+    without, 1.13-1.29x with 1 MiB, whose bursts stall the pipeline on both sides)."""
     program = shutil.which("stdbuf")
-    return [program, f"--output={PIPE_SIZE}"] if program else []
+    return [program, f"--output={STDOUT_BUFFER}"] if program else []
 
 
 def _enlarge_pipe(stream: IO[bytes] | None) -> None:
