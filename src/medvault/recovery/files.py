@@ -487,15 +487,12 @@ class FileRestore:
                 os.close(fd)
             if self.atomic:
                 os.rename(path, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-        except OSError as exc:
+        except BaseException as exc:
             if self.atomic:
                 with contextlib.suppress(OSError):
                     os.unlink(path, dir_fd=parent_fd)
-            raise self._fail(entry, exc) from exc
-        except BaseException:
-            if self.atomic:
-                with contextlib.suppress(OSError):
-                    os.unlink(path, dir_fd=parent_fd)
+            if isinstance(exc, OSError):
+                raise self._fail(entry, exc) from exc
             raise
         finally:
             if isinstance(data, Generator):
