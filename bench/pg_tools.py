@@ -138,6 +138,7 @@ class MedvaultPg:
         for path, extra in ((self.config, ""), (self.async_config, "wal_async = true\n")):
             path.write_text(
                 f'[repository.primary]\nurl = "{self.repo}"\nkey_file = "{self.key_file}"\n\n'
+                '[tier.critical]\nrpo = "15m"\nrto = "1h"\nfloor = "7y"\n\n'
                 f'[source.{SOURCE}]\nkind = "postgres"\ndsn = "{self.cluster.dsn}"\n'
                 f'pgdata = "{self.cluster.datadir}"\nrepository = "primary"\n'
                 f'tier = "critical"\narchive_timeout_s = 120\n{extra}'

@@ -1,19 +1,28 @@
-"""Fixtures: real repositories on disk, the real `medvault` command as a subprocess."""
+"""Fixtures: real repositories on disk or in a local S3 server, the real `medvault` command as
+a subprocess.
+
+A test module that sets BACKENDS = ("local", "s3") runs each of its tests that uses a
+repository (the `repo`, `cli` or `repo_url` fixtures) once per backend.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.pgcluster import PgWorld, make_pg_tempdir, running_clusters
 
-from medvault.backends import open_backend
+from medvault.backends import Backend, open_backend
 from medvault.repository.keys import Credential
 from medvault.repository.repo import Repository
 
@@ -21,16 +30,135 @@ PASSWORD = "correct horse battery staple"
 MEDVAULT = str(Path(sys.executable).parent / "medvault")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1, in its own process, spoken to over HTTP."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "medvault-test",
+            "AWS_SECRET_ACCESS_KEY": "medvault-test-secret",
+            "AWS_REGION": "us-east-1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("the local S3 server did not start") from None
+                time.sleep(0.1)
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def new_bucket(self, *, object_lock: bool = False) -> str:
+        bucket = f"t-{uuid.uuid4().hex[:20]}"
+        self.client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=object_lock)
+        return bucket
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One server per test process; each test gets buckets of its own. The AWS variables go
+    into this process's environment too, so in-process backends find the server."""
+    server = S3Server()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_kind" in metafunc.fixturenames:
+        kinds = getattr(metafunc.module, "BACKENDS", ("local",))
+        metafunc.parametrize("backend_kind", kinds, indirect=True)
+
+
+@pytest.fixture
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = getattr(request, "param", "local")
+    return kind
+
+
+@pytest.fixture
+def repo_url(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend_kind == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+        return f"s3://{server.new_bucket()}/repo"
+    return str(tmp_path / "repo")
+
+
 class Cli:
     """Runs `medvault` against one repository with a passphrase in the environment."""
 
-    def __init__(self, repo: Path, cwd: Path) -> None:
-        self.repo = repo
+    def __init__(self, url: str | Path, cwd: Path) -> None:
+        self.url = str(url)
         self.cwd = cwd
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")} | {
             "MEDVAULT_PASSWORD": PASSWORD,
-            "MEDVAULT_REPOSITORY": str(repo),
+            "MEDVAULT_REPOSITORY": self.url,
         }
+
+    @property
+    def repo(self) -> Path:
+        """The repository's directory (local repositories only)."""
+        assert "://" not in self.url, "this test reads the repository as files"
+        return Path(self.url)
+
+    def backend(self) -> Backend:
+        return open_backend(self.url)
+
+    def objects(self, folder: str) -> list[str]:
+        """Names of the objects in one folder of the repository, whatever the backend."""
+        with self.backend() as backend:
+            return sorted(obj.name for obj in backend.list(folder))
+
+    def damage(self, name: str, edit: Callable[[bytes], bytes]) -> None:
+        """Replace an object's bytes behind medvault's back (a disk or bucket gone bad)."""
+        with self.backend() as backend:
+            backend.store(name, edit(backend.load(name)), overwrite=True)
+
+    def remove(self, name: str) -> None:
+        with self.backend() as backend:
+            backend.delete(name)
 
     def __call__(
         self,
@@ -79,8 +207,8 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path / "repo", tmp_path)
+def cli(repo_url: str, tmp_path: Path) -> Cli:
+    return Cli(repo_url, tmp_path)
 
 
 @pytest.fixture
@@ -90,11 +218,9 @@ def initialized_cli(cli: Cli) -> Cli:
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Repository:
+def repo(repo_url: str) -> Repository:
     """A repository opened in-process, for tests of the engine itself."""
-    return Repository.init(
-        open_backend(str(tmp_path / "repo")), Credential(passphrase=PASSWORD.encode())
-    )
+    return Repository.init(open_backend(repo_url), Credential(passphrase=PASSWORD.encode()))
 
 
 def reopen(repo: Repository) -> Repository:

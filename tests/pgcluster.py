@@ -238,6 +238,7 @@ class PgWorld:
         cluster = cluster or self.cluster
         self.config.write_text(
             f'[repository.primary]\nurl = "{self.repo}"\nkey_file = "{self.key_file}"\n\n'
+            '[tier.critical]\nrpo = "15m"\nrto = "1h"\nfloor = "7y"\n\n'
             f'[source.emr]\nkind = "postgres"\ndsn = "{cluster.dsn}"\n'
             f'pgdata = "{cluster.datadir}"\nrepository = "primary"\ntier = "critical"\n'
             + extra_source

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from conftest import MEDVAULT, Cli, tree_digest
 
+BACKENDS = ("local", "s3")
+
 
 def restored(target: Path, source: Path) -> Path:
     """Snapshots mirror absolute paths: /x/data restores to target/x/data."""
@@ -251,9 +253,9 @@ def test_owners_are_restored_when_running_as_root(
     assert (link.st_uid, link.st_gid) == (1111, 2222)
 
 
-def test_a_repository_inside_the_backed_up_tree_is_left_out(cli: Cli, make_tree) -> None:
+def test_a_repository_inside_the_backed_up_tree_is_left_out(make_tree, tmp_path: Path) -> None:
     data = make_tree({"chart.txt": b"kept"})
-    cli.env["MEDVAULT_REPOSITORY"] = str(data / "backups" / "repo")
+    cli = Cli(data / "backups" / "repo", tmp_path)
     cli("init")
     cli("backup", str(data))
     paths = [e["path"] for e in json.loads(cli("ls", "latest", "--json").stdout)]

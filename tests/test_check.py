@@ -10,6 +10,8 @@ import pytest
 
 from conftest import Cli
 
+BACKENDS = ("local", "s3")
+
 
 @pytest.fixture
 def backed_up(initialized_cli: Cli, make_tree) -> tuple[Cli, Path]:
@@ -23,9 +25,21 @@ def backed_up(initialized_cli: Cli, make_tree) -> tuple[Cli, Path]:
     return initialized_cli, data
 
 
-def packs(cli: Cli) -> list[Path]:
-    found = [p for p in (cli.repo / "data").rglob("*") if p.is_file()]
-    return sorted(found, key=lambda p: p.stat().st_size)
+def packs(cli: Cli) -> list[str]:
+    """Pack object names, smallest first."""
+    with cli.backend() as backend:
+        found = list(backend.list("data"))
+    return [obj.name for obj in sorted(found, key=lambda obj: obj.size)]
+
+
+def flip_byte(data: bytes, at: int = 100) -> bytes:
+    raw = bytearray(data)
+    raw[at] ^= 0x01
+    return bytes(raw)
+
+
+def leaf(name: str) -> str:
+    return name.rsplit("/", 1)[1]
 
 
 def check(cli: Cli, *args: str) -> tuple[int, dict[str, object]]:
@@ -43,14 +57,12 @@ def test_clean_repository_passes_with_every_byte_read(backed_up: tuple[Cli, Path
 def test_flipped_byte_in_a_pack_is_found_and_the_file_named(backed_up: tuple[Cli, Path]) -> None:
     cli, data = backed_up
     biggest = packs(cli)[-1]
-    raw = bytearray(biggest.read_bytes())
-    raw[100] ^= 0x01
-    biggest.write_bytes(bytes(raw))
+    cli.damage(biggest, flip_byte)
     assert check(cli)[0] == 0  # structure alone cannot see a flipped bit...
     code, report = check(cli, "--read-data")  # ...reading the data does
     assert code == 13
     errors = "\n".join(report["errors"])
-    assert biggest.name[:16] in errors and "no longer hash" in errors
+    assert leaf(biggest)[:16] in errors and "no longer hash" in errors
     damaged = [p for paths in report["affected"].values() for p in paths]
     assert damaged == [f"{data}/scans/mri.dcm"]
 
@@ -58,32 +70,30 @@ def test_flipped_byte_in_a_pack_is_found_and_the_file_named(backed_up: tuple[Cli
 def test_deleted_pack_is_found_without_reading_data(backed_up: tuple[Cli, Path]) -> None:
     cli, data = backed_up
     victim = packs(cli)[-1]
-    victim.unlink()
+    cli.remove(victim)
     code, report = check(cli)
     assert code == 13
-    assert any(victim.name[:16] in e and "missing" in e for e in report["errors"])
+    assert any(leaf(victim)[:16] in e and "missing" in e for e in report["errors"])
     assert f"{data}/scans/mri.dcm" in next(iter(report["affected"].values()))
 
 
 def test_truncated_index_is_found_and_the_damage_traced(backed_up: tuple[Cli, Path]) -> None:
     cli, _ = backed_up
-    (index,) = list((cli.repo / "index").iterdir())
-    index.write_bytes(index.read_bytes()[:40])
+    (index,) = cli.objects("index")
+    cli.damage(index, lambda data: data[:40])
     code, report = check(cli)
     assert code == 13
-    assert any(index.name[:12] in e and "unreadable" in e for e in report["errors"])
+    assert any(leaf(index)[:12] in e and "unreadable" in e for e in report["errors"])
     assert report["affected"], "snapshots depending on the lost index must be named"
 
 
 def test_damaged_snapshot_object_is_named(backed_up: tuple[Cli, Path]) -> None:
     cli, _ = backed_up
-    (snapshot,) = list((cli.repo / "snapshots").iterdir())
-    raw = bytearray(snapshot.read_bytes())
-    raw[-1] ^= 0xFF
-    snapshot.write_bytes(bytes(raw))
+    (snapshot,) = cli.objects("snapshots")
+    cli.damage(snapshot, lambda data: flip_byte(data, len(data) - 1))
     code, report = check(cli)
     assert code == 13
-    assert any(snapshot.name[:12] in e for e in report["errors"])
+    assert any(leaf(snapshot)[:12] in e for e in report["errors"])
 
 
 def test_subset_reads_only_part_of_the_packs(initialized_cli: Cli, make_tree) -> None:
@@ -98,10 +108,7 @@ def test_restore_refuses_damaged_data_rather_than_writing_it(
     backed_up: tuple[Cli, Path], tmp_path: Path
 ) -> None:
     cli, _ = backed_up
-    biggest = packs(cli)[-1]
-    raw = bytearray(biggest.read_bytes())
-    raw[100] ^= 0x01
-    biggest.write_bytes(bytes(raw))
+    cli.damage(packs(cli)[-1], flip_byte)
     done = cli("restore", "latest", "--target", str(tmp_path / "out"), check=False)
     assert done.returncode == 13
     assert "failed authentication" in done.stderr
@@ -110,8 +117,8 @@ def test_restore_refuses_damaged_data_rather_than_writing_it(
 
 def test_unreferenced_packs_are_a_note_not_an_error(backed_up: tuple[Cli, Path]) -> None:
     cli, _ = backed_up
-    stray = packs(cli)[0]
-    (stray.parent / ("f" * 64)).write_bytes(stray.read_bytes())
+    with cli.backend() as backend:
+        backend.store(f"data/ff/{'f' * 64}", backend.load(packs(cli)[0]))
     code, report = check(cli, "--read-data")
     assert code == 0
     assert any("not referenced" in n for n in report["notes"])

@@ -20,6 +20,8 @@ from medvault.repository.repo import KIND_INDEX, KIND_SNAPSHOT, Repository, pack
 from medvault.repository.writer import BlobSink
 from medvault.sources.files import BackupOptions, backup_files
 
+BACKENDS = ("local", "s3")
+
 
 def store(repo: Repository, *blobs: bytes) -> list[bytes]:
     sink = BlobSink(repo)

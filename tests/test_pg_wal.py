@@ -356,7 +356,9 @@ def test_recovery_replays_the_archive_ends_cleanly_and_aborts_on_damage(
     good = open_archive(pg_world).fetch(first)
     assert good is not None
     stored = object_path(pg_world, first)
-    stored.write_bytes(stored.read_bytes()[:-1] + b"\x00")
+    damaged = bytearray(stored.read_bytes())
+    damaged[-1] ^= 0xFF  # the tag's last byte, changed whatever it was
+    stored.write_bytes(bytes(damaged))
     ctl = [
         str(restored.bindir / "pg_ctl"),
         "-D",

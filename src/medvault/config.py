@@ -3,14 +3,16 @@ With no config file (see configfile.py), medvault runs on --repo alone."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tomllib
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvault.configfile import find_config
+from medvault.durations import parse_duration
 from medvault.errors import ConfigError, UsageError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -25,6 +27,41 @@ class RepositorySettings(_Section):
     password_file: str | None = None
     password_command: str | None = None
     key_file: str | None = None
+    # A local repository that refuses every delete and overwrite (locks aside).
+    append_only: bool = False
+    # S3-compatible stores. Credentials come from the standard AWS chain (environment,
+    # profile, instance role); keys in this file only with plaintext_credentials = true.
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool | None = None
+    storage_class: str | None = None
+    sse: Literal["sse-s3", "sse-kms"] | None = None
+    sse_kms_key_id: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    plaintext_credentials: bool = False
+
+    @model_validator(mode="after")
+    def _credentials_kept_out(self) -> RepositorySettings:
+        if (self.access_key_id or self.secret_access_key) and not self.plaintext_credentials:
+            raise ValueError(
+                "secret_access_key: credentials in the config file are refused; use "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role "
+                "(or set plaintext_credentials = true to insist)"
+            )
+        if self.sse_kms_key_id and self.sse != "sse-kms":
+            raise ValueError('sse_kms_key_id: needs sse = "sse-kms"')
+        s3_keys = ("endpoint", "region", "path_style", "storage_class", "sse", "profile")
+        if not self.url.startswith("s3://"):
+            for key in s3_keys:
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only applies to s3:// repositories")
+        elif self.append_only:
+            raise ValueError(
+                "append_only: applies to local repositories; on S3 use a bucket with Object Lock"
+            )
+        return self
 
 
 class FilesSourceSettings(_Section):
@@ -71,6 +108,27 @@ class PostgresSourceSettings(_Section):
         return self
 
 
+class TierSettings(_Section):
+    """A class of data: how much may be lost (rpo), how fast it must be back (rto), and how
+    long its backups must be kept at least (floor; on a bucket with Object Lock, also how
+    long they cannot be deleted)."""
+
+    rpo: str | None = None
+    rto: str | None = None
+    floor: str | None = None
+
+    @field_validator("rpo", "rto", "floor")
+    @classmethod
+    def _is_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def floor_period(self) -> dt.timedelta | None:
+        return parse_duration(self.floor) if self.floor else None
+
+
 SOURCE_KINDS = ("files", "postgres")
 SourceSettings = Annotated[
     FilesSourceSettings | PostgresSourceSettings, Field(discriminator="kind")
@@ -80,6 +138,7 @@ SourceSettings = Annotated[
 class Settings(_Section):
     repository: dict[str, RepositorySettings] = {}
     source: dict[str, SourceSettings] = {}
+    tier: dict[str, TierSettings] = {}
     path: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -89,7 +148,18 @@ class Settings(_Section):
                 raise ValueError(
                     f"source.{name}.repository: no [repository.{source.repository}] section"
                 )
+            if source.tier is not None and source.tier not in self.tier:
+                raise ValueError(f"source.{name}.tier: no [tier.{source.tier}] section")
         return self
+
+    def retention_period(self, source: str | None) -> dt.timedelta | None:
+        """How long new objects must stay undeletable: the source's tier floor, or for
+        objects that belong to no tier (keys, ad-hoc backups) the longest floor defined."""
+        section = self.source.get(source) if source else None
+        if section is not None and section.tier is not None:
+            return self.tier[section.tier].floor_period
+        floors = [t.floor_period for t in self.tier.values() if t.floor_period is not None]
+        return max(floors, default=None)
 
 
 def _format_error(exc: ValidationError) -> str:
@@ -114,7 +184,7 @@ def load_settings(explicit: str | None = None) -> Settings:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    for section in ("repository", "source"):
+    for section in ("repository", "source", "tier"):
         for name in raw.get(section, {}) if isinstance(raw.get(section), dict) else ():
             if not re.match(NAME_PATTERN, name):
                 raise ConfigError(f"{path}: {section}.{name}: invalid name")

@@ -108,3 +108,10 @@ class RecoveryFailed(MedvaultError):
 
 class PageCorruption(IntegrityError):
     """A PostgreSQL page failed its checksum while being backed up."""
+
+
+class ObjectLocked(BackendError):
+    """A delete or overwrite refused: the object is under S3 Object Lock retention, or the
+    repository is append-only."""
+
+    exit_code = 21

@@ -6,6 +6,7 @@ here once, not by every backend. Nothing above this layer sees paths or buckets.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -36,6 +37,9 @@ class Backend(ABC):
 
     url: str
     local_path: str | None = None  # where the objects live when that is this file system
+    # How many requests are worth having in flight at once: a disk wants few, a remote
+    # object store many (each request waits on the network).
+    concurrency: int = 2
 
     @abstractmethod
     def create(self) -> None:
@@ -49,11 +53,39 @@ class Backend(ABC):
         """Read an object, or `length` bytes of it from `offset`. ObjectNotFound if absent."""
 
     @abstractmethod
-    def store(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
-        """Write an object durably before returning. ObjectExists unless `overwrite`."""
+    def store(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        overwrite: bool = False,
+        retain_until: dt.datetime | None = None,
+    ) -> None:
+        """Write an object durably before returning. ObjectExists unless `overwrite`;
+        ObjectLocked when overwriting an immutable object. `retain_until` locks the object
+        against deletion until then where the store can (S3 Object Lock)."""
 
     @abstractmethod
-    def delete(self, name: str) -> None: ...
+    def delete(self, name: str) -> None:
+        """Remove an object; ObjectLocked when it is immutable (locked or append-only)."""
+
+    @property
+    def lock_enabled(self) -> bool:
+        """Whether objects can carry a retain-until date that the store enforces."""
+        return False
+
+    @property
+    def immutable(self) -> bool:
+        """Whether this store refuses deletes of backup objects (locks aside) at all."""
+        return False
+
+    def retention(self, name: str) -> dt.datetime | None:
+        """The date until which `name` cannot be deleted, if any."""
+        return None
+
+    def extend_retention(self, name: str, until: dt.datetime) -> None:
+        """Lock `name` until at least `until` (only on stores with lock_enabled)."""
+        raise NotImplementedError
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

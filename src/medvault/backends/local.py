@@ -6,6 +6,7 @@ place and the directory is fsynced, so an object is either absent or complete an
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
 import secrets
@@ -13,10 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medvault.backends.base import Backend, ObjectInfo, validate_name
-from medvault.errors import BackendError, ObjectExists, ObjectNotFound, RepositoryExists
+from medvault.errors import (
+    BackendError,
+    ObjectExists,
+    ObjectLocked,
+    ObjectNotFound,
+    RepositoryExists,
+)
 
 TEMP_PREFIX = ".tmp-"
 _TOP_LEVEL = ("data", "index", "snapshots", "keys", "locks")
+# Writers coordinate through these; an append-only repository still lets them come and go.
+MUTABLE_PREFIXES = ("locks/",)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -28,10 +37,23 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalBackend(Backend):
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    """`append_only` refuses every delete and overwrite of backup objects: a host that may
+    add backups but must never destroy them (the protection is medvault's own; pair it with
+    file-system permissions that keep other writers out)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, append_only: bool = False) -> None:
         self.root = Path(root).absolute()
         self.url = str(self.root)
         self.local_path = str(self.root)
+        self.append_only = append_only
+
+    @property
+    def immutable(self) -> bool:
+        return self.append_only
+
+    def _refuse_if_append_only(self, name: str, action: str) -> None:
+        if self.append_only and not name.startswith(MUTABLE_PREFIXES):
+            raise ObjectLocked(f"refusing to {action} {name}: the repository is append-only")
 
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -79,10 +101,19 @@ class LocalBackend(Backend):
             raise BackendError(f"object {name} is shorter than expected ({len(data)} < {length})")
         return data
 
-    def store(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
+    def store(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        overwrite: bool = False,
+        retain_until: dt.datetime | None = None,
+    ) -> None:
         path = self._path(name)
         if not overwrite and path.exists():
             raise ObjectExists(f"object {name} already exists")
+        if overwrite and path.exists():
+            self._refuse_if_append_only(name, "overwrite")
         tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
         try:
             self._ensure_dir(path.parent)
@@ -118,6 +149,7 @@ class LocalBackend(Backend):
 
     def delete(self, name: str) -> None:
         path = self._path(name)
+        self._refuse_if_append_only(name, "delete")
         try:
             path.unlink()
             _fsync_dir(path.parent)

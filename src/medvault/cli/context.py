@@ -63,7 +63,7 @@ class CliContext:
         from medvault.repository.repo import Repository
 
         url, repo_settings = self.repository_target(source)
-        backend = open_backend(url)
+        backend = open_backend(url, repo_settings)
         # Say "no repository here" before asking for a passphrase that could not help.
         Repository.probe(backend)
         repo = Repository.open(backend, get_credential(self.credentials, repo_settings))

@@ -53,7 +53,27 @@ EXIT_NOT_ARCHIVED = 1
 EXIT_ARCHIVE_UNUSABLE = 126
 
 # The keys medvault.config's models accept (tests/test_pg_wal.py keeps them in step).
-REPOSITORY_KEYS = frozenset({"url", "password_file", "password_command", "key_file"})
+REPOSITORY_KEYS = frozenset(
+    {
+        "url",
+        "password_file",
+        "password_command",
+        "key_file",
+        "append_only",
+        "endpoint",
+        "region",
+        "path_style",
+        "storage_class",
+        "sse",
+        "sse_kms_key_id",
+        "profile",
+        "access_key_id",
+        "secret_access_key",
+        "plaintext_credentials",
+    }
+)
+# Those the light path handles itself: a plain local repository and how to open its key.
+LIGHT_REPOSITORY_KEYS = frozenset({"url", "password_file", "password_command", "key_file"})
 POSTGRES_SOURCE_KEYS = frozenset(
     {
         "kind",
@@ -156,7 +176,7 @@ def _light_settings(options: GlobalOptions, source: str) -> WalSettings | None:
                 return None
             name = next(iter(repos))
         repo = repos[name]
-        if not isinstance(repo, dict) or not set(repo) <= REPOSITORY_KEYS:
+        if not isinstance(repo, dict) or not set(repo) <= LIGHT_REPOSITORY_KEYS:
             return None
         url = repo.get("url")
         if not isinstance(url, str) or not url:
@@ -221,7 +241,9 @@ def open_archive(
     from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
 
-    backend = open_backend(settings.url)
+    # RepoKeys come from the light path, which only takes plain local repositories.
+    full = None if isinstance(settings.repo_keys, RepoKeys) else settings.repo_keys
+    backend = open_backend(settings.url, full)
     # Say "no repository here" before asking for a passphrase that could not help.
     Repository.probe(backend)
     credentials = CredentialOptions(

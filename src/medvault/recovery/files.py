@@ -144,14 +144,17 @@ def _plan_tree(
 
 
 def ordered_prefetch(
-    pool: ThreadPoolExecutor, fetch: Callable[[bytes], bytes], blob_ids: Iterable[bytes]
+    pool: ThreadPoolExecutor,
+    fetch: Callable[[bytes], bytes],
+    blob_ids: Iterable[bytes],
+    ahead: int = PREFETCH_BLOBS,
 ) -> Generator[bytes, None, None]:
-    """fetch() over blob_ids on the pool, results in order, at most PREFETCH_BLOBS ahead."""
+    """fetch() over blob_ids on the pool, results in order, at most `ahead` blobs ahead."""
     window: deque[Future[bytes]] = deque()
     try:
         for blob_id in blob_ids:
             window.append(pool.submit(fetch, blob_id))
-            if len(window) >= PREFETCH_BLOBS:
+            if len(window) >= ahead:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
@@ -212,7 +215,8 @@ class FileRestore:
         self.overwrite = overwrite or delta
         self.root = root
         self.kinds = kinds
-        self.workers = workers or os.cpu_count() or 2
+        # Enough fetches in flight to hide a remote store's latency, at least one per core.
+        self.workers = workers or max(os.cpu_count() or 2, repo.backend.concurrency)
         self._on_progress = on_progress
         self._chown = os.geteuid() == 0
         self._chunkers = threading.local()  # a Chunker serves one thread (it owns a buffer)
@@ -458,7 +462,9 @@ class FileRestore:
         if self.delta and self._keep_if_same(parent_fd, entry):
             return 0
         if len(node.content) > 1:
-            data: Iterator[bytes] = ordered_prefetch(decoders, self.repo.load_blob, node.content)
+            data: Iterator[bytes] = ordered_prefetch(
+                decoders, self.repo.load_blob, node.content, max(PREFETCH_BLOBS, self.workers)
+            )
         else:
             data = (self.repo.load_blob(blob) for blob in node.content)
         path = TEMP_PREFIX + secrets.token_hex(6).encode() if self.atomic else name

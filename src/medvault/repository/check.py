@@ -53,7 +53,7 @@ class Checker:
         self.repo = repo
         self.read_data = read_data or subset is not None
         self.subset = subset
-        self.workers = workers
+        self.workers = max(workers, repo.backend.concurrency)
         self.on_progress = on_progress
         self.report = CheckReport()
         self.bad_blobs: dict[bytes, str] = {}

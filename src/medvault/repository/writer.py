@@ -1,7 +1,9 @@
 """The write pipeline: id -> dedup -> compress -> seal -> verify -> pack -> store.
 
-Worker threads do the CPU work (BLAKE3, zstd and AES-GCM release the GIL); one uploader
-thread writes finished packs, so a slow store never stalls hashing. Tree blobs go to packs of
+Worker threads do the CPU work (BLAKE3, zstd and AES-GCM release the GIL); uploader threads
+write finished packs, so a slow store never stalls hashing: one for a local disk (fsync is
+the cost, and it does not parallelise), REMOTE_UPLOADERS for an object store, where each PUT
+mostly waits on the network. Tree blobs go to packs of
 their own: losing a data pack then costs the files in it, never the directory listings that
 name what was lost. Memory stays bounded:
 at most `max_in_flight` bytes of chunks wait for workers, one open pack per worker, and
@@ -26,6 +28,7 @@ from medvault.repository.repo import Repository, pack_name
 
 INDEX_EVERY_PACKS = 32
 MAX_OPEN_PACKS = 2
+REMOTE_UPLOADERS = 4
 
 
 @dataclass
@@ -60,13 +63,19 @@ class BlobSink:
         self._claimed: set[bytes] = set()
         self._free_builders: dict[int, list[PackBuilder]] = {}
         self._open_packs: dict[int, int] = {}
-        self._uploads: queue.Queue[PackBuilder | None] = queue.Queue(upload_queue)
+        uploaders = 1 if repo.backend.local_path else REMOTE_UPLOADERS
+        self._uploads: queue.Queue[PackBuilder | None] = queue.Queue(max(upload_queue, uploaders))
         self._unindexed: list[PackRecord] = []
+        self._index_lock = threading.Lock()
         self._error: BaseException | None = None
         self._on_progress = on_progress
         self._closed = False
-        self._uploader = threading.Thread(target=self._upload_loop, name="medvault-upload")
-        self._uploader.start()
+        self._uploaders = [
+            threading.Thread(target=self._upload_loop, name=f"medvault-upload-{n}")
+            for n in range(uploaders)
+        ]
+        for thread in self._uploaders:
+            thread.start()
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -181,8 +190,6 @@ class BlobSink:
                 continue  # drain so that workers never block on a dead uploader
             try:
                 self._write_pack(builder)
-                if len(self._unindexed) >= INDEX_EVERY_PACKS:
-                    self._write_index()
             except BaseException as exc:
                 with self._cond:
                     self._error = self._error or exc
@@ -198,10 +205,17 @@ class BlobSink:
         # would grow memory with every new chunk of a large backup.
         with self._cond:
             self._claimed.difference_update(e.blob_id for e in builder.entries)
-        self._unindexed.append(record)
-        self.stats.packs += 1
+            self.stats.packs += 1
+        with self._index_lock:
+            self._unindexed.append(record)
+            if len(self._unindexed) >= INDEX_EVERY_PACKS:
+                self._write_index_locked()
 
     def _write_index(self) -> None:
+        with self._index_lock:
+            self._write_index_locked()
+
+    def _write_index_locked(self) -> None:
         if self._unindexed:
             self.index_ids.append(self.repo.write_index(self._unindexed))
             self._unindexed = []
@@ -221,8 +235,7 @@ class BlobSink:
         for builder in builders:
             if builder.entries:
                 self._uploads.put(builder)
-        self._uploads.put(None)
-        self._uploader.join()
+        self._stop_uploaders()
         self._closed = True
         self._pool.shutdown()
         self._raise_if_failed()
@@ -235,6 +248,11 @@ class BlobSink:
         with self._cond:
             self._error = self._error or MedvaultError("aborted")
         self._pool.shutdown(cancel_futures=True)
-        self._uploads.put(None)
-        self._uploader.join()
+        self._stop_uploaders()
         self._closed = True
+
+    def _stop_uploaders(self) -> None:
+        for _ in self._uploaders:
+            self._uploads.put(None)
+        for thread in self._uploaders:
+            thread.join()
