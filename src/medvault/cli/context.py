@@ -7,6 +7,7 @@ commands that use them, so a command starts in a fraction of a second.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -67,8 +68,15 @@ class CliContext:
         # Say "no repository here" before asking for a passphrase that could not help.
         Repository.probe(backend)
         repo = Repository.open(backend, get_credential(self.credentials, repo_settings))
+        repo.retention_period = self.retention_period(source)
         self._opened.append(repo)
         return repo
+
+    def retention_period(self, source: str | None) -> dt.timedelta | None:
+        """How long what this command writes must stay undeletable (Object Lock)."""
+        if find_config(self.config_option) is None:
+            return None
+        return self.settings.retention_period(source)
 
     def print_warnings(self) -> None:
         for repo in self._opened:

@@ -42,7 +42,12 @@ def init(
         credential = _new_keyfile(new_key_file)
     else:
         credential = get_credential(cli.credentials, repo_settings, confirm=True)
-    repo = Repository.init(open_backend(url, repo_settings), credential, label=label)
+    repo = Repository.init(
+        open_backend(url, repo_settings),
+        credential,
+        label=label,
+        retention_period=cli.retention_period(None),
+    )
     print(f"created repository {repo.config.repo_id} at {repo.backend.url}")
     if new_key_file:
         print(

@@ -44,6 +44,8 @@ from medvault.sources.postgres.wal import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     import typer
 
     from medvault.config import RepositorySettings
@@ -126,6 +128,7 @@ class WalSettings:
     wal_spool: str | None = None
     dsn: str | None = None
     pgdata: str | None = None
+    retention: "dt.timedelta | None" = None  # Object Lock period (the source's tier floor)
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -169,6 +172,8 @@ def _light_settings(options: GlobalOptions, source: str) -> WalSettings | None:
         }
         chosen = options.repo or os.environ.get("MEDVAULT_REPOSITORY")
         if chosen and chosen not in repos:
+            if "://" in chosen:
+                return None
             return WalSettings(url=chosen, repo_keys=None, **found)
         name = chosen or _optional_str(section, "repository")
         if name is None:
@@ -179,8 +184,8 @@ def _light_settings(options: GlobalOptions, source: str) -> WalSettings | None:
         if not isinstance(repo, dict) or not set(repo) <= LIGHT_REPOSITORY_KEYS:
             return None
         url = repo.get("url")
-        if not isinstance(url, str) or not url:
-            return None
+        if not isinstance(url, str) or not url or "://" in url:
+            return None  # remote stores may lock objects: the full path knows the tiers
         keys = RepoKeys(
             key_file=_optional_str(repo, "key_file"),
             password_file=_optional_str(repo, "password_file"),
@@ -210,7 +215,12 @@ def _full_settings(options: GlobalOptions, source: str) -> WalSettings:
         # The source name only names the archive's folder: with the repository given
         # outright (a restored server's restore_command), no section is needed.
         url, repo_settings = resolve_repository(settings, options.repo, source)
-        return WalSettings(source=source, url=url, repo_keys=repo_settings)
+        return WalSettings(
+            source=source,
+            url=url,
+            repo_keys=repo_settings,
+            retention=settings.retention_period(None),
+        )
     if section is None:
         raise UsageError(
             f'{path} has no source {source}: add a [source.{source}] section with kind = "postgres"'
@@ -226,6 +236,7 @@ def _full_settings(options: GlobalOptions, source: str) -> WalSettings:
         wal_spool=section.wal_spool,
         dsn=section.dsn,
         pgdata=section.pgdata,
+        retention=settings.retention_period(source),
     )
 
 
@@ -253,6 +264,7 @@ def open_archive(
     # carries under the same names.
     repo_settings = cast("RepositorySettings | None", settings.repo_keys)
     repo = Repository.open(backend, get_credential(credentials, repo_settings))
+    repo.retention_period = settings.retention
     return WalArchive(repo, settings.source, compress_threads=compress_threads)
 
 

@@ -7,6 +7,7 @@ naming their blobs. Every object is written whole and durably before the next re
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hmac
 import json
 import secrets
@@ -21,6 +22,7 @@ from medvault.backends import Backend
 from medvault.errors import (
     BackendError,
     IntegrityError,
+    ObjectLocked,
     ObjectNotFound,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -127,6 +129,12 @@ class Repository:
         # operation: the CLI prints these so nobody mistakes a partial view for the whole.
         self.warnings: list[str] = []
         self.content_key = lru_cache(maxsize=4096)(self._unwrap)
+        # Object Lock: how long new objects stay undeletable (the tier's floor; None: not
+        # set by medvault), retain-until dates known to this process (lower bounds, since
+        # retention only grows), and which index objects name each pack.
+        self.retention_period: dt.timedelta | None = None
+        self.retained: dict[str, dt.datetime] = {}
+        self.pack_indexes: dict[str, list[str]] = {}
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class Repository:
         chunker: ChunkerParams | None = None,
         compression_level: int = 1,
         pack_size: int = 16 * 1024 * 1024,
+        retention_period: dt.timedelta | None = None,
     ) -> Repository:
         backend.create()
         master = MasterKey.generate()
@@ -152,11 +161,14 @@ class Repository:
             pack_size=pack_size,
         )
         slot = KeySlot.create(master, credential, label)
-        backend.store(f"keys/{slot.slot_id}", slot.to_json())
+        repo = cls(backend, master, config, slot)
+        repo.retention_period = retention_period
+        until = repo.retain_until()
+        backend.store(f"keys/{slot.slot_id}", slot.to_json(), retain_until=until)
         # The config goes last: a repository whose init was interrupted has no config and is
         # reported as "not a repository" rather than opened half-made.
-        backend.store("config", config.to_json(master))
-        return cls(backend, master, config, slot)
+        backend.store("config", config.to_json(master), retain_until=until)
+        return repo
 
     @staticmethod
     def probe(backend: Backend) -> tuple[RepoConfig, dict[str, Any]]:
@@ -199,7 +211,7 @@ class Repository:
 
     def add_key(self, credential: Credential, label: str = "") -> KeySlot:
         slot = KeySlot.create(self.master, credential, label)
-        self.backend.store(f"keys/{slot.slot_id}", slot.to_json())
+        self.backend.store(f"keys/{slot.slot_id}", slot.to_json(), retain_until=self.retain_until())
         return slot
 
     def find_key(self, prefix: str) -> KeySlot:
@@ -220,7 +232,13 @@ class Repository:
     def change_passphrase(self, credential: Credential) -> KeySlot:
         """Rewrap the master key in a new slot, then drop the slot that opened this session."""
         new = self.add_key(credential, self.slot.label)
-        self.backend.delete(f"keys/{self.slot.slot_id}")
+        try:
+            self.backend.delete(f"keys/{self.slot.slot_id}")
+        except ObjectLocked as exc:
+            self.warnings.append(
+                f"the old key slot {self.slot.slot_id} stays ({exc}): until then the old "
+                "passphrase still opens the repository"
+            )
         self.slot = new
         return new
 
@@ -236,8 +254,26 @@ class Repository:
     def _store_sealed(self, folder: str, payload: bytes, kind: bytes) -> str:
         data = self.seal(payload, kind)
         object_id = storage_id(data)
-        self.backend.store(f"{folder}/{object_id}", data)
+        self.store_object(f"{folder}/{object_id}", data)
         return object_id
+
+    def retain_until(self) -> dt.datetime | None:
+        """The retain-until date for an object written now: the retention period plus a
+        margin (objectlock.slack), so that packs written early in a long backup still outlast
+        the snapshot's period. None where the store has no Object Lock or no retention is set."""
+        if self.retention_period is None or not self.backend.lock_enabled:
+            return None
+        from medvault.repository.objectlock import slack
+
+        period = self.retention_period
+        return dt.datetime.now(dt.UTC) + period + slack(period)
+
+    def store_object(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
+        """Store a new object, locked for the retention period where the store can."""
+        until = self.retain_until()
+        self.backend.store(name, data, overwrite=overwrite, retain_until=until)
+        if until is not None:
+            self.retained[name] = until
 
     def _unwrap(self, key_block: bytes) -> bytes:
         return unwrap_content_key(self.master.keks, key_block)
@@ -283,12 +319,16 @@ class Repository:
                 continue
             for pack_id, key_block, table in packs:
                 index.add_table(pack_id, key_block, table)
+                self.pack_indexes.setdefault(pack_id, []).append(index_id)
         index.merge()
         self._index = index
         return failures
 
     def write_index(self, packs: list[PackRecord], supersedes: tuple[str, ...] = ()) -> str:
-        return self._store_sealed("index", encode_index(packs, supersedes), KIND_INDEX)
+        index_id = self._store_sealed("index", encode_index(packs, supersedes), KIND_INDEX)
+        for pack in packs:
+            self.pack_indexes.setdefault(pack.pack_id, []).append(index_id)
+        return index_id
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -331,6 +371,13 @@ class Repository:
     def save_snapshot(self, snapshot: Snapshot) -> str:
         if self.index.lookup(snapshot.tree) is None:
             raise IntegrityError("refusing to save a snapshot whose tree is not indexed")
+        until = self.retain_until()
+        if until is not None and self.retention_period is not None:
+            from medvault.repository import objectlock
+
+            # Packs reused from older backups must stay locked for this snapshot's period.
+            required = dt.datetime.now(dt.UTC) + self.retention_period
+            objectlock.protect(self, snapshot.tree, required, until)
         return self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
 
     def snapshot_ids(self) -> list[str]:

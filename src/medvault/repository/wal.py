@@ -98,7 +98,7 @@ class WalArchive:
         # first rather than compress and encrypt 16 MiB for nothing.
         if not self.repo.backend.exists(object_name):
             try:
-                self.repo.backend.store(object_name, self._seal(name, data))
+                self.repo.store_object(object_name, self._seal(name, data))
                 return True
             except ObjectExists:
                 pass  # another push of it won the race: compare with that one
@@ -106,11 +106,11 @@ class WalArchive:
             stored = self.fetch(name)
         except IntegrityError as exc:
             # A copy that fails authentication archives nothing: the bytes in hand replace it.
-            self.repo.backend.store(object_name, self._seal(name, data), overwrite=True)
+            self.repo.store_object(object_name, self._seal(name, data), overwrite=True)
             self.repo.warnings.append(f"the archived copy of {name} was damaged ({exc}); replaced")
             return True
         if stored is None:  # removed between the two calls: store it again
-            self.repo.backend.store(object_name, self._seal(name, data))
+            self.repo.store_object(object_name, self._seal(name, data))
             return True
         if stored == data:
             return False
@@ -190,7 +190,7 @@ class WalArchive:
             }
         ).encode()
         try:
-            self.repo.backend.store(
+            self.repo.store_object(
                 f"{ROOT}/{self.source}/{CLUSTER}", self.repo.seal(body, self._cluster_kind())
             )
         except ObjectExists:

@@ -198,7 +198,7 @@ class BlobSink:
     def _write_pack(self, builder: PackBuilder) -> None:
         data = builder.finish()
         pack_id = storage_id(data)
-        self.repo.backend.store(pack_name(pack_id), data)
+        self.repo.store_object(pack_name(pack_id), data)
         record = PackRecord(pack_id, builder.key_block, builder.entries)
         self.repo.index.add_pack(record)
         # Indexed now: the claim is no longer needed to stop a second copy, and keeping it

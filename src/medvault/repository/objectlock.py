@@ -1,0 +1,75 @@
+"""Keeping a locked snapshot's data locked as long as the snapshot.
+
+On a store with Object Lock every object is written with a retain-until date (now plus its
+tier's floor). Deduplication breaks the simple picture: a snapshot taken today may reuse a
+pack written years ago, whose lock runs out long before today's snapshot may be deleted.
+So before a snapshot is saved, every pack holding one of its blobs, and every index object
+naming such a pack, has its retention extended to at least the snapshot's own. Retention
+only ever grows (COMPLIANCE mode refuses to shorten it), so a date this process has seen or
+set is a safe lower bound and spares a request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from medvault.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from medvault.repository.repo import Repository
+
+# Extend a little beyond what is needed, so that the next few backups reusing the same packs
+# find them locked long enough already and send no request.
+SLACK_MAX = dt.timedelta(days=30)
+
+
+def slack(period: dt.timedelta) -> dt.timedelta:
+    return min(period / 10, SLACK_MAX)
+
+
+def needed_objects(repo: Repository, tree: bytes) -> set[str]:
+    """Names of the packs and index objects the snapshot rooted at `tree` cannot do without."""
+    from medvault.repository.repo import pack_name
+
+    blobs = {tree}
+    stack = [tree]
+    while stack:
+        for node in repo.load_tree(stack.pop()):
+            blobs.update(node.content)
+            if node.subtree is not None and node.subtree not in blobs:
+                blobs.add(node.subtree)
+                stack.append(node.subtree)
+    packs: set[str] = set()
+    for blob in blobs:
+        location = repo.index.lookup(blob)
+        if location is None:
+            raise IntegrityError(f"blob {blob.hex()[:16]} of the new snapshot is not indexed")
+        packs.add(location.pack_id)
+    names = {pack_name(pack) for pack in packs}
+    for pack in packs:
+        names.update(f"index/{index_id}" for index_id in repo.pack_indexes.get(pack, ()))
+    return names
+
+
+def protect(repo: Repository, tree: bytes, until: dt.datetime, target: dt.datetime) -> int:
+    """Every needed object whose retention ends before `until` is extended to `target`.
+    Returns how many objects were extended."""
+    backend = repo.backend
+
+    def ensure(name: str) -> bool:
+        known = repo.retained.get(name)
+        if known is not None and known >= until:
+            return False
+        current = backend.retention(name)
+        if current is not None and current >= until:
+            repo.retained[name] = current
+            return False
+        backend.extend_retention(name, target)
+        repo.retained[name] = target
+        return True
+
+    names = sorted(needed_objects(repo, tree))
+    with ThreadPoolExecutor(max(1, backend.concurrency), "medvault-lock") as pool:
+        return sum(pool.map(ensure, names))
