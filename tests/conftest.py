@@ -129,8 +129,11 @@ def repo_url(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) 
 class Cli:
     """Runs `medvault` against one repository with a passphrase in the environment."""
 
-    def __init__(self, url: str | Path, cwd: Path) -> None:
+    def __init__(self, url: str | Path, cwd: Path, location: str | Path | None = None) -> None:
+        """`url` is what --repo would say (a path, URL or a name from medvault.toml);
+        `location` the path or URL behind a name, for tests that look at the objects."""
         self.url = str(url)
+        self.location = str(location or url)
         self.cwd = cwd
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")} | {
             "MEDVAULT_PASSWORD": PASSWORD,
@@ -140,11 +143,11 @@ class Cli:
     @property
     def repo(self) -> Path:
         """The repository's directory (local repositories only)."""
-        assert "://" not in self.url, "this test reads the repository as files"
-        return Path(self.url)
+        assert "://" not in self.location, "this test reads the repository as files"
+        return Path(self.location)
 
     def backend(self) -> Backend:
-        return open_backend(self.url)
+        return open_backend(self.location)
 
     def objects(self, folder: str) -> list[str]:
         """Names of the objects in one folder of the repository, whatever the backend."""

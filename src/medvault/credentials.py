@@ -106,6 +106,30 @@ def get_credential(
     return Credential(passphrase=_prompt("repository passphrase: ", confirm), origin="prompt")
 
 
+def get_other_credential(repo_settings: RepositorySettings | None) -> Credential:
+    """For a second repository in one command (copy's --from, init's --copy-keys-from): its
+    own section's key file or password settings, then MEDVAULT_FROM_PASSWORD,
+    MEDVAULT_FROM_PASSWORD_FILE or MEDVAULT_FROM_KEY_FILE, then the usual places (the same
+    passphrase for both is common)."""
+    if repo_settings is not None:
+        if repo_settings.key_file:
+            return Credential(keyfile_secret=read_keyfile(repo_settings.key_file), origin="config")
+        if repo_settings.password_file:
+            return Credential(passphrase=_from_file(repo_settings.password_file), origin="config")
+        if repo_settings.password_command:
+            secret = _from_command(repo_settings.password_command)
+            return Credential(passphrase=secret, origin="config")
+    if os.environ.get("MEDVAULT_FROM_PASSWORD"):
+        return Credential(passphrase=os.environ["MEDVAULT_FROM_PASSWORD"].encode(), origin="env")
+    if os.environ.get("MEDVAULT_FROM_PASSWORD_FILE"):
+        path = os.environ["MEDVAULT_FROM_PASSWORD_FILE"]
+        return Credential(passphrase=_from_file(path), origin="MEDVAULT_FROM_PASSWORD_FILE")
+    if os.environ.get("MEDVAULT_FROM_KEY_FILE"):
+        path = os.environ["MEDVAULT_FROM_KEY_FILE"]
+        return Credential(keyfile_secret=read_keyfile(path), origin="MEDVAULT_FROM_KEY_FILE")
+    return get_credential(CredentialOptions(), None)
+
+
 def get_new_passphrase(password_file: str | None) -> Credential:
     """A new passphrase for `key add` / `key passwd`."""
     if password_file:

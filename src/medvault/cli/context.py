@@ -51,23 +51,36 @@ class CliContext:
             return set()
         return set(self.settings.source)
 
-    def repository_target(self, source: str | None = None) -> tuple[str, RepositorySettings | None]:
-        if self.repo_option and find_config(self.config_option) is None:
-            return self.repo_option, None
+    def repository_target(
+        self, source: str | None = None, selector: str | None = None
+    ) -> tuple[str, RepositorySettings | None]:
+        """URL and settings of the repository chosen by `selector` (a name from
+        medvault.toml or a path/URL), else by --repo, the source, or the only one configured."""
+        chosen = selector or self.repo_option
+        if chosen and find_config(self.config_option) is None:
+            return chosen, None
         from medvault.config import resolve_repository
 
-        return resolve_repository(self.settings, self.repo_option, source)
+        return resolve_repository(self.settings, chosen, source)
 
-    def open(self, source: str | None = None) -> Repository:
+    def open(
+        self, source: str | None = None, selector: str | None = None, *, other: bool = False
+    ) -> Repository:
+        """Open the repository; `other` marks a second one (copy's --from, init's
+        --copy-keys-from), whose credential comes first from its own section."""
         from medvault.backends import open_backend
-        from medvault.credentials import get_credential
+        from medvault.credentials import get_credential, get_other_credential
         from medvault.repository.repo import Repository
 
-        url, repo_settings = self.repository_target(source)
+        url, repo_settings = self.repository_target(source, selector)
         backend = open_backend(url, repo_settings)
         # Say "no repository here" before asking for a passphrase that could not help.
         Repository.probe(backend)
-        repo = Repository.open(backend, get_credential(self.credentials, repo_settings))
+        if other:
+            credential = get_other_credential(repo_settings)
+        else:
+            credential = get_credential(self.credentials, repo_settings)
+        repo = Repository.open(backend, credential)
         repo.retention_period = self.retention_period(source)
         self._opened.append(repo)
         return repo

@@ -31,6 +31,13 @@ def init(
         help="Protect the repository with a new key file written here instead of a passphrase.",
     ),
     label: str = typer.Option("", "--label", help="A note on the first key slot."),
+    copy_keys_from: str | None = typer.Option(
+        None,
+        "--copy-keys-from",
+        metavar="REPO",
+        help="Share this repository's key material (a name or path/URL), so that `copy` "
+        "moves packs without decrypting them.",
+    ),
 ) -> None:
     """Create a new, empty repository."""
     from medvault.backends import open_backend
@@ -38,6 +45,7 @@ def init(
 
     cli = obtain(ctx)
     url, repo_settings = cli.repository_target()
+    shared = cli.open(selector=copy_keys_from, other=True) if copy_keys_from else None
     if new_key_file:
         credential = _new_keyfile(new_key_file)
     else:
@@ -47,6 +55,7 @@ def init(
         credential,
         label=label,
         retention_period=cli.retention_period(None),
+        like=shared,
     )
     print(f"created repository {repo.config.repo_id} at {repo.backend.url}")
     if new_key_file:

@@ -133,6 +133,7 @@ class Snapshot:
     stats: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     program: str = ""
+    origin: str | None = None  # "<repository id>:<snapshot id>" of the snapshot this copies
     id: str = ""
 
     @property
@@ -158,6 +159,7 @@ def snapshot_fields(snap: Snapshot) -> dict[str, Any]:
         "stats": snap.stats,
         "facts": snap.facts,
         "program": snap.program,
+        "origin": snap.origin,
     }
 
 
@@ -186,6 +188,7 @@ def decode_snapshot(raw: bytes, snapshot_id: str) -> Snapshot:
             stats=doc["stats"],
             facts=doc["facts"],
             program=doc["program"],
+            origin=doc.get("origin"),
             id=snapshot_id,
         )
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:

@@ -22,6 +22,7 @@ from medvault.backends import Backend
 from medvault.errors import (
     BackendError,
     IntegrityError,
+    ObjectExists,
     ObjectLocked,
     ObjectNotFound,
     RepositoryNotFound,
@@ -149,9 +150,16 @@ class Repository:
         compression_level: int = 1,
         pack_size: int = 16 * 1024 * 1024,
         retention_period: dt.timedelta | None = None,
+        like: Repository | None = None,
     ) -> Repository:
+        """`like`: share that repository's master key and chunker, so that blob ids and
+        chunk boundaries agree and copies between the two move packs as they are."""
         backend.create()
-        master = MasterKey.generate()
+        master = like.master if like is not None else MasterKey.generate()
+        if like is not None:
+            chunker = like.config.chunker
+            compression_level = like.config.compression_level
+            pack_size = like.config.pack_size
         config = RepoConfig(
             version=FORMAT_VERSION,
             repo_id=secrets.token_hex(16),
@@ -371,14 +379,26 @@ class Repository:
     def save_snapshot(self, snapshot: Snapshot) -> str:
         if self.index.lookup(snapshot.tree) is None:
             raise IntegrityError("refusing to save a snapshot whose tree is not indexed")
+        self._protect_snapshot_data(snapshot)
+        return self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
+
+    def save_snapshot_object(self, snapshot: Snapshot, sealed: bytes) -> None:
+        """Store a snapshot object as sealed elsewhere under the same keys (a raw copy)."""
+        if self.index.lookup(snapshot.tree) is None:
+            raise IntegrityError("refusing to save a snapshot whose tree is not indexed")
+        self._protect_snapshot_data(snapshot)
+        with contextlib.suppress(ObjectExists):
+            self.store_object(f"snapshots/{storage_id(sealed)}", sealed)
+
+    def _protect_snapshot_data(self, snapshot: Snapshot) -> None:
+        """On a locked store, packs reused from older backups must stay locked for this
+        snapshot's period too."""
         until = self.retain_until()
         if until is not None and self.retention_period is not None:
             from medvault.repository import objectlock
 
-            # Packs reused from older backups must stay locked for this snapshot's period.
             required = dt.datetime.now(dt.UTC) + self.retention_period
             objectlock.protect(self, snapshot.tree, required, until)
-        return self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
 
     def snapshot_ids(self) -> list[str]:
         return [obj.name.split("/", 1)[1] for obj in self.backend.list("snapshots")]

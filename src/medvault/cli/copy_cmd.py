@@ -1,0 +1,73 @@
+"""`medvault copy`: snapshots and WAL from one repository to another (a second site)."""
+
+from __future__ import annotations
+
+import typer
+
+from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
+from medvault.errors import UsageError
+
+
+def copy(
+    ctx: typer.Context,
+    from_repo: str = typer.Option(..., "--from", metavar="REPO", help="Name or path/URL."),
+    to_repo: str = typer.Option(..., "--to", metavar="REPO", help="Name or path/URL."),
+    snapshot_ids: list[str] = typer.Option(
+        [], "--snapshot", metavar="ID", help="Only these snapshots (repeat); default: all."
+    ),
+    source: str | None = typer.Option(None, "--source", help="Only this source's snapshots."),
+    wal: bool = typer.Option(True, "--wal/--no-wal", help="Copy the WAL archive too."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Copy snapshots and WAL the target lacks. The source is only read; a killed copy is
+    resumed by running it again. With shared keys (`init --copy-keys-from`) packs move as
+    stored; otherwise every blob is re-encrypted for the target."""
+    from medvault.repository.copy import RepositoryCopier
+
+    cli = obtain(ctx)
+    origin = cli.open(selector=from_repo, other=True)
+    target = cli.open(selector=to_repo)
+    if origin.config.repo_id == target.config.repo_id:
+        raise UsageError(f"--from and --to are the same repository ({origin.config.repo_id})")
+    if snapshot_ids:
+        snapshots = [origin.find_snapshot(selector) for selector in snapshot_ids]
+    else:
+        snapshots = origin.list_snapshots()
+    if source is not None:
+        snapshots = [s for s in snapshots if s.source == source]
+    with (
+        target.lock(exclusive=False, purpose="copy") as lock,
+        progress_bar("copying", None, not as_json) as advance,
+    ):
+        copier = RepositoryCopier(
+            origin, target, retention_for=cli.retention_period, on_progress=advance
+        )
+        copier.before_snapshot = lock.ensure_held
+        copier.copy_snapshots(snapshots)
+        if wal:
+            copier.copy_wal([source] if source else None)
+    result = copier.result
+    if as_json:
+        print_json(
+            {
+                "mode": result.mode,
+                "copied": result.copied,
+                "present": result.present,
+                "packs": result.packs,
+                "blobs": result.blobs,
+                "bytes_read": result.bytes_read,
+                "wal_copied": result.wal_copied,
+                "wal_present": result.wal_present,
+            }
+        )
+        return
+    how = "packs as stored" if result.mode == "raw" else "re-encrypted"
+    print(
+        f"copied {len(result.copied)} snapshot(s) ({how}), {len(result.present)} already there; "
+        f"{result.wal_copied} WAL file(s) copied, {result.wal_present} already there; "
+        f"{human_bytes(result.bytes_read)} read"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("copy")(copy)

@@ -1,0 +1,301 @@
+"""Copying snapshots and WAL from one repository to another (`medvault copy`, replication).
+
+The source is only read. Two ways, chosen by the key material:
+
+- shared keys (the target was made with `init --copy-keys-from`): blob ids are equal in both,
+  so packs, snapshot objects and WAL objects move exactly as stored, never decrypted. Each
+  pack is checked against its name (BLAKE3 of its bytes) on the way and indexed in the target
+  from its own authenticated header.
+- different keys: blob ids are keyed hashes, so they differ between the two. Every blob a
+  snapshot needs is read and verified from the source, stored under the target's keys and
+  id, and the trees are rewritten bottom-up with the new ids. The target's own deduplication
+  stores only what it lacks.
+
+Either way the copy is idempotent and resumable: a snapshot is written last, after all it
+needs is indexed, and one already present (same id, or a copy recording the same origin) is
+skipped; data uploaded by a killed run is found by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from medvault.errors import IntegrityError, ObjectExists, ObjectNotFound
+from medvault.repository.crypto import storage_id
+from medvault.repository.index import PackRecord
+from medvault.repository.packs import DATA_BLOB, TREE_BLOB, read_pack_header
+from medvault.repository.records import Snapshot, encode_tree
+from medvault.repository.repo import pack_name
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from medvault.repository.repo import Repository
+    from medvault.repository.writer import BlobSink
+
+INDEX_EVERY_PACKS = 32
+WAL_ROOT = "wal"
+
+
+@dataclass
+class CopyResult:
+    mode: str  # "raw" (shared keys) or "re-encrypt"
+    copied: list[str] = field(default_factory=list)  # target ids of new copies
+    present: list[str] = field(default_factory=list)  # source ids already there
+    packs: int = 0
+    blobs: int = 0
+    bytes_read: int = 0
+    wal_copied: int = 0
+    wal_present: int = 0
+
+
+def shares_keys(source: Repository, target: Repository) -> bool:
+    """Whether the target can read the source's objects as they are: the same id key (so the
+    same blob ids) and every data key of the source."""
+    return source.master.id_key == target.master.id_key and set(source.master.keks) <= set(
+        target.master.keks
+    )
+
+
+def snapshot_origin(repo: Repository, snapshot_id: str) -> str:
+    return f"{repo.config.repo_id}:{snapshot_id}"
+
+
+class RepositoryCopier:
+    def __init__(
+        self,
+        source: Repository,
+        target: Repository,
+        *,
+        retention_for: Callable[[str], dt.timedelta | None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.raw = shares_keys(source, target)
+        self.result = CopyResult("raw" if self.raw else "re-encrypt")
+        self._retention_for = retention_for
+        self._on_progress = on_progress
+        self._translated: dict[bytes, bytes] = {}  # source blob id -> target blob id
+        self._workers = max(os.cpu_count() or 2, source.backend.concurrency)
+        self._origins: dict[str, str] | None = None
+        # Called before each snapshot is committed (the CLI checks its lock is still held).
+        self.before_snapshot: Callable[[], None] = lambda: None
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def existing_copy(self, snap: Snapshot) -> str | None:
+        """The target's id for this source snapshot, when it has one."""
+        if self.raw:
+            return snap.id if self.target.backend.exists(f"snapshots/{snap.id}") else None
+        if self._origins is None:
+            self._origins = {}
+            for held in self.target.list_snapshots():
+                self._origins[held.origin or snapshot_origin(self.target, held.id)] = held.id
+        return self._origins.get(snapshot_origin(self.source, snap.id))
+
+    def copy_snapshots(self, snapshots: list[Snapshot]) -> CopyResult:
+        adopt_unindexed_packs(self.target)
+        for snap in sorted(snapshots, key=lambda s: s.time):
+            if self.existing_copy(snap) is not None:
+                self.result.present.append(snap.id)
+                continue
+            if self._retention_for is not None:
+                self.target.retention_period = self._retention_for(snap.source)
+            copied = self._copy_raw(snap) if self.raw else self._copy_reencrypted(snap)
+            self.result.copied.append(copied)
+            if self._origins is not None:
+                self._origins[snapshot_origin(self.source, snap.id)] = copied
+        return self.result
+
+    def _needed_blobs(self, tree: bytes) -> set[bytes]:
+        blobs = {tree}
+        stack = [tree]
+        while stack:
+            for node in self.source.load_tree(stack.pop()):
+                blobs.update(node.content)
+                if node.subtree is not None and node.subtree not in blobs:
+                    blobs.add(node.subtree)
+                    stack.append(node.subtree)
+        return blobs
+
+    def _copy_raw(self, snap: Snapshot) -> str:
+        missing_packs: set[str] = set()
+        for blob in self._needed_blobs(snap.tree):
+            if blob in self.target.index:
+                continue
+            location = self.source.index.lookup(blob)
+            if location is None:
+                raise IntegrityError(
+                    f"snapshot {snap.short_id}: blob {blob.hex()[:16]} is in no index of the "
+                    "source; run `medvault check` on it"
+                )
+            missing_packs.add(location.pack_id)
+        unindexed: list[PackRecord] = []
+        workers = max(self.source.backend.concurrency, self.target.backend.concurrency)
+        with ThreadPoolExecutor(workers, "medvault-copy") as pool:
+            for record in pool.map(self._copy_pack, sorted(missing_packs)):
+                self.target.index.add_pack(record)
+                unindexed.append(record)
+                if len(unindexed) >= INDEX_EVERY_PACKS:
+                    self.target.write_index(unindexed)
+                    unindexed = []
+        if unindexed:
+            self.target.write_index(unindexed)
+        raw = self.source.backend.load(f"snapshots/{snap.id}")
+        if storage_id(raw) != snap.id:
+            raise IntegrityError(f"snapshot {snap.short_id} does not match its id (damaged)")
+        self.before_snapshot()
+        self.target.save_snapshot_object(snap, raw)
+        return snap.id
+
+    def _copy_pack(self, pack_id: str) -> PackRecord:
+        name = pack_name(pack_id)
+        try:
+            data = self.source.backend.load(name)
+        except ObjectNotFound:
+            raise IntegrityError(f"pack {pack_id[:16]} is missing from the source") from None
+        if storage_id(data) != pack_id:
+            raise IntegrityError(f"pack {pack_id[:16]} in the source no longer hashes to its name")
+        key_block, entries = read_pack_header(self.target.master.keks, data)
+        # Present already when a killed run stored it but did not index it.
+        with contextlib.suppress(ObjectExists):
+            self.target.store_object(name, data)
+        self.result.packs += 1
+        self.result.bytes_read += len(data)
+        if self._on_progress is not None:
+            self._on_progress(len(data))
+        return PackRecord(pack_id, key_block, entries)
+
+    def _copy_reencrypted(self, snap: Snapshot) -> str:
+        from medvault.repository.writer import BlobSink
+
+        sink = BlobSink(self.target)
+        try:
+            with ThreadPoolExecutor(self._workers, "medvault-copy") as pool:
+                tree = self._translate_tree(snap.tree, sink, pool)
+            sink.flush()
+        except BaseException:
+            sink.abort()
+            raise
+        self.before_snapshot()
+        copy = dataclasses.replace(
+            snap,
+            tree=tree,
+            parent=self._target_parent(snap.parent),
+            origin=snapshot_origin(self.source, snap.id),
+            id="",
+        )
+        return self.target.save_snapshot(copy)
+
+    def _target_parent(self, parent: str | None) -> str | None:
+        if parent is None or self._origins is None:
+            return None
+        return self._origins.get(snapshot_origin(self.source, parent))
+
+    def _translate_tree(self, tree_id: bytes, sink: BlobSink, pool: ThreadPoolExecutor) -> bytes:
+        known = self._translated.get(tree_id)
+        if known is not None:
+            return known
+        from medvault.recovery.files import ordered_prefetch
+
+        nodes = []
+        for node in self.source.load_tree(tree_id):
+            subtree = None
+            if node.subtree is not None:
+                subtree = self._translate_tree(node.subtree, sink, pool)
+            content: list[bytes | Future[bytes]] = []
+            todo = [b for b in node.content if b not in self._translated]
+            fetched = iter(ordered_prefetch(pool, self._read_blob, todo, max(16, self._workers)))
+            for blob in node.content:
+                if blob in self._translated:
+                    content.append(self._translated[blob])
+                else:
+                    content.append(sink.submit(next(fetched), DATA_BLOB))
+            ids = tuple(c if isinstance(c, bytes) else c.result() for c in content)
+            for old, new in zip(node.content, ids, strict=True):
+                self._translated[old] = new
+            nodes.append(dataclasses.replace(node, content=ids, subtree=subtree))
+        new_id = sink.store(encode_tree(nodes), TREE_BLOB)
+        self._translated[tree_id] = new_id
+        return new_id
+
+    def _read_blob(self, blob: bytes) -> bytes:
+        data = self.source.load_blob(blob)
+        self.result.blobs += 1
+        self.result.bytes_read += len(data)
+        if self._on_progress is not None:
+            self._on_progress(len(data))
+        return data
+
+    # -- WAL -------------------------------------------------------------------------------
+
+    def copy_wal(self, sources: list[str] | None = None) -> CopyResult:
+        """Every archived WAL object (of the named sources, or all) the target lacks."""
+        from medvault.repository.wal import WalArchive
+
+        held = {obj.name for obj in self.target.backend.list(WAL_ROOT)}
+        # wal/<source>/cluster first (a push needs it), then wal/<source>/<timeline>/<file>.
+        for obj in sorted(self.source.backend.list(WAL_ROOT), key=lambda o: (len(o.name), o.name)):
+            parts = obj.name.split("/")
+            if len(parts) not in (3, 4) or (sources is not None and parts[1] not in sources):
+                continue
+            if obj.name in held:
+                self.result.wal_present += 1
+                continue
+            source_name, file_name = parts[1], parts[-1]
+            if self._retention_for is not None:
+                self.target.retention_period = self._retention_for(source_name)
+            if self.raw:
+                data = self.source.backend.load(obj.name)
+                with contextlib.suppress(ObjectExists):
+                    self.target.store_object(obj.name, data)
+            else:
+                origin = WalArchive(self.source, source_name)
+                dest = WalArchive(self.target, source_name)
+                if len(parts) == 3:
+                    record = origin.cluster()
+                    if record is None:
+                        continue
+                    dest.record_cluster(record.system_identifier, record.segment_size)
+                    data = b""
+                else:
+                    wal = origin.fetch(file_name)
+                    if wal is None:
+                        continue
+                    dest.push(file_name, wal)
+                    data = wal
+            self.result.wal_copied += 1
+            self.result.bytes_read += len(data)
+        return self.result
+
+
+def adopt_unindexed_packs(repo: Repository) -> int:
+    """Index the packs a killed run stored but never indexed, so that their blobs count as
+    present and are not sent again. A pack that fails its hash or header is left alone (it
+    is prune's to collect). Returns how many were adopted."""
+    repo.index  # noqa: B018 - loads the index, which fills pack_indexes
+    adopted: list[PackRecord] = []
+    for obj in repo.backend.list("data"):
+        pack_id = obj.name.rsplit("/", 1)[1]
+        if pack_id in repo.pack_indexes:
+            continue
+        try:
+            data = repo.backend.load(obj.name)
+            if storage_id(data) != pack_id:
+                continue
+            key_block, entries = read_pack_header(repo.master.keks, data)
+        except (IntegrityError, ObjectNotFound):
+            continue
+        record = PackRecord(pack_id, key_block, entries)
+        repo.index.add_pack(record)
+        adopted.append(record)
+    for start in range(0, len(adopted), INDEX_EVERY_PACKS):
+        repo.write_index(adopted[start : start + INDEX_EVERY_PACKS])
+    return len(adopted)
