@@ -41,6 +41,9 @@ class RepositorySettings(_Section):
     access_key_id: str | None = None
     secret_access_key: str | None = None
     plaintext_credentials: bool = False
+    # A second repository (another [repository.NAME]) that `replicate` keeps up to date.
+    secondary: str | None = None
+    replicate: bool = False
 
     @model_validator(mode="after")
     def _credentials_kept_out(self) -> RepositorySettings:
@@ -150,6 +153,15 @@ class Settings(_Section):
                 )
             if source.tier is not None and source.tier not in self.tier:
                 raise ValueError(f"source.{name}.tier: no [tier.{source.tier}] section")
+        for name, repo in self.repository.items():
+            if repo.secondary is not None and repo.secondary not in self.repository:
+                raise ValueError(
+                    f"repository.{name}.secondary: no [repository.{repo.secondary}] section"
+                )
+            if repo.secondary == name:
+                raise ValueError(f"repository.{name}.secondary: names the repository itself")
+            if repo.replicate and repo.secondary is None:
+                raise ValueError(f'repository.{name}.replicate: needs secondary = "NAME"')
         return self
 
     def retention_period(self, source: str | None) -> dt.timedelta | None:

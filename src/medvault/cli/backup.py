@@ -98,6 +98,9 @@ def backup(
     with progress_bar("backing up", None, not as_json) as advance:
         result = backup_files(repo, options, on_progress=advance)
     _report(result, as_json)
+    from medvault.cli.replication import replicate_snapshot
+
+    replicate_snapshot(cli, repo, result.snapshot.id, options.source)
     if not result.complete:
         raise typer.Exit(EXIT_INCOMPLETE)
 

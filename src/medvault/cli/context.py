@@ -85,6 +85,9 @@ class CliContext:
         self._opened.append(repo)
         return repo
 
+    def last_opened(self) -> Repository:
+        return self._opened[-1]
+
     def retention_period(self, source: str | None) -> dt.timedelta | None:
         """How long what this command writes must stay undeletable (Object Lock)."""
         if find_config(self.config_option) is None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from medvault.config import PostgresSourceSettings
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
+    from medvault.sources.postgres.logical import LogicalBackupResult
 
 
 def _tables(count: int) -> str:
@@ -44,6 +45,14 @@ def backup_logical_cmd(
             tier=settings.tier,
             on_progress=advance,
         )
+    snap = result.snapshot
+    _report(result, as_json)
+    from medvault.cli.replication import replicate_snapshot
+
+    replicate_snapshot(cli, cli.last_opened(), snap.id, name)
+
+
+def _report(result: LogicalBackupResult, as_json: bool) -> None:
     snap = result.snapshot
     if as_json:
         print_json(

@@ -88,5 +88,8 @@ def backup_physical_cmd(
             f"warning: {len(failures)} relation file(s) have damaged pages; the snapshot "
             "keeps them as read. Repair the relations (e.g. from this or an older backup)"
         )
+    from medvault.cli.replication import replicate_snapshot
+
+    replicate_snapshot(cli, repo, snap.id, name)
     if failures or not result.files.complete:
         raise typer.Exit(EXIT_INCOMPLETE)

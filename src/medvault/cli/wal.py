@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     import typer
 
-    from medvault.config import RepositorySettings
+    from medvault.config import RepositorySettings, Settings
     from medvault.repository.wal import WalArchive
 
 EXIT_NOT_ARCHIVED = 1
@@ -72,6 +72,8 @@ REPOSITORY_KEYS = frozenset(
         "access_key_id",
         "secret_access_key",
         "plaintext_credentials",
+        "secondary",
+        "replicate",
     }
 )
 # Those the light path handles itself: a plain local repository and how to open its key.
@@ -129,6 +131,9 @@ class WalSettings:
     dsn: str | None = None
     pgdata: str | None = None
     retention: "dt.timedelta | None" = None  # Object Lock period (the source's tier floor)
+    # Where `replicate = true` sends each archived file too (None: no replication).
+    secondary_url: str | None = None
+    secondary: "RepositorySettings | None" = None
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -237,7 +242,15 @@ def _full_settings(options: GlobalOptions, source: str) -> WalSettings:
         dsn=section.dsn,
         pgdata=section.pgdata,
         retention=settings.retention_period(source),
+        **_replication(settings, repo_settings),
     )
+
+
+def _replication(settings: "Settings", primary: "RepositorySettings | None") -> dict[str, Any]:
+    if primary is None or not primary.replicate or primary.secondary is None:
+        return {}
+    secondary = settings.repository[primary.secondary]
+    return {"secondary_url": secondary.url, "secondary": secondary}
 
 
 def wal_settings(options: GlobalOptions, source: str) -> WalSettings:
@@ -287,11 +300,35 @@ def run_push(options: GlobalOptions, source: str, path: str, *, force_async: boo
         # Several files go in parallel, each compressed on one thread; a lone one uses all.
         alone = len(ready_files(os.path.dirname(os.path.abspath(path)))) <= 1
         archive = open_archive(settings, options, compress_threads=-1 if alone else 0)
-        push_ready(archive, path, spool, warn=warn)
+        pushed = push_ready(archive, path, spool, warn=warn).pushed
     else:
         archive = open_archive(settings, options)
         push_file(archive, path)
+        pushed = [name]
     _print_repo_warnings(archive)
+    _replicate(settings, archive, pushed)
+
+
+def _replicate(settings: WalSettings, archive: "WalArchive", names: list[str]) -> None:
+    """Best effort: the files are safe in the primary, and PostgreSQL must not be held up
+    (its WAL would pile up) while the second site is unreachable."""
+    if settings.secondary_url is None or not names:
+        return
+    from medvault.backends import open_backend
+    from medvault.credentials import get_other_credential
+    from medvault.repository.copy import RepositoryCopier
+    from medvault.repository.repo import Repository
+
+    try:
+        backend = open_backend(settings.secondary_url, settings.secondary)
+        target = Repository.open(backend, get_other_credential(settings.secondary))
+        target.retention_period = settings.retention
+        RepositoryCopier(archive.repo, target).copy_wal_files(settings.source, names)
+    except MedvaultError as exc:
+        warn(
+            f"medvault: warning: {', '.join(names)} archived in the primary but not replicated "
+            f"to {settings.secondary_url}: {exc}; `medvault copy` catches the secondary up"
+        )
 
 
 def run_fetch(options: GlobalOptions, source: str, name: str, dest: str) -> int:

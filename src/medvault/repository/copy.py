@@ -236,6 +236,36 @@ class RepositoryCopier:
 
     # -- WAL -------------------------------------------------------------------------------
 
+    def copy_wal_files(self, source: str, names: list[str]) -> CopyResult:
+        """These WAL files of one source (just archived in the source repository), and the
+        source's cluster record when the target lacks it."""
+        from medvault.repository.wal import CLUSTER, WalArchive
+
+        origin = WalArchive(self.source, source)
+        dest = WalArchive(self.target, source)
+        if dest.cluster() is None:
+            record = origin.cluster()
+            if record is not None:
+                dest.record_cluster(record.system_identifier, record.segment_size)
+        for name in names:
+            object_name = origin.object_name(name)
+            if name == CLUSTER or self.target.backend.exists(object_name):
+                self.result.wal_present += 1
+                continue
+            if self.raw:
+                data = self.source.backend.load(object_name)
+                with contextlib.suppress(ObjectExists):
+                    self.target.store_object(object_name, data)
+            else:
+                wal = origin.fetch(name)
+                if wal is None:
+                    raise ObjectNotFound(f"{name} is not in the WAL archive of source {source}")
+                dest.push(name, wal)
+                data = wal
+            self.result.wal_copied += 1
+            self.result.bytes_read += len(data)
+        return self.result
+
     def copy_wal(self, sources: list[str] | None = None) -> CopyResult:
         """Every archived WAL object (of the named sources, or all) the target lacks."""
         from medvault.repository.wal import WalArchive
