@@ -95,15 +95,24 @@ def get_credential(
     if os.environ.get("MEDVAULT_KEY_FILE"):
         path = os.environ["MEDVAULT_KEY_FILE"]
         return Credential(keyfile_secret=read_keyfile(path), origin="MEDVAULT_KEY_FILE")
-    if repo_settings is not None:
-        if repo_settings.key_file:
-            return Credential(keyfile_secret=read_keyfile(repo_settings.key_file), origin="config")
-        if repo_settings.password_file:
-            return Credential(passphrase=_from_file(repo_settings.password_file), origin="config")
-        if repo_settings.password_command:
-            secret = _from_command(repo_settings.password_command)
-            return Credential(passphrase=secret, origin="config")
+    configured = _from_settings(repo_settings)
+    if configured is not None:
+        return configured
     return Credential(passphrase=_prompt("repository passphrase: ", confirm), origin="prompt")
+
+
+def _from_settings(repo_settings: RepositorySettings | None) -> Credential | None:
+    """The key file or passphrase a repository's section in medvault.toml names, if any."""
+    if repo_settings is None:
+        return None
+    if repo_settings.key_file:
+        return Credential(keyfile_secret=read_keyfile(repo_settings.key_file), origin="config")
+    if repo_settings.password_file:
+        return Credential(passphrase=_from_file(repo_settings.password_file), origin="config")
+    if repo_settings.password_command:
+        secret = _from_command(repo_settings.password_command)
+        return Credential(passphrase=secret, origin="config")
+    return None
 
 
 def get_other_credential(repo_settings: RepositorySettings | None) -> Credential:
@@ -111,14 +120,9 @@ def get_other_credential(repo_settings: RepositorySettings | None) -> Credential
     own section's key file or password settings, then MEDVAULT_FROM_PASSWORD,
     MEDVAULT_FROM_PASSWORD_FILE or MEDVAULT_FROM_KEY_FILE, then the usual places (the same
     passphrase for both is common)."""
-    if repo_settings is not None:
-        if repo_settings.key_file:
-            return Credential(keyfile_secret=read_keyfile(repo_settings.key_file), origin="config")
-        if repo_settings.password_file:
-            return Credential(passphrase=_from_file(repo_settings.password_file), origin="config")
-        if repo_settings.password_command:
-            secret = _from_command(repo_settings.password_command)
-            return Credential(passphrase=secret, origin="config")
+    configured = _from_settings(repo_settings)
+    if configured is not None:
+        return configured
     if os.environ.get("MEDVAULT_FROM_PASSWORD"):
         return Credential(passphrase=os.environ["MEDVAULT_FROM_PASSWORD"].encode(), origin="env")
     if os.environ.get("MEDVAULT_FROM_PASSWORD_FILE"):

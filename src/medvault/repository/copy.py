@@ -114,20 +114,9 @@ class RepositoryCopier:
                 self._origins[snapshot_origin(self.source, snap.id)] = copied
         return self.result
 
-    def _needed_blobs(self, tree: bytes) -> set[bytes]:
-        blobs = {tree}
-        stack = [tree]
-        while stack:
-            for node in self.source.load_tree(stack.pop()):
-                blobs.update(node.content)
-                if node.subtree is not None and node.subtree not in blobs:
-                    blobs.add(node.subtree)
-                    stack.append(node.subtree)
-        return blobs
-
     def _copy_raw(self, snap: Snapshot) -> str:
         missing_packs: set[str] = set()
-        for blob in self._needed_blobs(snap.tree):
+        for blob in self.source.referenced_blobs(snap.tree):
             if blob in self.target.index:
                 continue
             location = self.source.index.lookup(blob)

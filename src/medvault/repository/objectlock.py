@@ -33,16 +33,8 @@ def needed_objects(repo: Repository, tree: bytes) -> set[str]:
     """Names of the packs and index objects the snapshot rooted at `tree` cannot do without."""
     from medvault.repository.repo import pack_name
 
-    blobs = {tree}
-    stack = [tree]
-    while stack:
-        for node in repo.load_tree(stack.pop()):
-            blobs.update(node.content)
-            if node.subtree is not None and node.subtree not in blobs:
-                blobs.add(node.subtree)
-                stack.append(node.subtree)
     packs: set[str] = set()
-    for blob in blobs:
+    for blob in repo.referenced_blobs(tree):
         location = repo.index.lookup(blob)
         if location is None:
             raise IntegrityError(f"blob {blob.hex()[:16]} of the new snapshot is not indexed")

@@ -366,6 +366,18 @@ class Repository:
     def load_tree(self, tree_id: bytes) -> list[Node]:
         return decode_tree(self.load_blob(tree_id))
 
+    def referenced_blobs(self, tree_id: bytes) -> set[bytes]:
+        """Every blob a tree needs: its own, its subtrees' and their files' content."""
+        blobs = {tree_id}
+        stack = [tree_id]
+        while stack:
+            for node in self.load_tree(stack.pop()):
+                blobs.update(node.content)
+                if node.subtree is not None and node.subtree not in blobs:
+                    blobs.add(node.subtree)
+                    stack.append(node.subtree)
+        return blobs
+
     def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
         """Depth-first (path, node) pairs below a tree; paths are '/'-joined bytes."""
         for node in self.load_tree(tree_id):
