@@ -82,6 +82,11 @@ class CliContext:
             credential = get_credential(self.credentials, repo_settings)
         repo = Repository.open(backend, credential)
         repo.retention_period = self.retention_period(source)
+        secondary = repo_settings.secondary if repo_settings is not None else None
+        if secondary is not None:
+            name = secondary
+            repo.fallback = lambda: self.open(source, selector=name, other=True)
+            repo.fallback_name = secondary
         self._opened.append(repo)
         return repo
 
@@ -96,7 +101,8 @@ class CliContext:
 
     def print_warnings(self) -> None:
         for repo in self._opened:
-            for message in dict.fromkeys(repo.warnings):
+            summary = repo.failover_summary()
+            for message in dict.fromkeys([*repo.warnings, *([summary] if summary else [])]):
                 warn(f"medvault: warning: {message}")
 
 

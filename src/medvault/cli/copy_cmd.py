@@ -1,4 +1,5 @@
-"""`medvault copy`: snapshots and WAL from one repository to another (a second site)."""
+"""The second site: `medvault copy` (snapshots and WAL to another repository) and
+`medvault repair --from` (mend this repository from that copy)."""
 
 from __future__ import annotations
 
@@ -69,5 +70,56 @@ def copy(
     )
 
 
+def repair(
+    ctx: typer.Context,
+    from_repo: str = typer.Option(..., "--from", metavar="REPO", help="The second site."),
+    read_data: bool = typer.Option(
+        True, "--read-data/--quick", help="Hash every pack (default), or only look for them."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replace missing or damaged packs, snapshots and WAL of this repository with the
+    copies at a second site, and bring over what it lacks. Exits 13 when something could
+    not be repaired."""
+    from medvault.errors import IntegrityError
+    from medvault.repository.repair import repair_from
+
+    cli = obtain(ctx)
+    primary = cli.open()
+    secondary = cli.open(selector=from_repo, other=True)
+    if primary.config.repo_id == secondary.config.repo_id:
+        raise UsageError(f"--from names this repository itself ({primary.config.repo_id})")
+    primary.fallback = None  # judge and mend the primary's own objects
+    with primary.lock(exclusive=False, purpose="repair"):
+        result = repair_from(
+            primary, secondary, read_data=read_data, retention_for=cli.retention_period
+        )
+    if as_json:
+        print_json(
+            {
+                "packs_checked": result.packs_checked,
+                "packs_replaced": result.packs_replaced,
+                "snapshots_replaced": result.snapshots_replaced,
+                "wal_replaced": result.wal_replaced,
+                "snapshots_copied": result.snapshots_copied,
+                "wal_copied": result.wal_copied,
+                "unrepaired": result.unrepaired,
+                "ok": result.ok,
+            }
+        )
+    else:
+        print(
+            f"checked {result.packs_checked} packs: replaced {len(result.packs_replaced)} "
+            f"pack(s), {len(result.snapshots_replaced)} snapshot(s), "
+            f"{len(result.wal_replaced)} WAL file(s); copied {result.snapshots_copied} "
+            f"snapshot(s) and {result.wal_copied} WAL file(s) the repository lacked"
+        )
+        for problem in result.unrepaired:
+            print(f"not repaired: {problem}")
+    if not result.ok:
+        raise IntegrityError(f"{len(result.unrepaired)} object(s) could not be repaired")
+
+
 def register(app: typer.Typer) -> None:
     app.command("copy")(copy)
+    app.command("repair")(repair)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import typer
 
     from medvault.config import RepositorySettings, Settings
+    from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
 
 EXIT_NOT_ARCHIVED = 1
@@ -131,9 +132,12 @@ class WalSettings:
     dsn: str | None = None
     pgdata: str | None = None
     retention: "dt.timedelta | None" = None  # Object Lock period (the source's tier floor)
-    # Where `replicate = true` sends each archived file too (None: no replication).
+    # The repository's secondary: read when the primary lacks a file or holds it damaged,
+    # and sent each archived file when `replicate = true`.
+    secondary_name: str = ""
     secondary_url: str | None = None
     secondary: "RepositorySettings | None" = None
+    replicate: bool = False
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -247,10 +251,15 @@ def _full_settings(options: GlobalOptions, source: str) -> WalSettings:
 
 
 def _replication(settings: "Settings", primary: "RepositorySettings | None") -> dict[str, Any]:
-    if primary is None or not primary.replicate or primary.secondary is None:
+    if primary is None or primary.secondary is None:
         return {}
     secondary = settings.repository[primary.secondary]
-    return {"secondary_url": secondary.url, "secondary": secondary}
+    return {
+        "secondary_name": primary.secondary,
+        "secondary_url": secondary.url,
+        "secondary": secondary,
+        "replicate": primary.replicate,
+    }
 
 
 def wal_settings(options: GlobalOptions, source: str) -> WalSettings:
@@ -278,11 +287,25 @@ def open_archive(
     repo_settings = cast("RepositorySettings | None", settings.repo_keys)
     repo = Repository.open(backend, get_credential(credentials, repo_settings))
     repo.retention_period = settings.retention
+    if settings.secondary_url is not None:
+        repo.fallback = lambda: _open_secondary(settings)
+        repo.fallback_name = settings.secondary_name
     return WalArchive(repo, settings.source, compress_threads=compress_threads)
 
 
+def _open_secondary(settings: WalSettings) -> "Repository":
+    from medvault.backends import open_backend
+    from medvault.credentials import get_other_credential
+    from medvault.repository.repo import Repository
+
+    assert settings.secondary_url is not None
+    backend = open_backend(settings.secondary_url, settings.secondary)
+    return Repository.open(backend, get_other_credential(settings.secondary))
+
+
 def _print_repo_warnings(archive: "WalArchive") -> None:
-    for message in dict.fromkeys(archive.repo.warnings):
+    summary = archive.repo.failover_summary()
+    for message in dict.fromkeys([*archive.repo.warnings, *([summary] if summary else [])]):
         warn(f"medvault: warning: {message}")
 
 
@@ -312,16 +335,12 @@ def run_push(options: GlobalOptions, source: str, path: str, *, force_async: boo
 def _replicate(settings: WalSettings, archive: "WalArchive", names: list[str]) -> None:
     """Best effort: the files are safe in the primary, and PostgreSQL must not be held up
     (its WAL would pile up) while the second site is unreachable."""
-    if settings.secondary_url is None or not names:
+    if settings.secondary_url is None or not settings.replicate or not names:
         return
-    from medvault.backends import open_backend
-    from medvault.credentials import get_other_credential
     from medvault.repository.copy import RepositoryCopier
-    from medvault.repository.repo import Repository
 
     try:
-        backend = open_backend(settings.secondary_url, settings.secondary)
-        target = Repository.open(backend, get_other_credential(settings.secondary))
+        target = _open_secondary(settings)
         target.retention_period = settings.retention
         RepositoryCopier(archive.repo, target).copy_wal_files(settings.source, names)
     except MedvaultError as exc:

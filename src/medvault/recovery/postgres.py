@@ -276,6 +276,9 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
     facts = snapshot.facts
     size = int(facts["wal_segment_size"])
     archive = WalArchive(repo, snapshot.source)
+    # Recovery fetches through the secondary where the primary lacks a file, so the chain is
+    # judged on what either holds.
+    archive.with_secondary = True
     base = int(facts["timeline"])
     start = _lsn(str(facts["start_lsn"]))
     stop = _lsn(str(facts["stop_lsn"]))

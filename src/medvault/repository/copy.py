@@ -97,8 +97,14 @@ class RepositoryCopier:
         if self._origins is None:
             self._origins = {}
             for held in self.target.list_snapshots():
-                self._origins[held.origin or snapshot_origin(self.target, held.id)] = held.id
-        return self._origins.get(snapshot_origin(self.source, snap.id))
+                self._origins[snapshot_origin(self.target, held.id)] = held.id
+                if held.origin:
+                    self._origins[held.origin] = held.id
+        found = self._origins.get(snapshot_origin(self.source, snap.id))
+        if found is None and snap.origin:
+            # The source's snapshot is itself a copy of one the target holds (copying back).
+            found = self._origins.get(snap.origin)
+        return found
 
     def copy_snapshots(self, snapshots: list[Snapshot]) -> CopyResult:
         adopt_unindexed_packs(self.target)

@@ -12,7 +12,7 @@ import hmac
 import json
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -22,6 +22,7 @@ from medvault.backends import Backend
 from medvault.errors import (
     BackendError,
     IntegrityError,
+    MedvaultError,
     ObjectExists,
     ObjectLocked,
     ObjectNotFound,
@@ -136,6 +137,13 @@ class Repository:
         self.retention_period: dt.timedelta | None = None
         self.retained: dict[str, dt.datetime] = {}
         self.pack_indexes: dict[str, list[str]] = {}
+        # Failover on read: the secondary, opened on first need, and what was read from it.
+        self.fallback: Callable[[], Repository] | None = None
+        self.fallback_name = ""
+        self._secondary: Repository | None = None
+        self._secondary_failed = False
+        self._fallback_lock = threading.Lock()
+        self.failovers: dict[str, str] = {}  # object -> why the primary's copy was unusable
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -343,8 +351,75 @@ class Repository:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return self.master.blob_id(data)
 
+    # -- failover --------------------------------------------------------------------------
+
+    def secondary(self) -> Repository | None:
+        """The secondary repository, opened once; None when there is none or it cannot be
+        opened (said in a warning)."""
+        if self.fallback is None or self._secondary_failed:
+            return self._secondary
+        with self._fallback_lock:
+            if self._secondary is None and not self._secondary_failed:
+                try:
+                    self._secondary = self.fallback()
+                except MedvaultError as exc:
+                    self._secondary_failed = True
+                    self.warnings.append(
+                        f"the secondary {self.fallback_name} could not be opened to read "
+                        f"what the primary lacks: {exc}"
+                    )
+        return self._secondary
+
+    def record_failover(self, what: str, reason: str) -> None:
+        self.failovers.setdefault(what, reason)
+
+    def failover_summary(self) -> str | None:
+        if not self.failovers:
+            return None
+        shown = "; ".join(f"{what} ({why})" for what, why in list(self.failovers.items())[:5])
+        more = f" and {len(self.failovers) - 5} more" if len(self.failovers) > 5 else ""
+        return (
+            f"read from the secondary {self.fallback_name} because the primary's copy was "
+            f"missing or damaged: {shown}{more}; run `medvault repair --from "
+            f"{self.fallback_name}`"
+        )
+
+    def _blob_secondary(self) -> Repository | None:
+        """The secondary when it can serve blobs by the same ids (shared key material)."""
+        other = self.secondary()
+        if other is None:
+            return None
+        from medvault.repository.copy import shares_keys
+
+        if not shares_keys(self, other):
+            message = (
+                f"the secondary {self.fallback_name} has its own keys, so blobs cannot be "
+                "read from it in place of damaged ones; restore from it directly"
+            )
+            if message not in self.warnings:
+                self.warnings.append(message)
+            return None
+        return other
+
     def load_blob(self, blob_id: bytes) -> bytes:
-        """Read, authenticate, decompress and re-hash one blob."""
+        """Read, authenticate, decompress and re-hash one blob; from the secondary when the
+        primary's copy is missing or damaged and a secondary shares the keys."""
+        try:
+            return self._load_blob_here(blob_id)
+        except IntegrityError as exc:
+            other = self._blob_secondary() if self.fallback is not None else None
+            if other is None:
+                raise
+            try:
+                data = other.load_blob(blob_id)
+            except MedvaultError:
+                raise exc from None
+            location = self.index.lookup(blob_id)
+            what = f"pack {location.pack_id[:16]}" if location else f"blob {blob_id.hex()[:16]}"
+            self.record_failover(what, str(exc))
+            return data
+
+    def _load_blob_here(self, blob_id: bytes) -> bytes:
         location = self.index.lookup(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in any index")

@@ -13,6 +13,7 @@ timelines) is sources/postgres/wal.py's business. It never touches the blob inde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -20,7 +21,14 @@ from dataclasses import dataclass
 
 import zstandard
 
-from medvault.errors import IntegrityError, ObjectExists, ObjectNotFound, UsageError, WalConflict
+from medvault.errors import (
+    IntegrityError,
+    MedvaultError,
+    ObjectExists,
+    ObjectNotFound,
+    UsageError,
+    WalConflict,
+)
 from medvault.repository import compression
 from medvault.repository.crypto import seal_object
 from medvault.repository.keys import now_iso
@@ -60,6 +68,9 @@ class WalArchive:
         self.repo = repo
         self.source = source
         self._compress_threads = compress_threads
+        # names() also lists what the repository's secondary holds (for recovery, which can
+        # fetch from there); off for wal-status and check, which judge the primary alone.
+        self.with_secondary = False
         self._local = threading.local()  # a zstd compressor serves one thread at a time
 
     # -- names -----------------------------------------------------------------------------
@@ -103,7 +114,7 @@ class WalArchive:
             except ObjectExists:
                 pass  # another push of it won the race: compare with that one
         try:
-            stored = self.fetch(name)
+            stored = self._fetch_here(name)
         except IntegrityError as exc:
             # A copy that fails authentication archives nothing: the bytes in hand replace it.
             self.repo.store_object(object_name, self._seal(name, data), overwrite=True)
@@ -122,7 +133,35 @@ class WalArchive:
         )
 
     def fetch(self, name: str) -> bytes | None:
-        """The file's bytes; None when it is not archived; IntegrityError when damaged."""
+        """The file's bytes; None when it is not archived; IntegrityError when damaged.
+        Where the primary lacks it or holds it damaged, the repository's secondary (if any)
+        is asked, and the event recorded."""
+        try:
+            data = self._fetch_here(name)
+        except IntegrityError as exc:
+            found = self._fetch_from_secondary(name, str(exc))
+            if found is None:
+                raise
+            return found
+        if data is None:
+            return self._fetch_from_secondary(name, "missing")
+        return data
+
+    def _fetch_from_secondary(self, name: str, reason: str) -> bytes | None:
+        if self.repo.fallback is None:
+            return None
+        other = self.repo.secondary()
+        if other is None:
+            return None
+        try:
+            data = WalArchive(other, self.source)._fetch_here(name)
+        except MedvaultError:
+            return None
+        if data is not None:
+            self.repo.record_failover(f"WAL {name}", reason)
+        return data
+
+    def _fetch_here(self, name: str) -> bytes | None:
         try:
             data = self.repo.backend.load(self.object_name(name))
         except ObjectNotFound:
@@ -152,7 +191,12 @@ class WalArchive:
                 and timeline_of(parts[3]) == int(parts[2], 16)
             ):
                 found.append(parts[3])
-        return sorted(found)
+        if self.with_secondary and self.repo.fallback is not None:
+            other = self.repo.secondary()
+            if other is not None:
+                with contextlib.suppress(MedvaultError):
+                    found.extend(WalArchive(other, self.source).names(timeline))
+        return sorted(set(found))
 
     def archived_at(self, name: str) -> float | None:
         """When the store wrote `name` (seconds since the epoch); None when absent or the
