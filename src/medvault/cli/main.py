@@ -9,7 +9,17 @@ import traceback
 import typer
 
 from medvault import __version__
-from medvault.cli import backup, copy_cmd, forget, pg_recovery, repo_cmds, restore, snapshots, wal
+from medvault.cli import (
+    backup,
+    copy_cmd,
+    forget,
+    pg_recovery,
+    repo_cmds,
+    restore,
+    snapshots,
+    status,
+    wal,
+)
 from medvault.cli.context import CliContext, warn
 from medvault.credentials import CredentialOptions
 from medvault.errors import MedvaultError
@@ -76,6 +86,7 @@ def root(
 repo_cmds.register(app)
 forget.register(app)
 copy_cmd.register(app)
+status.register(app)
 backup.register(app)
 snapshots.register(app)
 restore.register(app)

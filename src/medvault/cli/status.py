@@ -1,0 +1,166 @@
+"""`medvault status`: per source, the newest backup and WAL against the tier's RPO, and how far
+the repository's secondary lags behind it. States: OK, WARN (past the RPO, within twice
+it; or the secondary behind), CRITICAL (beyond twice the RPO; or the secondary unreachable)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from medvault.cli.context import obtain, print_json
+from medvault.errors import MedvaultError
+
+if TYPE_CHECKING:
+    from medvault.cli.context import CliContext
+    from medvault.repository.records import Snapshot
+    from medvault.repository.repo import Repository
+
+OK, WARN, CRITICAL = "OK", "WARN", "CRITICAL"
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _rpo_state(age: float | None, rpo: dt.timedelta | None) -> str:
+    if age is None:
+        return CRITICAL
+    if rpo is None or age <= rpo.total_seconds():
+        return OK
+    return WARN if age <= 2 * rpo.total_seconds() else CRITICAL
+
+
+def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> list[dict[str, Any]]:
+    from medvault.durations import parse_duration
+    from medvault.repository.wal import WalArchive
+
+    now = dt.datetime.now(dt.UTC)
+    configured = cli.settings.source if cli.configured_sources() else {}
+    names = sorted({*configured, *(s.source for s in snaps)})
+    rows = []
+    for name in names:
+        own = [s for s in snaps if s.source == name]
+        section = configured.get(name)
+        tier_name = section.tier if section is not None else (own[-1].tier if own else None)
+        tier = cli.settings.tier.get(tier_name) if tier_name and configured else None
+        rpo = parse_duration(tier.rpo) if tier is not None and tier.rpo else None
+        last = _parse_time(own[-1].end_time or own[-1].time) if own else None
+        backup_age = (now - last).total_seconds() if last else None
+        wal_age = None
+        newest_wal = None
+        if (section is not None and section.kind == "postgres") or any(
+            s.kind == "postgres.physical" for s in own
+        ):
+            archive = WalArchive(repo, name)
+            wal_names = archive.names()
+            if wal_names:
+                newest_wal = wal_names[-1]
+                archived = archive.archived_at(newest_wal)
+                wal_age = now.timestamp() - archived if archived else None
+        # With WAL archiving, what could be lost is what came after the newest archived WAL.
+        ages = [a for a in (backup_age, wal_age) if a is not None]
+        exposure = min(ages) if ages else None
+        rows.append(
+            {
+                "source": name,
+                "tier": tier_name,
+                "rpo": tier.rpo if tier is not None else None,
+                "snapshots": len(own),
+                "last_backup": own[-1].time if own else None,
+                "last_backup_age_s": backup_age,
+                "newest_wal": newest_wal,
+                "newest_wal_age_s": wal_age,
+                "state": _rpo_state(exposure, rpo),
+            }
+        )
+    return rows
+
+
+def _secondary_lag(
+    cli: CliContext, repo: Repository, name: str, snaps: list[Snapshot]
+) -> dict[str, Any]:
+    from medvault.repository.copy import RepositoryCopier
+    from medvault.repository.wal import WalArchive
+
+    row: dict[str, Any] = {"name": name}
+    try:
+        other = cli.open(selector=name, other=True)
+        copier = RepositoryCopier(repo, other)
+        missing = [s for s in snaps if copier.existing_copy(s) is None]
+        wal_missing = 0
+        for source in sorted({s.source for s in snaps} | _wal_sources(repo)):
+            here = set(WalArchive(repo, source).names())
+            there = set(WalArchive(other, source).names())
+            wal_missing += len(here - there)
+    except MedvaultError as exc:
+        row.update(state=CRITICAL, error=str(exc))
+        return row
+    now = dt.datetime.now(dt.UTC)
+    oldest = min((_parse_time(s.time) for s in missing), default=None)
+    row.update(
+        snapshots_missing=len(missing),
+        oldest_missing=oldest.isoformat() if oldest else None,
+        oldest_missing_age_s=(now - oldest).total_seconds() if oldest else None,
+        wal_missing=wal_missing,
+        state=OK if not missing and not wal_missing else WARN,
+    )
+    return row
+
+
+def _wal_sources(repo: Repository) -> set[str]:
+    return {obj.name.split("/")[1] for obj in repo.backend.list("wal") if obj.name.count("/") >= 2}
+
+
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Each source's newest backup and WAL against its tier's RPO, and the secondary's lag."""
+    cli = obtain(ctx)
+    repo = cli.open()
+    _, settings = cli.repository_target()
+    snaps = repo.list_snapshots()
+    report: dict[str, Any] = {
+        "repository": repo.backend.url,
+        "snapshots": len(snaps),
+        "sources": _source_rows(cli, repo, snaps),
+        "secondary": None,
+    }
+    if settings is not None and settings.secondary is not None:
+        report["secondary"] = _secondary_lag(cli, repo, settings.secondary, snaps)
+    if as_json:
+        print_json(report)
+        return
+    print(f"repository {report['repository']}: {len(snaps)} snapshot(s)")
+    print(f"{'SOURCE':<14} {'TIER':<10} {'RPO':>5} {'LAST BACKUP':>12} {'NEWEST WAL':>11}  STATE")
+    for row in report["sources"]:
+        print(
+            f"{row['source']:<14} {row['tier'] or '-':<10} {row['rpo'] or '-':>5} "
+            f"{_age(row['last_backup_age_s']):>12} {_age(row['newest_wal_age_s']):>11}  "
+            f"{row['state']}"
+        )
+    lag = report["secondary"]
+    if lag is not None:
+        if "error" in lag:
+            print(f"secondary {lag['name']}: {lag['state']}: {lag['error']}")
+        else:
+            print(
+                f"secondary {lag['name']}: {lag['state']}: {lag['snapshots_missing']} "
+                f"snapshot(s) behind (oldest {_age(lag['oldest_missing_age_s'])} old), "
+                f"{lag['wal_missing']} WAL file(s) behind"
+            )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

@@ -1,0 +1,64 @@
+"""`medvault status`: backups against the tier's RPO, and how far the secondary lags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import Cli
+
+
+def setup(tmp_path: Path, data: Path, offsite: Path) -> Cli:
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f'[repository.primary]\nurl = "{tmp_path / "primary"}"\nsecondary = "offsite"\n\n'
+        f'[repository.offsite]\nurl = "{offsite}"\n\n'
+        '[tier.critical]\nrpo = "15m"\nrto = "1h"\nfloor = "7y"\n\n'
+        f'[source.uploads]\nkind = "files"\npaths = ["{data}"]\ntier = "critical"\n'
+        'repository = "primary"\n'
+    )
+    cli = Cli("primary", tmp_path, tmp_path / "primary")
+    cli.env["MEDVAULT_CONFIG"] = str(config)
+    return cli
+
+
+def status(cli: Cli) -> dict[str, object]:
+    report: dict[str, object] = json.loads(cli("status", "--json").stdout)
+    return report
+
+
+def test_status_shows_rpo_state_and_the_secondary_catching_up(tmp_path: Path, make_tree) -> None:
+    data = make_tree({"a.txt": b"clinic letter\n" * 100})
+    cli = setup(tmp_path, data, tmp_path / "offsite")
+    cli("init")
+    cli("--repo", "offsite", "init", "--copy-keys-from", "primary")
+    report = status(cli)
+    (row,) = report["sources"]  # type: ignore[misc]
+    assert row["snapshots"] == 0 and row["state"] == "CRITICAL", "never backed up"
+
+    cli("backup", "uploads")
+    report = status(cli)
+    (row,) = report["sources"]  # type: ignore[misc]
+    assert (row["source"], row["tier"], row["rpo"], row["state"]) == (
+        "uploads",
+        "critical",
+        "15m",
+        "OK",
+    )
+    lag = report["secondary"]
+    assert lag["state"] == "WARN" and lag["snapshots_missing"] == 1  # type: ignore[index]
+
+    cli("copy", "--from", "primary", "--to", "offsite")
+    lag = status(cli)["secondary"]
+    assert lag["state"] == "OK" and lag["snapshots_missing"] == 0  # type: ignore[index]
+    text = cli("status").stdout
+    assert "uploads" in text and "OK" in text and "0 snapshot(s) behind" in text
+
+
+def test_an_unreachable_secondary_is_critical(tmp_path: Path, make_tree) -> None:
+    data = make_tree({"a.txt": b"clinic letter\n" * 100})
+    cli = setup(tmp_path, data, tmp_path / "no-such-offsite")
+    cli("init")
+    cli("backup", "uploads")
+    lag = status(cli)["secondary"]
+    assert lag["state"] == "CRITICAL" and "no medvault repository" in lag["error"]  # type: ignore[index]
