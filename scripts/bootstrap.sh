@@ -14,7 +14,8 @@ for extra in "$@"; do
   case "$extra" in
     bench) command -v restic >/dev/null || packages+=(restic)
            command -v borg >/dev/null || packages+=(borgbackup)
-           command -v pgbackrest >/dev/null || packages+=(pgbackrest) ;;
+           command -v pgbackrest >/dev/null || packages+=(pgbackrest)
+           command -v rclone >/dev/null || packages+=(rclone) ;;
   esac
 done
 if [ ${#packages[@]} -gt 0 ]; then

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.pgcluster import free_port
 from tests.test_pg_wal import crafted_segment
 
-from conftest import PASSWORD, Cli, S3Server, free_port, tree_digest
+from conftest import PASSWORD, Cli, S3Server, tree_digest
 from medvault.backends import open_backend
 from medvault.backends.s3 import MULTIPART_THRESHOLD
 

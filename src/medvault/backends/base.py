@@ -49,8 +49,11 @@ class Backend(ABC):
     def exists(self, name: str) -> bool: ...
 
     @abstractmethod
-    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Read an object, or `length` bytes of it from `offset`. ObjectNotFound if absent."""
+    def load(
+        self, name: str, offset: int = 0, length: int | None = None, *, exact: bool = True
+    ) -> bytes:
+        """Read an object, or `length` bytes of it from `offset`. ObjectNotFound if absent.
+        With exact=False a range running past the end returns what is there."""
 
     @abstractmethod
     def store(

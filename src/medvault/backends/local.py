@@ -82,7 +82,9 @@ class LocalBackend(Backend):
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
 
-    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    def load(
+        self, name: str, offset: int = 0, length: int | None = None, *, exact: bool = True
+    ) -> bytes:
         # One open per read: a shared descriptor cache races with eviction and deletion
         # (a reused descriptor number would return another pack's bytes).
         try:
@@ -97,7 +99,7 @@ class LocalBackend(Backend):
             raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
         except OSError as exc:
             raise self._fail("read", name, exc) from exc
-        if len(data) != length:
+        if exact and len(data) != length:
             raise BackendError(f"object {name} is shorter than expected ({len(data)} < {length})")
         return data
 

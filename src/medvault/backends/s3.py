@@ -231,7 +231,9 @@ class S3Backend(Backend):
         except BotoCoreError as exc:
             raise self._error("look up", name, exc) from None
 
-    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    def load(
+        self, name: str, offset: int = 0, length: int | None = None, *, exact: bool = True
+    ) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name)}
@@ -246,7 +248,7 @@ class S3Backend(Backend):
             raise self._error("read", name, exc) from None
         except BotoCoreError as exc:
             raise self._error("read", name, exc) from None
-        if length is not None and len(data) != length:
+        if exact and length is not None and len(data) != length:
             raise BackendError(f"object {name} is shorter than expected ({len(data)} < {length})")
         return data
 

@@ -15,10 +15,13 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medvault import __version__
 from medvault.backends import Backend
+
+if TYPE_CHECKING:
+    from medvault.backends.windows import WindowedReader
 from medvault.errors import (
     BackendError,
     IntegrityError,
@@ -144,6 +147,12 @@ class Repository:
         self._secondary_failed = False
         self._fallback_lock = threading.Lock()
         self.failovers: dict[str, str] = {}  # object -> why the primary's copy was unusable
+        # Remote stores: blob reads go through windows of their packs (backends/windows.py).
+        self._windows: WindowedReader | None = None
+        if backend.local_path is None:
+            from medvault.backends.windows import WindowedReader
+
+            self._windows = WindowedReader(backend)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -424,8 +433,12 @@ class Repository:
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in any index")
         entry = location.entry
+        name = pack_name(location.pack_id)
         try:
-            sealed = self.backend.load(pack_name(location.pack_id), entry.offset, entry.length)
+            if self._windows is not None:
+                sealed = self._windows.read(name, entry.offset, entry.length)
+            else:
+                sealed = self.backend.load(name, entry.offset, entry.length)
         except ObjectNotFound:
             raise IntegrityError(
                 f"pack {location.pack_id[:16]} holding blob {blob_id.hex()[:16]} is missing"

@@ -1,0 +1,64 @@
+"""Ranged reads from a remote store, served from aligned windows of each object.
+
+A restore asks for one blob at a time, and thousands of small files mean thousands of small
+blobs: on an object store each read is a request, and requests, not bytes, then set the pace
+(about 5 ms each on a local S3 server, tens of milliseconds on a real one). Blobs that are
+restored together were mostly written together, next to each other in the same pack, so one
+read of the surrounding window serves the next reads too. Windows are fetched once even when
+several threads want them at the same moment, and only the last few are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+
+from medvault.backends.base import Backend
+from medvault.errors import BackendError
+
+WINDOW = 4 * 1024 * 1024
+KEEP = 16  # windows held: 64 MiB at most
+
+
+class WindowedReader:
+    def __init__(self, backend: Backend, window: int = WINDOW, keep: int = KEEP) -> None:
+        self.backend = backend
+        self.window = window
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._windows: OrderedDict[tuple[str, int], Future[bytes]] = OrderedDict()
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        first = offset // self.window
+        last = (offset + length - 1) // self.window
+        parts = [self._window(name, number) for number in range(first, last + 1)]
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        start = offset - first * self.window
+        data = joined[start : start + length]
+        if len(data) != length:
+            raise BackendError(f"object {name} is shorter than expected")
+        return data
+
+    def _window(self, name: str, number: int) -> bytes:
+        key = (name, number)
+        with self._lock:
+            future = self._windows.get(key)
+            owner = future is None
+            if future is None:
+                future = self._windows[key] = Future()
+                while len(self._windows) > self.keep:
+                    self._windows.popitem(last=False)
+            else:
+                self._windows.move_to_end(key)
+        if owner:
+            try:
+                data = self.backend.load(name, number * self.window, self.window, exact=False)
+            except BaseException as exc:
+                with self._lock:
+                    if self._windows.get(key) is future:
+                        del self._windows[key]
+                future.set_exception(exc)
+                raise
+            future.set_result(data)
+        return future.result()
