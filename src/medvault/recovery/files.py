@@ -28,6 +28,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from medvault.errors import (
     IntegrityError,
@@ -41,6 +42,7 @@ from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, chec
 from medvault.repository.repo import Repository
 
 PREFETCH_BLOBS = 16
+Fetched = TypeVar("Fetched")
 WRITERS = 4
 TEMP_PREFIX = b".medvault-restore-"
 WRITEBACK_EVERY = 32 * 1024 * 1024
@@ -145,12 +147,12 @@ def _plan_tree(
 
 def ordered_prefetch(
     pool: ThreadPoolExecutor,
-    fetch: Callable[[bytes], bytes],
+    fetch: Callable[[bytes], Fetched],
     blob_ids: Iterable[bytes],
     ahead: int = PREFETCH_BLOBS,
-) -> Generator[bytes, None, None]:
+) -> Generator[Fetched, None, None]:
     """fetch() over blob_ids on the pool, results in order, at most `ahead` blobs ahead."""
-    window: deque[Future[bytes]] = deque()
+    window: deque[Future[Fetched]] = deque()
     try:
         for blob_id in blob_ids:
             window.append(pool.submit(fetch, blob_id))

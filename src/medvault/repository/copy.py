@@ -212,7 +212,8 @@ class RepositoryCopier:
                 if blob in self._translated:
                     content.append(self._translated[blob])
                 else:
-                    content.append(sink.submit(next(fetched), DATA_BLOB))
+                    data, encoded = next(fetched)
+                    content.append(sink.submit(data, DATA_BLOB, encoded))
             ids = tuple(c if isinstance(c, bytes) else c.result() for c in content)
             for old, new in zip(node.content, ids, strict=True):
                 self._translated[old] = new
@@ -221,13 +222,13 @@ class RepositoryCopier:
         self._translated[tree_id] = new_id
         return new_id
 
-    def _read_blob(self, blob: bytes) -> bytes:
-        data = self.source.load_blob(blob)
+    def _read_blob(self, blob: bytes) -> tuple[bytes, bytes | None]:
+        data, encoded = self.source.load_blob_encoded(blob)
         self.result.blobs += 1
         self.result.bytes_read += len(data)
         if self._on_progress is not None:
             self._on_progress(len(data))
-        return data
+        return data, encoded
 
     # -- WAL -------------------------------------------------------------------------------
 

@@ -428,7 +428,19 @@ class Repository:
             self.record_failover(what, str(exc))
             return data
 
+    def load_blob_encoded(self, blob_id: bytes) -> tuple[bytes, bytes | None]:
+        """The blob and its stored encoding (compressed or raw, as `compression` writes it),
+        for re-sealing it elsewhere without compressing it again; None for the encoding when
+        it came from the secondary."""
+        try:
+            return self._read_blob(blob_id)
+        except IntegrityError:
+            return self.load_blob(blob_id), None
+
     def _load_blob_here(self, blob_id: bytes) -> bytes:
+        return self._read_blob(blob_id)[0]
+
+    def _read_blob(self, blob_id: bytes) -> tuple[bytes, bytes]:
         location = self.index.lookup(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in any index")
@@ -449,7 +461,7 @@ class Repository:
         data = compression.decode(payload, entry.raw_length)
         if len(data) != entry.raw_length or self.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
-        return data
+        return data, payload
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
         return decode_tree(self.load_blob(tree_id))

@@ -79,8 +79,10 @@ class BlobSink:
 
     # -- submitting ------------------------------------------------------------------------
 
-    def submit(self, data: bytes, blob_type: int) -> Future[bytes]:
-        """Queue a blob; the future yields its id. The blob is durable only after flush()."""
+    def submit(self, data: bytes, blob_type: int, encoded: bytes | None = None) -> Future[bytes]:
+        """Queue a blob; the future yields its id. The blob is durable only after flush().
+        `encoded`: the blob as `compression.encode` would make it, known already (a copy
+        from another repository, where it was just decoded and verified): not redone."""
         size = len(data)
         with self._cond:
             while self._in_flight and self._in_flight + size > self._max_in_flight:
@@ -89,7 +91,7 @@ class BlobSink:
             self._raise_if_failed()
             self._in_flight += size
             self._outstanding += 1
-        return self._pool.submit(self._process, data, blob_type)
+        return self._pool.submit(self._process, data, blob_type, encoded)
 
     def store(self, data: bytes, blob_type: int) -> bytes:
         return self.submit(data, blob_type).result()
@@ -111,16 +113,17 @@ class BlobSink:
             self._claimed.add(blob_id)
         return True
 
-    def _process(self, data: bytes, blob_type: int) -> bytes:
+    def _process(self, data: bytes, blob_type: int, encoded: bytes | None = None) -> bytes:
         try:
             self._raise_if_failed()
             blob_id = self.repo.blob_id(data)
             if not self._claim(blob_id):
                 return blob_id
-            payload = compression.encode(data, self._level)
+            payload = encoded if encoded is not None else compression.encode(data, self._level)
             # Decode before write, in two halves: decompression needs no pack, so only the
-            # decryption check holds one (fewer open packs serve more workers).
-            compressed = payload[0] == compression.ZSTD  # a raw payload is the input itself
+            # decryption check holds one (fewer open packs serve more workers). A payload
+            # handed in was decoded into `data` by the caller already.
+            compressed = payload[0] == compression.ZSTD and encoded is None
             if self._verify and compressed and compression.decode(payload) != data:
                 raise IntegrityError(
                     f"blob {blob_id.hex()[:16]} did not decompress to its input; nothing stored"
