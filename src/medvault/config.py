@@ -7,13 +7,16 @@ import datetime as dt
 import os
 import re
 import tomllib
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvault.configfile import find_config
 from medvault.durations import parse_duration
 from medvault.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from medvault.policy.retention import RetentionPolicy
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -74,6 +77,7 @@ class FilesSourceSettings(_Section):
     exclude: list[str] = []
     tags: list[str] = []
     tier: str | None = None
+    retention: RetentionSettings | None = None  # overrides the tier's
 
 
 class PostgresSourceSettings(_Section):
@@ -86,6 +90,7 @@ class PostgresSourceSettings(_Section):
     repository: str | None = None
     tags: list[str] = []
     tier: str | None = None
+    retention: RetentionSettings | None = None  # overrides the tier's
     pg_bin: str | None = None  # directory of pg_dump & co; default: matches the server
     wal_async: bool = False
     wal_spool: str | None = None  # async push markers; default <directory of %p>/medvault-spool
@@ -111,6 +116,38 @@ class PostgresSourceSettings(_Section):
         return self
 
 
+class RetentionSettings(_Section):
+    """Which snapshots `forget` keeps (see policy/retention.py)."""
+
+    keep_last: int = Field(default=0, ge=0)
+    keep_hourly: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+    keep_yearly: int = Field(default=0, ge=0)
+    keep_within: str | None = None
+
+    @field_validator("keep_within")
+    @classmethod
+    def _is_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def policy(self) -> RetentionPolicy:
+        from medvault.policy.retention import RetentionPolicy
+
+        return RetentionPolicy(
+            last=self.keep_last,
+            hourly=self.keep_hourly,
+            daily=self.keep_daily,
+            weekly=self.keep_weekly,
+            monthly=self.keep_monthly,
+            yearly=self.keep_yearly,
+            within=parse_duration(self.keep_within) if self.keep_within else None,
+        )
+
+
 class TierSettings(_Section):
     """A class of data: how much may be lost (rpo), how fast it must be back (rto), and how
     long its backups must be kept at least (floor; on a bucket with Object Lock, also how
@@ -119,6 +156,7 @@ class TierSettings(_Section):
     rpo: str | None = None
     rto: str | None = None
     floor: str | None = None
+    retention: RetentionSettings | None = None
 
     @field_validator("rpo", "rto", "floor")
     @classmethod
@@ -153,6 +191,11 @@ class Settings(_Section):
                 )
             if source.tier is not None and source.tier not in self.tier:
                 raise ValueError(f"source.{name}.tier: no [tier.{source.tier}] section")
+            if source.retention is not None and source.tier is not None:
+                _check_floor(f"source.{name}.retention", source.retention, self.tier[source.tier])
+        for name, tier in self.tier.items():
+            if tier.retention is not None:
+                _check_floor(f"tier.{name}.retention", tier.retention, tier)
         for name, repo in self.repository.items():
             if repo.secondary is not None and repo.secondary not in self.repository:
                 raise ValueError(
@@ -164,6 +207,18 @@ class Settings(_Section):
                 raise ValueError(f'repository.{name}.replicate: needs secondary = "NAME"')
         return self
 
+    def retention_policy(self, source: str) -> RetentionPolicy | None:
+        """The source's own retention, else its tier's; None when neither has one."""
+        section = self.source.get(source)
+        if section is None:
+            return None
+        if section.retention is not None:
+            return section.retention.policy()
+        if section.tier is not None and self.tier[section.tier].retention is not None:
+            retention = self.tier[section.tier].retention
+            return retention.policy() if retention is not None else None
+        return None
+
     def retention_period(self, source: str | None) -> dt.timedelta | None:
         """How long new objects must stay undeletable: the source's tier floor, or for
         objects that belong to no tier (keys, ad-hoc backups) the longest floor defined."""
@@ -172,6 +227,21 @@ class Settings(_Section):
             return self.tier[section.tier].floor_period
         floors = [t.floor_period for t in self.tier.values() if t.floor_period is not None]
         return max(floors, default=None)
+
+
+def _check_floor(key: str, retention: RetentionSettings, tier: TierSettings) -> None:
+    """A policy must reach back at least as far as the tier's floor."""
+    floor = tier.floor_period
+    policy = retention.policy()
+    if floor is None or policy.empty or policy.reach() >= floor:
+        return
+    from medvault.durations import format_duration
+
+    raise ValueError(
+        f"{key}: keeps snapshots for about {format_duration(policy.reach())} at most, less "
+        f"than the tier's floor of {tier.floor}; raise keep_yearly, keep_monthly or "
+        "keep_within to reach it"
+    )
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -82,6 +82,7 @@ LIGHT_REPOSITORY_KEYS = frozenset({"url", "password_file", "password_command", "
 POSTGRES_SOURCE_KEYS = frozenset(
     {
         "kind",
+        "retention",
         "dsn",
         "pgdata",
         "repository",

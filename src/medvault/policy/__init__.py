@@ -1,0 +1,1 @@
+"""Policy: retention (which snapshots to keep) and legal holds."""
