@@ -14,6 +14,7 @@ from medvault.cli import (
     copy_cmd,
     forget,
     pg_recovery,
+    prune_cmd,
     repo_cmds,
     restore,
     snapshots,
@@ -87,6 +88,7 @@ repo_cmds.register(app)
 forget.register(app)
 copy_cmd.register(app)
 status.register(app)
+prune_cmd.register(app)
 backup.register(app)
 snapshots.register(app)
 restore.register(app)

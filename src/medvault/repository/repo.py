@@ -140,6 +140,8 @@ class Repository:
         self.retention_period: dt.timedelta | None = None
         self.retained: dict[str, dt.datetime] = {}
         self.pack_indexes: dict[str, list[str]] = {}
+        # Packs a prune has condemned: still readable, but never deduplicated against.
+        self.condemned: set[str] = set()
         # Failover on read: the secondary, opened on first need, and what was read from it.
         self.fallback: Callable[[], Repository] | None = None
         self.fallback_name = ""
@@ -346,6 +348,9 @@ class Repository:
                 index.add_table(pack_id, key_block, table)
                 self.pack_indexes.setdefault(pack_id, []).append(index_id)
         index.merge()
+        from medvault.repository.prune import condemned_packs
+
+        self.condemned = condemned_packs(self)
         self._index = index
         return failures
 

@@ -105,13 +105,20 @@ class BlobSink:
     def _claim(self, blob_id: bytes) -> bool:
         """True when this call is the one to store the blob. Claims are only taken for blobs
         the index lacks, and dropped once their pack is indexed, so the set stays small."""
-        if blob_id in self.repo.index:
+        if blob_id in self.repo.index and not self._only_condemned(blob_id):
             return False
         with self._cond:
             if blob_id in self._claimed:
                 return False
             self._claimed.add(blob_id)
         return True
+
+    def _only_condemned(self, blob_id: bytes) -> bool:
+        """Whether the index's copy of the blob lies in a pack a prune will delete."""
+        if not self.repo.condemned:
+            return False
+        location = self.repo.index.lookup(blob_id)
+        return location is not None and location.pack_id in self.repo.condemned
 
     def _process(self, data: bytes, blob_type: int, encoded: bytes | None = None) -> bytes:
         try:

@@ -1,0 +1,143 @@
+"""prune: what no snapshot needs goes, in two runs, and never what a backup running beside it
+depends on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.test_concurrency import wait_for
+
+from conftest import Cli, tree_digest
+
+BACKENDS = ("local", "s3")
+
+MiB = 1024 * 1024
+
+
+def prune(cli: Cli, *args: str) -> dict[str, object]:
+    result: dict[str, object] = json.loads(cli("prune", "--young", "0s", "--json", *args).stdout)
+    return result
+
+
+def pack_names(cli: Cli) -> set[str]:
+    return set(cli.objects("data"))
+
+
+def latest(cli: Cli) -> str:
+    return str(json.loads(cli("snapshots", "--json").stdout)[-1]["id"])
+
+
+def backup(cli: Cli, path: Path) -> str:
+    return str(json.loads(cli("backup", str(path), "--json").stdout)["snapshot"])
+
+
+def restores_as(cli: Cli, snapshot: str, source: Path, target: Path) -> bool:
+    cli("restore", snapshot, "--target", str(target))
+    return tree_digest(target / str(source).lstrip("/")) == tree_digest(source)
+
+
+def test_unused_data_is_condemned_then_deleted(initialized_cli: Cli, make_tree, tmp_path) -> None:
+    cli = initialized_cli
+    data = make_tree({"scan-2019.dcm": os.urandom(20 * MiB), "note.txt": b"kept\n" * 1000})
+    old = backup(cli, data)
+    (data / "scan-2019.dcm").unlink()
+    (data / "scan-2026.dcm").write_bytes(os.urandom(3 * MiB))
+    new = backup(cli, data)
+    before = pack_names(cli)
+
+    dry = prune(cli, "--dry-run")
+    assert dry["condemned_packs"] == 0, "the old snapshot still needs everything"
+    cli("forget", old)
+    first = prune(cli)
+    assert first["condemned_packs"] >= 1 and first["deleted_packs"] == 0
+    assert before <= pack_names(cli), "the first run deletes nothing"
+    assert cli.objects("prune/condemned")
+
+    second = prune(cli)
+    assert second["deleted_packs"] == first["condemned_packs"]
+    assert int(str(second["freed_bytes"])) >= 20 * MiB
+    assert not cli.objects("prune/condemned")
+    assert len(pack_names(cli)) < len(before)
+    cli("check", "--read-data")
+    assert restores_as(cli, new, data, tmp_path / "out")
+
+
+def test_mostly_unused_packs_are_repacked(initialized_cli: Cli, make_tree, tmp_path) -> None:
+    cli = initialized_cli
+    data = make_tree({f"letter-{n:02d}.pdf": os.urandom(500_000) for n in range(20)})
+    old = backup(cli, data)
+    for n in range(15):
+        (data / f"letter-{n:02d}.pdf").unlink()
+    new = backup(cli, data)
+    cli("forget", old)
+    first = prune(cli)
+    assert first["repacked_packs"] >= 1
+    # The five letters kept are spread over the packs unevenly; only their used bytes move.
+    assert 500_000 <= int(str(first["repacked_bytes"])) <= 5 * 500_000 + 1000
+    second = prune(cli)
+    assert second["deleted_packs"] >= 1 and second["reprieved"] == 0
+    cli("check", "--read-data")
+    assert restores_as(cli, new, data, tmp_path / "out")
+
+
+def test_a_backup_running_throughout_a_prune_keeps_what_it_depends_on(
+    initialized_cli: Cli, make_tree, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    cli = initialized_cli
+    data = make_tree({"a-archive.dcm": os.urandom(12 * MiB)})
+    old = backup(cli, data)
+    cli("forget", old)  # a-archive.dcm's packs are now needed by no snapshot...
+    (data / "z-filler.bin").write_bytes(os.urandom(160 * MiB))
+    packs_before = pack_names(cli)
+    running = cli.popen("backup", str(data), "--json")  # ...but this backup will reuse them
+    processes.append(running)
+    # Stopped once it writes packs of the filler: it has deduplicated a-archive.dcm (walked
+    # first) against the old packs by then, with an index read before any prune.
+    with cli.backend() as backend:
+        wait_for(
+            running,
+            lambda: (
+                len({o.name for o in backend.list("data")} - packs_before) >= 1
+                and any(True for _ in backend.list("locks"))
+            ),
+        )
+    os.kill(running.pid, signal.SIGSTOP)  # a slow backup, mid-way
+    assert not cli.objects("snapshots"), "stopped before it finished"
+
+    first = prune(cli)
+    assert first["condemned_packs"] >= 1
+    second = prune(cli)
+    assert second["deleted_packs"] == 0 and second["waiting"], (
+        f"it waits for the older backup: {second}"
+    )
+
+    os.kill(running.pid, signal.SIGCONT)
+    out, err = running.communicate(timeout=300)
+    assert running.returncode == 0, err
+    snapshot = json.loads(out)["snapshot"]
+    third = prune(cli)
+    assert third["reprieved"] >= 1, "the finished backup needs the condemned packs again"
+    cli("check", "--read-data")
+    assert restores_as(cli, snapshot, data, tmp_path / "out")
+
+
+def test_prune_keeps_locked_packs_and_says_so(tmp_path: Path, make_tree) -> None:
+    repo = tmp_path / "vault"
+    config = tmp_path / "medvault.toml"
+    config.write_text(f'[repository.vault]\nurl = "{repo}"\nappend_only = true\n')
+    cli = Cli("vault", tmp_path, repo)
+    cli.env["MEDVAULT_CONFIG"] = str(config)
+    cli("init")
+    data = make_tree({"x.bin": os.urandom(2 * MiB)})
+    backup(cli, data)
+    cli.env["MEDVAULT_CONFIG"] = str(tmp_path / "plain.toml")
+    (tmp_path / "plain.toml").write_text(f'[repository.vault]\nurl = "{repo}"\n')
+    cli("forget", latest(cli))
+    cli.env["MEDVAULT_CONFIG"] = str(config)
+    result = prune(cli)
+    assert result["kept_locked"] >= 1 and result["condemned_packs"] == 0
+    assert "locked against deletion" in cli("prune", "--young", "0s").stdout
