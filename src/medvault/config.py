@@ -98,6 +98,15 @@ class PostgresSourceSettings(_Section):
     # How a physical backup starts: an immediate checkpoint (quick start, an I/O burst) or a
     # spread one (gentle on a busy server; the backup waits up to checkpoint_timeout).
     checkpoint: Literal["fast", "spread"] = "fast"
+    # Archived WAL younger than this is kept by prune even when no backup needs it.
+    pitr_window: str | None = None
+
+    @field_validator("pitr_window")
+    @classmethod
+    def _window_is_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
     @model_validator(mode="after")
     def _no_password_in_dsn(self) -> PostgresSourceSettings:

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
 from medvault.errors import UsageError
+
+if TYPE_CHECKING:
+    from medvault.cli.context import CliContext
 
 
 def prune(
@@ -22,6 +27,9 @@ def prune(
     ),
     young: str = typer.Option(
         "1h", "--young", metavar="DURATION", help="Leave packs younger than this alone."
+    ),
+    wal: bool = typer.Option(
+        True, "--wal/--no-wal", help="Also remove WAL no retained backup or PITR window needs."
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -37,7 +45,8 @@ def prune(
         margin = parse_duration(young)
     except ValueError as exc:
         raise UsageError(f"--young: {exc}") from None
-    repo = obtain(ctx).open()
+    cli = obtain(ctx)
+    repo = cli.open()
     with (
         repo.lock(exclusive=False, purpose="prune"),
         progress_bar("repacking", None, not as_json) as advance,
@@ -45,8 +54,15 @@ def prune(
         result = Pruner(
             repo, dry_run=dry_run, repack_unused=repack_threshold, young=margin, on_progress=advance
         ).run()
+        wal_result = None
+        if wal:
+            from medvault.sources.postgres.wal import prune_wal
+
+            wal_result = prune_wal(repo, _pitr_windows(cli), young=margin, dry_run=dry_run)
     if as_json:
-        print_json(asdict(result) | {"dry_run": dry_run})
+        print_json(
+            asdict(result) | {"dry_run": dry_run, "wal": asdict(wal_result) if wal_result else None}
+        )
         return
     verb = "would " if dry_run else ""
     print(
@@ -63,6 +79,28 @@ def prune(
         print(f"kept {result.kept_locked} pack(s) that are locked against deletion (Object Lock)")
     for waiting in result.waiting:
         print(f"not yet: {waiting}")
+    if wal_result is not None:
+        print(
+            f"{verb}remove {wal_result.deleted} WAL file(s) no retained backup or PITR window "
+            f"needs, freeing {human_bytes(wal_result.freed_bytes)}"
+        )
+        for note in wal_result.notes:
+            print(f"note: {note}")
+        if wal_result.kept_locked:
+            print(f"kept {wal_result.kept_locked} WAL file(s) locked against deletion")
+
+
+def _pitr_windows(cli: CliContext) -> dict[str, dt.timedelta]:
+    from medvault.config import PostgresSourceSettings
+    from medvault.durations import parse_duration
+
+    if not cli.configured_sources():
+        return {}
+    return {
+        name: parse_duration(section.pitr_window)
+        for name, section in cli.settings.source.items()
+        if isinstance(section, PostgresSourceSettings) and section.pitr_window
+    }
 
 
 def register(app: typer.Typer) -> None:

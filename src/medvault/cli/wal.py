@@ -83,6 +83,7 @@ POSTGRES_SOURCE_KEYS = frozenset(
     {
         "kind",
         "retention",
+        "pitr_window",
         "dsn",
         "pgdata",
         "repository",

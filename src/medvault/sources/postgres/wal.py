@@ -9,6 +9,7 @@ is loaded.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from medvault.errors import (
 )
 
 if TYPE_CHECKING:
+    from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
@@ -558,3 +560,68 @@ def ready_count(pgdata: str | None) -> int | None:
     except OSError:
         return None
     return sum(1 for e in entries if e.endswith(".ready"))
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+@dataclass
+class WalPruneResult:
+    deleted: int = 0
+    freed_bytes: int = 0
+    kept_locked: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def prune_wal(
+    repo: Repository,
+    windows: dict[str, dt.timedelta],
+    *,
+    young: dt.timedelta,
+    dry_run: bool = False,
+) -> WalPruneResult:
+    """Remove archived WAL segments no retained physical backup and no PITR window needs.
+
+    Per source: a segment goes only when it ends before the start of the oldest retained
+    physical backup of that source (recovery replays from a backup's start onward, on
+    whatever timeline), and it was archived longer ago than the source's `pitr_window` (and
+    the safety margin `young`, which protects the WAL of a backup still running). History
+    files, backup labels and the cluster record are kept: they are small, and recovery
+    reads them. With no physical backup retained nothing is removed: a first backup may be
+    on its way."""
+    from medvault.errors import ObjectLocked, ObjectNotFound
+
+    result = WalPruneResult()
+    now = time.time()
+    physical = [s for s in repo.list_snapshots() if s.kind == "postgres.physical"]
+    sources = sorted({o.name.split("/")[1] for o in repo.backend.list("wal") if "/" in o.name})
+    for source in sources:
+        own = [s for s in physical if s.source == source and s.facts.get("start_lsn")]
+        if not own:
+            result.notes.append(f"{source}: no physical backup retained; its WAL is kept")
+            continue
+        cutoff = min(parse_lsn(str(s.facts["start_lsn"])) for s in own)
+        size = int(own[0].facts.get("wal_segment_size") or 16 * 1024 * 1024)
+        keep_newer = now - max(windows.get(source, dt.timedelta(0)), young).total_seconds()
+        for obj in repo.backend.list(f"wal/{source}"):
+            name = obj.name.rsplit("/", 1)[1]
+            if not (SEGMENT.match(name) or PARTIAL.match(name)):
+                continue
+            if obj.modified is None or obj.modified > keep_newer:
+                continue
+            if segment_start_lsn(name[:24], size) + size > cutoff:
+                continue
+            if dry_run:
+                result.deleted += 1
+                result.freed_bytes += obj.size
+                continue
+            try:
+                repo.backend.delete(obj.name)
+            except ObjectNotFound:
+                continue
+            except ObjectLocked:
+                result.kept_locked += 1
+                continue
+            result.deleted += 1
+            result.freed_bytes += obj.size
+    return result
