@@ -84,21 +84,30 @@ def get_credential(
         return Credential(passphrase=_from_file(options.password_file), origin="--password-file")
     if options.password_command:
         return Credential(passphrase=_from_command(options.password_command), origin="command")
-    if os.environ.get("MEDVAULT_PASSWORD"):
-        return Credential(passphrase=os.environ["MEDVAULT_PASSWORD"].encode(), origin="env")
-    if os.environ.get("MEDVAULT_PASSWORD_FILE"):
-        path = os.environ["MEDVAULT_PASSWORD_FILE"]
-        return Credential(passphrase=_from_file(path), origin="MEDVAULT_PASSWORD_FILE")
-    if os.environ.get("MEDVAULT_PASSWORD_COMMAND"):
-        command = os.environ["MEDVAULT_PASSWORD_COMMAND"]
-        return Credential(passphrase=_from_command(command), origin="MEDVAULT_PASSWORD_COMMAND")
-    if os.environ.get("MEDVAULT_KEY_FILE"):
-        path = os.environ["MEDVAULT_KEY_FILE"]
-        return Credential(keyfile_secret=read_keyfile(path), origin="MEDVAULT_KEY_FILE")
+    from_environment = _from_environment("MEDVAULT_")
+    if from_environment is not None:
+        return from_environment
     configured = _from_settings(repo_settings)
     if configured is not None:
         return configured
     return Credential(passphrase=_prompt("repository passphrase: ", confirm), origin="prompt")
+
+
+def _from_environment(prefix: str) -> Credential | None:
+    """PREFIX + PASSWORD, PASSWORD_FILE, PASSWORD_COMMAND or KEY_FILE, the first one set."""
+    env = os.environ
+    if env.get(prefix + "PASSWORD"):
+        return Credential(passphrase=env[prefix + "PASSWORD"].encode(), origin="env")
+    if env.get(prefix + "PASSWORD_FILE"):
+        path = env[prefix + "PASSWORD_FILE"]
+        return Credential(passphrase=_from_file(path), origin=prefix + "PASSWORD_FILE")
+    if env.get(prefix + "PASSWORD_COMMAND"):
+        command = env[prefix + "PASSWORD_COMMAND"]
+        return Credential(passphrase=_from_command(command), origin=prefix + "PASSWORD_COMMAND")
+    if env.get(prefix + "KEY_FILE"):
+        path = env[prefix + "KEY_FILE"]
+        return Credential(keyfile_secret=read_keyfile(path), origin=prefix + "KEY_FILE")
+    return None
 
 
 def _from_settings(repo_settings: RepositorySettings | None) -> Credential | None:
@@ -118,19 +127,15 @@ def _from_settings(repo_settings: RepositorySettings | None) -> Credential | Non
 def get_other_credential(repo_settings: RepositorySettings | None) -> Credential:
     """For a second repository in one command (copy's --from, init's --copy-keys-from): its
     own section's key file or password settings, then MEDVAULT_FROM_PASSWORD,
-    MEDVAULT_FROM_PASSWORD_FILE or MEDVAULT_FROM_KEY_FILE, then the usual places (the same
+    MEDVAULT_FROM_PASSWORD_FILE, MEDVAULT_FROM_PASSWORD_COMMAND or MEDVAULT_FROM_KEY_FILE,
+    then the usual places (the same
     passphrase for both is common)."""
     configured = _from_settings(repo_settings)
     if configured is not None:
         return configured
-    if os.environ.get("MEDVAULT_FROM_PASSWORD"):
-        return Credential(passphrase=os.environ["MEDVAULT_FROM_PASSWORD"].encode(), origin="env")
-    if os.environ.get("MEDVAULT_FROM_PASSWORD_FILE"):
-        path = os.environ["MEDVAULT_FROM_PASSWORD_FILE"]
-        return Credential(passphrase=_from_file(path), origin="MEDVAULT_FROM_PASSWORD_FILE")
-    if os.environ.get("MEDVAULT_FROM_KEY_FILE"):
-        path = os.environ["MEDVAULT_FROM_KEY_FILE"]
-        return Credential(keyfile_secret=read_keyfile(path), origin="MEDVAULT_FROM_KEY_FILE")
+    from_environment = _from_environment("MEDVAULT_FROM_")
+    if from_environment is not None:
+        return from_environment
     return get_credential(CredentialOptions(), None)
 
 
