@@ -139,7 +139,7 @@ def test_a_killed_copy_resumes_without_sending_data_twice(
     config = config_for(tmp_path, *locations)
     primary = cli_for(tmp_path, "primary", config, locations[0])
     secondary = cli_for(tmp_path, "secondary", config, locations[1])
-    data = make_tree({f"scans/{i}.dcm": os.urandom(8 * MiB) for i in range(12)})
+    data = make_tree({f"scans/{i}.dcm": os.urandom(8 * MiB) for i in range(24)})
     primary("init")
     primary("backup", str(data))
     secondary("init")
@@ -150,8 +150,13 @@ def test_a_killed_copy_resumes_without_sending_data_twice(
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while not secondary.objects("data") and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    with secondary.backend() as backend:  # one client: polls take milliseconds, not 100 ms
+        while (
+            not any(True for _ in backend.list("data"))
+            and time.monotonic() < deadline
+            and proc.poll() is None
+        ):
+            time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert secondary.objects("data"), "the copy was killed after it had stored some packs"

@@ -12,6 +12,7 @@ from medvault import __version__
 from medvault.cli import (
     backup,
     copy_cmd,
+    drill_cmd,
     forget,
     pg_recovery,
     prune_cmd,
@@ -89,6 +90,7 @@ forget.register(app)
 copy_cmd.register(app)
 status.register(app)
 prune_cmd.register(app)
+drill_cmd.register(app)
 backup.register(app)
 snapshots.register(app)
 restore.register(app)

@@ -1,0 +1,80 @@
+"""`medvault drill` and `medvault drills`: restore tests with validation and measured RTO."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import typer
+
+from medvault.cli.context import obtain, print_json
+
+
+def drill(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="A source from medvault.toml, or a source name."),
+    snapshot: str | None = typer.Option(None, "--snapshot", help="Default: the newest."),
+    scratch: str | None = typer.Option(
+        None, "--scratch", help="Where restored files go for the drill (removed after)."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Restore a snapshot into scratch space, validate it, measure the time against the
+    tier's RTO, record the result in the repository. Exits 23 when the drill fails."""
+    from medvault.config import PostgresSourceSettings
+    from medvault.durations import parse_duration
+    from medvault.verification.drills import DrillFailed, run_drill, store_result
+
+    cli = obtain(ctx)
+    repo = cli.open(source)
+    snap = repo.find_snapshot(snapshot or f"latest:{source}")
+    settings = cli.settings.source.get(source) if cli.configured_sources() else None
+    tier = cli.settings.tier.get(settings.tier) if settings and settings.tier else None
+    rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
+    postgres = settings if isinstance(settings, PostgresSourceSettings) else None
+    result = run_drill(
+        repo,
+        snap,
+        rto=rto,
+        scratch=scratch,
+        dsn=postgres.dsn if postgres else None,
+        pg_bin=postgres.pg_bin if postgres else None,
+    )
+    store_result(repo, result)
+    if as_json:
+        print_json(asdict(result) | {"within_rto": result.within_rto})
+    else:
+        state = "PASSED" if result.ok else "FAILED"
+        target = f" (RTO {tier.rto})" if tier is not None and tier.rto else ""
+        print(
+            f"drill {state}: snapshot {snap.short_id} of {snap.source} ({snap.kind}) restored "
+            f"and validated in {result.rto_s:.1f} s{target}"
+        )
+        for check in result.checks:
+            print(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+        if result.error:
+            print(f"  error: {result.error}")
+    if not result.ok:
+        reason = result.error or next((c.detail for c in result.checks if not c.ok), "")
+        raise DrillFailed(f"drill of snapshot {snap.short_id} failed: {reason}")
+
+
+def drills(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Past drill results, oldest first."""
+    from medvault.verification.drills import list_results
+
+    results = list_results(obtain(ctx).open())
+    if as_json:
+        print_json([asdict(r) | {"within_rto": r.within_rto} for r in results])
+        return
+    for r in results:
+        state = "PASSED" if r.ok else "FAILED"
+        print(
+            f"{r.started[:19]}  {r.source:<12} {r.kind:<18} {r.snapshot[:12]}  "
+            f"{r.rto_s:>7.1f} s  {state}"
+        )
+    print(f"{len(results)} drill(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("drill")(drill)
+    app.command("drills")(drills)

@@ -1,0 +1,1 @@
+"""Verification beyond `check`: restore drills that prove a backup comes back."""
