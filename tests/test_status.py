@@ -54,6 +54,13 @@ def test_status_shows_rpo_state_and_the_secondary_catching_up(tmp_path: Path, ma
     text = cli("status").stdout
     assert "uploads" in text and "OK" in text and "0 snapshot(s) behind" in text
 
+    cli("drill", "uploads")
+    report = status(cli)
+    (row,) = report["sources"]  # type: ignore[misc]
+    assert row["last_drill_ok"] is True and row["drill_within_rto"] is True
+    assert report["stored_bytes"] > 0 and report["dedup_ratio"] > 0  # type: ignore[operator]
+    assert "ok" in cli("status").stdout.splitlines()[2]
+
 
 def test_an_unreachable_secondary_is_critical(tmp_path: Path, make_tree) -> None:
     data = make_tree({"a.txt": b"clinic letter\n" * 100})

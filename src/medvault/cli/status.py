@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from medvault.cli.context import obtain, print_json
+from medvault.cli.context import human_bytes, obtain, print_json
 from medvault.errors import MedvaultError
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ def _rpo_state(age: float | None, rpo: dt.timedelta | None) -> str:
 def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> list[dict[str, Any]]:
     from medvault.durations import parse_duration
     from medvault.repository.wal import WalArchive
+    from medvault.verification.drills import list_results
+
+    last_drills = {drill.source: drill for drill in list_results(repo)}
 
     now = dt.datetime.now(dt.UTC)
     configured = cli.settings.source if cli.configured_sources() else {}
@@ -71,6 +74,11 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
         # With WAL archiving, what could be lost is what came after the newest archived WAL.
         ages = [a for a in (backup_age, wal_age) if a is not None]
         exposure = min(ages) if ages else None
+        drill = last_drills.get(name)
+        rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
+        state = _rpo_state(exposure, rpo)
+        if drill is not None and not drill.ok and state == OK:
+            state = WARN  # the last restore test failed
         rows.append(
             {
                 "source": name,
@@ -81,7 +89,14 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
                 "last_backup_age_s": backup_age,
                 "newest_wal": newest_wal,
                 "newest_wal_age_s": wal_age,
-                "state": _rpo_state(exposure, rpo),
+                "rto": tier.rto if tier is not None else None,
+                "last_drill": drill.started if drill else None,
+                "last_drill_ok": drill.ok if drill else None,
+                "last_drill_rto_s": drill.rto_s if drill else None,
+                "drill_within_rto": (
+                    None if drill is None or rto is None else drill.rto_s <= rto.total_seconds()
+                ),
+                "state": state,
             }
         )
     return rows
@@ -131,9 +146,15 @@ def status(
     repo = cli.open()
     _, settings = cli.repository_target()
     snaps = repo.list_snapshots()
+    stored = sum(obj.size for obj in repo.backend.list("data"))
+    logical = sum(int(s.stats.get("total_bytes", 0)) for s in snaps)
     report: dict[str, Any] = {
         "repository": repo.backend.url,
         "snapshots": len(snaps),
+        "stored_bytes": stored,
+        "snapshot_bytes": logical,
+        # What the snapshots hold against what the packs take: dedup and compression together.
+        "dedup_ratio": round(logical / stored, 2) if stored else None,
         "sources": _source_rows(cli, repo, snaps),
         "secondary": None,
     }
@@ -142,13 +163,27 @@ def status(
     if as_json:
         print_json(report)
         return
-    print(f"repository {report['repository']}: {len(snaps)} snapshot(s)")
-    print(f"{'SOURCE':<14} {'TIER':<10} {'RPO':>5} {'LAST BACKUP':>12} {'NEWEST WAL':>11}  STATE")
+    ratio = f", {report['dedup_ratio']}x reduction" if report["dedup_ratio"] else ""
+    print(
+        f"repository {report['repository']}: {len(snaps)} snapshot(s), "
+        f"{human_bytes(stored)} stored for {human_bytes(logical)} backed up{ratio}"
+    )
+    print(
+        f"{'SOURCE':<14} {'TIER':<10} {'RPO':>5} {'LAST BACKUP':>12} {'NEWEST WAL':>11} "
+        f"{'RTO':>5} {'LAST DRILL':>15}  STATE"
+    )
     for row in report["sources"]:
+        if row["last_drill"] is None:
+            drill = "never"
+        else:
+            verdict = (
+                "ok" if row["last_drill_ok"] and row["drill_within_rto"] is not False else "FAIL"
+            )
+            drill = f"{verdict} {row['last_drill_rto_s']:.0f}s"
         print(
             f"{row['source']:<14} {row['tier'] or '-':<10} {row['rpo'] or '-':>5} "
-            f"{_age(row['last_backup_age_s']):>12} {_age(row['newest_wal_age_s']):>11}  "
-            f"{row['state']}"
+            f"{_age(row['last_backup_age_s']):>12} {_age(row['newest_wal_age_s']):>11} "
+            f"{row['rto'] or '-':>5} {drill:>15}  {row['state']}"
         )
     lag = report["secondary"]
     if lag is not None:
