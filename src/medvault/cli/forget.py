@@ -36,10 +36,6 @@ class Outcome:
     reason: str | None = None
 
 
-def _time(snap: Snapshot) -> dt.datetime:
-    return dt.datetime.fromisoformat(snap.time.replace("Z", "+00:00"))
-
-
 def _plan_by_policy(
     cli: CliContext, snaps: list[Snapshot], source: str | None
 ) -> list[tuple[Snapshot, bool, list[str]]]:
@@ -61,7 +57,7 @@ def _plan_by_policy(
         if policy is None or policy.empty:
             plan += [(s, False, ["no policy"]) for s in own]
             continue
-        for decision in apply(policy, [(s.id, _time(s)) for s in own]):
+        for decision in apply(policy, [(s.id, s.taken) for s in own]):
             plan.append((by_id[decision.snapshot_id], not decision.keep, list(decision.reasons)))
     return plan
 

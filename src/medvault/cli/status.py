@@ -58,7 +58,11 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
         tier_name = section.tier if section is not None else (own[-1].tier if own else None)
         tier = cli.settings.tier.get(tier_name) if tier_name and configured else None
         rpo = parse_duration(tier.rpo) if tier is not None and tier.rpo else None
-        last = _parse_time(own[-1].end_time or own[-1].time) if own else None
+        last = (
+            _parse_time(own[-1].end_time)
+            if own and own[-1].end_time
+            else (own[-1].taken if own else None)
+        )
         backup_age = (now - last).total_seconds() if last else None
         wal_age = None
         newest_wal = None
@@ -122,7 +126,7 @@ def _secondary_lag(
         row.update(state=CRITICAL, error=str(exc))
         return row
     now = dt.datetime.now(dt.UTC)
-    oldest = min((_parse_time(s.time) for s in missing), default=None)
+    oldest = min((s.taken for s in missing), default=None)
     row.update(
         snapshots_missing=len(missing),
         oldest_missing=oldest.isoformat() if oldest else None,

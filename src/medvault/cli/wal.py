@@ -248,11 +248,12 @@ def _full_settings(options: GlobalOptions, source: str) -> WalSettings:
         dsn=section.dsn,
         pgdata=section.pgdata,
         retention=settings.retention_period(source),
-        **_replication(settings, repo_settings),
+        **_secondary(settings, repo_settings),
     )
 
 
-def _replication(settings: "Settings", primary: "RepositorySettings | None") -> dict[str, Any]:
+def _secondary(settings: "Settings", primary: "RepositorySettings | None") -> dict[str, Any]:
+    """The repository's secondary: read from on failover, written to with replicate."""
     if primary is None or primary.secondary is None:
         return {}
     secondary = settings.repository[primary.secondary]

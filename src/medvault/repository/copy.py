@@ -238,34 +238,19 @@ class RepositoryCopier:
         from medvault.repository.wal import CLUSTER, WalArchive
 
         origin = WalArchive(self.source, source)
-        dest = WalArchive(self.target, source)
-        if dest.cluster() is None:
-            record = origin.cluster()
-            if record is not None:
-                dest.record_cluster(record.system_identifier, record.segment_size)
+        cluster = f"{WAL_ROOT}/{source}/{CLUSTER}"
+        if not self.target.backend.exists(cluster):
+            self._copy_wal_object(source, cluster)
         for name in names:
             object_name = origin.object_name(name)
             if name == CLUSTER or self.target.backend.exists(object_name):
                 self.result.wal_present += 1
-                continue
-            if self.raw:
-                data = self.source.backend.load(object_name)
-                with contextlib.suppress(ObjectExists):
-                    self.target.store_object(object_name, data)
-            else:
-                wal = origin.fetch(name)
-                if wal is None:
-                    raise ObjectNotFound(f"{name} is not in the WAL archive of source {source}")
-                dest.push(name, wal)
-                data = wal
-            self.result.wal_copied += 1
-            self.result.bytes_read += len(data)
+            elif not self._copy_wal_object(source, object_name):
+                raise ObjectNotFound(f"{name} is not in the WAL archive of source {source}")
         return self.result
 
     def copy_wal(self, sources: list[str] | None = None) -> CopyResult:
         """Every archived WAL object (of the named sources, or all) the target lacks."""
-        from medvault.repository.wal import WalArchive
-
         held = {obj.name for obj in self.target.backend.list(WAL_ROOT)}
         # wal/<source>/cluster first (a push needs it), then wal/<source>/<timeline>/<file>.
         for obj in sorted(self.source.backend.list(WAL_ROOT), key=lambda o: (len(o.name), o.name)):
@@ -275,31 +260,41 @@ class RepositoryCopier:
             if obj.name in held:
                 self.result.wal_present += 1
                 continue
-            source_name, file_name = parts[1], parts[-1]
             if self._retention_for is not None:
-                self.target.retention_period = self._retention_for(source_name)
-            if self.raw:
-                data = self.source.backend.load(obj.name)
-                with contextlib.suppress(ObjectExists):
-                    self.target.store_object(obj.name, data)
-            else:
-                origin = WalArchive(self.source, source_name)
-                dest = WalArchive(self.target, source_name)
-                if len(parts) == 3:
-                    record = origin.cluster()
-                    if record is None:
-                        continue
-                    dest.record_cluster(record.system_identifier, record.segment_size)
-                    data = b""
-                else:
-                    wal = origin.fetch(file_name)
-                    if wal is None:
-                        continue
-                    dest.push(file_name, wal)
-                    data = wal
-            self.result.wal_copied += 1
-            self.result.bytes_read += len(data)
+                self.target.retention_period = self._retention_for(parts[1])
+            self._copy_wal_object(parts[1], obj.name)
         return self.result
+
+    def _copy_wal_object(self, source: str, object_name: str) -> bool:
+        """One object of wal/<source>/: the cluster record or a WAL file, as stored (shared
+        keys) or opened and sealed again for the target. False when the source lacks it."""
+        from medvault.repository.wal import WalArchive
+
+        if self.raw:
+            try:
+                data = self.source.backend.load(object_name)
+            except ObjectNotFound:
+                return False
+            with contextlib.suppress(ObjectExists):
+                self.target.store_object(object_name, data)
+        elif object_name.count("/") == 2:  # wal/<source>/cluster
+            record = WalArchive(self.source, source).cluster()
+            if record is None:
+                return False
+            WalArchive(self.target, source).record_cluster(
+                record.system_identifier, record.segment_size
+            )
+            data = b""
+        else:
+            name = object_name.rsplit("/", 1)[1]
+            wal = WalArchive(self.source, source).fetch(name)
+            if wal is None:
+                return False
+            WalArchive(self.target, source).push(name, wal)
+            data = wal
+        self.result.wal_copied += 1
+        self.result.bytes_read += len(data)
+        return True
 
 
 def adopt_unindexed_packs(repo: Repository) -> int:

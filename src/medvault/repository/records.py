@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import msgpack
@@ -139,6 +140,11 @@ class Snapshot:
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+    @property
+    def taken(self) -> datetime:
+        """`time` as an aware UTC datetime."""
+        return datetime.fromisoformat(self.time.replace("Z", "+00:00"))
 
 
 def snapshot_fields(snap: Snapshot) -> dict[str, Any]:
