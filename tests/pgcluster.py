@@ -83,6 +83,22 @@ def run_as_postgres(
     return done
 
 
+def popen_as_postgres(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """A background process as postgres that signals reach directly (no runuser between)."""
+    entry = pwd.getpwnam(PG_USER)
+    return subprocess.Popen(
+        list(args),
+        env=env,
+        cwd="/tmp",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=[],
+    )
+
+
 class PgCluster:
     def __init__(self, datadir: Path, port: int | None = None) -> None:
         self.datadir = datadir

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.pgcluster import PgWorld
+from tests.pgcluster import PgWorld, as_postgres, popen_as_postgres
 
 from conftest import MEDVAULT, Cli
 
@@ -92,3 +92,145 @@ def test_logical_drill_compares_every_tables_row_count(pg_world: PgWorld) -> Non
     assert "2 tables, 570 rows" in result["checks"][0]["detail"]
     databases = {row[0] for row in cluster.query("SELECT datname FROM pg_database")}
     assert not any(name.startswith("medvault_drill_") for name in databases)
+
+
+def _physical_world(world: PgWorld, drill_section: str = "") -> None:
+    """An archiving cluster with a patients table, a medvault.toml with the given drill
+    section, and one full physical backup."""
+    cluster = world.start_archiving_cluster()
+    if drill_section:
+        world.write_config(extra_source=drill_section)
+    cluster.execute(
+        "CREATE TABLE patients (id int PRIMARY KEY, name text);"
+        "INSERT INTO patients SELECT g, 'patient ' || g FROM generate_series(1, 500) g;"
+        "CREATE INDEX patients_name ON patients (name)"
+    )
+    world.cli("backup", "emr", "--type", "full")
+
+
+def _no_drill_left(scratch: Path) -> None:
+    assert not list(scratch.iterdir()), "the restored copy is gone"
+    leftover = subprocess.run(
+        ["pgrep", "-f", "cluster_name=medvault-drill|medvault-drill"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert leftover.stdout.strip() == "", "no throwaway server is left running"
+
+
+def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> None:
+    world = pg_world
+    _physical_world(
+        world,
+        '[source.emr.drill]\nchecks = ["SELECT count(*) >= 500 FROM patients"]\n',
+    )
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    done = world.cli("drill", "emr", "--scratch", str(scratch), "--json")
+    result = json.loads(done.stdout)
+    assert result["ok"] and result["kind"] == "postgres.physical", result
+    checks = {c["name"]: c for c in result["checks"]}
+    assert set(checks) == {
+        "restore",
+        "recovery",
+        "tables",
+        "amcheck",
+        "check: SELECT count(*) >= 500 FROM patients",
+    }
+    assert "end of the backup" in checks["recovery"]["detail"]
+    assert "500 rows" in checks["tables"]["detail"]
+    # patients_pkey and patients_name, and the catalogs' own indexes
+    verified = int(checks["amcheck"]["detail"].split()[0])
+    assert verified > 2
+    assert result["within_rto"] is True
+    _no_drill_left(scratch)
+    assert world.cluster.scalar("SELECT count(*) FROM patients") == 500, "production untouched"
+
+
+def test_physical_drill_to_latest_proves_the_wal_chain(pg_world: PgWorld) -> None:
+    world = pg_world
+    _physical_world(
+        world,
+        '[source.emr.drill]\nchecks = ["SELECT count(*) = 800 FROM patients"]\n',
+    )
+    cluster = world.cluster
+    cluster.execute("INSERT INTO patients SELECT g, 'late ' || g FROM generate_series(501, 800) g")
+    cluster.wait_archived(cluster.switch_wal())
+    # To the end of the backup, the later rows are not there: the user check fails.
+    failed = world.cli("drill", "emr", "--json", check=False)
+    assert failed.returncode == 23
+    assert "count(*) = 800" in failed.stderr and "False" in failed.stderr
+    passed = json.loads(world.cli("drill", "emr", "--to-latest", "--json").stdout)
+    assert passed["ok"], passed
+    recovery = next(c for c in passed["checks"] if c["name"] == "recovery")
+    assert "newest archived WAL" in recovery["detail"]
+    records = json.loads(world.cli("drills", "--json").stdout)
+    assert [r["ok"] for r in records] == [False, True]
+
+
+def test_physical_drill_with_a_gap_in_the_wal_fails_cleanly(pg_world: PgWorld) -> None:
+    world = pg_world
+    _physical_world(world)
+    cluster = world.cluster
+    for batch in range(2):
+        cluster.execute(
+            f"INSERT INTO patients SELECT g + {1000 * (batch + 1)}, 'x' "
+            "FROM generate_series(1, 10) g"
+        )
+        cluster.wait_archived(cluster.switch_wal())
+    archived = sorted(p for p in (world.repo / "wal").rglob("0000000100000000000000*"))
+    archived[-2].unlink()
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    done = world.cli("drill", "emr", "--to-latest", "--scratch", str(scratch), check=False)
+    assert done.returncode == 23, done.stderr
+    assert "lacks" in done.stderr and archived[-2].name in done.stderr
+    _no_drill_left(scratch)
+    # The end of the backup needs none of the later WAL: that drill still passes.
+    world.cli("drill", "emr", "--scratch", str(scratch))
+    _no_drill_left(scratch)
+
+
+def test_an_interrupted_physical_drill_stops_its_server_and_cleans_up(pg_world: PgWorld) -> None:
+    world = pg_world
+    _physical_world(world)
+    cluster = world.cluster
+    cluster.execute("INSERT INTO patients SELECT g + 1000, 'x' FROM generate_series(1, 10) g")
+    cluster.wait_archived(cluster.switch_wal())
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    proc = popen_as_postgres(
+        [MEDVAULT, "--config", str(world.config), "drill", "emr", "--scratch", str(scratch)],
+        world.cli.env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(scratch.rglob("postmaster.pid")):
+        time.sleep(0.02)
+    assert any(scratch.rglob("postmaster.pid")), "the throwaway server started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    _no_drill_left(scratch)
+
+
+def test_a_physical_drill_run_as_root_runs_its_server_as_the_data_owner(
+    pg_world: PgWorld,
+) -> None:
+    """PostgreSQL refuses root: a drill started by root (cron) hands the throwaway server to
+    the account owning the restored files."""
+    world = pg_world
+    _physical_world(world)
+    done = subprocess.run(
+        [MEDVAULT, "--config", str(world.config), "drill", "emr", "--json"],
+        env=world.cli.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"]

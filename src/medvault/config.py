@@ -80,6 +80,15 @@ class FilesSourceSettings(_Section):
     retention: RetentionSettings | None = None  # overrides the tier's
 
 
+class DrillSettings(_Section):
+    """`[source.NAME.drill]`: what a restore drill checks beyond tables and indexes."""
+
+    # SQL run in the drill's restored copy; each passes when its first value is true.
+    checks: list[str] = []
+    # The database they run in; default: the source dsn's database.
+    database: str | None = None
+
+
 class PostgresSourceSettings(_Section):
     """A PostgreSQL cluster. The DSN carries no password: libpq takes it from PGPASSWORD,
     PGPASSFILE or ~/.pgpass, so it never sits in medvault.toml or in any log line."""
@@ -100,6 +109,7 @@ class PostgresSourceSettings(_Section):
     checkpoint: Literal["fast", "spread"] = "fast"
     # Archived WAL younger than this is kept by prune even when no backup needs it.
     pitr_window: str | None = None
+    drill: DrillSettings = DrillSettings()
 
     @field_validator("pitr_window")
     @classmethod

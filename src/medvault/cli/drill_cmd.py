@@ -7,6 +7,7 @@ from dataclasses import asdict
 import typer
 
 from medvault.cli.context import obtain, print_json
+from medvault.errors import UsageError
 
 
 def drill(
@@ -16,21 +17,42 @@ def drill(
     scratch: str | None = typer.Option(
         None, "--scratch", help="Where restored files go for the drill (removed after)."
     ),
+    to_latest: bool = typer.Option(
+        False,
+        "--to-latest",
+        help="Physical backups: replay to the newest archived WAL (proves the WAL chain), "
+        "not just to the end of the backup.",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a snapshot into scratch space, validate it, measure the time against the
     tier's RTO, record the result in the repository. Exits 23 when the drill fails."""
     from medvault.config import PostgresSourceSettings
     from medvault.durations import parse_duration
-    from medvault.verification.drills import DrillFailed, run_drill, store_result
+    from medvault.verification.drills import DrillFailed, dsn_field, run_drill, store_result
+    from medvault.verification.physical_drill import DrillChecks
 
     cli = obtain(ctx)
     repo = cli.open(source)
-    snap = repo.find_snapshot(snapshot or f"latest:{source}")
+    if snapshot is None and to_latest:
+        from medvault.recovery.postgres import physical_snapshots
+
+        physical = physical_snapshots(repo, source)
+        if not physical:
+            raise UsageError(f"--to-latest: the repository holds no physical backup of {source}")
+        snap = physical[-1]
+    else:
+        snap = repo.find_snapshot(snapshot or f"latest:{source}")
     settings = cli.settings.source.get(source) if cli.configured_sources() else None
     tier = cli.settings.tier.get(settings.tier) if settings and settings.tier else None
     rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
     postgres = settings if isinstance(settings, PostgresSourceSettings) else None
+    checks = DrillChecks()
+    if postgres is not None:
+        checks = DrillChecks(
+            tuple(postgres.drill.checks),
+            postgres.drill.database or dsn_field(postgres.dsn, "dbname") or "postgres",
+        )
     result = run_drill(
         repo,
         snap,
@@ -38,6 +60,8 @@ def drill(
         scratch=scratch,
         dsn=postgres.dsn if postgres else None,
         pg_bin=postgres.pg_bin if postgres else None,
+        to_latest=to_latest,
+        checks=checks,
     )
     store_result(repo, result)
     if as_json:
@@ -54,7 +78,9 @@ def drill(
         if result.error:
             print(f"  error: {result.error}")
     if not result.ok:
-        reason = result.error or next((c.detail for c in result.checks if not c.ok), "")
+        reason = result.error or next(
+            (f"{c.name}: {c.detail}" for c in result.checks if not c.ok), ""
+        )
         raise DrillFailed(f"drill of snapshot {snap.short_id} failed: {reason}")
 
 

@@ -814,15 +814,47 @@ def log_tail(path: str, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _connect(port: int) -> Any:
-    import psycopg
+@dataclass(frozen=True)
+class ServerAccess:
+    """How to reach and run a restored server: TCP on 127.0.0.1 by default, or a private
+    socket directory (drills); `run_as` names the OS user pg_ctl runs as when medvault is
+    root (PostgreSQL refuses root); `user` the role to connect as."""
 
-    return psycopg.connect(
-        f"host=127.0.0.1 port={port} dbname=postgres",
-        autocommit=True,
-        connect_timeout=3,
-        application_name="medvault-recovery",
-    )
+    host: str = "127.0.0.1"
+    user: str | None = None
+    run_as: str | None = None
+
+    def connect(self, port: int, dbname: str = "postgres", timeout: int = 3) -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            host=self.host,
+            port=port,
+            dbname=dbname,
+            user=self.user,
+            autocommit=True,
+            connect_timeout=timeout,
+            application_name="medvault-recovery",
+        )
+
+    def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """A PostgreSQL program, as `run_as` when set."""
+        identity: dict[str, Any] = {}
+        if self.run_as is not None:
+            import pwd
+
+            account = pwd.getpwnam(self.run_as)
+            identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        return subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            timeout=timeout,
+            env=os.environ | {"LC_ALL": "C"},
+            **identity,
+        )
 
 
 def _timeline_from_walfile(name: str | None) -> int | None:
@@ -881,23 +913,28 @@ def _read_log(path: str) -> str:
 
 
 def start_and_wait(
-    pgdata: str, pg_ctl: str, port: int, action: str, timeout: float = WAIT_TIMEOUT_S
+    pgdata: str,
+    pg_ctl: str,
+    port: int,
+    action: str,
+    timeout: float = WAIT_TIMEOUT_S,
+    access: ServerAccess | None = None,
+    failed: Callable[[], str | None] | None = None,
 ) -> Reached:
     """Start the restored server and wait until recovery is over the way `action` says:
     promote (out of recovery), pause (replay paused at the target), shutdown (the server
-    stopped at the target), standby (consistent and accepting read-only connections)."""
+    stopped at the target), standby (consistent and accepting read-only connections).
+    `failed` may report a reason to give up (e.g. WAL that could not be supplied)."""
     import psycopg
 
-    os.makedirs(os.path.join(pgdata, "log"), mode=0o700, exist_ok=True)
+    access = access or ServerAccess()
     log = os.path.join(pgdata, "log", LOG_NAME)
-    done = subprocess.run(
-        [pg_ctl, "-D", pgdata, "-l", log, "-W", "-s", "start"],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        timeout=120,
-    )
+    if not os.path.isdir(os.path.dirname(log)):
+        os.makedirs(os.path.dirname(log), mode=0o700)
+        st = os.stat(pgdata)
+        if os.geteuid() == 0:
+            os.chown(os.path.dirname(log), st.st_uid, st.st_gid)
+    done = access.run([pg_ctl, "-D", pgdata, "-l", log, "-W", "-s", "start"], timeout=120)
     if done.returncode != 0:
         raise RecoveryFailed(
             f"pg_ctl could not start the restored server in {pgdata}: "
@@ -916,6 +953,9 @@ def start_and_wait(
                 f"committed, or a restore point that does not exist){newest}; server log:\n"
                 f"{log_tail(log)}"
             )
+        reason = failed() if failed is not None else None
+        if reason is not None:
+            raise RecoveryFailed(reason)
         pid = running_postmaster(pgdata)
         seen_pid = seen_pid or pid is not None
         if pid is None and (seen_pid or time.monotonic() - began > 30):
@@ -929,7 +969,7 @@ def start_and_wait(
             )
         if pid is not None:
             try:
-                with _connect(port) as conn:
+                with access.connect(port) as conn:
                     found = _probe(conn, action, port, log)
             except psycopg.OperationalError:
                 found = None  # starting up, or not yet consistent

@@ -5,11 +5,12 @@ checked, it took this long". Scratch space is always removed, also after a failu
 (the restored data is patient data: it must not outlive the drill). Results are sealed objects
 `drills/<time>-<snapshot>` in the repository, so they travel with the backups they prove.
 
-Kinds done so far: files (restore into a private temporary directory; every file's content
-is verified on the way by the restore itself, then sizes and counts are compared with the
-snapshot) and logical PostgreSQL dumps (restore into a temporary database on the source's
-server; every table's row count is compared with the counts recorded at backup). Physical
-drills (temporary cluster, WAL replay, amcheck, user checks) are not built yet.
+Kinds: files (restore into a private temporary directory; every file's content is verified
+on the way by the restore itself, then sizes and counts are compared with the snapshot);
+logical PostgreSQL dumps (restore into a temporary database on the source's server; every
+table's row count is compared with the counts recorded at backup); physical PostgreSQL
+backups (a throwaway cluster: see physical_drill.py). User checks from `[source.NAME.drill]`
+run against the restored PostgreSQL copy of either kind.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
+    from medvault.verification.physical_drill import DrillChecks
 
 FOLDER = "drills"
 KIND_DRILL = b"drill"
@@ -74,11 +76,18 @@ def run_drill(
     scratch: str | None = None,
     dsn: str | None = None,
     pg_bin: str | None = None,
+    to_latest: bool = False,
+    checks: DrillChecks | None = None,
 ) -> DrillResult:
+    from medvault.verification.physical_drill import DrillChecks
+
     result = DrillResult(snapshot.id, snapshot.source, snapshot.kind, now_iso())
     result.rto_target_s = rto.total_seconds() if rto is not None else None
+    checks = checks or DrillChecks()
     started = time.monotonic()
     try:
+        if to_latest and snapshot.kind != "postgres.physical":
+            raise UsageError("--to-latest replays WAL: it applies to physical backups only")
         if snapshot.kind == "files":
             _drill_files(repo, snapshot, scratch, result)
         elif snapshot.kind == "postgres.logical":
@@ -86,9 +95,22 @@ def run_drill(
                 raise UsageError(
                     f"source {snapshot.source} has no dsn in medvault.toml to restore into"
                 )
-            _drill_logical(repo, snapshot, dsn, pg_bin, result)
+            _drill_logical(repo, snapshot, dsn, pg_bin, checks, result)
+        elif snapshot.kind == "postgres.physical":
+            from medvault.verification.physical_drill import run_physical_drill
+
+            run_physical_drill(
+                repo,
+                snapshot,
+                scratch,
+                to_latest=to_latest,
+                pg_bin=pg_bin,
+                dsn_user=dsn_field(dsn, "user"),
+                checks=checks,
+                add=result.checks.append,
+            )
         else:
-            raise UsageError(f"drills of {snapshot.kind} snapshots are not built yet")
+            raise UsageError(f"there is no drill for {snapshot.kind} snapshots")
         result.ok = all(check.ok for check in result.checks)
     except MedvaultError as exc:
         result.error = str(exc)
@@ -144,11 +166,27 @@ def _count(root: str) -> tuple[int, int]:
     return files, size
 
 
+def dsn_field(dsn: str | None, key: str) -> str | None:
+    """One connection parameter as libpq resolves it (dsn, then PG* environment)."""
+    if dsn is None:
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    value = conninfo_to_dict(dsn).get(key) or os.environ.get(f"PG{key.upper()}")
+    return str(value) if value else None
+
+
 def _drill_logical(
-    repo: Repository, snapshot: Snapshot, dsn: str, pg_bin: str | None, result: DrillResult
+    repo: Repository,
+    snapshot: Snapshot,
+    dsn: str,
+    pg_bin: str | None,
+    checks: DrillChecks,
+    result: DrillResult,
 ) -> None:
     from medvault.recovery.postgres_logical import restore_logical
     from medvault.sources.postgres.server import connect
+    from medvault.verification.physical_drill import run_user_checks
 
     database = f"medvault_drill_{secrets.token_hex(4)}"
     try:
@@ -161,6 +199,9 @@ def _drill_logical(
                 f"{sum(restored.row_counts.values())} rows, equal to the counts at backup",
             )
         )
+        if checks.queries:
+            with connect(dsn, dbname=database, what="the drill's copy") as conn:
+                run_user_checks(conn, checks.queries, result.checks.append)
     except IntegrityError as exc:
         result.checks.append(Check("row counts", False, str(exc)))
     finally:

@@ -1,0 +1,517 @@
+"""The physical drill: restore a base backup into scratch space, replay its WAL in a throwaway
+cluster, and prove the result is a working database.
+
+Isolation. The throwaway cluster listens on no TCP address, only on a socket in a private
+directory inside the scratch space, with its own pg_hba (trust, local only: nobody else can
+reach the socket), archiving off, no synchronous standbys (promotion must not wait for
+replicas that will never answer) and no SSL. Foreign tables are never read: they would reach
+production servers.
+
+WAL. The drill fetches the WAL itself, in order and in parallel, into a spool inside the
+scratch space, a bounded number of segments ahead of replay; the server's restore_command
+is a small script that waits for the next file (or fails at once for names the plan does not
+hold, which is how PostgreSQL learns the archive ends). Decryption stays in this process: the
+server never needs the repository's key, and no medvault process is started per segment.
+
+Validation, in every database that accepts connections: each table's `count(*)`, amcheck's
+`bt_index_check` on every valid B-tree index where the extension is available, then the
+user's checks from `[source.NAME.drill]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from medvault.errors import MedvaultError, RecoveryFailed
+
+if TYPE_CHECKING:
+    from medvault.recovery.postgres import ServerAccess, WalRange
+    from medvault.repository.records import Snapshot
+    from medvault.repository.repo import Repository
+    from medvault.verification.drills import Check
+
+PLAN = "plan"
+COMPLETE = ".complete"
+LOOKAHEAD_SEGMENTS = 16  # staged ahead of replay: 256 MiB of scratch space at 16 MiB segments
+FETCH_THREADS = 4
+STOP_TIMEOUT_S = 60
+
+# restore_command: hand over a staged file; fail at once for a name the plan lacks (how
+# PostgreSQL learns where the archive ends); wait for a planned one until the fetcher is done.
+# Segments are moved (PostgreSQL keeps its own copy in pg_wal), history files copied (they
+# are asked for more than once).
+RESTORE_SCRIPT = """#!/bin/sh
+spool={spool}
+grep -qxF "$1" "$spool/{plan}" || exit 1
+while :; do
+    if [ -f "$spool/$1" ]; then
+        case "$1" in
+            *.history) exec cp "$spool/$1" "$2" ;;
+            *) exec mv "$spool/$1" "$2" ;;
+        esac
+    fi
+    [ -f "$spool/{complete}" ] && exit 1
+    sleep 0.05
+done
+"""
+
+
+@dataclass(frozen=True)
+class DrillChecks:
+    """User checks: SQL whose first value must be true, run in `database`."""
+
+    queries: tuple[str, ...] = ()
+    database: str | None = None
+
+
+def wal_plan(repo: Repository, snapshot: Snapshot, wal: WalRange) -> list[str]:
+    """The files recovery reads, in order: the history files of the timeline chain, then
+    every segment from the backup's first to `wal.last`, each from the timeline that
+    supplies it."""
+    from medvault.repository.wal import WalArchive
+    from medvault.sources.postgres.wal import (
+        SEGMENT,
+        history_name,
+        segment_number,
+        timeline_periods,
+    )
+
+    archive = WalArchive(repo, snapshot.source)
+    archive.with_secondary = True
+    size = int(snapshot.facts["wal_segment_size"])
+    first = segment_number(wal.first, size)
+    last = segment_number(wal.last, size)
+    periods, _ = timeline_periods(archive, wal.timeline)
+    plan = [history_name(p.timeline) for p in periods if p.timeline > 1]
+    for period in periods:
+        low = max(first, period.begin // size)
+        high = last if period.end is None else min(last, period.end // size - 1)
+        for name in archive.names(period.timeline):
+            if SEGMENT.match(name) and low <= segment_number(name, size) <= high:
+                plan.append(name)
+    return plan
+
+
+class WalFeeder:
+    """Fetches the planned WAL into the spool, in order, a bounded distance ahead of the
+    server consuming it. `error` holds the first failure; the spool is then marked complete
+    so the server stops waiting."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        source: str,
+        spool: str,
+        plan: list[str],
+        owner: tuple[int, int] | None = None,
+    ) -> None:
+        from medvault.repository.wal import WalArchive
+
+        self.archive = WalArchive(repo, source)
+        self.spool = spool
+        self.plan = plan
+        self.owner = owner  # (uid, gid) the staged files get when medvault is root
+        self.error: str | None = None
+        self.fetched = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="medvault-drill-wal", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=STOP_TIMEOUT_S)
+
+    def _staged_segments(self, names: set[str]) -> int:
+        return sum(1 for n in names if os.path.exists(os.path.join(self.spool, n)))
+
+    def _fetch(self, name: str) -> None:
+        """Written under a hidden name and renamed, already owned by the server's account:
+        the restore script may take it the moment it appears. No fsync: a throwaway copy."""
+        data = self.archive.fetch(name)
+        if data is None:
+            raise RecoveryFailed(f"{name} vanished from the WAL archive during the drill")
+        hidden = os.path.join(self.spool, f".{name}.part")
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(hidden, os.path.join(self.spool, name))
+
+    def _run(self) -> None:
+        pending = list(self.plan)
+        segments: set[str] = set()
+        running: dict[Future[None], str] = {}
+        try:
+            with ThreadPoolExecutor(FETCH_THREADS, "medvault-drill-fetch") as pool:
+                while (pending or running) and not self._stop.is_set():
+                    segments = {n for n in segments if os.path.exists(f"{self.spool}/{n}")}
+                    while pending and len(running) + len(segments) < LOOKAHEAD_SEGMENTS:
+                        name = pending.pop(0)
+                        running[pool.submit(self._fetch, name)] = name
+                    done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        name = running.pop(future)
+                        future.result()
+                        self.fetched += 1
+                        if not name.endswith(".history"):
+                            segments.add(name)
+        except MedvaultError as exc:
+            self.error = f"WAL for the drill could not be fetched: {exc}"
+        except OSError as exc:
+            self.error = f"WAL for the drill could not be staged: {exc.strerror}"
+        finally:
+            with contextlib.suppress(OSError):
+                _write(os.path.join(self.spool, COMPLETE), "", 0o644)
+
+
+def _write(path: str, text: str, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _server_account(pgdata: str) -> tuple[str | None, int, int]:
+    """Who runs the throwaway server: nobody else when medvault is not root; as root, the
+    owner the restored files carry, or `postgres` when that uid has no account here."""
+    if os.geteuid() != 0:
+        return None, os.getuid(), os.getgid()
+    st = os.stat(os.path.join(pgdata, "PG_VERSION"))
+    try:
+        account = pwd.getpwuid(st.st_uid)
+    except KeyError:
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            raise RecoveryFailed(
+                "PostgreSQL refuses to run as root, and the restored files' owner (uid "
+                f"{st.st_uid}) has no account here, nor does a postgres user; create one"
+            ) from None
+    return account.pw_name, account.pw_uid, account.pw_gid
+
+
+def _chown_tree(path: str, uid: int, gid: int) -> None:
+    for dirpath, dirs, files in os.walk(path):
+        os.chown(dirpath, uid, gid, follow_symlinks=False)
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _isolate(pgdata: str, scratch: str, socket_dir: str, port: int) -> None:
+    """Settings that keep the throwaway cluster to itself (appended to postgresql.auto.conf:
+    later lines win over the production settings restored with the data)."""
+    hba = os.path.join(scratch, "pg_hba.conf")
+    ident = os.path.join(scratch, "pg_ident.conf")
+    _write(hba, "local all all trust\n")
+    _write(ident, "")
+    conf = os.path.join(pgdata, "postgresql.conf")
+    if not os.path.exists(conf):
+        # Clusters configured from /etc (Debian's layout) keep no postgresql.conf here.
+        _write(conf, "")
+    settings = {
+        "listen_addresses": "",
+        "unix_socket_directories": socket_dir,
+        "unix_socket_permissions": "0700",
+        "hba_file": hba,
+        "ident_file": ident,
+        "archive_mode": "off",
+        "synchronous_standby_names": "",
+        "primary_conninfo": "",
+        "ssl": "off",
+        "logging_collector": "off",
+        "huge_pages": "try",
+        "cluster_name": "medvault-drill",
+    }
+    lines = ["# medvault drill: a throwaway copy, reachable only through its private socket"]
+    lines += [f"{key} = '{value}'" for key, value in settings.items()]
+    lines.append(f"port = {port}")
+    with open(os.path.join(pgdata, "postgresql.auto.conf"), "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_server(pgdata: str, pg_ctl: str, access: ServerAccess) -> None:
+    """Immediate shutdown (the copy is discarded), then make sure no process is left."""
+    from medvault.recovery.postgres import running_postmaster
+
+    with contextlib.suppress(OSError, ValueError, KeyError, TimeoutError):
+        access.run([pg_ctl, "-D", pgdata, "-m", "immediate", "-w", "-s", "stop"], timeout=60)
+    pid = running_postmaster(pgdata)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while running_postmaster(pgdata) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def run_physical_drill(
+    repo: Repository,
+    snapshot: Snapshot,
+    scratch_parent: str | None,
+    *,
+    to_latest: bool,
+    pg_bin: str | None,
+    dsn_user: str | None,
+    checks: DrillChecks,
+    add: Callable[[Check], None],
+) -> None:
+    """Restore, recover, validate; `add` receives each check as it is made. The scratch
+    space and the server are gone when this returns or raises."""
+    import tempfile
+
+    from medvault.recovery.postgres import (
+        PhysicalRestoreOptions,
+        ServerAccess,
+        make_target,
+        restore_physical,
+        start_and_wait,
+    )
+    from medvault.sources.postgres.server import find_program
+    from medvault.verification.drills import Check
+
+    major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
+    pg_ctl = find_program("pg_ctl", pg_bin, major)
+    scratch = tempfile.mkdtemp(prefix="medvault-drill-", dir=scratch_parent)
+    pgdata = os.path.join(scratch, "pgdata")
+    spool = os.path.join(scratch, "wal")
+    socket_dir = os.path.join(scratch, "socket")
+    script = os.path.join(scratch, "restore_wal")
+    feeder: WalFeeder | None = None
+    access: ServerAccess | None = None
+    try:
+        os.mkdir(spool, 0o700)
+        os.mkdir(socket_dir, 0o700)
+        _write(
+            script,
+            RESTORE_SCRIPT.format(spool=shlex.quote(spool), plan=PLAN, complete=COMPLETE),
+            0o700,
+        )
+        target = make_target(target="latest" if to_latest else "immediate")
+        port = _free_port()
+        spaces = {
+            str(oid): os.path.join(scratch, "tablespaces", str(oid))
+            for oid in dict(snapshot.facts.get("tablespaces") or {})
+        }
+        restored = restore_physical(
+            repo,
+            snapshot,
+            PhysicalRestoreOptions(
+                pgdata=pgdata,
+                target=target,
+                restore_command=f"{shlex.quote(script)} %f %p",
+                port=port,
+                tablespaces=spaces,
+                pg_bin=pg_bin,
+            ),
+        )
+        files = restored.files
+        add(
+            Check(
+                "restore",
+                True,
+                f"{files.files} files, {files.bytes_written} bytes in {files.duration:.1f} s",
+            )
+        )
+        _isolate(pgdata, scratch, socket_dir, port)
+        plan = wal_plan(repo, snapshot, restored.wal)
+        _write(os.path.join(spool, PLAN), "\n".join(plan) + "\n")
+        run_as, uid, gid = _server_account(pgdata)
+        if run_as is not None:
+            _chown_tree(scratch, uid, gid)
+            os.chmod(scratch, 0o700)
+        roles = [r for r in (run_as or _login_name(), dsn_user, "postgres") if r]
+        access = ServerAccess(host=socket_dir, user=roles[0], run_as=run_as)
+        feeder = WalFeeder(
+            repo, snapshot.source, spool, plan, (uid, gid) if run_as is not None else None
+        )
+        feeder.start()
+        began = time.monotonic()
+        reached = start_and_wait(
+            pgdata,
+            pg_ctl,
+            port,
+            "promote",
+            access=access,
+            failed=lambda: feeder.error if feeder is not None else None,
+        )
+        how = "the newest archived WAL" if to_latest else "the end of the backup"
+        add(
+            Check(
+                "recovery",
+                True,
+                f"replayed {feeder.fetched} archived WAL file(s) to {how} (LSN "
+                f"{reached.lsn}{', ' + reached.time if reached.time else ''}) and promoted "
+                f"in {time.monotonic() - began:.1f} s",
+            )
+        )
+        access = _reachable(access, port, roles)
+        _validate(access, port, checks, add)
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        if access is not None or os.path.exists(os.path.join(pgdata, "postmaster.pid")):
+            _stop_server(pgdata, pg_ctl, access or ServerAccess())
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _login_name() -> str | None:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return None
+
+
+def _reachable(access: ServerAccess, port: int, roles: list[str]) -> ServerAccess:
+    """The first role that can log in: initdb names the superuser after the OS account that
+    ran it, usually the data's owner; else the source's own role."""
+    import dataclasses
+
+    import psycopg
+
+    last = ""
+    for role in dict.fromkeys(roles):
+        candidate = dataclasses.replace(access, user=role)
+        try:
+            with candidate.connect(port):
+                return candidate
+        except psycopg.OperationalError as exc:
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "refused"
+    raise RecoveryFailed(f"cannot log in to the restored cluster as {', '.join(roles)}: {last}")
+
+
+TABLES = """
+SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND (c.relkind <> 'm' OR c.relispopulated)
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+ORDER BY 1
+"""
+
+BTREE_INDEXES = """
+SELECT c.oid, format('%I.%I', n.nspname, c.relname)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_am am ON am.oid = c.relam
+WHERE am.amname = 'btree' AND i.indisvalid AND i.indisready AND c.relpersistence <> 't'
+ORDER BY 2
+"""
+
+
+def _validate(
+    access: ServerAccess, port: int, checks: DrillChecks, add: Callable[[Check], None]
+) -> None:
+    import psycopg
+
+    from medvault.verification.drills import Check
+
+    with access.connect(port) as conn:
+        databases = [
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+                " ORDER BY datname"
+            )
+        ]
+        amcheck = (
+            conn.execute(
+                "SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'"
+            ).fetchone()[0]
+            > 0
+        )
+    tables = rows = indexes = 0
+    unreadable: list[str] = []
+    corrupt: list[str] = []
+    for database in databases:
+        with access.connect(port, database, timeout=10) as conn:
+            for (table,) in conn.execute(TABLES).fetchall():
+                try:
+                    rows += int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+                    tables += 1
+                except psycopg.Error as exc:
+                    unreadable.append(f"{database}: {table}: {_first_line(exc)}")
+            if not amcheck:
+                continue
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            except psycopg.Error as exc:
+                corrupt.append(f"{database}: amcheck could not be installed: {_first_line(exc)}")
+                continue
+            for oid, index in conn.execute(BTREE_INDEXES).fetchall():
+                try:
+                    conn.execute("SELECT bt_index_check(%s)", (oid,))
+                    indexes += 1
+                except psycopg.Error as exc:
+                    corrupt.append(f"{database}: {index}: {_first_line(exc)}")
+    add(
+        Check(
+            "tables",
+            not unreadable,
+            f"{tables} tables in {len(databases)} database(s) read, {rows} rows"
+            + (f"; unreadable: {'; '.join(unreadable[:5])}" if unreadable else ""),
+        )
+    )
+    if amcheck:
+        add(
+            Check(
+                "amcheck",
+                not corrupt,
+                f"{indexes} B-tree indexes verified with bt_index_check"
+                + (f"; failed: {'; '.join(corrupt[:5])}" if corrupt else ""),
+            )
+        )
+    else:
+        add(Check("amcheck", True, "skipped: the amcheck extension is not installed here"))
+    if checks.queries:
+        database = checks.database or "postgres"
+        with access.connect(port, database, timeout=10) as conn:
+            run_user_checks(conn, checks.queries, add)
+
+
+def run_user_checks(conn: Any, queries: tuple[str, ...], add: Callable[[Check], None]) -> None:
+    """Each query passes when its first value is true; an error or no row fails it."""
+    import psycopg
+
+    from medvault.verification.drills import Check
+
+    for query in queries:
+        try:
+            row = conn.execute(query).fetchone()
+        except psycopg.Error as exc:
+            add(Check(f"check: {query}", False, _first_line(exc)))
+            continue
+        value = row[0] if row else None
+        add(Check(f"check: {query}", value is True, f"returned {value!r}"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
