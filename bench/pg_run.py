@@ -56,11 +56,12 @@ from pgcluster import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-PHASES = ("physical", "logical", "wal", "load", "drain", "checksums")
+PHASES = ("physical", "logical", "wal", "load", "drain", "checksums", "drill")
 MB = 1_000_000
 MiB = 1024 * 1024
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 FULL_RATIO, INCR_RATIO, RESTORE_RATIO, LOGICAL_RATIO = 1.0, 1.0, 1.0, 1.15
+DRILL_RATIO = 1.3
 WAL_PUSH_MS = 150
 Tool = MedvaultPg | PgBackRest
 T = TypeVar("T")
@@ -381,6 +382,92 @@ def physical_phase(
                 shutil.rmtree(base / name, ignore_errors=True)
         for tool in tools:
             samples[tool.name].append(current[tool.name])
+    return samples
+
+
+# -- restore drills --------------------------------------------------------------------------
+
+
+def start_timed(base: Path, pgdata: Path, clusters: list[PgCluster]) -> float:
+    """Seconds from pg_ctl start to a promoted server accepting queries: PostgreSQL's own
+    start-up (WAL replay to the end of the backup, promotion)."""
+    cluster = PgCluster(pgdata, port=free_port())
+    clusters.append(cluster)
+    cluster.logfile = base / f"{pgdata.name}.log"
+    cluster.configure({"port": str(cluster.port), "archive_mode": "off"})
+    started = time.perf_counter()
+    try:
+        cluster.start()
+        deadline = time.monotonic() + 600
+        while cluster.scalar("SELECT pg_is_in_recovery()"):
+            if time.monotonic() > deadline:
+                raise ToolError("recovery did not finish within 600 s")
+            time.sleep(0.05)
+        return time.perf_counter() - started
+    finally:
+        cluster.stop("immediate")
+        clusters.remove(cluster)
+
+
+def drill_phase(
+    args: argparse.Namespace, base: Path, cluster: PgCluster, clusters: list[PgCluster]
+) -> dict[str, list[dict[str, Any]]]:
+    """medvault's whole drill (restore, replay to the end of the backup, every table counted,
+    amcheck on every B-tree index) against pgBackRest's restore --type=immediate plus the
+    restored server's start-up to promotion, on full backups of the same cluster."""
+    samples: dict[str, list[dict[str, Any]]] = {"medvault": [], "pgbackrest": []}
+    mv = MedvaultPg(base / "mv-drill", cluster, shim=args.shim)
+    br = PgBackRest(base / "br-drill", cluster, cipher=args.pgbackrest_cipher)
+    try:
+        for tool in (mv, br):
+            tool.init()
+            use_archiver(cluster, tool.archive_command())
+            settle()
+            tool.backup("full")
+            log(f"  {tool.name}: full backup for the drills taken")
+        set_archive_command(cluster, "true")
+        for round_no in range(args.rounds):
+            order = alternate([mv, br], round_no)
+            log(f"drill round {round_no + 1}/{args.rounds}: {' '.join(t.name for t in order)}")
+            for tool in order:
+                sample: dict[str, Any] = {"round": round_no + 1}
+                settle()
+                if tool is mv:
+                    scratch = pg_dir(base / "drill-scratch")
+                    result = mv.run("drill", pg_tools.SOURCE, "--scratch", str(scratch), "--json")
+                    drill = json.loads(result.stdout)
+                    if not drill["ok"]:
+                        raise ToolError(f"medvault drill failed: {drill}")
+                    record(sample, "drill_wall", result)
+                    # pgBackRest's side is timed up to a promoted server: its stop and the
+                    # removal of its restored copy fall outside, so the drill's clean-up too.
+                    sample["cleanup_s"] = drill["cleanup_s"]
+                    sample["drill_s"] = round(result.seconds - drill["cleanup_s"], 3)
+                    sample["rto_s"] = drill["rto_s"]
+                    sample["checks"] = {c["name"]: c["detail"] for c in drill["checks"]}
+                    log(
+                        f"  medvault: drill {sample['drill_s']:.2f} s (+{drill['cleanup_s']:.2f} "
+                        "s clean-up)"
+                    )
+                else:
+                    target = pg_dir(base / "restore-pgbackrest")
+                    try:
+                        restored = br.restore(target)
+                        record(sample, "restore", restored)
+                        os.sync()
+                        sample["startup_s"] = round(start_timed(base, target, clusters), 3)
+                        sample["drill_s"] = round(restored.seconds + sample["startup_s"], 3)
+                    finally:
+                        shutil.rmtree(target, ignore_errors=True)
+                    log(
+                        f"  pgbackrest: restore {restored.seconds:.2f} s + start-up "
+                        f"{sample['startup_s']:.2f} s"
+                    )
+                samples[tool.name].append(sample)
+    finally:
+        mv.cleanup()
+        br.cleanup()
+        shutil.rmtree(base / "drill-scratch", ignore_errors=True)
     return samples
 
 
@@ -929,6 +1016,30 @@ def build_table(results: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any
             None if br_on is None or br_off is None else br_on - br_off,
             show_ratio=False,  # a difference of two medians: no meaningful ratio
         )
+    drills = results.get("drill")
+    if drills:
+        a = med_key(drills["medvault"], "drill_s")
+        b = med_key(drills["pgbackrest"], "drill_s")
+        ratio = None if a is None or not b else a / b
+        ok = None if ratio is None else ratio <= DRILL_RATIO
+        targets["drill_s"] = {
+            "target": f"<= {DRILL_RATIO:.2f}x pgBackRest restore + start-up",
+            "ratio": None if ratio is None else round(ratio, 3),
+            "pass": ok,
+        }
+        row(
+            "drill (s) [vs pgBackRest restore + PG start-up]",
+            a,
+            b,
+            f"<= {DRILL_RATIO:.2f}x",
+            ok,
+        )
+        row(
+            "  of which pgBackRest restore / start-up (s)",
+            med_key(drills["pgbackrest"], "restore_s"),
+            med_key(drills["pgbackrest"], "startup_s"),
+            show_ratio=False,
+        )
     return rows, targets
 
 
@@ -1058,6 +1169,8 @@ def main(argv: list[str] | None = None) -> int:
                         results[phase] = wal_stream_phase(args, base, cluster, phase)
                     elif phase == "checksums":
                         results[phase] = checksums_phase(args, base, cluster, clusters)
+                    elif phase == "drill":
+                        results[phase] = drill_phase(args, base, cluster, clusters)
                 except (ToolError, AssertionError, psycopg.Error, OSError) as exc:
                     errors.append(f"{phase}: {exc}")
                     log(f"  phase {phase} FAILED: {exc}")

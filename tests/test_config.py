@@ -123,3 +123,19 @@ def test_a_dsn_with_a_password_or_libpq_cannot_parse_is_refused(cli: Cli, tmp_pa
         assert "source.emr" in done.stderr and expected in done.stderr
         assert "hunter2" not in done.stderr
         assert done.stderr.strip().count("\n") == 0
+
+
+def test_a_drill_section_with_bad_memory_or_unknown_keys_is_refused(
+    cli: Cli, tmp_path: Path
+) -> None:
+    head = (
+        '[repository.primary]\nurl = "/x"\n[source.emr]\nkind = "postgres"\n'
+        'dsn = "host=127.0.0.1"\n[source.emr.drill]\n'
+    )
+    for body, key in (
+        ('shared_buffers = "lots"\n', "source.emr.drill.shared_buffers"),
+        ('check = ["SELECT true"]\n', "source.emr.drill.check"),
+    ):
+        (tmp_path / "medvault.toml").write_text(head + body)
+        done = cli("snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+        assert done.returncode == 2 and key in done.stderr, done.stderr

@@ -123,7 +123,8 @@ def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> No
     world = pg_world
     _physical_world(
         world,
-        '[source.emr.drill]\nchecks = ["SELECT count(*) >= 500 FROM patients"]\n',
+        '[source.emr.drill]\nshared_buffers = "48MB"\nchecks = ["SELECT count(*) >= 500 FROM '
+        "patients\", \"SELECT current_setting('shared_buffers') = '48MB'\"]\n",
     )
     scratch = world.base / "scratch"
     scratch.mkdir()
@@ -138,6 +139,7 @@ def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> No
         "tables",
         "amcheck",
         "check: SELECT count(*) >= 500 FROM patients",
+        "check: SELECT current_setting('shared_buffers') = '48MB'",
     }
     assert "end of the backup" in checks["recovery"]["detail"]
     assert "500 rows" in checks["tables"]["detail"]
@@ -145,6 +147,7 @@ def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> No
     verified = int(checks["amcheck"]["detail"].split()[0])
     assert verified > 2
     assert result["within_rto"] is True
+    assert result["cleanup_s"] > 0 and result["rto_s"] > 0, "clean-up is timed apart from RTO"
     _no_drill_left(scratch)
     assert world.cluster.scalar("SELECT count(*) FROM patients") == 500, "production untouched"
 

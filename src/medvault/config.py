@@ -87,6 +87,10 @@ class DrillSettings(_Section):
     checks: list[str] = []
     # The database they run in; default: the source dsn's database.
     database: str | None = None
+    # The throwaway cluster's shared_buffers (physical drills). Not production's: the drill
+    # host may be smaller, and a one-pass read of the copy gains nothing from a large pool
+    # that the kernel must first fault in.
+    shared_buffers: str = Field(default="128MB", pattern=r"^\d+\s*(kB|MB|GB|TB)?$")
 
 
 class PostgresSourceSettings(_Section):

@@ -30,7 +30,7 @@ def drill(
     from medvault.config import PostgresSourceSettings
     from medvault.durations import parse_duration
     from medvault.verification.drills import DrillFailed, dsn_field, run_drill, store_result
-    from medvault.verification.physical_drill import DrillChecks
+    from medvault.verification.physical_drill import DrillOptions
 
     cli = obtain(ctx)
     repo = cli.open(source)
@@ -47,11 +47,12 @@ def drill(
     tier = cli.settings.tier.get(settings.tier) if settings and settings.tier else None
     rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
     postgres = settings if isinstance(settings, PostgresSourceSettings) else None
-    checks = DrillChecks()
+    checks = DrillOptions()
     if postgres is not None:
-        checks = DrillChecks(
+        checks = DrillOptions(
             tuple(postgres.drill.checks),
             postgres.drill.database or dsn_field(postgres.dsn, "dbname") or "postgres",
+            postgres.drill.shared_buffers,
         )
     result = run_drill(
         repo,

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medvault.errors import MedvaultError, RecoveryFailed
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from medvault.recovery.postgres import ServerAccess, WalRange
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
-    from medvault.verification.drills import Check
+    from medvault.verification.drills import Check, DrillResult
 
 PLAN = "plan"
 COMPLETE = ".complete"
@@ -68,11 +68,13 @@ done
 
 
 @dataclass(frozen=True)
-class DrillChecks:
-    """User checks: SQL whose first value must be true, run in `database`."""
+class DrillOptions:
+    """User checks (SQL whose first value must be true, run in `database`) and the
+    throwaway cluster's memory."""
 
     queries: tuple[str, ...] = ()
     database: str | None = None
+    shared_buffers: str = "128MB"
 
 
 def wal_plan(repo: Repository, snapshot: Snapshot, wal: WalRange) -> list[str]:
@@ -216,7 +218,7 @@ def _chown_tree(path: str, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _isolate(pgdata: str, scratch: str, socket_dir: str, port: int) -> None:
+def _isolate(pgdata: str, scratch: str, socket_dir: str, port: int, shared_buffers: str) -> None:
     """Settings that keep the throwaway cluster to itself (appended to postgresql.auto.conf:
     later lines win over the production settings restored with the data)."""
     hba = os.path.join(scratch, "pg_hba.conf")
@@ -240,6 +242,7 @@ def _isolate(pgdata: str, scratch: str, socket_dir: str, port: int) -> None:
         "logging_collector": "off",
         "huge_pages": "try",
         "cluster_name": "medvault-drill",
+        "shared_buffers": shared_buffers,
     }
     lines = ["# medvault drill: a throwaway copy, reachable only through its private socket"]
     lines += [f"{key} = '{value}'" for key, value in settings.items()]
@@ -279,11 +282,11 @@ def run_physical_drill(
     to_latest: bool,
     pg_bin: str | None,
     dsn_user: str | None,
-    checks: DrillChecks,
-    add: Callable[[Check], None],
+    checks: DrillOptions,
+    result: DrillResult,
 ) -> None:
-    """Restore, recover, validate; `add` receives each check as it is made. The scratch
-    space and the server are gone when this returns or raises."""
+    """Restore, recover, validate, appending each check to `result`. The scratch space and
+    the server are gone when this returns or raises."""
     import tempfile
 
     from medvault.recovery.postgres import (
@@ -294,8 +297,9 @@ def run_physical_drill(
         start_and_wait,
     )
     from medvault.sources.postgres.server import find_program
-    from medvault.verification.drills import Check
+    from medvault.verification.drills import Check, cleanup_timer
 
+    add = result.checks.append
     major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
     pg_ctl = find_program("pg_ctl", pg_bin, major)
     scratch = tempfile.mkdtemp(prefix="medvault-drill-", dir=scratch_parent)
@@ -339,7 +343,7 @@ def run_physical_drill(
                 f"{files.files} files, {files.bytes_written} bytes in {files.duration:.1f} s",
             )
         )
-        _isolate(pgdata, scratch, socket_dir, port)
+        _isolate(pgdata, scratch, socket_dir, port, checks.shared_buffers)
         plan = wal_plan(repo, snapshot, restored.wal)
         _write(os.path.join(spool, PLAN), "\n".join(plan) + "\n")
         run_as, uid, gid = _server_account(pgdata)
@@ -374,11 +378,12 @@ def run_physical_drill(
         access = _reachable(access, port, roles)
         _validate(access, port, checks, add)
     finally:
-        if feeder is not None:
-            feeder.stop()
-        if access is not None or os.path.exists(os.path.join(pgdata, "postmaster.pid")):
-            _stop_server(pgdata, pg_ctl, access or ServerAccess())
-        shutil.rmtree(scratch, ignore_errors=True)
+        with cleanup_timer(result):
+            if feeder is not None:
+                feeder.stop()
+            if access is not None or os.path.exists(os.path.join(pgdata, "postmaster.pid")):
+                _stop_server(pgdata, pg_ctl, access or ServerAccess())
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _login_name() -> str | None:
@@ -426,11 +431,60 @@ ORDER BY 2
 """
 
 
-def _validate(
-    access: ServerAccess, port: int, checks: DrillChecks, add: Callable[[Check], None]
-) -> None:
+@dataclass
+class _Tally:
+    """What one validation pass found."""
+
+    done: int = 0
+    rows: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _count_tables(access: ServerAccess, port: int, databases: list[str]) -> _Tally:
     import psycopg
 
+    tally = _Tally()
+    began = time.monotonic()
+    for database in databases:
+        with access.connect(port, database, timeout=10) as conn:
+            for (table,) in conn.execute(TABLES).fetchall():
+                try:
+                    tally.rows += int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+                    tally.done += 1
+                except psycopg.Error as exc:
+                    tally.failures.append(f"{database}: {table}: {_first_line(exc)}")
+    tally.seconds = time.monotonic() - began
+    return tally
+
+
+def _check_indexes(access: ServerAccess, port: int, databases: list[str]) -> _Tally:
+    import psycopg
+
+    tally = _Tally()
+    began = time.monotonic()
+    for database in databases:
+        with access.connect(port, database, timeout=10) as conn:
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            except psycopg.Error as exc:
+                tally.failures.append(f"{database}: amcheck not installable: {_first_line(exc)}")
+                continue
+            for oid, index in conn.execute(BTREE_INDEXES).fetchall():
+                try:
+                    conn.execute("SELECT bt_index_check(%s)", (oid,))
+                    tally.done += 1
+                except psycopg.Error as exc:
+                    tally.failures.append(f"{database}: {index}: {_first_line(exc)}")
+    tally.seconds = time.monotonic() - began
+    return tally
+
+
+def _validate(
+    access: ServerAccess, port: int, checks: DrillOptions, add: Callable[[Check], None]
+) -> None:
+    """Tables are counted and indexes checked at the same time, on two connections: the
+    restored copy has nothing else to do, and validation is most of a drill's own time."""
     from medvault.verification.drills import Check
 
     with access.connect(port) as conn:
@@ -447,45 +501,27 @@ def _validate(
             ).fetchone()[0]
             > 0
         )
-    tables = rows = indexes = 0
-    unreadable: list[str] = []
-    corrupt: list[str] = []
-    for database in databases:
-        with access.connect(port, database, timeout=10) as conn:
-            for (table,) in conn.execute(TABLES).fetchall():
-                try:
-                    rows += int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-                    tables += 1
-                except psycopg.Error as exc:
-                    unreadable.append(f"{database}: {table}: {_first_line(exc)}")
-            if not amcheck:
-                continue
-            try:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-            except psycopg.Error as exc:
-                corrupt.append(f"{database}: amcheck could not be installed: {_first_line(exc)}")
-                continue
-            for oid, index in conn.execute(BTREE_INDEXES).fetchall():
-                try:
-                    conn.execute("SELECT bt_index_check(%s)", (oid,))
-                    indexes += 1
-                except psycopg.Error as exc:
-                    corrupt.append(f"{database}: {index}: {_first_line(exc)}")
+    with ThreadPoolExecutor(2, "medvault-drill-check") as pool:
+        indexes = pool.submit(_check_indexes, access, port, databases) if amcheck else None
+        tables = _count_tables(access, port, databases)
+        checked = indexes.result() if indexes is not None else None
     add(
         Check(
             "tables",
-            not unreadable,
-            f"{tables} tables in {len(databases)} database(s) read, {rows} rows"
-            + (f"; unreadable: {'; '.join(unreadable[:5])}" if unreadable else ""),
+            not tables.failures,
+            f"{tables.done} tables in {len(databases)} database(s) read, {tables.rows} rows, "
+            f"in {tables.seconds:.1f} s"
+            + (f"; unreadable: {'; '.join(tables.failures[:5])}" if tables.failures else ""),
         )
     )
-    if amcheck:
+    if checked is not None:
         add(
             Check(
                 "amcheck",
-                not corrupt,
-                f"{indexes} B-tree indexes verified with bt_index_check"
-                + (f"; failed: {'; '.join(corrupt[:5])}" if corrupt else ""),
+                not checked.failures,
+                f"{checked.done} B-tree indexes verified with bt_index_check in "
+                f"{checked.seconds:.1f} s"
+                + (f"; failed: {'; '.join(checked.failures[:5])}" if checked.failures else ""),
             )
         )
     else:
