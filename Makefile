@@ -1,6 +1,6 @@
 # make demo   installs everything and runs the end-to-end demo
 # make test   installs everything and runs ruff, mypy and the test suite
-.PHONY: install demo test lint typecheck pytest bench bench-pg bench-s3 clean
+.PHONY: install demo test lint typecheck pytest bench bench-pg bench-s3 bench-prune clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -33,6 +33,10 @@ bench:
 bench-pg:
 	@scripts/bootstrap.sh bench
 	$(BIN)/python bench/pg_run.py
+
+bench-prune:
+	@scripts/bootstrap.sh bench
+	$(BIN)/python bench/prune_run.py
 
 bench-s3:
 	@scripts/bootstrap.sh bench

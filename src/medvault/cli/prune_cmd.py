@@ -1,5 +1,5 @@
-"""`medvault prune`: delete what earlier runs condemned, then condemn what no snapshot needs
-(see repository/prune.py for why this takes two runs and is safe beside running backups)."""
+"""`medvault prune`: condemn what no snapshot needs, delete it once no backup that might still
+depend on it is running (see repository/prune.py for why this is safe beside backups)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ def prune(
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Remove data no snapshot needs, safely beside running backups: deletes what an
-    earlier prune condemned (once every backup older than that has ended), then condemns
-    unused and mostly-unused packs for the next run."""
+    """Remove data no snapshot needs, safely beside running backups: condemns unused and
+    mostly-unused packs (repacking what is still used), and deletes condemned packs once
+    every backup older than their condemnation has ended: at once on a quiet repository,
+    otherwise in a later run."""
     from medvault.durations import parse_duration
     from medvault.repository.prune import Pruner
 
@@ -66,10 +67,10 @@ def prune(
         return
     verb = "would " if dry_run else ""
     print(
-        f"{verb}delete {result.deleted_packs} pack(s) condemned earlier, freeing "
-        f"{human_bytes(result.freed_bytes)}; {verb}condemn {result.condemned_packs} pack(s) "
-        f"({human_bytes(result.condemned_bytes)}, {result.repacked_packs} of them repacked: "
-        f"{human_bytes(result.repacked_bytes)} still used) for the next prune"
+        f"{verb}condemn {result.condemned_packs} pack(s) ({human_bytes(result.condemned_bytes)}"
+        f", {result.repacked_packs} of them repacked: {human_bytes(result.repacked_bytes)} "
+        f"still used); {verb}delete {result.deleted_packs} condemned pack(s), freeing "
+        f"{human_bytes(result.freed_bytes)}"
     )
     if result.reprieved:
         print(f"{result.reprieved} condemned pack(s) are needed again and stay")

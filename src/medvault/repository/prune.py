@@ -2,17 +2,19 @@
 
 Deleting a pack that looks unused is only safe if no backup still in flight refers to it: a
 backup may have deduplicated against a blob of a forgotten snapshot, or uploaded a pack it
-has not indexed yet. So prune works in two phases, across two runs:
+has not indexed yet. So prune works in two phases:
 
 1. Condemn. Packs none of whose blobs any snapshot needs, and packs mostly unused (their
    used blobs are first written again into new packs), older than a safety margin, are
    listed in a sealed record `prune/condemned/<time>`. Nothing is deleted. From then on
    backups do not deduplicate against condemned packs (they store such blobs anew), so no
    backup that starts after the record can come to depend on them.
-2. Delete, in a later run, once no lock taken before the record is still alive (every
-   backup that might depend on a condemned pack has ended and, if it succeeded, written its
-   snapshot). Each condemned pack is checked again against the snapshots as they are now:
-   it goes only if every blob in it that a snapshot needs has a copy in a pack that stays.
+2. Delete, once no lock taken before the record is still alive, other than this prune's
+   own (every backup that might depend on a condemned pack has ended and, if it succeeded,
+   written its snapshot). On a quiet repository that is at once, in the same run; with a
+   backup running, a later run does it. Each condemned pack is checked again against the
+   snapshots as they are now: it goes only if every blob in it that a snapshot needs has a
+   copy in a pack that stays.
    Index objects naming deleted packs are rewritten without them (new index first, then
    the old ones removed), then the packs are deleted, then the record.
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from medvault.errors import IntegrityError, MedvaultError, ObjectLocked, ObjectNotFound
-from medvault.repository.locks import list_locks
+from medvault.repository.locks import LockInfo, list_locks
 from medvault.repository.repo import pack_name
 
 if TYPE_CHECKING:
@@ -115,17 +117,21 @@ class Pruner:
         if self._other_prune_running():
             raise MedvaultError("another prune is running on this repository; try later")
         self.finish_earlier()
-        self.condemn()
+        if self.condemn() and not self.dry_run:
+            # Nothing older than the new record may be running: then its packs go now.
+            self.finish_earlier()
         return self.result
 
-    def _other_prune_running(self) -> bool:
+    @staticmethod
+    def _ours(lock: LockInfo) -> bool:
         import os
         import socket
 
+        return (lock.pid, lock.host) == (os.getpid(), socket.gethostname())
+
+    def _other_prune_running(self) -> bool:
         return any(
-            lock.purpose == "prune"
-            and not lock.expired
-            and (lock.pid, lock.host) != (os.getpid(), socket.gethostname())
+            lock.purpose == "prune" and not lock.expired and not self._ours(lock)
             for lock in list_locks(self.repo.backend)
         )
 
@@ -138,7 +144,9 @@ class Pruner:
         live = [lock for lock in list_locks(self.repo.backend) if not lock.expired]
         ripe = []
         for record in records:
-            older = [lock for lock in live if lock.created < record.created]
+            older = [
+                lock for lock in live if lock.created < record.created and not self._ours(lock)
+            ]
             if older:
                 self.result.waiting.append(f"{record.name}: waits for {older[0].describe()}")
             else:
@@ -162,8 +170,8 @@ class Pruner:
             else:
                 self.result.reprieved += 1
         sizes = _pack_sizes(self.repo)
-        self.result.deleted_packs = len(deletable & set(sizes))
-        self.result.freed_bytes = sum(sizes[p][0] for p in deletable if p in sizes)
+        self.result.deleted_packs += len(deletable & set(sizes))
+        self.result.freed_bytes += sum(sizes[p][0] for p in deletable if p in sizes)
         if self.dry_run:
             return
         self._rewrite_indexes(deletable)
@@ -201,7 +209,8 @@ class Pruner:
 
     # -- phase 1 ---------------------------------------------------------------------------
 
-    def condemn(self) -> None:
+    def condemn(self) -> bool:
+        """True when a record was written."""
         already = condemned_packs(self.repo)
         used = _used_blobs(self.repo)
         sizes = _pack_sizes(self.repo)
@@ -240,7 +249,7 @@ class Pruner:
             e.raw_length for r in repack for e in r.entries if e.blob_id in used
         )
         if self.dry_run or not (doomed or repack):
-            return
+            return False
         packs = sorted(doomed + [r.pack_id for r in repack])
         body = json.dumps({"time": now, "packs": packs}).encode()
         # The record first: from here on backups store these packs' blobs anew.
@@ -252,6 +261,7 @@ class Pruner:
         self.repo.condemned.update(packs)
         if repack:
             self._repack(repack, used)
+        return True
 
     def _locked(self, pack_ids: list[str]) -> set[str]:
         backend = self.repo.backend
