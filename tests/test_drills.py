@@ -42,6 +42,11 @@ def test_files_drill_passes_is_recorded_and_leaves_nothing(tmp_path: Path, make_
     assert not list(scratch.iterdir()), "the restored patient data is gone"
     listed = json.loads(cli("drills", "--json").stdout)
     assert [d["snapshot"] for d in listed] == [result["snapshot"]]
+    (row,) = json.loads(cli("status", "--json").stdout)["sources"]
+    assert row["last_drill_ok"] and 0 <= row["last_drill_age_s"] < 600
+    table = cli("status").stdout.splitlines()
+    assert "SNAPS" in table[1] and "LAST DRILL" in table[1]
+    assert " ago" in table[2] and table[2].split()[2] == "1", table
 
 
 def test_a_drill_that_cannot_restore_fails_and_is_recorded(tmp_path: Path, make_tree) -> None:

@@ -95,6 +95,9 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
                 "newest_wal_age_s": wal_age,
                 "rto": tier.rto if tier is not None else None,
                 "last_drill": drill.started if drill else None,
+                "last_drill_age_s": (
+                    (now - _parse_time(drill.started)).total_seconds() if drill else None
+                ),
                 "last_drill_ok": drill.ok if drill else None,
                 "last_drill_rto_s": drill.rto_s if drill else None,
                 "drill_within_rto": (
@@ -173,8 +176,8 @@ def status(
         f"{human_bytes(stored)} stored for {human_bytes(logical)} backed up{ratio}"
     )
     print(
-        f"{'SOURCE':<14} {'TIER':<10} {'RPO':>5} {'LAST BACKUP':>12} {'NEWEST WAL':>11} "
-        f"{'RTO':>5} {'LAST DRILL':>15}  STATE"
+        f"{'SOURCE':<14} {'TIER':<10} {'SNAPS':>5} {'RPO':>5} {'LAST BACKUP':>12} "
+        f"{'NEWEST WAL':>11} {'RTO':>5} {'LAST DRILL':>18}  STATE"
     )
     for row in report["sources"]:
         if row["last_drill"] is None:
@@ -183,11 +186,12 @@ def status(
             verdict = (
                 "ok" if row["last_drill_ok"] and row["drill_within_rto"] is not False else "FAIL"
             )
-            drill = f"{verdict} {row['last_drill_rto_s']:.0f}s"
+            drill = f"{verdict} {row['last_drill_rto_s']:.0f}s, {_age(row['last_drill_age_s'])} ago"
         print(
-            f"{row['source']:<14} {row['tier'] or '-':<10} {row['rpo'] or '-':>5} "
-            f"{_age(row['last_backup_age_s']):>12} {_age(row['newest_wal_age_s']):>11} "
-            f"{row['rto'] or '-':>5} {drill:>15}  {row['state']}"
+            f"{row['source']:<14} {row['tier'] or '-':<10} {row['snapshots']:>5} "
+            f"{row['rpo'] or '-':>5} {_age(row['last_backup_age_s']):>12} "
+            f"{_age(row['newest_wal_age_s']):>11} {row['rto'] or '-':>5} {drill:>18}  "
+            f"{row['state']}"
         )
     lag = report["secondary"]
     if lag is not None:
