@@ -131,6 +131,16 @@ def test_copy_with_shared_keys_moves_packs_as_stored_and_only_what_is_missing(
     assert tree_digest(tmp_path / "out" / str(data).lstrip("/")) == tree_digest(data)
     secondary("check", "--read-data")
 
+    # The second site's passphrase is its own now, but the key it shares with the primary is
+    # proof enough: a copy needs no credential for it (and derives no key for it).
+    new_passphrase = tmp_path / "second-site-passphrase"
+    new_passphrase.write_text("another passphrase for the second site\n")
+    secondary("key", "passwd", "--new-password-file", str(new_passphrase))
+    assert secondary("snapshots", check=False).returncode != 0, "the old passphrase is refused"
+    (data / "letters" / "e.txt").write_bytes(os.urandom(MiB))
+    primary("backup", str(data))
+    assert len(copy(primary)["copied"]) == 1
+
 
 def test_a_killed_copy_resumes_without_sending_data_twice(
     s3_server: S3Server, tmp_path: Path, make_tree

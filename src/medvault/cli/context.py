@@ -64,10 +64,16 @@ class CliContext:
         return resolve_repository(self.settings, chosen, source)
 
     def open(
-        self, source: str | None = None, selector: str | None = None, *, other: bool = False
+        self,
+        source: str | None = None,
+        selector: str | None = None,
+        *,
+        other: bool = False,
+        sharing: Repository | None = None,
     ) -> Repository:
         """Open the repository; `other` marks a second one (copy's --from, init's
-        --copy-keys-from), whose credential comes first from its own section."""
+        --copy-keys-from), whose credential comes first from its own section. With `sharing`,
+        an open repository whose keys this one may share: then no credential is asked."""
         from medvault.backends import open_backend
         from medvault.credentials import get_credential, get_other_credential
         from medvault.repository.repo import Repository
@@ -76,16 +82,18 @@ class CliContext:
         backend = open_backend(url, repo_settings)
         # Say "no repository here" before asking for a passphrase that could not help.
         Repository.probe(backend)
-        if other:
-            credential = get_other_credential(repo_settings)
-        else:
-            credential = get_credential(self.credentials, repo_settings)
-        repo = Repository.open(backend, credential)
+        repo = Repository.open_sharing(backend, sharing.master) if sharing is not None else None
+        if repo is None:
+            if other:
+                credential = get_other_credential(repo_settings)
+            else:
+                credential = get_credential(self.credentials, repo_settings)
+            repo = Repository.open(backend, credential)
         repo.retention_period = self.retention_period(source)
         secondary = repo_settings.secondary if repo_settings is not None else None
         if secondary is not None:
             name = secondary
-            repo.fallback = lambda: self.open(source, selector=name, other=True)
+            repo.fallback = lambda: self.open(source, selector=name, other=True, sharing=repo)
             repo.fallback_name = secondary
         self._opened.append(repo)
         return repo

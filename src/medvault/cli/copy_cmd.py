@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
+from medvault.cli.context import CliContext, human_bytes, obtain, print_json, progress_bar
 from medvault.errors import UsageError
 
 
@@ -26,8 +26,9 @@ def copy(
     from medvault.repository.copy import RepositoryCopier
 
     cli = obtain(ctx)
+    _warm_s3_client(cli, from_repo, to_repo)
     origin = cli.open(selector=from_repo, other=True)
-    target = cli.open(selector=to_repo)
+    target = cli.open(selector=to_repo, sharing=origin)
     if origin.config.repo_id == target.config.repo_id:
         raise UsageError(f"--from and --to are the same repository ({origin.config.repo_id})")
     if snapshot_ids:
@@ -70,6 +71,23 @@ def copy(
     )
 
 
+def _warm_s3_client(cli: CliContext, *selectors: str) -> None:
+    """Import boto3 on a thread while the first repository's key is derived (Argon2 runs
+    without the GIL): a copy's fixed cost, paid once per run."""
+    import threading
+
+    urls = [cli.repository_target(selector=s)[0] for s in selectors]
+    if any(url.startswith("s3://") for url in urls):
+        threading.Thread(target=_import_boto3, name="medvault-boto3-import", daemon=True).start()
+
+
+def _import_boto3() -> None:
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import boto3  # noqa: F401
+
+
 def repair(
     ctx: typer.Context,
     from_repo: str = typer.Option(..., "--from", metavar="REPO", help="The second site."),
@@ -86,7 +104,7 @@ def repair(
 
     cli = obtain(ctx)
     primary = cli.open()
-    secondary = cli.open(selector=from_repo, other=True)
+    secondary = cli.open(selector=from_repo, other=True, sharing=primary)
     if primary.config.repo_id == secondary.config.repo_id:
         raise UsageError(f"--from names this repository itself ({primary.config.repo_id})")
     primary.fallback = None  # judge and mend the primary's own objects

@@ -42,7 +42,7 @@ def replicate_snapshot(cli: CliContext, repo: Repository, snapshot_id: str, sour
     if secondary is None:
         return
     try:
-        target = cli.open(source, selector=secondary, other=True)
+        target = cli.open(source, selector=secondary, other=True, sharing=repo)
         with target.lock(exclusive=False, purpose="replication") as lock:
             copier = RepositoryCopier(repo, target, retention_for=cli.retention_period)
             copier.before_snapshot = lock.ensure_held

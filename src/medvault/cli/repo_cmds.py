@@ -79,14 +79,14 @@ def key_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
                     "host": s.host,
                     "user": s.user,
                     "label": s.label,
-                    "current": s.slot_id == repo.slot.slot_id,
+                    "current": repo.slot is not None and s.slot_id == repo.slot.slot_id,
                 }
                 for s in slots
             ]
         )
         return
     for s in slots:
-        mark = "*" if s.slot_id == repo.slot.slot_id else " "
+        mark = "*" if repo.slot is not None and s.slot_id == repo.slot.slot_id else " "
         print(f"{mark} {s.slot_id}  {s.kind:<10}  {s.created[:19]}  {s.user}@{s.host}  {s.label}")
 
 
@@ -128,7 +128,7 @@ def key_passwd(
 ) -> None:
     """Change the passphrase of the slot used to open the repository."""
     repo = obtain(ctx).open()
-    if repo.slot.kind != "passphrase":
+    if repo.slot is None or repo.slot.kind != "passphrase":
         raise UsageError("this repository was opened with a key file; open it with a passphrase")
     slot = repo.change_passphrase(get_new_passphrase(new_password_file))
     print(f"passphrase changed; key slot is now {slot.slot_id}")

@@ -117,7 +117,7 @@ def _secondary_lag(
 
     row: dict[str, Any] = {"name": name}
     try:
-        other = cli.open(selector=name, other=True)
+        other = cli.open(selector=name, other=True, sharing=repo)
         copier = RepositoryCopier(repo, other)
         missing = [s for s in snaps if copier.existing_copy(s) is None]
         wal_missing = 0

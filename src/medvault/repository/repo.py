@@ -122,11 +122,13 @@ def pack_name(pack_id: str) -> str:
 
 class Repository:
     def __init__(
-        self, backend: Backend, master: MasterKey, config: RepoConfig, slot: KeySlot
+        self, backend: Backend, master: MasterKey, config: RepoConfig, slot: KeySlot | None
     ) -> None:
         self.backend = backend
         self.master = master
         self.config = config
+        # The key slot that opened it; None when opened with key material it shares with
+        # another repository already open (see open_sharing).
         self.slot = slot
         self._index: MasterIndex | None = None
         self._index_lock = threading.Lock()
@@ -218,6 +220,19 @@ class Repository:
         config.verify(doc, master)
         return cls(backend, master, config, slot)
 
+    @classmethod
+    def open_sharing(cls, backend: Backend, master: MasterKey) -> Repository | None:
+        """Open with the master key of another repository when both share it (made with
+        `init --copy-keys-from`): the config's MAC proves it, and no key derivation runs.
+        Holding that key already grants everything this repository's slots would. None when
+        the keys differ."""
+        config, doc = cls.probe(backend)
+        try:
+            config.verify(doc, master)
+        except IntegrityError:
+            return None
+        return cls(backend, master, config, None)
+
     @staticmethod
     def read_key_slots(backend: Backend) -> list[KeySlot]:
         """Every readable key slot; a damaged one cannot open anything, so it is skipped."""
@@ -258,6 +273,8 @@ class Repository:
 
     def change_passphrase(self, credential: Credential) -> KeySlot:
         """Rewrap the master key in a new slot, then drop the slot that opened this session."""
+        if self.slot is None:
+            raise UsageError("open the repository with its own passphrase to change it")
         new = self.add_key(credential, self.slot.label)
         try:
             self.backend.delete(f"keys/{self.slot.slot_id}")
