@@ -225,13 +225,23 @@ def test_an_interrupted_physical_drill_stops_its_server_and_cleans_up(pg_world: 
     _no_drill_left(scratch)
 
 
-def test_a_physical_drill_run_as_root_runs_its_server_as_the_data_owner(
+def test_a_root_drill_runs_the_server_as_the_data_owner_with_tablespaces_apart(
     pg_world: PgWorld,
 ) -> None:
     """PostgreSQL refuses root: a drill started by root (cron) hands the throwaway server to
-    the account owning the restored files."""
+    the account owning the restored files. Tablespaces are restored into the scratch space,
+    never over production's."""
     world = pg_world
-    _physical_world(world)
+    cluster = world.start_archiving_cluster()
+    space = world.base / "space1"
+    space.mkdir()
+    as_postgres(space)
+    cluster.execute(f"CREATE TABLESPACE space1 LOCATION '{space}'")
+    cluster.execute(
+        "CREATE TABLE patients TABLESPACE space1 AS SELECT g AS id FROM generate_series(1, 700) g"
+    )
+    world.cli("backup", "emr", "--type", "full")
+    before = sorted(p.name for p in space.rglob("*"))
     done = subprocess.run(
         [MEDVAULT, "--config", str(world.config), "drill", "emr", "--json"],
         env=world.cli.env,
@@ -241,4 +251,6 @@ def test_a_physical_drill_run_as_root_runs_its_server_as_the_data_owner(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["ok"]
+    result = json.loads(done.stdout)
+    assert result["ok"] and "700 rows" in result["checks"][2]["detail"], result
+    assert sorted(p.name for p in space.rglob("*")) == before, "the tablespace was restored apart"
