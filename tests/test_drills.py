@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 from tests.pgcluster import PgWorld, as_postgres, popen_as_postgres
 
 from conftest import MEDVAULT, Cli
@@ -254,3 +255,24 @@ def test_a_root_drill_runs_the_server_as_the_data_owner_with_tablespaces_apart(
     result = json.loads(done.stdout)
     assert result["ok"] and "700 rows" in result["checks"][2]["detail"], result
     assert sorted(p.name for p in space.rglob("*")) == before, "the tablespace was restored apart"
+
+
+def test_a_drill_logs_in_as_the_sources_role_when_no_postgres_role_exists(
+    pg_world: PgWorld,
+) -> None:
+    """The copy's roles are production's: with the superuser renamed, the drill logs in as
+    the role of the source's dsn."""
+    world = pg_world
+    cluster = world.start_archiving_cluster()
+    cluster.execute("CREATE ROLE keeper SUPERUSER LOGIN")
+    as_keeper = cluster.dsn.replace("user=postgres", "user=keeper")
+    as_admin = cluster.dsn.replace("user=postgres", "user=clinic_admin")
+    with psycopg.connect(as_keeper, autocommit=True) as conn:
+        conn.execute("ALTER ROLE postgres RENAME TO clinic_admin")
+    with psycopg.connect(as_admin, autocommit=True) as conn:
+        conn.execute("DROP ROLE keeper")
+        conn.execute("CREATE TABLE patients AS SELECT g AS id FROM generate_series(1, 42) g")
+    world.config.write_text(world.config.read_text().replace("user=postgres", "user=clinic_admin"))
+    world.cli("backup", "emr", "--type", "full")
+    result = json.loads(world.cli("drill", "emr", "--json").stdout)
+    assert result["ok"] and "42 rows" in result["checks"][2]["detail"], result

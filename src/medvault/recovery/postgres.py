@@ -814,28 +814,41 @@ def log_tail(path: str, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-@dataclass(frozen=True)
+@dataclass
 class ServerAccess:
     """How to reach and run a restored server: TCP on 127.0.0.1 by default, or a private
     socket directory (drills); `run_as` names the OS user pg_ctl runs as when medvault is
-    root (PostgreSQL refuses root); `user` the role to connect as."""
+    root (PostgreSQL refuses root); `users` the roles to log in as, tried in order (the
+    first that exists is kept: a restored cluster's roles are production's, not ours)."""
 
     host: str = "127.0.0.1"
-    user: str | None = None
+    users: tuple[str, ...] = ()
     run_as: str | None = None
 
     def connect(self, port: int, dbname: str = "postgres", timeout: int = 3) -> Any:
         import psycopg
 
-        return psycopg.connect(
-            host=self.host,
-            port=port,
-            dbname=dbname,
-            user=self.user,
-            autocommit=True,
-            connect_timeout=timeout,
-            application_name="medvault-recovery",
-        )
+        candidates: tuple[str | None, ...] = self.users or (None,)
+        for number, user in enumerate(candidates):
+            try:
+                conn = psycopg.connect(
+                    host=self.host,
+                    port=port,
+                    dbname=dbname,
+                    user=user,
+                    autocommit=True,
+                    connect_timeout=timeout,
+                    application_name="medvault-recovery",
+                )
+            except psycopg.OperationalError as exc:
+                missing_role = f'role "{user}" does not exist' in str(exc)
+                if not missing_role or number == len(candidates) - 1:
+                    raise
+                continue
+            if user is not None and number:
+                self.users = (user, *(u for u in self.users if u != user))
+            return conn
+        raise AssertionError("unreachable")
 
     def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         """A PostgreSQL program, as `run_as` when set."""

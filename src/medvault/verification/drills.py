@@ -108,7 +108,7 @@ def run_drill(
                 to_latest=to_latest,
                 pg_bin=pg_bin,
                 dsn_user=dsn_field(dsn, "user"),
-                checks=checks,
+                options=checks,
                 result=result,
             )
         else:

@@ -282,7 +282,7 @@ def run_physical_drill(
     to_latest: bool,
     pg_bin: str | None,
     dsn_user: str | None,
-    checks: DrillOptions,
+    options: DrillOptions,
     result: DrillResult,
 ) -> None:
     """Restore, recover, validate, appending each check to `result`. The scratch space and
@@ -343,15 +343,19 @@ def run_physical_drill(
                 f"{files.files} files, {files.bytes_written} bytes in {files.duration:.1f} s",
             )
         )
-        _isolate(pgdata, scratch, socket_dir, port, checks.shared_buffers)
+        _isolate(pgdata, scratch, socket_dir, port, options.shared_buffers)
         plan = wal_plan(repo, snapshot, restored.wal)
         _write(os.path.join(spool, PLAN), "\n".join(plan) + "\n")
         run_as, uid, gid = _server_account(pgdata)
         if run_as is not None:
             _chown_tree(scratch, uid, gid)
             os.chmod(scratch, 0o700)
-        roles = [r for r in (run_as or _login_name(), dsn_user, "postgres") if r]
-        access = ServerAccess(host=socket_dir, user=roles[0], run_as=run_as)
+        # initdb names the superuser after the OS account that ran it, usually the data's
+        # owner; else the source's own role.
+        roles = tuple(
+            dict.fromkeys(r for r in (run_as or _login_name(), dsn_user, "postgres") if r)
+        )
+        access = ServerAccess(host=socket_dir, users=roles, run_as=run_as)
         feeder = WalFeeder(
             repo, snapshot.source, spool, plan, (uid, gid) if run_as is not None else None
         )
@@ -370,13 +374,12 @@ def run_physical_drill(
             Check(
                 "recovery",
                 True,
-                f"replayed {feeder.fetched} archived WAL file(s) to {how} (LSN "
-                f"{reached.lsn}{', ' + reached.time if reached.time else ''}) and promoted "
-                f"in {time.monotonic() - began:.1f} s",
+                f"replayed to {how} (LSN {reached.lsn}"
+                f"{', ' + reached.time if reached.time else ''}; {feeder.fetched} archived WAL "
+                f"file(s) fetched) and promoted in {time.monotonic() - began:.1f} s",
             )
         )
-        access = _reachable(access, port, roles)
-        _validate(access, port, checks, add)
+        _validate(access, port, options, add)
     finally:
         with cleanup_timer(result):
             if feeder is not None:
@@ -391,24 +394,6 @@ def _login_name() -> str | None:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return None
-
-
-def _reachable(access: ServerAccess, port: int, roles: list[str]) -> ServerAccess:
-    """The first role that can log in: initdb names the superuser after the OS account that
-    ran it, usually the data's owner; else the source's own role."""
-    import dataclasses
-
-    import psycopg
-
-    last = ""
-    for role in dict.fromkeys(roles):
-        candidate = dataclasses.replace(access, user=role)
-        try:
-            with candidate.connect(port):
-                return candidate
-        except psycopg.OperationalError as exc:
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "refused"
-    raise RecoveryFailed(f"cannot log in to the restored cluster as {', '.join(roles)}: {last}")
 
 
 TABLES = """
@@ -481,7 +466,7 @@ def _check_indexes(access: ServerAccess, port: int, databases: list[str]) -> _Ta
 
 
 def _validate(
-    access: ServerAccess, port: int, checks: DrillOptions, add: Callable[[Check], None]
+    access: ServerAccess, port: int, options: DrillOptions, add: Callable[[Check], None]
 ) -> None:
     """Tables are counted and indexes checked at the same time, on two connections: the
     restored copy has nothing else to do, and validation is most of a drill's own time."""
@@ -526,10 +511,10 @@ def _validate(
         )
     else:
         add(Check("amcheck", True, "skipped: the amcheck extension is not installed here"))
-    if checks.queries:
-        database = checks.database or "postgres"
+    if options.queries:
+        database = options.database or "postgres"
         with access.connect(port, database, timeout=10) as conn:
-            run_user_checks(conn, checks.queries, add)
+            run_user_checks(conn, options.queries, add)
 
 
 def run_user_checks(conn: Any, queries: tuple[str, ...], add: Callable[[Check], None]) -> None:
