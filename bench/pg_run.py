@@ -256,34 +256,47 @@ def compare_restores(a: Path, b: Path) -> dict[str, Any]:
     }
 
 
-def start_restored(
-    base: Path, pgdata: Path, clusters: list[PgCluster], expected: list[Any]
-) -> dict[str, Any]:
-    """Start a restored data directory (archiving off), wait for promotion, compare data."""
+@contextlib.contextmanager
+def promoted_copy(
+    base: Path, pgdata: Path, clusters: list[PgCluster], timeout: float = 600
+) -> Iterator[tuple[PgCluster, float]]:
+    """Start a restored data directory (archiving off, own port); yield it once promoted,
+    with the seconds from pg_ctl start to a promoted server answering; always stopped."""
     cluster = PgCluster(pgdata, port=free_port())
     clusters.append(cluster)
     cluster.logfile = base / f"{pgdata.name}.log"
     cluster.configure({"port": str(cluster.port), "archive_mode": "off"})
-    started = time.monotonic()
+    started = time.perf_counter()
     try:
         cluster.start()
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + timeout
         while cluster.scalar("SELECT pg_is_in_recovery()"):
             if time.monotonic() > deadline:
-                raise ToolError("recovery did not finish within 300 s")
-            time.sleep(0.2)
-        got = fingerprint(cluster)
-        return {
-            "started": True,
-            "recovery_s": round(time.monotonic() - started, 1),
-            "data_matches": got == expected,
-            "fingerprint": got,
-        }
-    except (AssertionError, ToolError, psycopg.Error) as exc:
-        return {"started": False, "error": str(exc)[-600:], "log": cluster.log()[-1500:]}
+                raise ToolError(f"recovery did not finish within {timeout:.0f} s")
+            time.sleep(0.05)
+        yield cluster, time.perf_counter() - started
     finally:
         cluster.stop("immediate")
         clusters.remove(cluster)
+
+
+def start_restored(
+    base: Path, pgdata: Path, clusters: list[PgCluster], expected: list[Any]
+) -> dict[str, Any]:
+    """Start a restored data directory, wait for promotion, compare data with the source."""
+    try:
+        with promoted_copy(base, pgdata, clusters, timeout=300) as (cluster, seconds):
+            got = fingerprint(cluster)
+            return {
+                "started": True,
+                "recovery_s": round(seconds, 1),
+                "data_matches": got == expected,
+                "fingerprint": got,
+            }
+    except (AssertionError, ToolError, psycopg.Error) as exc:
+        server_log = base / f"{pgdata.name}.log"  # where promoted_copy's cluster logs
+        text = server_log.read_text(errors="replace") if server_log.exists() else ""
+        return {"started": False, "error": str(exc)[-600:], "log": text[-1500:]}
 
 
 def physical_phase(
@@ -388,27 +401,6 @@ def physical_phase(
 # -- restore drills --------------------------------------------------------------------------
 
 
-def start_timed(base: Path, pgdata: Path, clusters: list[PgCluster]) -> float:
-    """Seconds from pg_ctl start to a promoted server accepting queries: PostgreSQL's own
-    start-up (WAL replay to the end of the backup, promotion)."""
-    cluster = PgCluster(pgdata, port=free_port())
-    clusters.append(cluster)
-    cluster.logfile = base / f"{pgdata.name}.log"
-    cluster.configure({"port": str(cluster.port), "archive_mode": "off"})
-    started = time.perf_counter()
-    try:
-        cluster.start()
-        deadline = time.monotonic() + 600
-        while cluster.scalar("SELECT pg_is_in_recovery()"):
-            if time.monotonic() > deadline:
-                raise ToolError("recovery did not finish within 600 s")
-            time.sleep(0.05)
-        return time.perf_counter() - started
-    finally:
-        cluster.stop("immediate")
-        clusters.remove(cluster)
-
-
 def drill_phase(
     args: argparse.Namespace, base: Path, cluster: PgCluster, clusters: list[PgCluster]
 ) -> dict[str, list[dict[str, Any]]]:
@@ -455,7 +447,8 @@ def drill_phase(
                         restored = br.restore(target)
                         record(sample, "restore", restored)
                         os.sync()
-                        sample["startup_s"] = round(start_timed(base, target, clusters), 3)
+                        with promoted_copy(base, target, clusters) as (_, startup):
+                            sample["startup_s"] = round(startup, 3)
                         sample["drill_s"] = round(restored.seconds + sample["startup_s"], 3)
                     finally:
                         shutil.rmtree(target, ignore_errors=True)

@@ -261,6 +261,14 @@ class PgWorld:
         )
         as_postgres(self.config)
 
+    def tablespace(self, name: str = "space1") -> Path:
+        """A tablespace of the world's cluster in a postgres-owned directory beside it."""
+        location = self.base / name
+        location.mkdir()
+        as_postgres(location)
+        self.cluster.execute(f"CREATE TABLESPACE {name} LOCATION '{location}'")
+        return location
+
     def archive_command(self, source: str = "emr") -> str:
         return f"'{MEDVAULT} --config {self.config} wal-push {source} %p'"
 

@@ -234,10 +234,7 @@ def test_a_root_drill_runs_the_server_as_the_data_owner_with_tablespaces_apart(
     never over production's."""
     world = pg_world
     cluster = world.start_archiving_cluster()
-    space = world.base / "space1"
-    space.mkdir()
-    as_postgres(space)
-    cluster.execute(f"CREATE TABLESPACE space1 LOCATION '{space}'")
+    space = world.tablespace()
     cluster.execute(
         "CREATE TABLE patients TABLESPACE space1 AS SELECT g AS id FROM generate_series(1, 700) g"
     )

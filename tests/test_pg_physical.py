@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from tests.pgcluster import PgWorld, as_postgres, free_port
+from tests.pgcluster import PgWorld, free_port
 
 from medvault.backends import open_backend
 from medvault.repository.keys import Credential, read_keyfile
@@ -28,10 +28,7 @@ def _paths(world: PgWorld, snapshot_id: str) -> set[str]:
 
 def test_full_and_incremental_physical_backup(pg_world: PgWorld) -> None:
     cluster = pg_world.start_archiving_cluster()
-    space = pg_world.base / "space1"
-    space.mkdir()
-    as_postgres(space)
-    cluster.execute(f"CREATE TABLESPACE space1 LOCATION '{space}'")
+    space = pg_world.tablespace()
     cluster.execute(
         "CREATE TABLE patients TABLESPACE space1 AS "
         "SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 50000) g;"
@@ -165,10 +162,7 @@ def test_server_down_and_mismatched_data_directory(pg_world: PgWorld) -> None:
 
 def test_tablespace_is_restored_to_a_new_location(pg_world: PgWorld) -> None:
     cluster = pg_world.start_archiving_cluster()
-    space = pg_world.base / "space1"
-    space.mkdir()
-    as_postgres(space)
-    cluster.execute(f"CREATE TABLESPACE space1 LOCATION '{space}'")
+    pg_world.tablespace()
     cluster.execute(
         "CREATE TABLE patients TABLESPACE space1 AS SELECT g AS id FROM generate_series(1, 5000) g"
     )
