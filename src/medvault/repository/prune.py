@@ -85,8 +85,9 @@ def condemned_packs(repo: Repository) -> set[str]:
 
 def _used_blobs(repo: Repository) -> set[bytes]:
     used: set[bytes] = set()
+    walked: set[bytes] = set()
     for snap in repo.list_snapshots():
-        used |= repo.referenced_blobs(snap.tree)
+        repo.referenced_blobs(snap.tree, into=used, walked=walked)
     return used
 
 
@@ -157,15 +158,23 @@ class Pruner:
         doomed = {pack for record in ripe for pack in record.packs}
         used = _used_blobs(self.repo)
         packs = {pack.pack_id: pack for pack in self.repo.index.packs()}
-        homes: dict[bytes, set[str]] = {}
-        for pack in packs.values():
-            for entry in pack.entries:
-                homes.setdefault(entry.blob_id, set()).add(pack.pack_id)
+        needed = {
+            pack_id: [e.blob_id for e in packs[pack_id].entries if e.blob_id in used]
+            if pack_id in packs
+            else []
+            for pack_id in doomed
+        }
+        # Where else the still-needed blobs of doomed packs live: only those blobs are
+        # mapped, so memory follows what is being removed, not the whole index.
+        wanted = {blob for blobs in needed.values() for blob in blobs}
+        elsewhere: set[bytes] = set()
+        if wanted:
+            for pack in packs.values():
+                if pack.pack_id not in condemned:
+                    elsewhere.update(e.blob_id for e in pack.entries if e.blob_id in wanted)
         deletable = set()
         for pack_id in doomed:
-            found = packs.get(pack_id)
-            needed = [e.blob_id for e in found.entries if e.blob_id in used] if found else []
-            if all(homes[blob] - condemned for blob in needed):
+            if all(blob in elsewhere for blob in needed[pack_id]):
                 deletable.add(pack_id)
             else:
                 self.result.reprieved += 1

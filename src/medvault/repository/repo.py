@@ -488,16 +488,29 @@ class Repository:
     def load_tree(self, tree_id: bytes) -> list[Node]:
         return decode_tree(self.load_blob(tree_id))
 
-    def referenced_blobs(self, tree_id: bytes) -> set[bytes]:
-        """Every blob a tree needs: its own, its subtrees' and their files' content."""
-        blobs = {tree_id}
-        stack = [tree_id]
+    def referenced_blobs(
+        self,
+        tree_id: bytes,
+        into: set[bytes] | None = None,
+        walked: set[bytes] | None = None,
+    ) -> set[bytes]:
+        """Every blob a tree needs: its own, its subtrees' and their files' content. With
+        `into` and `walked` (what earlier trees needed, and which trees were read), added to
+        `into`, and trees already walked are not read again: snapshots of one source share
+        most of their trees. (Trees are tracked apart: a file's content may equal a tree's.)"""
+        blobs = into if into is not None else set()
+        seen = walked if walked is not None else set()
+        blobs.add(tree_id)
+        stack = [tree_id] if tree_id not in seen else []
+        seen.add(tree_id)
         while stack:
             for node in self.load_tree(stack.pop()):
                 blobs.update(node.content)
-                if node.subtree is not None and node.subtree not in blobs:
+                if node.subtree is not None:
                     blobs.add(node.subtree)
-                    stack.append(node.subtree)
+                    if node.subtree not in seen:
+                        seen.add(node.subtree)
+                        stack.append(node.subtree)
         return blobs
 
     def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
