@@ -141,3 +141,33 @@ def test_prune_keeps_locked_packs_and_says_so(tmp_path: Path, make_tree) -> None
     result = prune(cli)
     assert result["kept_locked"] >= 1 and result["condemned_packs"] == 0
     assert "locked against deletion" in cli("prune", "--young", "0s").stdout
+
+
+def test_subtrees_shared_by_snapshots_keep_their_data(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    """Prune reads a tree shared by several snapshots once; what it holds stays needed."""
+    cli = initialized_cli
+    data = make_tree(
+        {
+            "2024/cardiology/echo.dcm": os.urandom(3 * MiB),
+            "2024/oncology/ct.dcm": os.urandom(3 * MiB),
+            "2025/letters/referral.txt": b"Please see.\n" * 4000,
+        }
+    )
+    first = backup(cli, data)
+    (data / "2025" / "letters" / "referral.txt").write_bytes(os.urandom(2 * MiB))
+    second = backup(cli, data)
+    (data / "2025" / "letters" / "discharge.txt").write_bytes(os.urandom(MiB))
+    third = backup(cli, data)
+    cli("forget", first)
+    result = prune(cli)
+    assert result["deleted_packs"] >= 1, "the first letter's data went"
+    cli("check", "--read-data")
+    for number, snapshot in enumerate((second, third)):
+        target = tmp_path / f"out{number}"
+        cli("restore", snapshot, "--target", str(target))
+        restored = target / str(data).lstrip("/")
+        assert (restored / "2024" / "oncology" / "ct.dcm").read_bytes() == (
+            data / "2024" / "oncology" / "ct.dcm"
+        ).read_bytes()
