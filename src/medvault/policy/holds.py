@@ -33,6 +33,7 @@ class Hold:
     time: str
     released: str | None = None  # time of removal, on release records
     release_reason: str | None = None
+    released_by: str | None = None  # user@host
 
 
 def _who() -> tuple[str, str]:
@@ -84,8 +85,14 @@ def remove_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
     holds = held_snapshots(repo)
     if snapshot_id not in holds:
         raise UsageError(f"snapshot {snapshot_id[:12]} is not on hold")
+    user, host = _who()
     released = Hold(
-        **{**asdict(holds[snapshot_id]), "released": now_iso(), "release_reason": reason}
+        **{
+            **asdict(holds[snapshot_id]),
+            "released": now_iso(),
+            "release_reason": reason,
+            "released_by": f"{user}@{host}",
+        }
     )
     # The record of the release first: a hold never ends without a trace.
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
