@@ -94,6 +94,7 @@ POSTGRES_SOURCE_KEYS = frozenset(
         "wal_spool",
         "archive_timeout_s",
         "checkpoint",
+        "drill",
     }
 )
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
