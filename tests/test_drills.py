@@ -22,7 +22,7 @@ def files_cli(tmp_path: Path, data: Path, rto: str = "1h") -> Cli:
     config = tmp_path / "medvault.toml"
     config.write_text(
         f'[repository.main]\nurl = "{tmp_path / "repo"}"\n'
-        f'[tier.records]\nrto = "{rto}"\n'
+        f'[tier.records]\nrto = "{rto}"\ndrill_every = "7d"\n'
         f'[source.letters]\nkind = "files"\npaths = ["{data}"]\ntier = "records"\n'
     )
     cli = Cli("main", tmp_path, tmp_path / "repo")
@@ -35,6 +35,8 @@ def test_files_drill_passes_is_recorded_and_leaves_nothing(tmp_path: Path, make_
     data = make_tree({"a/letter.txt": b"Dear colleague\n" * 500, "b/scan.dcm": os.urandom(MiB)})
     cli = files_cli(tmp_path, data)
     cli("backup", "letters")
+    (before,) = json.loads(cli("status", "--json").stdout)["sources"]
+    assert before["drill_overdue"] and before["state"] == "WARN", "never proven restorable"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     result = json.loads(cli("drill", "letters", "--scratch", str(scratch), "--json").stdout)
@@ -45,6 +47,7 @@ def test_files_drill_passes_is_recorded_and_leaves_nothing(tmp_path: Path, make_
     assert [d["snapshot"] for d in listed] == [result["snapshot"]]
     (row,) = json.loads(cli("status", "--json").stdout)["sources"]
     assert row["last_drill_ok"] and 0 <= row["last_drill_age_s"] < 600
+    assert not row["drill_overdue"] and row["state"] == "OK"
     table = cli("status").stdout.splitlines()
     assert "SNAPS" in table[1] and "LAST DRILL" in table[1]
     assert " ago" in table[2] and table[2].split()[2] == "1", table

@@ -179,9 +179,12 @@ class TierSettings(_Section):
     rpo: str | None = None
     rto: str | None = None
     floor: str | None = None
+    # How often a restore drill must pass (e.g. "7d"): status warns when the last passing
+    # drill is older, or there is none.
+    drill_every: str | None = None
     retention: RetentionSettings | None = None
 
-    @field_validator("rpo", "rto", "floor")
+    @field_validator("rpo", "rto", "floor", "drill_every")
     @classmethod
     def _is_duration(cls, value: str | None) -> str | None:
         if value is not None:

@@ -46,7 +46,8 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
     from medvault.repository.wal import WalArchive
     from medvault.verification.drills import list_results
 
-    last_drills = {drill.source: drill for drill in list_results(repo)}
+    drills = list_results(repo)
+    last_drills = {drill.source: drill for drill in drills}
 
     now = dt.datetime.now(dt.UTC)
     configured = cli.settings.source if cli.configured_sources() else {}
@@ -83,6 +84,14 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
         state = _rpo_state(exposure, rpo)
         if drill is not None and not drill.ok and state == OK:
             state = WARN  # the last restore test failed
+        drill_every = parse_duration(tier.drill_every) if tier and tier.drill_every else None
+        passed = [d for d in drills if d.source == name and d.ok]
+        drill_overdue = drill_every is not None and (
+            not passed
+            or (now - _parse_time(passed[-1].started)).total_seconds() > drill_every.total_seconds()
+        )
+        if drill_overdue and state == OK:
+            state = WARN  # not proven restorable recently enough
         rows.append(
             {
                 "source": name,
@@ -103,6 +112,8 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
                 "drill_within_rto": (
                     None if drill is None or rto is None else drill.rto_s <= rto.total_seconds()
                 ),
+                "drill_every": tier.drill_every if tier is not None else None,
+                "drill_overdue": drill_overdue,
                 "state": state,
             }
         )
@@ -177,7 +188,7 @@ def status(
     )
     print(
         f"{'SOURCE':<14} {'TIER':<10} {'SNAPS':>5} {'RPO':>5} {'LAST BACKUP':>12} "
-        f"{'NEWEST WAL':>11} {'RTO':>5} {'LAST DRILL':>18}  STATE"
+        f"{'NEWEST WAL':>11} {'RTO':>5} {'LAST DRILL':>23}  STATE"
     )
     for row in report["sources"]:
         if row["last_drill"] is None:
@@ -187,10 +198,12 @@ def status(
                 "ok" if row["last_drill_ok"] and row["drill_within_rto"] is not False else "FAIL"
             )
             drill = f"{verdict} {row['last_drill_rto_s']:.0f}s, {_age(row['last_drill_age_s'])} ago"
+        if row["drill_overdue"]:
+            drill += ", due"
         print(
             f"{row['source']:<14} {row['tier'] or '-':<10} {row['snapshots']:>5} "
             f"{row['rpo'] or '-':>5} {_age(row['last_backup_age_s']):>12} "
-            f"{_age(row['newest_wal_age_s']):>11} {row['rto'] or '-':>5} {drill:>18}  "
+            f"{_age(row['newest_wal_age_s']):>11} {row['rto'] or '-':>5} {drill:>23}  "
             f"{row['state']}"
         )
     lag = report["secondary"]
