@@ -119,13 +119,12 @@ def _physical_world(world: PgWorld, drill_section: str = "") -> None:
 
 def _no_drill_left(scratch: Path) -> None:
     assert not list(scratch.iterdir()), "the restored copy is gone"
+    # The throwaway postmaster runs as `postgres -D <scratch>/medvault-drill-…/pgdata`; other
+    # tests' drills may be running beside this one, so only this scratch space counts.
     leftover = subprocess.run(
-        ["pgrep", "-f", "cluster_name=medvault-drill|medvault-drill"],
-        capture_output=True,
-        text=True,
-        check=False,
+        ["pgrep", "-f", f"postgres -D {scratch}/"], capture_output=True, text=True, check=False
     )
-    assert leftover.stdout.strip() == "", "no throwaway server is left running"
+    assert leftover.returncode == 1, f"no throwaway server is left running: {leftover}"
 
 
 def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> None:
@@ -223,6 +222,10 @@ def test_an_interrupted_physical_drill_stops_its_server_and_cleans_up(pg_world: 
     while time.monotonic() < deadline and not any(scratch.rglob("postmaster.pid")):
         time.sleep(0.02)
     assert any(scratch.rglob("postmaster.pid")), "the throwaway server started"
+    running = subprocess.run(
+        ["pgrep", "-f", f"postgres -D {scratch}/"], capture_output=True, text=True, check=False
+    )
+    assert running.stdout.strip(), "the check for leftovers would see it"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -47,9 +47,9 @@ def drill(
     tier = cli.settings.tier.get(settings.tier) if settings and settings.tier else None
     rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
     postgres = settings if isinstance(settings, PostgresSourceSettings) else None
-    checks = DrillOptions()
+    options = DrillOptions()
     if postgres is not None:
-        checks = DrillOptions(
+        options = DrillOptions(
             tuple(postgres.drill.checks),
             postgres.drill.database or dsn_field(postgres.dsn, "dbname") or "postgres",
             postgres.drill.shared_buffers,
@@ -62,7 +62,7 @@ def drill(
         dsn=postgres.dsn if postgres else None,
         pg_bin=postgres.pg_bin if postgres else None,
         to_latest=to_latest,
-        checks=checks,
+        options=options,
     )
     store_result(repo, result)
     if as_json:

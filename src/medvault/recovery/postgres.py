@@ -851,7 +851,8 @@ class ServerAccess:
         raise AssertionError("unreachable")
 
     def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        """A PostgreSQL program, as `run_as` when set."""
+        """A PostgreSQL program, as `run_as` when set, in this process's environment (a
+        server recovered with --start may go on serving: it keeps the locale it was given)."""
         identity: dict[str, Any] = {}
         if self.run_as is not None:
             import pwd
@@ -865,7 +866,6 @@ class ServerAccess:
             stdin=subprocess.DEVNULL,
             check=False,
             timeout=timeout,
-            env=os.environ | {"LC_ALL": "C"},
             **identity,
         )
 

@@ -79,13 +79,13 @@ def run_drill(
     dsn: str | None = None,
     pg_bin: str | None = None,
     to_latest: bool = False,
-    checks: DrillOptions | None = None,
+    options: DrillOptions | None = None,
 ) -> DrillResult:
     from medvault.verification.physical_drill import DrillOptions
 
     result = DrillResult(snapshot.id, snapshot.source, snapshot.kind, now_iso())
     result.rto_target_s = rto.total_seconds() if rto is not None else None
-    checks = checks or DrillOptions()
+    options = options or DrillOptions()
     started = time.monotonic()
     try:
         if to_latest and snapshot.kind != "postgres.physical":
@@ -97,7 +97,7 @@ def run_drill(
                 raise UsageError(
                     f"source {snapshot.source} has no dsn in medvault.toml to restore into"
                 )
-            _drill_logical(repo, snapshot, dsn, pg_bin, checks, result)
+            _drill_logical(repo, snapshot, dsn, pg_bin, options, result)
         elif snapshot.kind == "postgres.physical":
             from medvault.verification.physical_drill import run_physical_drill
 
@@ -108,7 +108,7 @@ def run_drill(
                 to_latest=to_latest,
                 pg_bin=pg_bin,
                 dsn_user=dsn_field(dsn, "user"),
-                options=checks,
+                options=options,
                 result=result,
             )
         else:
@@ -194,7 +194,7 @@ def _drill_logical(
     snapshot: Snapshot,
     dsn: str,
     pg_bin: str | None,
-    checks: DrillOptions,
+    options: DrillOptions,
     result: DrillResult,
 ) -> None:
     from medvault.recovery.postgres_logical import restore_logical
@@ -212,9 +212,9 @@ def _drill_logical(
                 f"{sum(restored.row_counts.values())} rows, equal to the counts at backup",
             )
         )
-        if checks.queries:
+        if options.queries:
             with connect(dsn, dbname=database, what="the drill's copy") as conn:
-                run_user_checks(conn, checks.queries, result.checks.append)
+                run_user_checks(conn, options.queries, result.checks.append)
     except IntegrityError as exc:
         result.checks.append(Check("row counts", False, str(exc)))
     finally:
