@@ -96,11 +96,14 @@ def test_logical_drill_compares_every_tables_row_count(pg_world: PgWorld) -> Non
         "CREATE TABLE notes (id int); INSERT INTO notes SELECT generate_series(1, 70)"
     )
     world.cli("backup", "emr", "--logical")
-    result = json.loads(world.cli("drill", "emr", "--json").stdout)
-    assert result["ok"], result
+    world.cli("backup", "emr", "--type", "full")  # now the newest snapshot of emr
+    result = json.loads(world.cli("drill", "emr", "--kind", "logical", "--json").stdout)
+    assert result["ok"] and result["kind"] == "postgres.logical", result
     assert "2 tables, 570 rows" in result["checks"][0]["detail"]
     databases = {row[0] for row in cluster.query("SELECT datname FROM pg_database")}
     assert not any(name.startswith("medvault_drill_") for name in databases)
+    wrong = world.cli("drill", "emr", "--kind", "logical", "--to-latest", check=False)
+    assert wrong.returncode == 2 and "physical backups only" in wrong.stderr
 
 
 def _physical_world(world: PgWorld, drill_section: str = "") -> None:

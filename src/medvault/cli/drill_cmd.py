@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import typer
 
 from medvault.cli.context import obtain, print_json
-from medvault.errors import UsageError
+from medvault.errors import SnapshotNotFound, UsageError
+
+if TYPE_CHECKING:
+    from medvault.repository.records import Snapshot
+    from medvault.repository.repo import Repository
 
 
 def drill(
@@ -23,6 +28,13 @@ def drill(
         help="Physical backups: replay to the newest archived WAL (proves the WAL chain), "
         "not just to the end of the backup.",
     ),
+    kind: str | None = typer.Option(
+        None,
+        "--kind",
+        metavar="physical|logical|files",
+        help="Drill the newest snapshot of this kind (default: the newest of any; "
+        "--to-latest implies physical).",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a snapshot into scratch space, validate it, measure the time against the
@@ -32,17 +44,21 @@ def drill(
     from medvault.verification.drills import DrillFailed, dsn_field, run_drill, store_result
     from medvault.verification.physical_drill import DrillOptions
 
+    kinds = {"physical": "postgres.physical", "logical": "postgres.logical", "files": "files"}
+    if kind is not None and kind not in kinds:
+        raise UsageError("--kind is physical, logical or files")
+    if snapshot is not None and kind is not None:
+        raise UsageError("give --snapshot or --kind, not both")
+    if to_latest and kind not in (None, "physical"):
+        raise UsageError("--to-latest replays WAL: it drills physical backups only")
     cli = obtain(ctx)
     repo = cli.open(source)
-    if snapshot is None and to_latest:
-        from medvault.recovery.postgres import physical_snapshots
-
-        physical = physical_snapshots(repo, source)
-        if not physical:
-            raise UsageError(f"--to-latest: the repository holds no physical backup of {source}")
-        snap = physical[-1]
+    if snapshot is not None:
+        snap = repo.find_snapshot(snapshot)
+    elif kind is None and not to_latest:
+        snap = repo.find_snapshot(f"latest:{source}")
     else:
-        snap = repo.find_snapshot(snapshot or f"latest:{source}")
+        snap = _newest(repo, source, kind or "physical", kinds[kind or "physical"])
     settings = cli.settings.source.get(source) if cli.configured_sources() else None
     tier = cli.settings.tier.get(settings.tier) if settings and settings.tier else None
     rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
@@ -83,6 +99,21 @@ def drill(
             (f"{c.name}: {c.detail}" for c in result.checks if not c.ok), ""
         )
         raise DrillFailed(f"drill of snapshot {snap.short_id} failed: {reason}")
+
+
+def _newest(repo: Repository, source: str, kind: str, snapshot_kind: str) -> Snapshot:
+    from medvault.recovery.postgres import physical_snapshots
+
+    if snapshot_kind == "postgres.physical":
+        found = physical_snapshots(repo, source)  # complete ones, by consistency point
+    else:
+        found = sorted(
+            (s for s in repo.list_snapshots() if s.source == source and s.kind == snapshot_kind),
+            key=lambda s: s.taken,
+        )
+    if not found:
+        raise SnapshotNotFound(f"the repository holds no {kind} snapshot of {source}")
+    return found[-1]
 
 
 def drills(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
