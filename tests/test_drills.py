@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import psycopg
-from tests.pgcluster import PgWorld, as_postgres, popen_as_postgres
+from tests.pgcluster import PgWorld, as_postgres, popen_as_postgres, run_as_postgres
 
-from conftest import MEDVAULT, Cli
+from conftest import MEDVAULT, Cli, S3Server
 
 MiB = 1024 * 1024
 
@@ -282,3 +282,31 @@ def test_a_drill_logs_in_as_the_sources_role_when_no_postgres_role_exists(
     world.cli("backup", "emr", "--type", "full")
     result = json.loads(world.cli("drill", "emr", "--json").stdout)
     assert result["ok"] and "42 rows" in result["checks"][2]["detail"], result
+
+
+def test_a_physical_drill_from_an_s3_repository(s3_server: S3Server, pg_world: PgWorld) -> None:
+    """Base backup and WAL read over HTTP from the S3 server (the fixture's AWS variables are
+    in the environment of the cluster's archive_command and of medvault)."""
+    world = pg_world
+    key_file = world.base / "s3.key"
+    url = f"s3://{s3_server.new_bucket()}/emr"
+    world.cli.env.update(s3_server.env)
+    run_as_postgres(
+        [MEDVAULT, "--repo", url, "init", "--new-key-file", str(key_file)], env=world.cli.env
+    )
+    cluster = world.cluster
+    world.config.write_text(
+        f'[repository.primary]\nurl = "{url}"\nkey_file = "{key_file}"\n\n'
+        f'[source.emr]\nkind = "postgres"\ndsn = "{cluster.dsn}"\n'
+        f'pgdata = "{cluster.datadir}"\nrepository = "primary"\n'
+        '[source.emr.drill]\nchecks = ["SELECT count(*) = 900 FROM patients"]\n'
+    )
+    as_postgres(world.config)
+    cluster.initdb(settings={"archive_mode": "on", "archive_command": world.archive_command()})
+    cluster.start()
+    cluster.execute("CREATE TABLE patients AS SELECT g AS id FROM generate_series(1, 600) g")
+    world.cli("backup", "emr", "--type", "full")
+    cluster.execute("INSERT INTO patients SELECT g FROM generate_series(601, 900) g")
+    cluster.wait_archived(cluster.switch_wal())
+    result = json.loads(world.cli("drill", "emr", "--to-latest", "--json").stdout)
+    assert result["ok"], result
