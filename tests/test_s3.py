@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -179,11 +179,35 @@ def test_encryption_storage_class_and_path_style_are_passed_to_the_store(
     assert head["StorageClass"] == "STANDARD_IA"
 
 
-class FlakyProxy:
-    """An HTTP proxy in front of the S3 server that answers some requests itself with the
-    errors a busy store sends: 503 SlowDown (throttling) and 500 InternalError."""
+Injected = tuple[int, str, dict[str, str]]  # status, <Error> XML body, extra headers
 
-    def __init__(self, upstream: str, fail_every: int = 3) -> None:
+
+def busy_store(n: int, fail_every: int = 3) -> Injected | None:
+    """What a busy store sends now and then: 503 SlowDown (throttling), 500 InternalError."""
+    if n % fail_every:
+        return None
+    status, code = (503, "SlowDown") if n % 2 else (500, "InternalError")
+    return status, f"<Code>{code}</Code><Message>try again</Message>", {}
+
+
+def bucket_in_eu_central_1(n: int) -> Injected:
+    """What AWS answers a request signed for us-east-1 when the bucket is in eu-central-1."""
+    return (
+        400,
+        "<Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is "
+        "malformed; the region 'us-east-1' is wrong; expecting 'eu-central-1'</Message>"
+        "<Region>eu-central-1</Region>",
+        {"x-amz-bucket-region": "eu-central-1"},
+    )
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of the S3 server that answers some requests itself (`answer`
+    returns the injected response for the n-th request, or None to relay it)."""
+
+    def __init__(
+        self, upstream: str, answer: Callable[[int], Injected | None] = busy_store
+    ) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         counter = itertools.count(1)
         self.injected = 0
@@ -198,16 +222,19 @@ class FlakyProxy:
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                n = next(counter)
-                if n % fail_every == 0:
+                injected = answer(next(counter))
+                if injected is not None:
                     proxy.injected += 1
-                    status, code = (503, "SlowDown") if n % 2 else (500, "InternalError")
-                    payload = f"<Error><Code>{code}</Code><Message>try again</Message></Error>"
+                    status, error, extra = injected
+                    payload = f"<Error>{error}</Error>".encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
+                    for key, value in extra.items():
+                        self.send_header(key, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload.encode())
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
                     return
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
@@ -275,3 +302,22 @@ def test_boto3_is_not_loaded_for_a_local_repository(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_bucket_in_another_region_is_one_line_naming_both(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    cli = Cli(f"s3://{s3_server.new_bucket()}/repo", tmp_path)
+    cli("init")
+    proxy = FlakyProxy(s3_server.endpoint, bucket_in_eu_central_1)
+    try:
+        cli.env["AWS_ENDPOINT_URL"] = proxy.endpoint
+        # HEAD requests carry no error body (only the region header), GETs carry both.
+        answers = [cli(*args, check=False) for args in (("init",), ("snapshots",))]
+    finally:
+        proxy.close()
+    for done in answers:
+        assert done.returncode == 5, done.stderr
+        line = done.stderr.strip()
+        assert "\n" not in line and "Traceback" not in line
+        assert "us-east-1" in line and "eu-central-1" in line and "AWS_REGION" in line, line

@@ -161,12 +161,16 @@ class S3Backend(Backend):
                     f"bucket {self.bucket} does not exist at {self._where()}: "
                     "create it, or correct the repository URL"
                 )
-            if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301") or (
-                status == 301
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            # A HEAD gets no error body: then only the header names the bucket's region.
+            region = exc.response.get("Error", {}).get("Region") or headers.get(
+                "x-amz-bucket-region"
+            )
+            if (
+                code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301")
+                or status == 301
+                or (status == 400 and region and region != self._region())
             ):
-                region = exc.response.get("Error", {}).get("Region") or exc.response.get(
-                    "ResponseMetadata", {}
-                ).get("HTTPHeaders", {}).get("x-amz-bucket-region")
                 hint = f"it is in {region}" if region else "it is in another region"
                 return BackendError(
                     f"bucket {self.bucket} is not in region {self._region()}: {hint}; "
