@@ -81,14 +81,18 @@ class CliContext:
         url, repo_settings = self.repository_target(source, selector)
         backend = open_backend(url, repo_settings)
         # Say "no repository here" before asking for a passphrase that could not help.
-        Repository.probe(backend)
-        repo = Repository.open_sharing(backend, sharing.master) if sharing is not None else None
+        probed = Repository.probe(backend)
+        repo = (
+            Repository.open_sharing(backend, sharing.master, probed)
+            if sharing is not None
+            else None
+        )
         if repo is None:
             if other:
                 credential = get_other_credential(repo_settings)
             else:
                 credential = get_credential(self.credentials, repo_settings)
-            repo = Repository.open(backend, credential)
+            repo = Repository.open(backend, credential, probed)
         repo.retention_period = self.retention_period(source)
         secondary = repo_settings.secondary if repo_settings is not None else None
         if secondary is not None:

@@ -342,7 +342,12 @@ def _last_segment(
 ) -> str:
     """The last segment recovery reads: the one holding the target LSN, else the newest
     archived one along the timeline chain."""
-    from medvault.sources.postgres.wal import SEGMENT, segment_name, segment_number
+    from medvault.sources.postgres.wal import (
+        SEGMENT,
+        period_segments,
+        segment_name,
+        segment_number,
+    )
 
     if end is not None:
         # A switch point's segment is read from the newer timeline (it copies the start).
@@ -351,8 +356,8 @@ def _last_segment(
         return str(segment_name(where.timeline, number * size, size))
     best: tuple[int, str] | None = None
     for period in periods:
-        low = max(period.begin, start) // size
-        high = None if period.end is None else period.end // size - 1
+        low, high = period_segments(period, size)
+        low = max(low, start // size)
         for name in archive.names(period.timeline):
             if not SEGMENT.match(name):
                 continue
@@ -594,10 +599,11 @@ def write_auto_conf(pgdata: str, block: list[str]) -> None:
             inside = False
         elif not inside:
             kept.append(line)
-    _write_text(path, "\n".join([*kept, *block]) + "\n")
+    write_private_file(path, "\n".join([*kept, *block]) + "\n")
 
 
-def _write_text(path: str, text: str, mode: int = 0o600) -> None:
+def write_private_file(path: str, text: str, mode: int = 0o600) -> None:
+    """Written whole (temporary name, fsync, rename): a reader never sees part of it."""
     temp = path + ".medvault-tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
@@ -764,10 +770,10 @@ def _prepare_for_recovery(
     facts = snapshot.facts
     for sub in ("pg_wal", os.path.join("pg_wal", "archive_status"), "pg_tblspc"):
         os.makedirs(os.path.join(pgdata, sub), mode=0o700, exist_ok=True)
-    _write_text(os.path.join(pgdata, "backup_label"), str(facts["backup_label"]))
+    write_private_file(os.path.join(pgdata, "backup_label"), str(facts["backup_label"]))
     spcmap = str(facts.get("tablespace_map") or "")
     if spcmap:
-        _write_text(
+        write_private_file(
             os.path.join(pgdata, "tablespace_map"), rewrite_tablespace_map(spcmap, locations)
         )
     for oid, location in locations.items():
@@ -780,7 +786,7 @@ def _prepare_for_recovery(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pgdata, name))
     signal = "standby.signal" if standby else "recovery.signal"
-    _write_text(os.path.join(pgdata, signal), "")
+    write_private_file(os.path.join(pgdata, signal), "")
     os.chmod(pgdata, 0o700)
     if os.geteuid() == 0:
         # As root the restored files keep their recorded owners (the original postgres

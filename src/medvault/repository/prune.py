@@ -113,6 +113,9 @@ class Pruner:
         self.young = young
         self.result = PruneResult()
         self._on_progress = on_progress
+        # The pack listing condemn made: still true for the delete phase of the same run
+        # (only a prune deletes packs, and no other prune runs beside this one).
+        self._listing: dict[str, tuple[int, float | None]] | None = None
 
     def run(self) -> PruneResult:
         if self._other_prune_running():
@@ -178,7 +181,7 @@ class Pruner:
                 deletable.add(pack_id)
             else:
                 self.result.reprieved += 1
-        sizes = _pack_sizes(self.repo)
+        sizes = self._listing if self._listing is not None else _pack_sizes(self.repo)
         self.result.deleted_packs += len(deletable & set(sizes))
         self.result.freed_bytes += sum(sizes[p][0] for p in deletable if p in sizes)
         if self.dry_run:
@@ -222,7 +225,7 @@ class Pruner:
         """True when a record was written."""
         already = condemned_packs(self.repo)
         used = _used_blobs(self.repo)
-        sizes = _pack_sizes(self.repo)
+        sizes = self._listing = _pack_sizes(self.repo)
         now = time.time()
         records = {record.pack_id: record for record in self.repo.index.packs()}
         doomed: list[str] = []

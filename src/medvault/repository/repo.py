@@ -211,8 +211,14 @@ class Repository:
         return RepoConfig.parse(raw, backend.url)
 
     @classmethod
-    def open(cls, backend: Backend, credential: Credential) -> Repository:
-        config, doc = cls.probe(backend)
+    def open(
+        cls,
+        backend: Backend,
+        credential: Credential,
+        probed: tuple[RepoConfig, dict[str, Any]] | None = None,
+    ) -> Repository:
+        """`probed`: what `probe` returned, when the caller already read the config."""
+        config, doc = probed or cls.probe(backend)
         slots = cls.read_key_slots(backend)
         if not slots:
             raise IntegrityError(f"repository at {backend.url} has no key slots")
@@ -221,12 +227,17 @@ class Repository:
         return cls(backend, master, config, slot)
 
     @classmethod
-    def open_sharing(cls, backend: Backend, master: MasterKey) -> Repository | None:
+    def open_sharing(
+        cls,
+        backend: Backend,
+        master: MasterKey,
+        probed: tuple[RepoConfig, dict[str, Any]] | None = None,
+    ) -> Repository | None:
         """Open with the master key of another repository when both share it (made with
         `init --copy-keys-from`): the config's MAC proves it, and no key derivation runs.
         Holding that key already grants everything this repository's slots would. None when
         the keys differ."""
-        config, doc = cls.probe(backend)
+        config, doc = probed or cls.probe(backend)
         try:
             config.verify(doc, master)
         except IntegrityError:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medvault.errors import MedvaultError, RecoveryFailed
+from medvault.recovery.postgres import write_private_file
 
 if TYPE_CHECKING:
     from medvault.recovery.postgres import ServerAccess, WalRange
@@ -85,6 +86,7 @@ def wal_plan(repo: Repository, snapshot: Snapshot, wal: WalRange) -> list[str]:
     from medvault.sources.postgres.wal import (
         SEGMENT,
         history_name,
+        period_segments,
         segment_number,
         timeline_periods,
     )
@@ -97,8 +99,8 @@ def wal_plan(repo: Repository, snapshot: Snapshot, wal: WalRange) -> list[str]:
     periods, _ = timeline_periods(archive, wal.timeline)
     plan = [history_name(p.timeline) for p in periods if p.timeline > 1]
     for period in periods:
-        low = max(first, period.begin // size)
-        high = last if period.end is None else min(last, period.end // size - 1)
+        low, high = period_segments(period, size)
+        low, high = max(low, first), last if high is None else min(high, last)
         for name in archive.names(period.timeline):
             if SEGMENT.match(name) and low <= segment_number(name, size) <= high:
                 plan.append(name)
@@ -135,9 +137,6 @@ class WalFeeder:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=STOP_TIMEOUT_S)
-
-    def _staged_segments(self, names: set[str]) -> int:
-        return sum(1 for n in names if os.path.exists(os.path.join(self.spool, n)))
 
     def _fetch(self, name: str) -> None:
         """Written under a hidden name and renamed, already owned by the server's account:
@@ -181,15 +180,7 @@ class WalFeeder:
             self.error = f"WAL for the drill could not be staged: {exc.strerror}"
         finally:
             with contextlib.suppress(OSError):
-                _write(os.path.join(self.spool, COMPLETE), "", 0o644)
-
-
-def _write(path: str, text: str, mode: int = 0o600) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+                write_private_file(os.path.join(self.spool, COMPLETE), "", 0o644)
 
 
 def _server_account(pgdata: str) -> tuple[str | None, int, int]:
@@ -223,12 +214,12 @@ def _isolate(pgdata: str, scratch: str, socket_dir: str, port: int, shared_buffe
     later lines win over the production settings restored with the data)."""
     hba = os.path.join(scratch, "pg_hba.conf")
     ident = os.path.join(scratch, "pg_ident.conf")
-    _write(hba, "local all all trust\n")
-    _write(ident, "")
+    write_private_file(hba, "local all all trust\n")
+    write_private_file(ident, "")
     conf = os.path.join(pgdata, "postgresql.conf")
     if not os.path.exists(conf):
         # Clusters configured from /etc (Debian's layout) keep no postgresql.conf here.
-        _write(conf, "")
+        write_private_file(conf, "")
     settings = {
         "listen_addresses": "",
         "unix_socket_directories": socket_dir,
@@ -312,7 +303,7 @@ def run_physical_drill(
     try:
         os.mkdir(spool, 0o700)
         os.mkdir(socket_dir, 0o700)
-        _write(
+        write_private_file(
             script,
             RESTORE_SCRIPT.format(spool=shlex.quote(spool), plan=PLAN, complete=COMPLETE),
             0o700,
@@ -345,7 +336,7 @@ def run_physical_drill(
         )
         _isolate(pgdata, scratch, socket_dir, port, options.shared_buffers)
         plan = wal_plan(repo, snapshot, restored.wal)
-        _write(os.path.join(spool, PLAN), "\n".join(plan) + "\n")
+        write_private_file(os.path.join(spool, PLAN), "\n".join(plan) + "\n")
         run_as, uid, gid = _server_account(pgdata)
         if run_as is not None:
             _chown_tree(scratch, uid, gid)

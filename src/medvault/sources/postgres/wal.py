@@ -163,7 +163,7 @@ def timeline_periods(archive: WalArchive, timeline: int) -> tuple[list[Period], 
     return periods, []
 
 
-def _segments_of(period: Period, segment_size: int) -> tuple[int, int | None]:
+def period_segments(period: Period, segment_size: int) -> tuple[int, int | None]:
     """Segment numbers recovery reads from the period's timeline: a timeline switched to at
     LSN L supplies the segment holding L onwards (PostgreSQL copies that segment's start
     into the new timeline's file), its parent everything before."""
@@ -194,7 +194,7 @@ def missing_segments(
     if stop_lsn is None:
         last_needed = first_needed
         for period in periods:
-            low, high = _segments_of(period, segment_size)
+            low, high = period_segments(period, segment_size)
             inside = [
                 s for s in archived[period.timeline] if s >= low and (high is None or s <= high)
             ]
@@ -202,7 +202,7 @@ def missing_segments(
     else:
         last_needed = max(first_needed, (stop_lsn - 1) // segment_size)
     for period in periods:
-        low, high = _segments_of(period, segment_size)
+        low, high = period_segments(period, segment_size)
         low = max(low, first_needed)
         high = last_needed if high is None else min(high, last_needed)
         for segno in range(low, high + 1):
