@@ -49,6 +49,8 @@ BLOCK_END = "# medvault recovery settings: end"
 LOG_NAME = "medvault-recovery.log"
 PG_CONTROL = "global/pg_control"
 WAIT_TIMEOUT_S = 3600.0
+POLL_FIRST_S = 0.02
+POLL_MAX_S = 0.3
 NOT_REACHED = "recovery ended before configured recovery target was reached"
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 _RESTORE_POINT_MAX = 63  # MAXFNAMELEN - 1 in PostgreSQL
@@ -961,6 +963,9 @@ def start_and_wait(
         )
     began = time.monotonic()
     seen_pid = False
+    # Short replays (a drill to the end of its backup) finish within a few hundred ms: poll
+    # often at first, then back off so an hour-long replay is not probed 20 times a second.
+    pause = POLL_FIRST_S
     while True:
         text = _read_log(log)
         if NOT_REACHED in text:
@@ -1000,7 +1005,8 @@ def start_and_wait(
                 f"recovery did not finish within {timeout:.0f} s; the server is still running "
                 f"(stop it with pg_ctl -D {pgdata} stop); server log:\n{log_tail(log)}"
             )
-        time.sleep(0.3)
+        time.sleep(pause)
+        pause = min(pause * 1.5, POLL_MAX_S)
 
 
 def _probe(conn: Any, action: str, port: int, log: str) -> Reached | None:
