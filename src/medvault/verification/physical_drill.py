@@ -406,11 +406,14 @@ WHERE am.amname = 'btree' AND i.indisvalid AND i.indisready AND c.relpersistence
 """
 
 # count(*) must read the heap: with an all-visible table the planner prefers an index-only
-# scan, which reads the visibility map and an index but not one row of the table.
+# scan, which reads the visibility map and an index but not one row of the table. Parallel
+# query is off: the drill's own two connections already keep both cores busy, and the
+# workers it would start only take time from the index checks.
 HEAP_ONLY = (
     "SET enable_indexonlyscan = off",
     "SET enable_indexscan = off",
     "SET enable_bitmapscan = off",
+    "SET max_parallel_workers_per_gather = 0",
 )
 CHECKERS = 2  # connections validating at once: the copy has nothing else to do
 
