@@ -163,6 +163,37 @@ def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> No
     assert world.cluster.scalar("SELECT count(*) FROM patients") == 500, "production untouched"
 
 
+def test_physical_drill_reads_every_heap_page_not_an_index_instead(pg_world: PgWorld) -> None:
+    """An all-visible table is counted by the planner from its primary key; a drill must read
+    the table itself, so a damaged heap page fails it."""
+    world = pg_world
+    cluster = world.start_archiving_cluster()
+    cluster.execute(
+        "CREATE TABLE scans (id int PRIMARY KEY, letter text);"
+        "INSERT INTO scans SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g"
+    )
+    cluster.execute("VACUUM (ANALYZE) scans")  # every page all-visible
+    cluster.execute("CHECKPOINT")
+    plan = "\n".join(r[0] for r in cluster.query("EXPLAIN SELECT count(*) FROM scans"))
+    assert "Index Only Scan" in plan, f"the planner would not read the heap: {plan}"
+    heap = cluster.datadir / str(cluster.scalar("SELECT pg_relation_filepath('scans')"))
+    with heap.open("r+b") as handle:  # block 3's page header (no checksums: not noticed)
+        handle.seek(3 * 8192)
+        handle.write(b"\xff" * 24)
+    world.cli("backup", "emr", "--type", "full")
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    done = world.cli("drill", "emr", "--scratch", str(scratch), "--json", check=False)
+    assert done.returncode == 23, done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert not checks["tables"]["ok"]
+    assert "scans" in checks["tables"]["detail"]
+    assert "invalid page in block 3" in checks["tables"]["detail"]
+    assert checks["amcheck"]["ok"], "the index itself is sound"
+    _no_drill_left(scratch)
+
+
 def test_physical_drill_to_latest_proves_the_wal_chain(pg_world: PgWorld) -> None:
     world = pg_world
     _physical_world(
