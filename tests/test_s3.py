@@ -179,6 +179,47 @@ def test_encryption_storage_class_and_path_style_are_passed_to_the_store(
     assert head["StorageClass"] == "STANDARD_IA"
 
 
+def _sent_payload_hashes(backend: object) -> list[str]:
+    """The X-Amz-Content-SHA256 header of every PutObject the backend's client sends."""
+    seen: list[str] = []
+
+    def record(request: object, **_: object) -> None:
+        headers = request.headers  # type: ignore[attr-defined]
+        seen.append(str(headers.get("X-Amz-Content-SHA256", b""), "ascii"))
+
+    backend.client.meta.events.register("before-send.s3.PutObject", record)  # type: ignore[attr-defined]
+    return seen
+
+
+def test_over_tls_bodies_are_not_hashed_into_signatures_over_http_they_are(
+    s3_server: S3Server, tmp_path: Path, make_tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(300_000)
+    with open_backend(f"s3://{s3_server.new_bucket()}/repo") as plain:
+        hashes = _sent_payload_hashes(plain)
+        plain.store("data/ab/pack", data)
+        assert len(hashes[0]) == 64 and hashes[0] != "UNSIGNED-PAYLOAD", "HTTP: body signed"
+    server = S3Server(tls=True)
+    try:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        with open_backend(f"s3://{server.new_bucket()}/repo") as secure:
+            hashes = _sent_payload_hashes(secure)
+            secure.store("data/ab/pack", data)
+            assert hashes == ["UNSIGNED-PAYLOAD"], "TLS already authenticates the bytes"
+            assert secure.load("data/ab/pack") == data
+        # A whole repository over HTTPS, the certificate trusted through AWS_CA_BUNDLE.
+        cli = Cli(f"s3://{server.new_bucket()}/repo", tmp_path)
+        tree = make_tree({"letters/a.txt": b"x" * 50_000, "scan.dcm": os.urandom(400_000)})
+        cli("init")
+        cli("backup", str(tree))
+        cli("check", "--read-data")
+        cli("restore", "latest", "--target", str(tmp_path / "out"))
+        assert tree_digest(tmp_path / "out" / str(tree).lstrip("/")) == tree_digest(tree)
+    finally:
+        server.stop()
+
+
 Injected = tuple[int, str, dict[str, str]]  # status, <Error> XML body, extra headers
 
 
