@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from tests.pgcluster import PgWorld, as_postgres, popen_as_postgres, run_as_postgres
+from tests.pgcluster import PgCluster, PgWorld, as_postgres, popen_as_postgres, run_as_postgres
 
 from conftest import MEDVAULT, Cli, S3Server
 
@@ -163,23 +163,35 @@ def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> No
     assert world.cluster.scalar("SELECT count(*) FROM patients") == 500, "production untouched"
 
 
-def test_physical_drill_reads_every_heap_page_not_an_index_instead(pg_world: PgWorld) -> None:
-    """An all-visible table is counted by the planner from its primary key; a drill must read
-    the table itself, so a damaged heap page fails it."""
+def _damage_page(cluster: PgCluster, relation_sql: str, block: int) -> None:
+    """Overwrite one page header on disk (no checksums here: PostgreSQL notices only when it
+    reads the page)."""
+    path = cluster.datadir / str(cluster.scalar(f"SELECT pg_relation_filepath({relation_sql})"))
+    with path.open("r+b") as handle:
+        handle.seek(block * 8192)
+        handle.write(b"\xff" * 24)
+
+
+def test_physical_drill_reads_every_heap_and_toast_page(pg_world: PgWorld) -> None:
+    """An all-visible table is counted by the planner from its primary key, and a count never
+    reads the TOAST table holding large values: a drill must read both, so a damaged page in
+    either fails it."""
     world = pg_world
     cluster = world.start_archiving_cluster()
     cluster.execute(
         "CREATE TABLE scans (id int PRIMARY KEY, letter text);"
-        "INSERT INTO scans SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g"
+        "INSERT INTO scans SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g;"
+        "CREATE TABLE letters (id int PRIMARY KEY, body text);"
+        "ALTER TABLE letters ALTER body SET STORAGE EXTERNAL;"
+        "INSERT INTO letters SELECT g, (SELECT string_agg(md5(s.i || '-' || g), '')"
+        " FROM generate_series(1, 700) s(i)) FROM generate_series(1, 20) g"
     )
     cluster.execute("VACUUM (ANALYZE) scans")  # every page all-visible
     cluster.execute("CHECKPOINT")
     plan = "\n".join(r[0] for r in cluster.query("EXPLAIN SELECT count(*) FROM scans"))
     assert "Index Only Scan" in plan, f"the planner would not read the heap: {plan}"
-    heap = cluster.datadir / str(cluster.scalar("SELECT pg_relation_filepath('scans')"))
-    with heap.open("r+b") as handle:  # block 3's page header (no checksums: not noticed)
-        handle.seek(3 * 8192)
-        handle.write(b"\xff" * 24)
+    _damage_page(cluster, "'scans'", 3)
+    _damage_page(cluster, "(SELECT reltoastrelid FROM pg_class WHERE relname = 'letters')", 2)
     world.cli("backup", "emr", "--type", "full")
     scratch = world.base / "scratch"
     scratch.mkdir()
@@ -187,10 +199,11 @@ def test_physical_drill_reads_every_heap_page_not_an_index_instead(pg_world: PgW
     done = world.cli("drill", "emr", "--scratch", str(scratch), "--json", check=False)
     assert done.returncode == 23, done.stderr
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    detail = checks["tables"]["detail"]
     assert not checks["tables"]["ok"]
-    assert "scans" in checks["tables"]["detail"]
-    assert "invalid page in block 3" in checks["tables"]["detail"]
-    assert checks["amcheck"]["ok"], "the index itself is sound"
+    assert "public.scans: invalid page in block 3" in detail, detail
+    assert "(TOAST of public.letters): invalid page in block 2" in detail, detail
+    assert checks["amcheck"]["ok"], "the indexes themselves are sound"
     _no_drill_left(scratch)
 
 

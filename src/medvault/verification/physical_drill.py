@@ -13,9 +13,10 @@ is a small script that waits for the next file (or fails at once for names the p
 hold, which is how PostgreSQL learns the archive ends). Decryption stays in this process: the
 server never needs the repository's key, and no medvault process is started per segment.
 
-Validation, in every database that accepts connections: each table's `count(*)` by a
-sequential scan (the heap itself is read), amcheck's `bt_index_check` on every valid B-tree
-index where the extension is available, then the user's checks from `[source.NAME.drill]`.
+Validation, in every database that accepts connections: each table's and its TOAST table's
+`count(*)` by a sequential scan (the heap itself is read), amcheck's `bt_index_check` on every
+valid B-tree index where the extension is available, then the user's checks from
+`[source.NAME.drill]`.
 """
 
 from __future__ import annotations
@@ -388,9 +389,15 @@ def _login_name() -> str | None:
         return None
 
 
+# Each table with its TOAST table, where large values (scanned letters in a bytea, long notes)
+# live out of line: a count of the table never reads them.
 TABLES = """
-SELECT format('%I.%I', n.nspname, c.relname), pg_relation_size(c.oid)
+SELECT format('%I.%I', n.nspname, c.relname), pg_relation_size(c.oid),
+       CASE WHEN t.oid IS NOT NULL THEN format('%I.%I', tn.nspname, t.relname) END,
+       pg_relation_size(t.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
 WHERE c.relkind IN ('r', 'm') AND (c.relkind <> 'm' OR c.relispopulated)
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
@@ -434,9 +441,13 @@ class _Job:
 
     size: int
     database: str
-    kind: str  # "table" or "index"
+    kind: str  # "table", "toast" or "index"
     name: str
     oid: int = 0
+    owner: str = ""  # a TOAST table's table
+
+    def shown(self) -> str:
+        return f"{self.name} (TOAST of {self.owner})" if self.owner else self.name
 
 
 def _plan_validation(
@@ -449,8 +460,10 @@ def _plan_validation(
     jobs: list[_Job] = []
     for database in databases:
         with access.connect(port, database, timeout=10) as conn:
-            for table, size in conn.execute(TABLES).fetchall():
+            for table, size, toast, toast_size in conn.execute(TABLES).fetchall():
                 jobs.append(_Job(size, database, "table", table))
+                if toast is not None:
+                    jobs.append(_Job(toast_size, database, "toast", toast, owner=table))
             if not amcheck:
                 continue
             try:
@@ -489,12 +502,12 @@ def _run_checks(
                     conn.execute(setting)
             rows, failure = 0, None
             try:
-                if job.kind == "table":
-                    rows = int(conn.execute(f"SELECT count(*) FROM {job.name}").fetchone()[0])
-                else:
+                if job.kind == "index":
                     conn.execute("SELECT bt_index_check(%s)", (job.oid,))
+                else:
+                    rows = int(conn.execute(f"SELECT count(*) FROM {job.name}").fetchone()[0])
             except psycopg.Error as exc:
-                failure = f"{job.database}: {job.name}: {_first_line(exc)}"
+                failure = f"{job.database}: {job.shown()}: {_first_line(exc)}"
             with lock:
                 tally = tallies[job.kind]
                 tally.rows += rows
@@ -534,7 +547,7 @@ def _validate(
             ).fetchone()[0]
             > 0
         )
-    tallies = {"table": _Tally(), "index": _Tally()}
+    tallies = {"table": _Tally(), "toast": _Tally(), "index": _Tally()}
     jobs = _plan_validation(access, port, databases, amcheck, tallies["index"])
     lock = threading.Lock()
     with ThreadPoolExecutor(CHECKERS, "medvault-drill-check") as pool:
@@ -544,14 +557,16 @@ def _validate(
         ]
         for worker in workers:
             worker.result()
-    tables, checked = tallies["table"], tallies["index"]
+    tables, toast, checked = tallies["table"], tallies["toast"], tallies["index"]
+    unreadable = tables.failures + toast.failures
     add(
         Check(
             "tables",
-            not tables.failures,
+            not unreadable,
             f"{tables.done} tables in {len(databases)} database(s) read, {tables.rows} rows, "
-            f"in {tables.seconds:.1f} s"
-            + (f"; unreadable: {'; '.join(tables.failures[:5])}" if tables.failures else ""),
+            f"and {toast.done} TOAST tables, {toast.rows} chunks, "
+            f"in {max(tables.seconds, toast.seconds):.1f} s"
+            + (f"; unreadable: {'; '.join(unreadable[:5])}" if unreadable else ""),
         )
     )
     if amcheck:
