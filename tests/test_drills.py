@@ -207,6 +207,42 @@ def test_physical_drill_reads_every_heap_and_toast_page(pg_world: PgWorld) -> No
     _no_drill_left(scratch)
 
 
+def test_a_database_with_a_damaged_catalog_fails_the_drill_and_the_others_are_read(
+    pg_world: PgWorld,
+) -> None:
+    world = pg_world
+    _physical_world(world, '[source.emr.drill]\ndatabase = "archive"\nchecks = ["SELECT true"]\n')
+    cluster = world.cluster
+    cluster.execute("CREATE DATABASE archive")
+    cluster.execute("CREATE TABLE old_letters (id int)", dbname="archive")
+    cluster.execute("CHECKPOINT")
+    # pg_class's first page: opening a session in that database reads it (the relation cache
+    # file is not backed up), so no connection to it can be made in the restored copy.
+    catalog = cluster.datadir / str(
+        cluster.scalar("SELECT pg_relation_filepath('pg_class')", dbname="archive")
+    )
+    with catalog.open("r+b") as handle:
+        handle.write(b"\xff" * 24)
+    world.cli("backup", "emr", "--type", "full")
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    done = world.cli("drill", "emr", "--scratch", str(scratch), "--json", check=False)
+    assert done.returncode == 23, done.stderr
+    assert "internal error" not in done.stderr
+    result = json.loads(done.stdout)
+    checks = {c["name"]: c for c in result["checks"]}
+    detail = checks["tables"]["detail"]
+    assert not checks["tables"]["ok"]
+    assert "archive: cannot be read:" in detail and "invalid page" in detail, detail
+    assert "500 rows" in detail, "the other database was still counted"
+    user_check = checks["check: SELECT true"]
+    assert not user_check["ok"] and "archive: " in user_check["detail"], user_check
+    stored = json.loads(world.cli("drills", "--json").stdout)
+    assert stored[-1]["ok"] is False, "the failed drill is on record"
+    _no_drill_left(scratch)
+
+
 def test_physical_drill_to_latest_proves_the_wal_chain(pg_world: PgWorld) -> None:
     world = pg_world
     _physical_world(

@@ -451,29 +451,44 @@ class _Job:
 
 
 def _plan_validation(
-    access: ServerAccess, port: int, databases: list[str], amcheck: bool, indexes: _Tally
+    access: ServerAccess, port: int, databases: list[str], amcheck: bool, tallies: dict[str, _Tally]
 ) -> list[_Job]:
     """Every table and (with amcheck) every B-tree index, largest first: two connections
-    working down that list finish together, where one per kind left a core idle."""
+    working down that list finish together, where one per kind left a core idle. A database
+    that cannot even be opened (a damaged catalog) is a failure of its own; the others are
+    still validated."""
     import psycopg
 
     jobs: list[_Job] = []
     for database in databases:
-        with access.connect(port, database, timeout=10) as conn:
-            for table, size, toast, toast_size in conn.execute(TABLES).fetchall():
-                jobs.append(_Job(size, database, "table", table))
-                if toast is not None:
-                    jobs.append(_Job(toast_size, database, "toast", toast, owner=table))
-            if not amcheck:
-                continue
-            try:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-            except psycopg.Error as exc:
-                indexes.failures.append(f"{database}: amcheck not installable: {_first_line(exc)}")
-                continue
-            for oid, index, size in conn.execute(BTREE_INDEXES).fetchall():
-                jobs.append(_Job(size, database, "index", index, oid))
+        try:
+            jobs += _database_jobs(access, port, database, amcheck, tallies["index"])
+        except psycopg.Error as exc:
+            tallies["table"].failures.append(f"{database}: cannot be read: {_first_line(exc)}")
     jobs.sort(key=lambda job: (-job.size, job.database, job.name))
+    return jobs
+
+
+def _database_jobs(
+    access: ServerAccess, port: int, database: str, amcheck: bool, indexes: _Tally
+) -> list[_Job]:
+    import psycopg
+
+    jobs: list[_Job] = []
+    with access.connect(port, database, timeout=10) as conn:
+        for table, size, toast, toast_size in conn.execute(TABLES).fetchall():
+            jobs.append(_Job(size, database, "table", table))
+            if toast is not None:
+                jobs.append(_Job(toast_size, database, "toast", toast, owner=table))
+        if not amcheck:
+            return jobs
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+        except psycopg.Error as exc:
+            indexes.failures.append(f"{database}: amcheck not installable: {_first_line(exc)}")
+            return jobs
+        for oid, index, size in conn.execute(BTREE_INDEXES).fetchall():
+            jobs.append(_Job(size, database, "index", index, oid))
     return jobs
 
 
@@ -495,13 +510,13 @@ def _run_checks(
                 if not jobs:
                     return
                 job = jobs.pop(0)
-            conn = connections.get(job.database)
-            if conn is None:
-                conn = connections[job.database] = access.connect(port, job.database, timeout=10)
-                for setting in HEAP_ONLY:
-                    conn.execute(setting)
             rows, failure = 0, None
             try:
+                conn = connections.get(job.database)
+                if conn is None or conn.closed:
+                    conn = connections[job.database] = access.connect(port, job.database, 10)
+                    for setting in HEAP_ONLY:
+                        conn.execute(setting)
                 if job.kind == "index":
                     conn.execute("SELECT bt_index_check(%s)", (job.oid,))
                 else:
@@ -530,10 +545,16 @@ def _validate(
 ) -> None:
     """Every table counted and every B-tree index checked, by two connections sharing one
     largest-first list: validation is most of a drill's own time."""
+    import psycopg
+
     from medvault.verification.drills import Check
 
     began = time.monotonic()
-    with access.connect(port) as conn:
+    try:
+        conn = access.connect(port)
+    except psycopg.Error as exc:
+        raise RecoveryFailed(f"the restored copy took no connection: {_first_line(exc)}") from None
+    with conn:
         databases = [
             r[0]
             for r in conn.execute(
@@ -548,7 +569,7 @@ def _validate(
             > 0
         )
     tallies = {"table": _Tally(), "toast": _Tally(), "index": _Tally()}
-    jobs = _plan_validation(access, port, databases, amcheck, tallies["index"])
+    jobs = _plan_validation(access, port, databases, amcheck, tallies)
     lock = threading.Lock()
     with ThreadPoolExecutor(CHECKERS, "medvault-drill-check") as pool:
         workers = [
@@ -583,7 +604,13 @@ def _validate(
         add(Check("amcheck", True, "skipped: the amcheck extension is not installed here"))
     if options.queries:
         database = options.database or "postgres"
-        with access.connect(port, database, timeout=10) as conn:
+        try:
+            conn = access.connect(port, database, timeout=10)
+        except psycopg.Error as exc:
+            for query in options.queries:
+                add(Check(f"check: {query}", False, f"{database}: {_first_line(exc)}"))
+            return
+        with conn:
             run_user_checks(conn, options.queries, add)
 
 
