@@ -218,13 +218,34 @@ def _drill_logical(
     except IntegrityError as exc:
         result.checks.append(Check("row counts", False, str(exc)))
     finally:
-        with (
-            cleanup_timer(result),
-            contextlib.suppress(MedvaultError),
-            connect(dsn, what="the drill's server") as conn,
-        ):
-            conn.autocommit = True
+        with cleanup_timer(result):
+            problem = _drop_database(dsn, database)
+        if problem is not None:
+            # The copy holds patient data: a drill that cannot remove it has failed.
+            result.checks.append(
+                Check(
+                    "cleanup",
+                    False,
+                    f"the drill's copy, database {database}, could not be dropped: {problem}; "
+                    f'drop it by hand (DROP DATABASE "{database}" WITH (FORCE))',
+                )
+            )
+
+
+def _drop_database(dsn: str, database: str) -> str | None:
+    """None once the database is gone, else why not."""
+    import psycopg
+
+    from medvault.sources.postgres.server import connect
+
+    try:
+        with connect(dsn, what="the drill's server") as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    except MedvaultError as exc:
+        return str(exc)
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def store_result(repo: Repository, result: DrillResult) -> str:
