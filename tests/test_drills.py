@@ -106,6 +106,32 @@ def test_logical_drill_compares_every_tables_row_count(pg_world: PgWorld) -> Non
     assert wrong.returncode == 2 and "physical backups only" in wrong.stderr
 
 
+def test_a_logical_drill_whose_copy_cannot_be_dropped_fails_naming_it(
+    pg_world: PgWorld,
+) -> None:
+    """The copy holds patient data: when it cannot be removed (here a user check made it a
+    template database, which DROP refuses), the drill fails and says which database to drop."""
+    world = pg_world
+    cluster = world.start_archiving_cluster()
+    cluster.execute("CREATE TABLE patients (id int); INSERT INTO patients SELECT 1")
+    world.write_config(
+        "[source.emr.drill]\nchecks = [\"DO $$ BEGIN EXECUTE format('ALTER DATABASE %I "
+        "IS_TEMPLATE true', current_database()); END $$\"]\n"
+    )
+    world.cli("backup", "emr", "--logical")
+    done = world.cli("drill", "emr", "--kind", "logical", "--json", check=False)
+    assert done.returncode == 23, done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    left = [r[0] for r in cluster.query("SELECT datname FROM pg_database WHERE datistemplate")]
+    left = [name for name in left if name.startswith("medvault_drill_")]
+    assert len(left) == 1
+    cleanup = checks["cleanup"]
+    assert not cleanup["ok"] and left[0] in cleanup["detail"], cleanup
+    assert "template" in cleanup["detail"] and "drop it by hand" in cleanup["detail"]
+    cluster.execute(f"ALTER DATABASE {left[0]} IS_TEMPLATE false")
+    cluster.execute(f"DROP DATABASE {left[0]}")
+
+
 def _physical_world(world: PgWorld, drill_section: str = "") -> None:
     """An archiving cluster with a patients table, a medvault.toml with the given drill
     section, and one full physical backup."""
