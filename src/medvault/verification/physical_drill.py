@@ -414,7 +414,7 @@ WHERE am.amname = 'btree' AND i.indisvalid AND i.indisready AND c.relpersistence
 
 # count(*) must read the heap: with an all-visible table the planner prefers an index-only
 # scan, which reads the visibility map and an index but not one row of the table. Parallel
-# query is off: the drill's own two connections already keep both cores busy, and the
+# query is off: the drill's own connections already keep every core busy, and the
 # workers it would start only take time from the index checks.
 HEAP_ONLY = (
     "SET enable_indexonlyscan = off",
@@ -422,7 +422,9 @@ HEAP_ONLY = (
     "SET enable_bitmapscan = off",
     "SET max_parallel_workers_per_gather = 0",
 )
-CHECKERS = 2  # connections validating at once: the copy has nothing else to do
+# Connections validating at once, one per core (the copy has nothing else to do), at least
+# two so a large table and a large index proceed together, at most eight.
+CHECKERS = max(2, min(os.cpu_count() or 2, 8))
 
 
 @dataclass
@@ -453,8 +455,8 @@ class _Job:
 def _plan_validation(
     access: ServerAccess, port: int, databases: list[str], amcheck: bool, tallies: dict[str, _Tally]
 ) -> list[_Job]:
-    """Every table and (with amcheck) every B-tree index, largest first: two connections
-    working down that list finish together, where one per kind left a core idle. A database
+    """Every table and (with amcheck) every B-tree index, largest first: connections working
+    down that list finish together, where one per kind left a core idle. A database
     that cannot even be opened (a damaged catalog) is a failure of its own; the others are
     still validated."""
     import psycopg
@@ -543,8 +545,8 @@ def _run_checks(
 def _validate(
     access: ServerAccess, port: int, options: DrillOptions, add: Callable[[Check], None]
 ) -> None:
-    """Every table counted and every B-tree index checked, by two connections sharing one
-    largest-first list: validation is most of a drill's own time."""
+    """Every table counted and every B-tree index checked, by CHECKERS connections sharing
+    one largest-first list: validation is most of a drill's own time."""
     import psycopg
 
     from medvault.verification.drills import Check
