@@ -189,13 +189,28 @@ def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> No
     assert world.cluster.scalar("SELECT count(*) FROM patients") == 500, "production untouched"
 
 
-def _damage_page(cluster: PgCluster, relation_sql: str, block: int) -> None:
+def _damage_page(
+    cluster: PgCluster, relation_sql: str, block: int, dbname: str = "postgres"
+) -> None:
     """Overwrite one page header on disk (no checksums here: PostgreSQL notices only when it
     reads the page)."""
-    path = cluster.datadir / str(cluster.scalar(f"SELECT pg_relation_filepath({relation_sql})"))
-    with path.open("r+b") as handle:
+    relative = cluster.scalar(f"SELECT pg_relation_filepath({relation_sql})", dbname=dbname)
+    with (cluster.datadir / str(relative)).open("r+b") as handle:
         handle.seek(block * 8192)
         handle.write(b"\xff" * 24)
+
+
+def _failing_drill(world: PgWorld) -> dict[str, dict[str, object]]:
+    """Back up, drill, expect the drill to fail cleanly (exit 23, nothing left); its checks."""
+    world.cli("backup", "emr", "--type", "full")
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    done = world.cli("drill", "emr", "--scratch", str(scratch), "--json", check=False)
+    assert done.returncode == 23, done.stderr
+    assert "internal error" not in done.stderr
+    _no_drill_left(scratch)
+    return {c["name"]: c for c in json.loads(done.stdout)["checks"]}
 
 
 def test_physical_drill_reads_every_heap_and_toast_page(pg_world: PgWorld) -> None:
@@ -218,19 +233,12 @@ def test_physical_drill_reads_every_heap_and_toast_page(pg_world: PgWorld) -> No
     assert "Index Only Scan" in plan, f"the planner would not read the heap: {plan}"
     _damage_page(cluster, "'scans'", 3)
     _damage_page(cluster, "(SELECT reltoastrelid FROM pg_class WHERE relname = 'letters')", 2)
-    world.cli("backup", "emr", "--type", "full")
-    scratch = world.base / "scratch"
-    scratch.mkdir()
-    as_postgres(scratch)
-    done = world.cli("drill", "emr", "--scratch", str(scratch), "--json", check=False)
-    assert done.returncode == 23, done.stderr
-    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
-    detail = checks["tables"]["detail"]
+    checks = _failing_drill(world)
+    detail = str(checks["tables"]["detail"])
     assert not checks["tables"]["ok"]
     assert "public.scans: invalid page in block 3" in detail, detail
     assert "(TOAST of public.letters): invalid page in block 2" in detail, detail
     assert checks["amcheck"]["ok"], "the indexes themselves are sound"
-    _no_drill_left(scratch)
 
 
 def test_a_database_with_a_damaged_catalog_fails_the_drill_and_the_others_are_read(
@@ -244,29 +252,16 @@ def test_a_database_with_a_damaged_catalog_fails_the_drill_and_the_others_are_re
     cluster.execute("CHECKPOINT")
     # pg_class's first page: opening a session in that database reads it (the relation cache
     # file is not backed up), so no connection to it can be made in the restored copy.
-    catalog = cluster.datadir / str(
-        cluster.scalar("SELECT pg_relation_filepath('pg_class')", dbname="archive")
-    )
-    with catalog.open("r+b") as handle:
-        handle.write(b"\xff" * 24)
-    world.cli("backup", "emr", "--type", "full")
-    scratch = world.base / "scratch"
-    scratch.mkdir()
-    as_postgres(scratch)
-    done = world.cli("drill", "emr", "--scratch", str(scratch), "--json", check=False)
-    assert done.returncode == 23, done.stderr
-    assert "internal error" not in done.stderr
-    result = json.loads(done.stdout)
-    checks = {c["name"]: c for c in result["checks"]}
-    detail = checks["tables"]["detail"]
+    _damage_page(cluster, "'pg_class'", 0, dbname="archive")
+    checks = _failing_drill(world)
+    detail = str(checks["tables"]["detail"])
     assert not checks["tables"]["ok"]
     assert "archive: cannot be read:" in detail and "invalid page" in detail, detail
     assert "500 rows" in detail, "the other database was still counted"
     user_check = checks["check: SELECT true"]
-    assert not user_check["ok"] and "archive: " in user_check["detail"], user_check
+    assert not user_check["ok"] and "archive: " in str(user_check["detail"]), user_check
     stored = json.loads(world.cli("drills", "--json").stdout)
     assert stored[-1]["ok"] is False, "the failed drill is on record"
-    _no_drill_left(scratch)
 
 
 def test_physical_drill_to_latest_proves_the_wal_chain(pg_world: PgWorld) -> None:
