@@ -210,6 +210,11 @@ def test_over_tls_bodies_are_not_hashed_into_signatures_over_http_they_are(
             assert secure.load("data/ab/pack") == data
         # A whole repository over HTTPS, the certificate trusted through AWS_CA_BUNDLE.
         cli = Cli(f"s3://{server.new_bucket()}/repo", tmp_path)
+        untrusted = Cli(cli.url, tmp_path)
+        del untrusted.env["AWS_CA_BUNDLE"]
+        refused = untrusted("init", check=False)
+        assert refused.returncode == 5 and one_line(refused.stderr), refused.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr and "AWS_CA_BUNDLE" in refused.stderr
         tree = make_tree({"letters/a.txt": b"x" * 50_000, "scan.dcm": os.urandom(400_000)})
         cli("init")
         cli("backup", str(tree))

@@ -155,9 +155,21 @@ class S3Backend(Backend):
             EndpointConnectionError,
             NoCredentialsError,
             ReadTimeoutError,
+            SSLError,
         )
 
         target = f"s3://{self.bucket}/{self._key(name) if name else self.prefix}"
+        if isinstance(exc, SSLError):
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = (
+                    "; if the store's certificate comes from a private CA, point AWS_CA_BUNDLE "
+                    "(or ca_bundle in the AWS profile) at that CA's certificate"
+                )
+            reason = str(exc.kwargs.get("error", exc))
+            return BackendError(
+                f"TLS to the S3 endpoint {self._where()} failed ({action} {target}): {reason}{hint}"
+            )
         if isinstance(exc, NoCredentialsError):
             return BackendError(
                 f"no S3 credentials for {self.url}: set AWS_ACCESS_KEY_ID and "
