@@ -437,6 +437,7 @@ def drill_phase(
                     sample["drill_s"] = round(result.seconds - drill["cleanup_s"], 3)
                     sample["rto_s"] = drill["rto_s"]
                     sample["checks"] = {c["name"]: c["detail"] for c in drill["checks"]}
+                    sample["steps_s"] = {c["name"]: c.get("seconds") for c in drill["checks"]}
                     log(
                         f"  medvault: drill {sample['drill_s']:.2f} s (+{drill['cleanup_s']:.2f} "
                         "s clean-up)"

@@ -185,6 +185,11 @@ def test_physical_drill_replays_validates_and_cleans_up(pg_world: PgWorld) -> No
     assert verified > 2
     assert result["within_rto"] is True
     assert result["cleanup_s"] > 0 and result["rto_s"] > 0, "clean-up is timed apart from RTO"
+    took = {name: checks[name]["seconds"] for name in ("restore", "recovery", "tables", "amcheck")}
+    assert all(seconds > 0 for seconds in took.values()), checks
+    # Counting and amcheck run at the same time, each timed from the start of validation.
+    steps = took["restore"] + took["recovery"] + max(took["tables"], took["amcheck"])
+    assert steps <= result["rto_s"], "each step's time is part of the RTO"
     _no_drill_left(scratch)
     assert world.cluster.scalar("SELECT count(*) FROM patients") == 500, "production untouched"
 

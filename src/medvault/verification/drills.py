@@ -45,6 +45,7 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    seconds: float | None = None  # how long the step took, where it is a step of its own
 
 
 @dataclass
@@ -134,10 +135,17 @@ def _drill_files(
 
     target = tempfile.mkdtemp(prefix="medvault-drill-", dir=scratch)
     try:
+        began = time.monotonic()
         restored = restore_files(repo, snapshot, target)
         result.checks.append(
-            Check("restore", True, f"{restored.files} files, {restored.bytes_written} bytes")
+            Check(
+                "restore",
+                True,
+                f"{restored.files} files, {restored.bytes_written} bytes",
+                elapsed(began),
+            )
         )
+        began = time.monotonic()
         expected_files = (
             int(snapshot.stats.get("files_new", 0))
             + int(snapshot.stats.get("files_changed", 0))
@@ -151,11 +159,17 @@ def _drill_files(
                 files == expected_files and size == expected_bytes,
                 f"{files} files, {size} bytes on disk; the snapshot says {expected_files} "
                 f"files, {expected_bytes} bytes",
+                elapsed(began),
             )
         )
     finally:
         with cleanup_timer(result):
             shutil.rmtree(target, ignore_errors=True)
+
+
+def elapsed(began: float) -> float:
+    """Seconds since a time.monotonic() reading, as drill results record them."""
+    return round(time.monotonic() - began, 3)
 
 
 @contextlib.contextmanager
@@ -202,6 +216,7 @@ def _drill_logical(
     from medvault.verification.physical_drill import run_user_checks
 
     database = f"medvault_drill_{secrets.token_hex(4)}"
+    began = time.monotonic()
     try:
         restored = restore_logical(repo, snapshot, dsn=dsn, database=database, pg_bin=pg_bin)
         result.checks.append(
@@ -210,13 +225,14 @@ def _drill_logical(
                 True,
                 f"{len(restored.row_counts)} tables, "
                 f"{sum(restored.row_counts.values())} rows, equal to the counts at backup",
+                elapsed(began),  # the restore and the counts it compares
             )
         )
         if options.queries:
             with connect(dsn, dbname=database, what="the drill's copy") as conn:
                 run_user_checks(conn, options.queries, result.checks.append)
     except IntegrityError as exc:
-        result.checks.append(Check("row counts", False, str(exc)))
+        result.checks.append(Check("row counts", False, str(exc), elapsed(began)))
     finally:
         with cleanup_timer(result):
             problem = _drop_database(dsn, database)

@@ -334,6 +334,7 @@ def run_physical_drill(
                 "restore",
                 True,
                 f"{files.files} files, {files.bytes_written} bytes in {files.duration:.1f} s",
+                round(files.duration, 3),
             )
         )
         _isolate(pgdata, scratch, socket_dir, port, options.shared_buffers)
@@ -363,13 +364,15 @@ def run_physical_drill(
             failed=lambda: feeder.error if feeder is not None else None,
         )
         how = "the newest archived WAL" if to_latest else "the end of the backup"
+        took = time.monotonic() - began
         add(
             Check(
                 "recovery",
                 True,
                 f"replayed to {how} (LSN {reached.lsn}"
                 f"{', ' + reached.time if reached.time else ''}; {feeder.fetched} archived WAL "
-                f"file(s) fetched) and promoted in {time.monotonic() - began:.1f} s",
+                f"file(s) fetched) and promoted in {took:.1f} s",
+                round(took, 3),
             )
         )
         _validate(access, port, options, add)
@@ -590,6 +593,7 @@ def _validate(
             f"and {toast.done} TOAST tables, {toast.rows} chunks, "
             f"in {max(tables.seconds, toast.seconds):.1f} s"
             + (f"; unreadable: {'; '.join(unreadable[:5])}" if unreadable else ""),
+            round(max(tables.seconds, toast.seconds), 3),
         )
     )
     if amcheck:
@@ -600,6 +604,7 @@ def _validate(
                 f"{checked.done} B-tree indexes verified with bt_index_check in "
                 f"{checked.seconds:.1f} s"
                 + (f"; failed: {'; '.join(checked.failures[:5])}" if checked.failures else ""),
+                round(checked.seconds, 3),
             )
         )
     else:
@@ -620,16 +625,17 @@ def run_user_checks(conn: Any, queries: tuple[str, ...], add: Callable[[Check], 
     """Each query passes when its first value is true; an error or no row fails it."""
     import psycopg
 
-    from medvault.verification.drills import Check
+    from medvault.verification.drills import Check, elapsed
 
     for query in queries:
+        began = time.monotonic()
         try:
             row = conn.execute(query).fetchone()
         except psycopg.Error as exc:
-            add(Check(f"check: {query}", False, _first_line(exc)))
+            add(Check(f"check: {query}", False, _first_line(exc), elapsed(began)))
             continue
         value = row[0] if row else None
-        add(Check(f"check: {query}", value is True, f"returned {value!r}"))
+        add(Check(f"check: {query}", value is True, f"returned {value!r}", elapsed(began)))
 
 
 def _first_line(exc: BaseException) -> str:
