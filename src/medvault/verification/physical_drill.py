@@ -29,6 +29,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -500,7 +501,7 @@ def _database_jobs(
 def _run_checks(
     access: ServerAccess,
     port: int,
-    jobs: list[_Job],
+    jobs: deque[_Job],
     tallies: dict[str, _Tally],
     began: float,
     lock: threading.Lock,
@@ -514,7 +515,7 @@ def _run_checks(
             with lock:
                 if not jobs:
                     return
-                job = jobs.pop(0)
+                job = jobs.popleft()
             rows, failure = 0, None
             try:
                 conn = connections.get(job.database)
@@ -574,7 +575,7 @@ def _validate(
             > 0
         )
     tallies = {"table": _Tally(), "toast": _Tally(), "index": _Tally()}
-    jobs = _plan_validation(access, port, databases, amcheck, tallies)
+    jobs = deque(_plan_validation(access, port, databases, amcheck, tallies))
     lock = threading.Lock()
     with ThreadPoolExecutor(CHECKERS, "medvault-drill-check") as pool:
         workers = [
