@@ -443,7 +443,8 @@ class _Tally:
 
 @dataclass(frozen=True)
 class _Job:
-    """One table to count or one index to check, with its size for the largest-first order."""
+    """One table (or a table's TOAST table) to count or one index to check, with its size
+    for the largest-first order."""
 
     size: int
     database: str
