@@ -4,6 +4,12 @@ exit code the CLI returns for it (documented in docs/operations.md)."""
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (libpq's carry DETAIL and HINT lines after it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class MedvaultError(Exception):
     exit_code = 1
 

@@ -33,6 +33,7 @@ from medvault.errors import (
     SourceUnavailable,
     UsageError,
     WalMissing,
+    first_line,
 )
 from medvault.recovery.files import RestoreResult, restore_files
 
@@ -1067,7 +1068,7 @@ def create_restore_point(dsn: str, name: str, what: str = "PostgreSQL") -> Resto
             ).fetchone()
             conn.execute("SELECT pg_switch_wal()")
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise SourceUnavailable(f"cannot create restore point {name!r}: {reason}") from None
     assert row is not None
     return RestorePoint(name, str(row[0]), str(row[1]), row[2].astimezone(UTC).isoformat())

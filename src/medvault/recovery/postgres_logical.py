@@ -37,6 +37,7 @@ from medvault.errors import (
     MedvaultError,
     RestoreTargetError,
     SnapshotNotFound,
+    first_line,
 )
 from medvault.recovery.stream import iter_stream
 from medvault.sources.postgres.logical import (
@@ -267,7 +268,7 @@ def _create_database(conn: psycopg.Connection[Any], name: str, facts: dict[str, 
     try:
         conn.execute(sql.SQL(" ").join(parts))
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise RestoreTargetError(
             f"cannot create database {name}: {reason}; create it yourself "
             "(e.g. createdb -T template0) and run the restore again"

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound, UsageError
+from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound, UsageError, first_line
 from medvault.repository.keys import now_iso
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ def _drop_database(dsn: str, database: str) -> str | None:
     except MedvaultError as exc:
         return str(exc)
     except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return first_line(exc)
     return None
 
 

@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from medvault.errors import MedvaultError, RecoveryFailed
+from medvault.errors import MedvaultError, RecoveryFailed, first_line
 from medvault.recovery.postgres import write_private_file
 
 if TYPE_CHECKING:
@@ -471,7 +471,7 @@ def _plan_validation(
         try:
             jobs += _database_jobs(access, port, database, amcheck, tallies["index"])
         except psycopg.Error as exc:
-            tallies["table"].failures.append(f"{database}: cannot be read: {_first_line(exc)}")
+            tallies["table"].failures.append(f"{database}: cannot be read: {first_line(exc)}")
     jobs.sort(key=lambda job: (-job.size, job.database, job.name))
     return jobs
 
@@ -492,7 +492,7 @@ def _database_jobs(
         try:
             conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
         except psycopg.Error as exc:
-            indexes.failures.append(f"{database}: amcheck not installable: {_first_line(exc)}")
+            indexes.failures.append(f"{database}: amcheck not installable: {first_line(exc)}")
             return jobs
         for oid, index, size in conn.execute(BTREE_INDEXES).fetchall():
             jobs.append(_Job(size, database, "index", index, oid))
@@ -529,7 +529,7 @@ def _run_checks(
                 else:
                     rows = int(conn.execute(f"SELECT count(*) FROM {job.name}").fetchone()[0])
             except psycopg.Error as exc:
-                failure = f"{job.database}: {job.shown()}: {_first_line(exc)}"
+                failure = f"{job.database}: {job.shown()}: {first_line(exc)}"
             with lock:
                 tally = tallies[job.kind]
                 tally.rows += rows
@@ -560,7 +560,7 @@ def _validate(
     try:
         conn = access.connect(port)
     except psycopg.Error as exc:
-        raise RecoveryFailed(f"the restored copy took no connection: {_first_line(exc)}") from None
+        raise RecoveryFailed(f"the restored copy took no connection: {first_line(exc)}") from None
     with conn:
         databases = [
             r[0]
@@ -617,7 +617,7 @@ def _validate(
             conn = access.connect(port, database, timeout=10)
         except psycopg.Error as exc:
             for query in options.queries:
-                add(Check(f"check: {query}", False, f"{database}: {_first_line(exc)}"))
+                add(Check(f"check: {query}", False, f"{database}: {first_line(exc)}"))
             return
         with conn:
             run_user_checks(conn, options.queries, add)
@@ -634,12 +634,7 @@ def run_user_checks(conn: Any, queries: tuple[str, ...], add: Callable[[Check], 
         try:
             row = conn.execute(query).fetchone()
         except psycopg.Error as exc:
-            add(Check(f"check: {query}", False, _first_line(exc), elapsed(began)))
+            add(Check(f"check: {query}", False, first_line(exc), elapsed(began)))
             continue
         value = row[0] if row else None
         add(Check(f"check: {query}", value is True, f"returned {value!r}", elapsed(began)))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
