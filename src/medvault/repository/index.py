@@ -160,7 +160,9 @@ class MasterIndex:
             self._merge_locked()
         prefix = int.from_bytes(blob_id[:8], "big")
         prefixes = self._prefixes
-        row = int(prefixes.searchsorted(prefix))
+        # A NumPy uint64 scalar, not a Python int: NumPy compares an int below 2**63 with a
+        # uint64 array by converting the whole array, which made every lookup O(n).
+        row = int(prefixes.searchsorted(self._np.uint64(prefix)))
         while row < len(prefixes) and int(prefixes[row]) == prefix:
             if self._ids[row].tobytes() == blob_id:
                 return row
