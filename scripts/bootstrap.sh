@@ -10,6 +10,8 @@ packages=()
 # PostgreSQL 15 server and client programs: the tests run throwaway clusters as `postgres`.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql-15)
 command -v pg_dump >/dev/null || packages+=(postgresql-client-15)
+# libfaketime: tests run backups on a "host" whose clock is minutes off.
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || packages+=(faketime)
 for extra in "$@"; do
   case "$extra" in
     bench) command -v restic >/dev/null || packages+=(restic)

@@ -7,6 +7,7 @@ repository (the `repo`, `cli` or `repo_url` fixtures) once per backend.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -123,11 +124,11 @@ class Cli:
             )
         return done
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [MEDVAULT, *args],
             cwd=self.cwd,
-            env=self.env,
+            env=self.env | (env or {}),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -184,6 +185,15 @@ def make_tree(tmp_path: Path) -> Callable[[dict[str, bytes | str]], Path]:
         return base
 
     return build
+
+
+def skewed_clock(offset: str) -> dict[str, str]:
+    """The environment of a host whose clock is off by `offset` ("+10m", "+1825d"), through
+    libfaketime; file times stay real, as a store stamps them with its own clock."""
+    found = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
+    if not found:
+        pytest.fail("libfaketime is missing: scripts/bootstrap.sh installs Debian's faketime")
+    return {"LD_PRELOAD": found[0], "FAKETIME": offset, "NO_FAKE_STAT": "1"}
 
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int, int, bytes]]:

@@ -44,7 +44,7 @@ def copy(
         copier = RepositoryCopier(
             origin, target, retention_for=cli.retention_period, on_progress=advance
         )
-        copier.before_snapshot = lock.ensure_held
+        copier.lock = lock
         copier.copy_snapshots(snapshots)
         if wal:
             copier.copy_wal([source] if source else None)

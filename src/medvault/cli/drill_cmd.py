@@ -111,9 +111,10 @@ def _newest(repo: Repository, source: str, kind: str, snapshot_kind: str) -> Sna
             (s for s in repo.list_snapshots() if s.source == source and s.kind == snapshot_kind),
             key=lambda s: s.taken,
         )
-    if not found:
+    newest = repo.newest(found)
+    if newest is None:
         raise SnapshotNotFound(f"the repository holds no {kind} snapshot of {source}")
-    return found[-1]
+    return newest
 
 
 def drills(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:

@@ -49,11 +49,16 @@ def prune(
     cli = obtain(ctx)
     repo = cli.open()
     with (
-        repo.lock(exclusive=False, purpose="prune"),
+        repo.lock(exclusive=False, scope="prune", purpose="prune") as lock,
         progress_bar("repacking", None, not as_json) as advance,
     ):
         result = Pruner(
-            repo, dry_run=dry_run, repack_unused=repack_threshold, young=margin, on_progress=advance
+            repo,
+            lock,
+            dry_run=dry_run,
+            repack_unused=repack_threshold,
+            young=margin,
+            on_progress=advance,
         ).run()
         wal_result = None
         if wal:

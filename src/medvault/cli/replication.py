@@ -45,7 +45,7 @@ def replicate_snapshot(cli: CliContext, repo: Repository, snapshot_id: str, sour
         target = cli.open(source, selector=secondary, other=True, sharing=repo)
         with target.lock(exclusive=False, purpose="replication") as lock:
             copier = RepositoryCopier(repo, target, retention_for=cli.retention_period)
-            copier.before_snapshot = lock.ensure_held
+            copier.lock = lock
             copier.copy_snapshots([repo.load_snapshot(snapshot_id)])
             copier.copy_wal([source])
     except MedvaultError as exc:

@@ -204,18 +204,19 @@ def unlock(
         False, "--remove-all", help="Remove every lock, not only stale ones."
     ),
 ) -> None:
-    """Remove locks left by processes that are gone."""
-    from medvault.repository.locks import list_locks, remove_stale_locks
+    """Remove locks left by processes that are gone (their process ended on this host, or
+    they were not refreshed for their lease by the store's clock) and objects under locks/
+    that are not valid locks."""
+    from medvault.repository.locks import remove_stale_locks
 
     repo = obtain(ctx).open()
-    removed = remove_stale_locks(repo.backend, remove_all=remove_all)
-    for lock in removed:
-        print(f"removed {lock.describe()}")
-    remaining = list_locks(repo.backend)
-    if not removed:
+    result = remove_stale_locks(repo.backend, remove_all=remove_all)
+    for description in result.removed:
+        print(f"removed {description}")
+    if not result.removed:
         print("no stale locks")
-    for lock in remaining:
-        warn(f"still held: {lock.describe()}")
+    for description in result.remaining:
+        warn(f"still held: {description}")
 
 
 def register(app: typer.Typer) -> None:

@@ -42,6 +42,7 @@ def _rpo_state(age: float | None, rpo: dt.timedelta | None) -> str:
 
 
 def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> list[dict[str, Any]]:
+    from medvault.clocks import TOLERANCE, ahead_by, describe_span
     from medvault.durations import parse_duration
     from medvault.repository.wal import WalArchive
     from medvault.verification.drills import list_results
@@ -59,10 +60,17 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
         tier_name = section.tier if section is not None else (own[-1].tier if own else None)
         tier = cli.settings.tier.get(tier_name) if tier_name and configured else None
         rpo = parse_duration(tier.rpo) if tier is not None and tier.rpo else None
+        problems = [
+            f"clock skew: snapshot {s.short_id} is dated {s.time}, "
+            f"{describe_span(ahead)} ahead of this host (written on {s.host})"
+            for s in own
+            if (ahead := ahead_by(s.taken, now)) is not None
+        ]
+        newest = repo.newest(own)
         last = (
-            _parse_time(own[-1].end_time)
-            if own and own[-1].end_time
-            else (own[-1].taken if own else None)
+            _parse_time(newest.end_time)
+            if newest is not None and newest.end_time
+            else (newest.taken if newest is not None else None)
         )
         backup_age = (now - last).total_seconds() if last else None
         wal_age = None
@@ -76,6 +84,12 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
                 newest_wal = wal_names[-1]
                 archived = archive.archived_at(newest_wal)
                 wal_age = now.timestamp() - archived if archived else None
+                if wal_age is not None and -wal_age > TOLERANCE.total_seconds():
+                    problems.append(
+                        f"clock skew: WAL {newest_wal} was archived "
+                        f"{describe_span(dt.timedelta(seconds=-wal_age))} in this host's future"
+                    )
+                    wal_age = None
         # With WAL archiving, what could be lost is what came after the newest archived WAL.
         ages = [a for a in (backup_age, wal_age) if a is not None]
         exposure = min(ages) if ages else None
@@ -92,6 +106,8 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
         )
         if drill_overdue and state == OK:
             state = WARN  # not proven restorable recently enough
+        if problems and state == OK:
+            state = WARN
         rows.append(
             {
                 "source": name,
@@ -114,6 +130,7 @@ def _source_rows(cli: CliContext, repo: Repository, snaps: list[Snapshot]) -> li
                 ),
                 "drill_every": tier.drill_every if tier is not None else None,
                 "drill_overdue": drill_overdue,
+                "problems": problems,
                 "state": state,
             }
         )
@@ -151,6 +168,22 @@ def _secondary_lag(
     return row
 
 
+def _lock_problems(repo: Repository) -> list[str]:
+    """Locks whose holders' clocks disagree with the store's, and locks that are not locks."""
+    from medvault.repository.locks import read_locks, store_time
+
+    table = read_locks(repo.backend)
+    problems = [f"{bad.describe()}; `medvault unlock` removes it" for bad in table.malformed]
+    if any(lock.clock_skew is not None for lock in table.locks):
+        now = store_time(repo.backend)
+        problems += [
+            f"clock skew: {lock.describe(now)}"
+            for lock in table.locks
+            if lock.clock_skew is not None
+        ]
+    return problems
+
+
 def _wal_sources(repo: Repository) -> set[str]:
     return {obj.name.split("/")[1] for obj in repo.backend.list("wal") if obj.name.count("/") >= 2}
 
@@ -174,6 +207,7 @@ def status(
         # What the snapshots hold against what the packs take: dedup and compression together.
         "dedup_ratio": round(logical / stored, 2) if stored else None,
         "sources": _source_rows(cli, repo, snaps),
+        "problems": _lock_problems(repo),
         "secondary": None,
     }
     if settings is not None and settings.secondary is not None:
@@ -206,6 +240,10 @@ def status(
             f"{_age(row['newest_wal_age_s']):>11} {row['rto'] or '-':>5} {drill:>23}  "
             f"{row['state']}"
         )
+        for problem in row["problems"]:
+            print(f"  {row['source']}: {problem}")
+    for problem in report["problems"]:
+        print(f"repository: {problem}")
     lag = report["secondary"]
     if lag is not None:
         if "error" in lag:

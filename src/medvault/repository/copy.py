@@ -37,6 +37,7 @@ from medvault.repository.writer import REMOTE_UPLOADERS, BlobSink
 if TYPE_CHECKING:
     import datetime as dt
 
+    from medvault.repository.locks import RepositoryLock
     from medvault.repository.repo import Repository
 
 INDEX_EVERY_PACKS = 32
@@ -85,8 +86,8 @@ class RepositoryCopier:
         self._translated: dict[bytes, bytes] = {}  # source blob id -> target blob id
         self._workers = max(os.cpu_count() or 2, source.backend.concurrency)
         self._origins: dict[str, str] | None = None
-        # Called before each snapshot is committed (the CLI checks its lock is still held).
-        self.before_snapshot: Callable[[], None] = lambda: None
+        # The target's lock, checked before each snapshot is committed.
+        self.lock: RepositoryLock | None = None
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -148,8 +149,7 @@ class RepositoryCopier:
         raw = self.source.backend.load(f"snapshots/{snap.id}")
         if storage_id(raw) != snap.id:
             raise IntegrityError(f"snapshot {snap.short_id} does not match its id (damaged)")
-        self.before_snapshot()
-        self.target.save_snapshot_object(snap, raw)
+        self.target.save_snapshot_object(snap, raw, self.lock)
         return snap.id
 
     def _copy_pack(self, pack_id: str) -> PackRecord:
@@ -179,7 +179,6 @@ class RepositoryCopier:
         except BaseException:
             sink.abort()
             raise
-        self.before_snapshot()
         copy = dataclasses.replace(
             snap,
             tree=tree,
@@ -187,7 +186,7 @@ class RepositoryCopier:
             origin=snapshot_origin(self.source, snap.id),
             id="",
         )
-        return self.target.save_snapshot(copy)
+        return self.target.save_snapshot(copy, self.lock)
 
     def _target_parent(self, parent: str | None) -> str | None:
         if parent is None or self._origins is None:

@@ -178,6 +178,36 @@ class MasterIndex:
             row = self._row_of(blob_id)
             return None if row is None else self._location(self._rows[row])
 
+    def drop_packs(self, pack_ids: set[str]) -> None:
+        """Forget deleted packs, so that no lookup answers with a place that is gone."""
+        np = self._np
+        with self._lock:
+            numbers = [self._pack_numbers[p] for p in pack_ids if p in self._pack_numbers]
+            if not numbers:
+                return
+            self._merge_locked()
+            keep = ~np.isin(self._rows["pack"], np.array(numbers, dtype=np.uint32))
+            self._rows, self._prefixes = self._rows[keep], self._prefixes[keep]
+            self._ids = self._rows["id"]
+
+    def locations(self, blob_id: bytes) -> list[BlobLocation]:
+        """Every place the blob is stored (a repack or two racing backups leave copies)."""
+        with self._lock:
+            found = []
+            hit = self._recent.get(blob_id)
+            if hit is not None:
+                number, entry = hit
+                found.append(BlobLocation(self._pack_ids[number], self._key_blocks[number], entry))
+            row = self._row_of(blob_id)
+            if row is None:
+                return found
+            prefix = self._prefixes[row]
+            while row < len(self._prefixes) and self._prefixes[row] == prefix:
+                if self._ids[row].tobytes() == blob_id:
+                    found.append(self._location(self._rows[row]))
+                row += 1
+            return found
+
     def __contains__(self, blob_id: object) -> bool:
         """Membership without building a location: the incremental walk asks this for
         every blob of every unchanged file."""
@@ -207,6 +237,8 @@ class MasterIndex:
         bounds = np.searchsorted(rows["pack"], np.arange(len(self._pack_ids) + 1))
         for number, pack_id in enumerate(self._pack_ids):
             chunk = rows[bounds[number] : bounds[number + 1]]
+            if not len(chunk):
+                continue  # dropped
             entries = sorted((self._location(row).entry for row in chunk), key=lambda e: e.ordinal)
             yield PackRecord(pack_id, self._key_blocks[number], entries)
 

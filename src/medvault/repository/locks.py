@@ -1,24 +1,46 @@
-"""Repository locks: shared for writers that only add (backup, wal-push), exclusive for
-those that delete or rewrite (prune, key rotation). A lock is an object under locks/ that
-its holder refreshes; it is stale when expired, or when its process is gone on this host."""
+"""Repository locks: shared for writers that only add (backup, copy, check), exclusive for
+those that must run alone (forget), and scoped locks that exclude only their own kind
+(one prune at a time, one key change at a time) while backups go on.
+
+A lock is an object `locks/<32 hex digits>`, named by a random id that is its identity, which
+its holder rewrites every lease/6 seconds. Nothing here compares the clocks of two hosts.
+Whether a lock still lives is judged either by the store's own clock (the modification time
+the store gives each write, against the modification time of a lock written just now: a lock
+not rewritten for longer than its lease plus a margin is stale) or, only for a holder in this
+very PID namespace of this very boot, by whether its process still runs. Its holder, in turn,
+stops trusting a lock it could not rewrite for lease - lease/6 seconds of its own monotonic
+clock, so the two views never overlap.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
+import math
 import os
+import re
 import secrets
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
+from medvault import faults
 from medvault.backends import Backend
 from medvault.errors import ObjectNotFound, RepositoryLocked
 
-LOCK_TTL = 30 * 60.0
-REFRESH_EVERY = 5 * 60.0
+FOLDER = "locks"
+LEASE = 30 * 60.0
+MIN_LEASE = 1.0
+MAX_LEASE = 24 * 3600.0  # a planted lock cannot claim to live for years
+# A host clock further than this from the store's is reported as skewed.
+CLOCK_TOLERANCE = 5 * 60.0
+SCOPES = ("", "prune", "keys")
+_LOCK_NAME = re.compile(rf"^{FOLDER}/[0-9a-f]{{32}}$")
 
 
 def _process_start(pid: int) -> str:
@@ -29,124 +51,321 @@ def _process_start(pid: int) -> str:
         return ""
 
 
+def host_namespace() -> str:
+    """This kernel boot and PID namespace. Two containers on one host share a hostname and
+    may both run as pid 1; only a holder with the same namespace can be judged by its pid."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            boot_id = boot.read().strip()
+        return f"{boot_id}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _when(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "an impossible time"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 @dataclass(frozen=True)
 class LockInfo:
     name: str
     exclusive: bool
+    scope: str
     host: str
+    namespace: str
     pid: int
     process_start: str
     user: str
     purpose: str
-    created: float
-    refreshed: float
+    created: float  # the holder's clock, for people to read
+    refreshed: float  # the holder's clock at its last rewrite
+    lease: float
+    modified: float | None = None  # the store's clock at its last rewrite
 
-    @property
-    def expired(self) -> bool:
-        return time.time() > self.refreshed + LOCK_TTL
+    def conflicts_with(self, other: LockInfo) -> bool:
+        return self.exclusive or other.exclusive or bool(self.scope and self.scope == other.scope)
 
     @property
     def process_gone(self) -> bool:
-        """True only when we can tell: the holder ran on this host and is no longer running."""
-        if self.host != socket.gethostname():
+        """True only when we can tell: the holder ran in this boot and PID namespace and no
+        process with its pid and start time runs any more."""
+        if not self.namespace or self.namespace != host_namespace():
             return False
         return _process_start(self.pid) != self.process_start
 
+    def age(self, store_now: float | None) -> float | None:
+        """Seconds since the last rewrite, by the store's clock."""
+        if store_now is None or self.modified is None:
+            return None
+        return store_now - self.modified
+
+    def stale_reason(self, store_now: float | None) -> str | None:
+        if self.process_gone:
+            return "that process is no longer running"
+        age = self.age(store_now)
+        if age is None:
+            # A store that gives no modification times: only the holder's clock remains.
+            age = time.time() - self.refreshed
+        if age > self.lease + self.lease / 6:
+            return f"not refreshed for {_minutes(age)}"
+        return None
+
     @property
-    def stale(self) -> bool:
-        return self.expired or self.process_gone
+    def clock_skew(self) -> float | None:
+        """How far the holder's clock was from the store's when it last wrote (positive:
+        ahead); None when within tolerance or unknown."""
+        if self.modified is None:
+            return None
+        skew = self.refreshed - self.modified
+        return skew if abs(skew) > CLOCK_TOLERANCE else None
+
+    def describe(self, store_now: float | None = None) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        scope = f" {self.scope}" if self.scope else ""
+        text = (
+            f"{kind}{scope} lock by pid {self.pid} on {self.host} for {self.purpose} "
+            f"since {_when(self.created)}"
+        )
+        reason = self.stale_reason(store_now)
+        if reason:
+            text += f" (stale: {reason})"
+        skew = self.clock_skew
+        if skew is not None:
+            side = "ahead of" if skew > 0 else "behind"
+            text += f" (the clock of {self.host} is {_minutes(abs(skew))} {side} the store's)"
+        return text
+
+    def to_json(self) -> bytes:
+        doc = asdict(self)
+        del doc["name"], doc["modified"]
+        return json.dumps({"v": 2, **doc}).encode()
+
+
+@dataclass(frozen=True)
+class MalformedLock:
+    """An object under locks/ that is not a lock this medvault can read: it holds nothing,
+    and `unlock` removes it."""
+
+    name: str
+    reason: str
 
     def describe(self) -> str:
-        kind = "exclusive" if self.exclusive else "shared"
-        since = datetime.fromtimestamp(self.created, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        state = ""
-        if self.process_gone:
-            state = " (stale: that process is no longer running)"
-        elif self.expired:
-            state = " (stale: not refreshed for 30 minutes)"
-        return (
-            f"{kind} lock by pid {self.pid} on {self.host} for {self.purpose} since {since}{state}"
-        )
+        return f"{self.name} is not a valid lock ({self.reason})"
 
 
-def list_locks(backend: Backend) -> list[LockInfo]:
-    locks = []
-    for obj in backend.list("locks"):
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "exclusive": bool,
+    "scope": str,
+    "host": str,
+    "namespace": str,
+    "pid": int,
+    "process_start": str,
+    "user": str,
+    "purpose": str,
+    "created": (int, float),
+    "refreshed": (int, float),
+    "lease": (int, float),
+}
+
+
+def parse_lock(name: str, raw: bytes, modified: float | None) -> LockInfo:
+    """A lock object, every field checked; ValueError naming what is wrong."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not JSON") from None
+    if not isinstance(doc, dict) or doc.get("v") != 2:
+        raise ValueError("unknown lock version")
+    values: dict[str, Any] = {}
+    for field, kind in _FIELDS.items():
+        value = doc.get(field)
+        # bool is an int in Python: a pid of `true` is not a pid.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ValueError(f"field {field!r} is missing or of the wrong type")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"field {field!r} is not a finite number")
+        values[field] = value
+    if values["scope"] not in SCOPES:
+        raise ValueError(f"unknown scope {values['scope']!r}")
+    if not MIN_LEASE <= values["lease"] <= MAX_LEASE:
+        raise ValueError(f"lease {values['lease']} s is out of range")
+    if values["pid"] < 0:
+        raise ValueError("negative pid")
+    return LockInfo(name=name, modified=modified, **values)
+
+
+@dataclass(frozen=True)
+class LockTable:
+    """Every object under locks/ at one moment, and the store's clock at that moment (the
+    modification time of a lock written just before listing), when known."""
+
+    locks: tuple[LockInfo, ...]
+    malformed: tuple[MalformedLock, ...]
+    store_now: float | None
+
+    def live(self, exclude: Iterable[str] = ()) -> list[LockInfo]:
+        skip = set(exclude)
+        return [
+            lock
+            for lock in self.locks
+            if lock.name not in skip and lock.stale_reason(self.store_now) is None
+        ]
+
+    def stale(self) -> list[LockInfo]:
+        return [lock for lock in self.locks if lock.stale_reason(self.store_now) is not None]
+
+    def find(self, name: str) -> LockInfo | None:
+        return next((lock for lock in self.locks if lock.name == name), None)
+
+
+def read_locks(backend: Backend, *, clock_from: str | None = None) -> LockTable:
+    """List and parse locks. `clock_from`: the name of a lock this process has just written,
+    whose modification time is the store's `now`."""
+    locks: list[LockInfo] = []
+    malformed: list[MalformedLock] = []
+    store_now = None
+    for obj in backend.list(FOLDER):
+        if not _LOCK_NAME.match(obj.name):
+            malformed.append(MalformedLock(obj.name, "not a lock's name"))
+            continue
         try:
-            doc = json.loads(backend.load(obj.name))
-            locks.append(LockInfo(name=obj.name, **doc))
-        except (ObjectNotFound, ValueError, TypeError):
-            continue  # removed while listing, or half a lock: neither holds anything
-    return locks
+            raw = backend.load(obj.name)
+        except ObjectNotFound:
+            continue  # released while we listed
+        try:
+            lock = parse_lock(obj.name, raw, obj.modified)
+        except ValueError as exc:
+            malformed.append(MalformedLock(obj.name, str(exc)))
+            continue
+        locks.append(lock)
+        if obj.name == clock_from:
+            store_now = obj.modified
+    return LockTable(tuple(locks), tuple(malformed), store_now)
+
+
+def store_time(backend: Backend) -> float | None:
+    """The store's clock now: a lock written and read back for that alone."""
+    probe = RepositoryLock(backend, exclusive=False, purpose="reading the store's clock")
+    probe.write()
+    try:
+        return read_locks(backend, clock_from=probe.name).store_now
+    finally:
+        with contextlib.suppress(ObjectNotFound):
+            backend.delete(probe.name)
 
 
 class RepositoryLock:
-    def __init__(self, backend: Backend, *, exclusive: bool, purpose: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        exclusive: bool,
+        purpose: str,
+        scope: str = "",
+        lease: float = LEASE,
+        on_acquired: Callable[[], None] | None = None,
+    ) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown lock scope {scope!r}")
         self._backend = backend
+        now = time.time()
         self._info = LockInfo(
-            name=f"locks/{secrets.token_hex(16)}",
+            name=f"{FOLDER}/{secrets.token_hex(16)}",
             exclusive=exclusive,
+            scope=scope,
             host=socket.gethostname(),
+            namespace=host_namespace(),
             pid=os.getpid(),
             process_start=_process_start(os.getpid()),
-            user=os.environ.get("USER", str(os.getuid())),
+            user=_user(),
             purpose=purpose,
-            created=time.time(),
-            refreshed=time.time(),
+            created=now,
+            refreshed=now,
+            lease=lease,
         )
+        self._on_acquired = on_acquired
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_refreshed = time.monotonic()
+        self._write_lock = threading.Lock()
+        self._last_written = -math.inf  # monotonic time a successful write started
+        self.notes: list[str] = []  # stale or malformed locks seen while acquiring
 
-    def _write(self) -> None:
-        doc = asdict(self._info)
-        del doc["name"]
-        self._backend.store(self._info.name, json.dumps(doc).encode(), overwrite=True)
+    @property
+    def name(self) -> str:
+        return self._info.name
 
-    def _conflicts(self) -> list[LockInfo]:
-        return [
-            lock
-            for lock in list_locks(self._backend)
-            if lock.name != self._info.name
-            and not lock.expired
-            and (self._info.exclusive or lock.exclusive)
-        ]
+    @property
+    def refresh_every(self) -> float:
+        return self._info.lease / 6
 
-    def _refuse(self, conflicts: list[LockInfo]) -> RepositoryLocked:
-        first = conflicts[0]
-        hint = "; run `medvault unlock` to remove stale locks" if first.stale else ""
-        return RepositoryLocked(f"repository is locked: {first.describe()}{hint}")
+    def write(self) -> None:
+        """Write (or rewrite) the lock object now."""
+        with self._write_lock:
+            started = time.monotonic()
+            self._info = replace(self._info, refreshed=time.time())
+            self._backend.store(self.name, self._info.to_json(), overwrite=True)
+            self._last_written = started
+
+    def observe(self) -> LockTable:
+        """Rewrite this lock, then read every lock with the store's clock of that moment."""
+        self.write()
+        return read_locks(self._backend, clock_from=self.name)
+
+    def _refuse(self, conflicts: list[LockInfo], store_now: float | None) -> RepositoryLocked:
+        return RepositoryLocked(f"repository is locked: {conflicts[0].describe(store_now)}")
 
     def acquire(self) -> None:
-        conflicts = self._conflicts()
+        self.write()
+        faults.point("lock.after-write")
+        # Two processes may write at once; both read after writing, so at least one sees the
+        # other and neither proceeds unsafely (both may refuse).
+        table = read_locks(self._backend, clock_from=self.name)
+        conflicts = [
+            lock for lock in table.live(exclude=[self.name]) if self._info.conflicts_with(lock)
+        ]
         if conflicts:
-            raise self._refuse(conflicts)
-        self._write()
-        # Two processes may pass the first check at once; re-check after writing our own.
-        conflicts = self._conflicts()
-        if conflicts:
-            self._backend.delete(self._info.name)
-            raise self._refuse(conflicts)
+            with contextlib.suppress(ObjectNotFound):
+                self._backend.delete(self.name)
+            raise self._refuse(conflicts, table.store_now)
+        self.notes = [
+            f"{lock.describe(table.store_now)}; `medvault unlock` removes it"
+            for lock in table.stale()
+            if self._info.conflicts_with(lock)
+        ] + [f"{bad.describe()}; `medvault unlock` removes it" for bad in table.malformed]
         self._thread = threading.Thread(target=self._refresh, name="lock-refresh", daemon=True)
         self._thread.start()
+        if self._on_acquired is not None:
+            self._on_acquired()
 
     def _refresh(self) -> None:
-        while not self._stop.wait(REFRESH_EVERY):
-            self._info = LockInfo(**{**asdict(self._info), "refreshed": time.time()})
+        while not self._stop.wait(self.refresh_every):
             with contextlib.suppress(Exception):
-                self._write()
-                self._last_refreshed = time.monotonic()
+                self.write()
 
     def ensure_held(self) -> None:
-        """Before committing work (a snapshot): the lock must still be ours and fresh. If
-        refreshing failed for too long, or someone removed it, an exclusive operation such
-        as prune may have run meanwhile and deleted data this work relies on."""
-        if time.monotonic() - self._last_refreshed > LOCK_TTL - REFRESH_EVERY:
+        """Before committing work (a snapshot, a deletion): the lock must still be ours and
+        fresh. If rewriting it failed for too long, or someone removed it, others may take it
+        for stale, and an exclusive operation or a prune may have run meanwhile."""
+        if time.monotonic() - self._last_written > self._info.lease - self.refresh_every:
             raise RepositoryLocked(
                 "lost the repository lock (it could not be refreshed); "
                 "nothing was committed: run the operation again"
             )
-        if not self._backend.exists(self._info.name):
+        if not self._backend.exists(self.name):
             raise RepositoryLocked(
                 "the repository lock was removed while this operation ran "
                 "(medvault unlock --remove-all?); nothing was committed"
@@ -164,14 +383,33 @@ class RepositoryLock:
         if self._thread is not None:
             self._thread.join()
         with contextlib.suppress(ObjectNotFound):
-            self._backend.delete(self._info.name)
+            self._backend.delete(self.name)
 
 
-def remove_stale_locks(backend: Backend, *, remove_all: bool = False) -> list[LockInfo]:
-    removed = []
-    for lock in list_locks(backend):
-        if remove_all or lock.stale:
+@dataclass(frozen=True)
+class UnlockResult:
+    removed: list[str]  # descriptions
+    remaining: list[str]
+
+
+def remove_stale_locks(backend: Backend, *, remove_all: bool = False) -> UnlockResult:
+    """Remove stale and malformed locks (every lock with remove_all), judged by the store's
+    clock read just now."""
+    store_now = store_time(backend)
+    table = read_locks(backend)
+    table = LockTable(table.locks, table.malformed, store_now)
+    removed, remaining = [], []
+    for lock in table.locks:
+        if lock.purpose == "reading the store's clock" and lock.stale_reason(store_now) is None:
+            continue  # another unlock's probe
+        if remove_all or lock.stale_reason(store_now) is not None:
             with contextlib.suppress(ObjectNotFound):
                 backend.delete(lock.name)
-            removed.append(lock)
-    return removed
+            removed.append(lock.describe(store_now))
+        else:
+            remaining.append(lock.describe(store_now))
+    for bad in table.malformed:
+        with contextlib.suppress(ObjectNotFound):
+            backend.delete(bad.name)
+        removed.append(bad.describe())
+    return UnlockResult(removed, remaining)

@@ -2,47 +2,56 @@
 
 Deleting a pack that looks unused is only safe if no backup still in flight refers to it: a
 backup may have deduplicated against a blob of a forgotten snapshot, or uploaded a pack it
-has not indexed yet. So prune works in two phases:
+has not indexed yet. So prune works in two phases, and never compares the clocks of hosts:
 
 1. Condemn. Packs none of whose blobs any snapshot needs, and packs mostly unused (their
-   used blobs are first written again into new packs), older than a safety margin, are
-   listed in a sealed record `prune/condemned/<time>`. Nothing is deleted. From then on
-   backups do not deduplicate against condemned packs (they store such blobs anew), so no
-   backup that starts after the record can come to depend on them.
-2. Delete, once no lock taken before the record is still alive, other than this prune's
-   own (every backup that might depend on a condemned pack has ended and, if it succeeded,
-   written its snapshot). On a quiet repository that is at once, in the same run; with a
-   backup running, a later run does it. Each condemned pack is checked again against the
-   snapshots as they are now: it goes only if every blob in it that a snapshot needs has a
-   copy in a pack that stays.
-   Index objects naming deleted packs are rewritten without them (new index first, then
-   the old ones removed), then the packs are deleted, then the record.
+   used blobs are first written again into new packs), older than a safety margin by the
+   store's clock, are listed in a sealed record `prune/condemned/<name>`. Nothing is
+   deleted. From then on backups do not deduplicate against condemned packs. Right after
+   the record is stored, prune lists the live locks and stores their names in
+   `prune/waits/<name>`: those are the only writers that may have read the condemned
+   records before this one existed. A writer whose lock came later sees the record: it
+   reads the records once more just before it commits a snapshot, and stores anew any blob
+   it needs that lives only in a condemned pack (Repository.save_snapshot).
+2. Delete, once every lock named in the waits record is gone or stale (lock names are
+   random ids, so a lock is never mistaken for another). On a quiet repository that is at
+   once, in the same run; with a backup running, a later run does it. Each condemned pack
+   is checked again against the snapshots as they are now: it goes only if every blob in it
+   that a snapshot needs has a copy in a pack that stays. Index objects naming deleted packs
+   are rewritten without them (new index first, then the old ones removed), then the packs
+   are deleted, then the records.
 
-Readers (restore, check) still see condemned packs until they are deleted. An interrupted
-prune leaves at worst a record whose next run finishes the job, or index objects listing a
-pack twice. Packs the store keeps immutable (Object Lock) are never condemned; they are
-counted and named in the report.
+A prune that dies between storing the condemned record and the waits record leaves a record
+without waits; the next run writes the waits from the locks live then, a superset of those
+that can still matter. Readers (restore, check) still see condemned packs until they are
+deleted. Packs the store keeps immutable (Object Lock) are never condemned; they are counted
+and named in the report. One prune runs at a time (its lock's scope is "prune").
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from medvault.errors import IntegrityError, MedvaultError, ObjectLocked, ObjectNotFound
-from medvault.repository.locks import LockInfo, list_locks
+from medvault import faults
+from medvault.errors import IntegrityError, ObjectLocked, ObjectNotFound
 from medvault.repository.repo import pack_name
 
 if TYPE_CHECKING:
     from medvault.repository.index import PackRecord
+    from medvault.repository.locks import LockTable, RepositoryLock
     from medvault.repository.repo import Repository
 
 FOLDER = "prune/condemned"
+WAITS_FOLDER = "prune/waits"
 KIND_CONDEMNED = b"prune-condemned"
+KIND_WAITS = b"prune-waits"
 DEFAULT_YOUNG = dt.timedelta(hours=1)
 
 
@@ -58,14 +67,18 @@ class PruneResult:
     kept_locked: int = 0
     kept_young: int = 0
     reprieved: int = 0  # condemned packs a snapshot came to need again
-    waiting: list[str] = field(default_factory=list)  # records held back by older locks
+    waiting: list[str] = field(default_factory=list)  # records held back by live locks
 
 
 @dataclass(frozen=True)
 class Condemned:
     name: str
-    created: float
+    created: float  # the condemning host's clock: for people, never for decisions
     packs: frozenset[str]
+
+    @property
+    def leaf(self) -> str:
+        return self.name.rsplit("/", 1)[1]
 
 
 def read_condemned(repo: Repository) -> list[Condemned]:
@@ -76,7 +89,20 @@ def read_condemned(repo: Repository) -> list[Condemned]:
             records.append(Condemned(obj.name, float(doc["time"]), frozenset(doc["packs"])))
         except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
             repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
-    return sorted(records, key=lambda r: r.created)
+    return sorted(records, key=lambda r: r.name)
+
+
+def read_waits(repo: Repository) -> dict[str, frozenset[str]]:
+    """Condemned record leaf name -> names of the locks its deletion waits for."""
+    waits = {}
+    for obj in repo.backend.list(WAITS_FOLDER):
+        try:
+            doc = json.loads(repo.unseal(repo.backend.load(obj.name), KIND_WAITS))
+            waits[obj.name.rsplit("/", 1)[1]] = frozenset(str(n) for n in doc["locks"])
+        except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
+            # Unreadable: as if absent, so the next run writes it again (conservatively).
+            repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
+    return waits
 
 
 def condemned_packs(repo: Repository) -> set[str]:
@@ -101,13 +127,16 @@ class Pruner:
     def __init__(
         self,
         repo: Repository,
+        lock: RepositoryLock,
         *,
         dry_run: bool = False,
         repack_unused: float = 0.5,
         young: dt.timedelta = DEFAULT_YOUNG,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
+        """`lock`: this prune's own lock (scope "prune"), taken by the caller."""
         self.repo = repo
+        self.lock = lock
         self.dry_run = dry_run
         self.repack_unused = repack_unused
         self.young = young
@@ -118,41 +147,40 @@ class Pruner:
         self._listing: dict[str, tuple[int, float | None]] | None = None
 
     def run(self) -> PruneResult:
-        if self._other_prune_running():
-            raise MedvaultError("another prune is running on this repository; try later")
         self.finish_earlier()
         if self.condemn() and not self.dry_run:
-            # Nothing older than the new record may be running: then its packs go now.
+            # Nobody may have read the condemned packs without our record: then they go now.
             self.finish_earlier()
         return self.result
 
-    @staticmethod
-    def _ours(lock: LockInfo) -> bool:
-        import os
-        import socket
-
-        return (lock.pid, lock.host) == (os.getpid(), socket.gethostname())
-
-    def _other_prune_running(self) -> bool:
-        return any(
-            lock.purpose == "prune" and not lock.expired and not self._ours(lock)
-            for lock in list_locks(self.repo.backend)
-        )
+    def _live_others(self, table: LockTable) -> dict[str, str]:
+        """Live locks other than ours: name -> description."""
+        return {
+            lock.name: lock.describe(table.store_now)
+            for lock in table.live(exclude=[self.lock.name])
+        }
 
     # -- phase 2 ---------------------------------------------------------------------------
 
     def finish_earlier(self) -> None:
         records = read_condemned(self.repo)
+        waits = read_waits(self.repo)
+        self._drop_orphan_waits(records, waits)
         if not records:
             return
-        live = [lock for lock in list_locks(self.repo.backend) if not lock.expired]
+        live = self._live_others(self.lock.observe())
         ripe = []
         for record in records:
-            older = [
-                lock for lock in live if lock.created < record.created and not self._ours(lock)
-            ]
-            if older:
-                self.result.waiting.append(f"{record.name}: waits for {older[0].describe()}")
+            waiting_on = waits.get(record.leaf)
+            if waiting_on is None:
+                # Its prune died before naming the locks: every lock live now is a superset
+                # of those that existed then and still live.
+                waiting_on = frozenset(live)
+                if not self.dry_run:
+                    self._store_waits(record.leaf, waiting_on)
+            blocking = [live[name] for name in sorted(waiting_on) if name in live]
+            if blocking:
+                self.result.waiting.append(f"{record.name}: waits for {blocking[0]}")
             else:
                 ripe.append(record)
         if not ripe:
@@ -186,7 +214,11 @@ class Pruner:
         self.result.freed_bytes += sum(sizes[p][0] for p in deletable if p in sizes)
         if self.dry_run:
             return
+        # Our own lock must still be ours: if it was taken for stale, another prune may run.
+        self.lock.ensure_held()
+        faults.point("prune.before-delete")
         self._rewrite_indexes(deletable)
+        self.repo.index.drop_packs(deletable)
         for pack_id in sorted(deletable):
             try:
                 self.repo.backend.delete(pack_name(pack_id))
@@ -194,8 +226,26 @@ class Pruner:
                 continue
             except ObjectLocked:
                 self.result.kept_locked += 1
+        faults.point("prune.after-delete")
         for record in ripe:
             self.repo.backend.delete(record.name)
+            with contextlib.suppress(ObjectNotFound):
+                self.repo.backend.delete(f"{WAITS_FOLDER}/{record.leaf}")
+
+    def _store_waits(self, leaf: str, lock_names: frozenset[str]) -> None:
+        body = json.dumps({"record": f"{FOLDER}/{leaf}", "locks": sorted(lock_names)}).encode()
+        self.repo.store_object(f"{WAITS_FOLDER}/{leaf}", self.repo.seal(body, KIND_WAITS))
+
+    def _drop_orphan_waits(
+        self, records: list[Condemned], waits: dict[str, frozenset[str]]
+    ) -> None:
+        """Waits whose record is gone: a prune died between deleting the two."""
+        if self.dry_run:
+            return
+        leaves = {record.leaf for record in records}
+        for leaf in waits.keys() - leaves:
+            with contextlib.suppress(ObjectNotFound):
+                self.repo.backend.delete(f"{WAITS_FOLDER}/{leaf}")
 
     def _rewrite_indexes(self, deletable: set[str]) -> None:
         """Each index object naming a deleted pack is replaced by one without it."""
@@ -226,14 +276,16 @@ class Pruner:
         already = condemned_packs(self.repo)
         used = _used_blobs(self.repo)
         sizes = self._listing = _pack_sizes(self.repo)
-        now = time.time()
+        # Pack ages by the store's clock (its modification times against that of our lock
+        # rewritten just now), so a skewed host clock cannot make a fresh pack look old.
+        store_now = self.lock.observe().store_now
+        now = store_now if store_now is not None else time.time()
         records = {record.pack_id: record for record in self.repo.index.packs()}
         doomed: list[str] = []
         repack: list[PackRecord] = []
         for pack_id, (_size, modified) in sorted(sizes.items()):
             if pack_id in already:
                 continue
-            # A store's clock may run ahead of ours: "young" never means "from the future".
             if self.young and modified is not None and now - modified < self.young.total_seconds():
                 self.result.kept_young += 1
                 continue
@@ -263,14 +315,18 @@ class Pruner:
         if self.dry_run or not (doomed or repack):
             return False
         packs = sorted(doomed + [r.pack_id for r in repack])
-        body = json.dumps({"time": now, "packs": packs}).encode()
-        # The record first: from here on backups store these packs' blobs anew.
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        self.repo.store_object(
-            f"{FOLDER}/{stamp}-{int(now * 1000) % 1000:03d}",
-            self.repo.seal(body, KIND_CONDEMNED),
-        )
+        faults.point("prune.before-record")
+        # The record first: from here on backups store these packs' blobs anew. Its name
+        # sorts by time for people; nothing decides by it.
+        written = time.time()
+        body = json.dumps({"time": written, "packs": packs}).encode()
+        leaf = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(written))}-{secrets.token_hex(4)}"
+        self.repo.store_object(f"{FOLDER}/{leaf}", self.repo.seal(body, KIND_CONDEMNED))
         self.repo.condemned.update(packs)
+        faults.point("prune.after-record")
+        # Then the locks live now: only they may have read the records before this one.
+        self._store_waits(leaf, frozenset(self._live_others(self.lock.observe())))
+        faults.point("prune.after-waits")
         if repack:
             self._repack(repack, used)
         return True

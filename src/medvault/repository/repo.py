@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from medvault import __version__
+from medvault import __version__, faults
 from medvault.backends import Backend
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ from medvault.errors import (
     ObjectExists,
     ObjectLocked,
     ObjectNotFound,
+    RepositoryLocked,
     RepositoryNotFound,
     SnapshotNotFound,
     UnsupportedFormat,
@@ -36,7 +37,13 @@ from medvault.errors import (
 )
 from medvault.repository import compression
 from medvault.repository.crypto import open_object, seal_object, storage_id, unwrap_content_key
-from medvault.repository.index import MasterIndex, PackRecord, decode_index, encode_index
+from medvault.repository.index import (
+    BlobLocation,
+    MasterIndex,
+    PackRecord,
+    decode_index,
+    encode_index,
+)
 from medvault.repository.keys import Credential, KeySlot, MasterKey, now_iso, open_master_key
 from medvault.repository.locks import RepositoryLock
 from medvault.repository.packs import open_blob
@@ -262,7 +269,15 @@ class Repository:
     def key_slots(self) -> list[KeySlot]:
         return self.read_key_slots(self.backend)
 
+    def _key_change(self, purpose: str) -> RepositoryLock:
+        """Key changes run one at a time (a lock of scope "keys"), beside backups."""
+        return self.lock(exclusive=False, scope="keys", purpose=purpose)
+
     def add_key(self, credential: Credential, label: str = "") -> KeySlot:
+        with self._key_change("key add"):
+            return self._store_key_slot(credential, label)
+
+    def _store_key_slot(self, credential: Credential, label: str) -> KeySlot:
         slot = KeySlot.create(self.master, credential, label)
         self.backend.store(f"keys/{slot.slot_id}", slot.to_json(), retain_until=self.retain_until())
         return slot
@@ -275,23 +290,35 @@ class Repository:
         return matches[0]
 
     def remove_key(self, slot_id: str) -> None:
-        slots = self.key_slots()
-        if len(slots) <= 1:
-            raise UsageError("refusing to remove the last key slot: the repository would be lost")
-        if slot_id not in {s.slot_id for s in slots}:
-            raise UsageError(f"no key slot {slot_id}")
-        self.backend.delete(f"keys/{slot_id}")
+        """Delete a key slot, never the last usable one: the slots are read again under the
+        key-change lock, so two removals at once cannot each leave the other's slot last."""
+        with self._key_change("key remove") as lock:
+            slots = self.key_slots()
+            if slot_id not in {s.slot_id for s in slots}:
+                raise UsageError(f"no key slot {slot_id}")
+            if len(slots) <= 1:
+                raise UsageError(
+                    "refusing to remove the last key slot: the repository would be lost"
+                )
+            lock.ensure_held()
+            faults.point("key.before-delete")
+            self.backend.delete(f"keys/{slot_id}")
 
     def change_passphrase(self, credential: Credential) -> KeySlot:
         """Rewrap the master key in a new slot, then drop the slot that opened this session."""
         if self.slot is None:
             raise UsageError("open the repository with its own passphrase to change it")
-        new = self.add_key(credential, self.slot.label)
+        with self._key_change("key passwd"):
+            return self._replace_slot(self.slot, credential)
+
+    def _replace_slot(self, old: KeySlot, credential: Credential) -> KeySlot:
+        new = self._store_key_slot(credential, old.label)
+        faults.point("key.after-new-slot")
         try:
-            self.backend.delete(f"keys/{self.slot.slot_id}")
+            self.backend.delete(f"keys/{old.slot_id}")
         except ObjectLocked as exc:
             self.warnings.append(
-                f"the old key slot {self.slot.slot_id} stays ({exc}): until then the old "
+                f"the old key slot {old.slot_id} stays ({exc}): until then the old "
                 "passphrase still opens the repository"
             )
         self.slot = new
@@ -477,6 +504,17 @@ class Repository:
         location = self.index.lookup(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in any index")
+        try:
+            return self._read_blob_at(blob_id, location)
+        except IntegrityError:
+            # A repack leaves a second copy until prune deletes the first: try the others.
+            for other in self.index.locations(blob_id):
+                if other.pack_id != location.pack_id:
+                    with contextlib.suppress(IntegrityError):
+                        return self._read_blob_at(blob_id, other)
+            raise
+
+    def _read_blob_at(self, blob_id: bytes, location: BlobLocation) -> tuple[bytes, bytes]:
         entry = location.entry
         name = pack_name(location.pack_id)
         try:
@@ -534,19 +572,65 @@ class Repository:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def save_snapshot(self, snapshot: Snapshot) -> str:
-        if self.index.lookup(snapshot.tree) is None:
-            raise IntegrityError("refusing to save a snapshot whose tree is not indexed")
-        self._protect_snapshot_data(snapshot)
+    def save_snapshot(self, snapshot: Snapshot, lock: RepositoryLock | None = None) -> str:
+        """Commit a snapshot. `lock`: the lock the backup holds, checked just before."""
+        self._prepare_commit(snapshot, lock)
         return self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
 
-    def save_snapshot_object(self, snapshot: Snapshot, sealed: bytes) -> None:
+    def save_snapshot_object(
+        self, snapshot: Snapshot, sealed: bytes, lock: RepositoryLock | None = None
+    ) -> None:
         """Store a snapshot object as sealed elsewhere under the same keys (a raw copy)."""
-        if self.index.lookup(snapshot.tree) is None:
-            raise IntegrityError("refusing to save a snapshot whose tree is not indexed")
-        self._protect_snapshot_data(snapshot)
+        self._prepare_commit(snapshot, lock)
         with contextlib.suppress(ObjectExists):
             self.store_object(f"snapshots/{storage_id(sealed)}", sealed)
+
+    def _prepare_commit(self, snapshot: Snapshot, lock: RepositoryLock | None) -> None:
+        if self.index.lookup(snapshot.tree) is None:
+            raise IntegrityError("refusing to save a snapshot whose tree is not indexed")
+        faults.point("snapshot.before-commit")
+        self._store_again_what_prune_condemned(snapshot.tree)
+        self._protect_snapshot_data(snapshot)
+        if lock is not None:
+            lock.ensure_held()
+        faults.point("snapshot.before-store")
+
+    def _store_again_what_prune_condemned(self, tree: bytes) -> None:
+        """A prune that stored its record after this process read the condemned packs did not
+        stop it from deduplicating against them; the prune waits only for locks that existed
+        when its record was stored, which ours may not. So read the records again: any blob
+        this snapshot needs that lives only in a condemned pack is stored anew. A prune that
+        stores its record after this reading finds our lock and waits for us."""
+        from medvault.repository.prune import condemned_packs
+
+        current = condemned_packs(self)
+        fresh = current - self.condemned
+        self.condemned |= current
+        if not fresh:
+            return
+        at_risk = []
+        for blob_id in self.referenced_blobs(tree):
+            locations = self.index.locations(blob_id)
+            if locations and all(loc.pack_id in self.condemned for loc in locations):
+                at_risk.append((blob_id, locations[0].entry.blob_type))
+        if not at_risk:
+            return
+        from medvault.repository.writer import BlobSink
+
+        sink = BlobSink(self)
+        try:
+            for blob_id, blob_type in at_risk:
+                sink.submit(self.load_blob(blob_id), blob_type)
+            sink.flush()
+        except IntegrityError as exc:
+            sink.abort()
+            raise RepositoryLocked(
+                f"a prune running beside this backup removed data it reuses ({exc}); "
+                "nothing was committed: run the backup again"
+            ) from exc
+        except BaseException:
+            sink.abort()
+            raise
 
     def _protect_snapshot_data(self, snapshot: Snapshot) -> None:
         """On a locked store, packs reused from older backups must stay locked for this
@@ -580,15 +664,41 @@ class Repository:
                 self.warnings.append(f"snapshot {snapshot_id[:12]} is unreadable: {exc}")
         return sorted(snapshots, key=lambda s: s.time)
 
+    def newest(self, snapshots: list[Snapshot]) -> Snapshot | None:
+        """The newest of these snapshots (oldest first, as list_snapshots gives them) that is
+        not dated in the future: a host whose clock ran years ahead must not make its
+        snapshot "latest" forever. The ones passed over are named in a warning."""
+        from medvault.clocks import ahead_by, describe_span
+
+        for snap in reversed(snapshots):
+            ahead = ahead_by(snap.taken)
+            if ahead is None:
+                return snap
+            message = (
+                f"snapshot {snap.short_id} of {snap.source} is dated {snap.time}, "
+                f"{describe_span(ahead)} ahead of this host's clock (the clock of "
+                f"{snap.host} or of this host is wrong): not taken as the newest; "
+                "give its id to use it"
+            )
+            if message not in self.warnings:
+                self.warnings.append(message)
+        return None
+
     def find_snapshot(self, selector: str) -> Snapshot:
         """An id or unique id prefix, `latest`, or `latest:SOURCE`."""
         if selector == "latest" or selector.startswith("latest:"):
             source = selector.partition(":")[2]
             snaps = [s for s in self.list_snapshots() if not source or s.source == source]
+            where = f" of source {source}" if source else ""
             if not snaps:
-                where = f" of source {source}" if source else ""
                 raise SnapshotNotFound(f"the repository holds no snapshot{where}")
-            return snaps[-1]
+            newest = self.newest(snaps)
+            if newest is None:
+                raise SnapshotNotFound(
+                    f"every snapshot{where} is dated in the future ({self.warnings[-1]}); "
+                    "give a snapshot id"
+                )
+            return newest
         if len(selector) < 4 or any(c not in "0123456789abcdef" for c in selector):
             raise UsageError(f"{selector!r} is not a snapshot id (give 4+ hex digits or latest)")
         matches = [i for i in self.snapshot_ids() if i.startswith(selector)]
@@ -600,5 +710,16 @@ class Repository:
 
     # -- locks -----------------------------------------------------------------------------
 
-    def lock(self, *, exclusive: bool, purpose: str) -> RepositoryLock:
-        return RepositoryLock(self.backend, exclusive=exclusive, purpose=purpose)
+    def lock(self, *, exclusive: bool, purpose: str, scope: str = "") -> RepositoryLock:
+        def acquired() -> None:
+            self.warnings.extend(note for note in lock.notes if note not in self.warnings)
+            # Prune records stored before our lock: a prune stored after it waits for us.
+            if self._index is not None:
+                from medvault.repository.prune import condemned_packs
+
+                self.condemned |= condemned_packs(self)
+
+        lock = RepositoryLock(
+            self.backend, exclusive=exclusive, purpose=purpose, scope=scope, on_acquired=acquired
+        )
+        return lock

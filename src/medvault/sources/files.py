@@ -193,7 +193,7 @@ def choose_parent(
     ]
     if backup_type == "differential":
         candidates = [s for s in candidates if s.backup_type == "full"]
-    return candidates[-1] if candidates else None
+    return repo.newest(candidates)
 
 
 class FileBackup:
@@ -291,8 +291,7 @@ class FileBackup:
                 facts=facts,
                 program=f"medvault {__version__}",
             )
-            lock.ensure_held()
-            snapshot_id = self.repo.save_snapshot(snapshot)
+            snapshot_id = self.repo.save_snapshot(snapshot, lock)
         snapshot = Snapshot(**{**snapshot.__dict__, "id": snapshot_id})
         return BackupResult(
             snapshot=snapshot,

@@ -144,8 +144,7 @@ def backup_stream(
             facts={**facts, **extra},
             program=f"medvault {__version__}",
         )
-        lock.ensure_held()
-        snapshot_id = repo.save_snapshot(snapshot)
+        snapshot_id = repo.save_snapshot(snapshot, lock)
     return StreamResult(
         snapshot=replace(snapshot, id=snapshot_id),
         bytes_read=total,
