@@ -170,3 +170,195 @@ def test_file_changing_while_read_is_reported(repo: Repository, tmp_path: Path) 
     assert [p.path for p in result.changed_while_read] == [str(growing)]
     assert not result.complete
     assert result.snapshot.stats["changed_while_read"] == 1
+
+
+# -- durations ---------------------------------------------------------------------------
+
+ABSURD = "100000000000000000000y"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("[tier.critical]\nfloor = '{value}'", "tier.critical.floor"),
+        ("[tier.critical]\nrpo = '{value}'", "tier.critical.rpo"),
+        (
+            "[tier.critical.retention]\nkeep_within = '{value}'",
+            "tier.critical.retention.keep_within",
+        ),
+        (
+            "[source.emr]\nkind = 'postgres'\ndsn = 'host=/tmp'\npitr_window = '{value}'",
+            "source.emr.pitr_window",
+        ),
+    ],
+)
+def test_absurd_duration_in_the_config_names_the_key_exit_2(
+    cli: Cli, tmp_path: Path, section: str, key: str
+) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f"[repository.main]\nurl = '{tmp_path / 'repo'}'\n" + section.format(value=ABSURD)
+    )
+    done = cli("--config", str(config), "snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"{key}: '{ABSURD}' is too long" in done.stderr and one_line(done.stderr)
+
+
+def test_absurd_keep_count_in_the_config_does_not_overflow(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f"[repository.main]\nurl = '{tmp_path / 'repo'}'\n"
+        "[tier.critical]\nfloor = '7y'\n[tier.critical.retention]\n"
+        "keep_yearly = 100000000000000000000\n"
+    )
+    env = {"MEDVAULT_REPOSITORY": ""}
+    cli("--config", str(config), "init", env=env)
+    done = cli("--config", str(config), "snapshots", env=env, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_absurd_young_is_a_usage_error_naming_the_option(initialized_cli: Cli) -> None:
+    done = initialized_cli("prune", "--young", ABSURD, check=False)
+    assert done.returncode == 2
+    assert f"--young: '{ABSURD}' is too long" in done.stderr and one_line(done.stderr)
+
+
+# -- restore --include -------------------------------------------------------------------
+
+
+def test_empty_include_is_a_usage_error_not_the_whole_snapshot(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    initialized_cli("backup", str(make_tree({"a.txt": b"a"})))
+    out = tmp_path / "out"
+    done = initialized_cli("restore", "latest", "--target", str(out), "--include", "", check=False)
+    assert done.returncode == 2
+    assert "--include ''" in done.stderr and one_line(done.stderr)
+    assert not out.exists()
+
+
+def test_include_climbing_out_is_a_usage_error_naming_the_option(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    initialized_cli("backup", str(make_tree({"a.txt": b"a"})))
+    out = tmp_path / "out"
+    done = initialized_cli(
+        "restore", "latest", "--target", str(out), "--include", "../../etc", check=False
+    )
+    assert done.returncode == 2
+    assert "--include '../../etc'" in done.stderr and one_line(done.stderr)
+    assert "snapshot holds" not in done.stderr
+    assert not out.exists()
+
+
+# -- S3 bucket names ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bucket", ["Bad_Bucket!", "ab", "a..b", "192.168.1.2", "-dash"])
+def test_invalid_bucket_name_is_one_line_exit_2(tmp_path: Path, bucket: str) -> None:
+    done = Cli(f"s3://{bucket}/p", tmp_path)("snapshots", check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"{bucket!r} is not a valid bucket name" in done.stderr and one_line(done.stderr)
+
+
+# -- init --new-key-file -----------------------------------------------------------------
+
+
+def test_init_with_new_key_file_over_a_repository_exit_10_and_writes_no_key_file(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "new.key"
+    done = initialized_cli("init", "--new-key-file", str(key_file), check=False)
+    assert done.returncode == 10
+    assert "already exists" in done.stderr and one_line(done.stderr)
+    assert not key_file.exists()
+
+
+def test_init_with_new_key_file_into_a_non_empty_directory_leaves_no_key_file(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.repo.mkdir()
+    (cli.repo / "notes.txt").write_text("not a repository")
+    key_file = tmp_path / "new.key"
+    done = cli("init", "--new-key-file", str(key_file), check=False)
+    assert done.returncode == 10 and one_line(done.stderr)
+    assert not key_file.exists()
+
+
+def test_init_refuses_an_existing_key_file_before_creating_anything(
+    cli: Cli, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "old.key"
+    key_file.write_text("precious")
+    done = cli("init", "--new-key-file", str(key_file), check=False)
+    assert done.returncode == 2 and one_line(done.stderr)
+    assert key_file.read_text() == "precious"
+    assert not cli.repo.exists()
+
+
+# -- password commands -------------------------------------------------------------------
+
+
+def test_password_command_with_an_unbalanced_quote_names_the_option(initialized_cli: Cli) -> None:
+    env = {"MEDVAULT_PASSWORD": ""}
+    done = initialized_cli("--password-command", "echo 'secret", "snapshots", env=env, check=False)
+    assert done.returncode == 2
+    assert "--password-command" in done.stderr and "No closing quotation" in done.stderr
+    assert "secret" not in done.stderr and one_line(done.stderr)
+
+
+def test_password_command_in_the_environment_with_an_unbalanced_quote(
+    initialized_cli: Cli,
+) -> None:
+    env = {"MEDVAULT_PASSWORD": "", "MEDVAULT_PASSWORD_COMMAND": 'echo "secret'}
+    done = initialized_cli("snapshots", env=env, check=False)
+    assert done.returncode == 2
+    assert "MEDVAULT_PASSWORD_COMMAND" in done.stderr and one_line(done.stderr)
+
+
+def test_password_command_in_the_config_with_an_unbalanced_quote_names_the_key(
+    cli: Cli, tmp_path: Path
+) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f"[repository.main]\nurl = '{cli.repo}'\npassword_command = \"echo 'secret\"\n"
+    )
+    done = cli("--config", str(config), "snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+    assert done.returncode == 2
+    assert "repository.main.password_command" in done.stderr and one_line(done.stderr)
+    assert "secret" not in done.stderr
+
+
+# -- key slots ---------------------------------------------------------------------------
+
+
+def _plant_salt(cli: Cli, slot: str, salt: object) -> None:
+    path = cli.repo / "keys" / slot
+    doc = json.loads(path.read_text())
+    doc["kdf"]["salt"] = salt
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("salt", ["!!not base64!!", "c2hvcnQ=", 12345])
+def test_key_slot_with_a_bad_salt_is_skipped_with_a_warning(
+    initialized_cli: Cli, salt: object
+) -> None:
+    initialized_cli("key", "add", env={"MEDVAULT_NEW_PASSWORD": "another passphrase"})
+    ours = {
+        s["id"] for s in json.loads(initialized_cli("key", "list", "--json").stdout) if s["current"]
+    }
+    (planted,) = set(os.listdir(initialized_cli.repo / "keys")) - ours
+    _plant_salt(initialized_cli, planted, salt)
+    done = initialized_cli("snapshots", check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: key slot {planted} has an unusable salt" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_usable_key_slot_is_one_clear_line_exit_13(initialized_cli: Cli) -> None:
+    (slot,) = os.listdir(initialized_cli.repo / "keys")
+    _plant_salt(initialized_cli, slot, "!!not base64!!")
+    done = initialized_cli("snapshots", check=False)
+    assert done.returncode == 13
+    assert "no key slot" in done.stderr and "is usable" in done.stderr
+    assert slot in done.stderr and one_line(done.stderr)

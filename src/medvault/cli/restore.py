@@ -105,6 +105,10 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a snapshot: files, a logical dump, or a physical backup with PITR."""
+    from medvault.recovery.files import include_parts
+
+    for path in includes:
+        include_parts(path)  # a bad one is refused before any passphrase is asked for
     cli = obtain(ctx)
     repo = cli.open()
     snap = repo.find_snapshot(snapshot)
