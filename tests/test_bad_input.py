@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,3 +363,117 @@ def test_no_usable_key_slot_is_one_clear_line_exit_13(initialized_cli: Cli) -> N
     assert done.returncode == 13
     assert "no key slot" in done.stderr and "is usable" in done.stderr
     assert slot in done.stderr and one_line(done.stderr)
+
+
+# -- root options after the subcommand ---------------------------------------------------
+
+
+def test_repo_and_password_file_work_after_the_subcommand(
+    cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "pass"
+    password_file.write_text(PASSWORD + "\n")
+    repo = str(tmp_path / "elsewhere")
+    cli.env = {k: v for k, v in cli.env.items() if not k.startswith("MEDVAULT_")}
+    options = ("--repo", repo, "--password-file", str(password_file))
+    cli("init", *options)
+    data = make_tree({"a.txt": b"after the command"})
+    cli("backup", *options, str(data))
+    assert len(json.loads(cli("snapshots", "--json", *options).stdout)) == 1
+    cli("restore", "latest", "--target", str(tmp_path / "out"), f"--repo={repo}", *options[2:])
+    assert (tmp_path / "out" / str(data).lstrip("/") / "a.txt").read_bytes() == b"after the command"
+    assert json.loads(cli("key", "list", "--json", *options).stdout)[0]["current"]
+
+
+def test_config_and_key_file_work_after_the_subcommand(cli: Cli, tmp_path: Path) -> None:
+    key_file = tmp_path / "repo.key"
+    cli.env = {k: v for k, v in cli.env.items() if not k.startswith("MEDVAULT_")}
+    cli("init", "-r", str(cli.repo), "--new-key-file", str(key_file))
+    config = tmp_path / "etc" / "medvault.toml"
+    config.parent.mkdir()
+    config.write_text(f"[repository.main]\nurl = '{cli.repo}'\n")
+    done = cli("snapshots", "--json", "--config", str(config), "--key-file", str(key_file))
+    assert json.loads(done.stdout) == []
+    done = cli("check", "-c", str(config), "--key-file", str(key_file), check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_root_option_given_before_and_after_with_different_values_is_a_usage_error(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    done = initialized_cli(
+        "--repo",
+        str(initialized_cli.repo),
+        "snapshots",
+        "--repo",
+        str(tmp_path / "other"),
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--repo is given twice" in done.stderr and one_line(done.stderr)
+
+
+def test_environment_repository_yields_to_repo_after_the_subcommand(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    env = {"MEDVAULT_REPOSITORY": str(tmp_path / "nothing here")}
+    done = initialized_cli("snapshots", "--json", "--repo", str(initialized_cli.repo), env=env)
+    assert json.loads(done.stdout) == []
+
+
+def _imported_modules(importtime_stderr: str) -> set[str]:
+    """Module names from `python -X importtime` output."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in importtime_stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def test_wal_push_and_fetch_take_root_options_after_the_command_on_the_fast_path(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    from tests.test_pg_wal import MiB, crafted_segment
+
+    name = "000000010000000000000001"
+    segment = tmp_path / "pg_wal" / name
+    segment.parent.mkdir()
+    segment.write_bytes(crafted_segment(name, 7_000_000_000_000_000_001, 16 * MiB))
+    password_file = tmp_path / "pass"
+    password_file.write_text(PASSWORD)
+    env = {k: v for k, v in initialized_cli.env.items() if not k.startswith("MEDVAULT_")}
+    fast = [sys.executable, "-X", "importtime", "-m", "medvault.cli.entry"]
+    options = ["--repo", str(initialized_cli.repo), "--password-file", str(password_file)]
+    pushed = subprocess.run(
+        [*fast, "wal-push", *options, "emr", str(segment)], env=env, capture_output=True, text=True
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert "typer" not in _imported_modules(pushed.stderr)
+    dest = tmp_path / "restored"
+    fetched = subprocess.run(
+        [*fast, "wal-fetch", "emr", name, str(dest), *options],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert "typer" not in _imported_modules(fetched.stderr)
+    assert dest.read_bytes() == segment.read_bytes()
+
+
+def test_wal_fetch_with_clashing_options_stops_recovery(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    repo = str(initialized_cli.repo)
+    done = initialized_cli(
+        "--repo",
+        repo,
+        "wal-fetch",
+        "emr",
+        "000000010000000000000001",
+        str(tmp_path / "x"),
+        "--repo",
+        str(tmp_path / "other"),
+        check=False,
+    )
+    assert done.returncode == 126
