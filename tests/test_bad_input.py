@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.pgcluster import PgWorld, free_port, make_pg_tempdir, running_clusters
 
 from conftest import MEDVAULT, PASSWORD, Cli
 from medvault.repository.repo import Repository
@@ -477,3 +480,127 @@ def test_wal_fetch_with_clashing_options_stops_recovery(
         check=False,
     )
     assert done.returncode == 126
+
+
+# -- pitr to a time the archive does not reach --------------------------------------------
+
+
+def test_pitr_to_now_names_the_newest_moment_the_archive_reaches_before_writing(
+    pg_world: PgWorld,
+) -> None:
+    cluster = pg_world.start_archiving_cluster()
+    cluster.execute("CREATE TABLE visits (id int)")
+    pg_world.cli("backup", "emr", "--type", "full")
+    before = cluster.scalar("SELECT clock_timestamp()")
+    cluster.execute("INSERT INTO visits VALUES (1)")
+    after = cluster.scalar("SELECT clock_timestamp()")
+    cluster.wait_archived(cluster.switch_wal())
+    # Just archived, so the segment's arrival says nothing: only its records tell.
+    target = pg_world.base / "now"
+    now = datetime.now(UTC).isoformat()
+    done = pg_world.cli("pitr", "emr", "--target-time", now, "--pgdata", str(target), check=False)
+    assert done.returncode == 19, done.stderr
+    assert "newest moment the archived WAL of emr reaches" in done.stderr
+    assert "--recovery-target latest" in done.stderr and one_line(done.stderr)
+    assert not target.exists()
+    reached = re.search(r"reaches, (\S+ \S+) \(", done.stderr)
+    assert reached is not None
+    assert before <= datetime.fromisoformat(reached.group(1)) <= after
+
+
+def test_pitr_to_a_time_before_the_last_transaction_is_still_reached(
+    pg_world: PgWorld,
+) -> None:
+    cluster = pg_world.start_archiving_cluster()
+    cluster.execute("CREATE TABLE visits (id int)")
+    pg_world.cli("backup", "emr", "--type", "full")
+    cluster.execute("INSERT INTO visits VALUES (1)")
+    between = cluster.scalar("SELECT clock_timestamp()")
+    cluster.execute("INSERT INTO visits VALUES (2)")
+    cluster.wait_archived(cluster.switch_wal())
+    restored = pg_world.new_cluster("restored")
+    restored.port = free_port()
+    pg_world.cli(
+        "pitr",
+        "emr",
+        "--target-time",
+        between.isoformat(),
+        "--pgdata",
+        str(restored.datadir),
+        "--start",
+        "--port",
+        str(restored.port),
+    )
+    assert restored.scalar("SELECT count(*) FROM visits") == 1
+
+
+# -- restore --target (a directory) and --recovery-target (immediate, latest) -------------
+
+
+@pytest.fixture(scope="module")
+def physical_backup() -> Iterator[PgWorld]:
+    """One archiving cluster with one physical backup, for tests that restore it."""
+    base = make_pg_tempdir("medvault-bad-input-")
+    with running_clusters() as clusters:
+        world = PgWorld(base, clusters)
+        world.start_archiving_cluster()
+        world.cli("backup", "emr", "--type", "full")
+        yield world
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_recovery_target_restores_a_physical_snapshot(physical_backup: PgWorld) -> None:
+    pgdata = physical_backup.base / "new-spelling"
+    done = physical_backup.cli(
+        "restore", "latest:emr", "--pgdata", str(pgdata), "--recovery-target", "immediate"
+    )
+    assert "warning" not in done.stderr
+    assert "recovery_target = 'immediate'" in (pgdata / "postgresql.auto.conf").read_text()
+
+
+def test_old_target_spelling_for_a_physical_snapshot_works_with_a_warning(
+    physical_backup: PgWorld,
+) -> None:
+    pgdata = physical_backup.base / "old-spelling"
+    done = physical_backup.cli(
+        "restore", "latest:emr", "--pgdata", str(pgdata), "--target", "immediate"
+    )
+    assert (
+        "medvault: warning: --target immediate is spelled --recovery-target immediate now"
+        in done.stderr
+    )
+    assert "recovery_target = 'immediate'" in (pgdata / "postgresql.auto.conf").read_text()
+
+
+def test_a_directory_as_target_of_a_physical_snapshot_is_a_usage_error(
+    physical_backup: PgWorld,
+) -> None:
+    pgdata = physical_backup.base / "pgdata"
+    elsewhere = physical_backup.base / "a-directory"
+    done = physical_backup.cli(
+        "restore", "latest:emr", "--pgdata", str(pgdata), "--target", str(elsewhere), check=False
+    )
+    assert done.returncode == 2
+    assert "--recovery-target immediate|latest" in done.stderr and one_line(done.stderr)
+    assert not pgdata.exists() and not elsewhere.exists()
+
+
+def test_pitr_takes_recovery_target_latest(physical_backup: PgWorld) -> None:
+    pgdata = physical_backup.base / "pitr-latest"
+    done = physical_backup.cli(
+        "pitr", "emr", "--pgdata", str(pgdata), "--recovery-target", "latest", "--json"
+    )
+    assert json.loads(done.stdout)["target"]["kind"] == "latest"
+
+
+def test_recovery_target_for_a_files_snapshot_is_a_usage_error(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    initialized_cli("backup", str(make_tree({"a.txt": b"a"})))
+    out = tmp_path / "out"
+    done = initialized_cli(
+        "restore", "latest", "--target", str(out), "--recovery-target", "latest", check=False
+    )
+    assert done.returncode == 2
+    assert "--recovery-target applies to physical" in done.stderr and one_line(done.stderr)
+    assert not out.exists()
