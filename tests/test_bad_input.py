@@ -17,6 +17,7 @@ import pytest
 from tests.pgcluster import PgWorld, free_port, make_pg_tempdir, running_clusters
 
 from conftest import MEDVAULT, PASSWORD, Cli
+from medvault.errors import MedvaultError
 from medvault.repository.repo import Repository
 from medvault.sources.files import BackupOptions, FileBackup
 
@@ -604,3 +605,49 @@ def test_recovery_target_for_a_files_snapshot_is_a_usage_error(
     assert done.returncode == 2
     assert "--recovery-target applies to physical" in done.stderr and one_line(done.stderr)
     assert not out.exists()
+
+
+# -- the exit-code table -----------------------------------------------------------------
+
+
+def _error_classes() -> list[type[MedvaultError]]:
+    # Imported for the classes they define beside their commands.
+    import medvault.cli.forget
+    import medvault.cli.replication
+    import medvault.verification.drills  # noqa: F401
+
+    found, pending = [], [MedvaultError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending += cls.__subclasses__()
+    return found
+
+
+def _exit_code_rows() -> dict[int, str]:
+    guide = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    section = guide.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows: dict[int, str] = {}
+    for line in section.splitlines():
+        match = re.match(r"\| (\d+) \|", line)
+        if match:
+            rows[int(match.group(1))] = rows.get(int(match.group(1)), "") + line
+    return rows
+
+
+def test_operations_guide_lists_every_exit_code_with_its_class() -> None:
+    from medvault.cli import backup, main, pg_physical, wal
+
+    rows = _exit_code_rows()
+    for cls in _error_classes():
+        assert cls.exit_code in rows, f"exit {cls.exit_code} ({cls.__name__}) is not documented"
+        assert f"`{cls.__name__}`" in rows[cls.exit_code], cls.__name__
+    set_by_commands = {
+        backup.EXIT_INCOMPLETE,
+        pg_physical.EXIT_INCOMPLETE,
+        wal.EXIT_NOT_ARCHIVED,
+        wal.EXIT_ARCHIVE_UNUSABLE,
+        main.EXIT_INTERRUPTED,
+        main.EXIT_BROKEN_PIPE,
+    }
+    assert set_by_commands <= set(rows)
