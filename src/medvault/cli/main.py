@@ -114,14 +114,9 @@ def _set_after_subcommand(ctx: typer.Context, param: Any, value: str | None) -> 
     cli = root.obj
     assert isinstance(cli, CliContext)
     name = str(param.name)
-    before = root.params.get(name)
     source = root.get_parameter_source(name)
-    if (
-        before is not None
-        and before != value
-        and source is not None
-        and (source.name == "COMMANDLINE")
-    ):
+    given_before = source is not None and source.name == "COMMANDLINE"  # not the environment
+    if given_before and root.params.get(name) != value:
         raise UsageError(f"{param.opts[0]} is given twice, before and after the command")
     if name == "repo":
         cli.repo_option = value
