@@ -5,8 +5,9 @@ tool's turn its own archive_command is switched in (ALTER SYSTEM + pg_reload_con
 archiver's backlog is drained), so both tools see the same cluster state:
 
   physical  per round, fresh repositories: full A, full B, `pgbench -T 30` (archive_command
-            `true`), incremental A, incremental B, restore A, restore B (--target immediate);
-            round 1 compares the two restored data directories and starts each once
+            `true`), incremental A, incremental B, restore A, restore B
+            (--recovery-target immediate); round 1 compares the two restored data directories
+            and starts each once
   logical   `pg_dump -Fc > file` against `medvault backup emr --logical`
   wal       single synchronous pushes of the same fresh 16 MiB segments, one process each
   load      `pgbench -c 4 -T DURATION` with each tool archiving (sync, then async): backlog
@@ -808,7 +809,7 @@ def run_profile(base: Path, cluster: PgCluster, shim: bool) -> str:
                 f"latest:{pg_tools.SOURCE}",
                 "--pgdata",
                 str(target),
-                "--target",
+                "--recovery-target",
                 "immediate",
             ],
         }
@@ -879,7 +880,7 @@ def build_table(results: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any
         for key, label, factor in (
             ("full_s", "full backup (s)", FULL_RATIO),
             ("incr_s", "incremental after pgbench -T (s)", INCR_RATIO),
-            ("restore_s", "restore --target immediate (s)", RESTORE_RATIO),
+            ("restore_s", "restore --recovery-target immediate (s)", RESTORE_RATIO),
         ):
             a, b = med_key(mv, key), med_key(br, key)
             ratio = None if a is None or not b else a / b

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.pgcluster import PgWorld, free_port, make_pg_tempdir, running_clusters
 
 from conftest import MEDVAULT, PASSWORD, Cli
+from medvault.errors import MedvaultError
 from medvault.repository.repo import Repository
 from medvault.sources.files import BackupOptions, FileBackup
 
@@ -170,3 +175,479 @@ def test_file_changing_while_read_is_reported(repo: Repository, tmp_path: Path) 
     assert [p.path for p in result.changed_while_read] == [str(growing)]
     assert not result.complete
     assert result.snapshot.stats["changed_while_read"] == 1
+
+
+# -- durations ---------------------------------------------------------------------------
+
+ABSURD = "100000000000000000000y"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("[tier.critical]\nfloor = '{value}'", "tier.critical.floor"),
+        ("[tier.critical]\nrpo = '{value}'", "tier.critical.rpo"),
+        (
+            "[tier.critical.retention]\nkeep_within = '{value}'",
+            "tier.critical.retention.keep_within",
+        ),
+        (
+            "[source.emr]\nkind = 'postgres'\ndsn = 'host=/tmp'\npitr_window = '{value}'",
+            "source.emr.pitr_window",
+        ),
+    ],
+)
+def test_absurd_duration_in_the_config_names_the_key_exit_2(
+    cli: Cli, tmp_path: Path, section: str, key: str
+) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f"[repository.main]\nurl = '{tmp_path / 'repo'}'\n" + section.format(value=ABSURD)
+    )
+    done = cli("--config", str(config), "snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"{key}: '{ABSURD}' is too long" in done.stderr and one_line(done.stderr)
+
+
+def test_absurd_keep_count_in_the_config_does_not_overflow(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f"[repository.main]\nurl = '{tmp_path / 'repo'}'\n"
+        "[tier.critical]\nfloor = '7y'\n[tier.critical.retention]\n"
+        "keep_yearly = 100000000000000000000\n"
+    )
+    env = {"MEDVAULT_REPOSITORY": ""}
+    cli("--config", str(config), "init", env=env)
+    done = cli("--config", str(config), "snapshots", env=env, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_absurd_young_is_a_usage_error_naming_the_option(initialized_cli: Cli) -> None:
+    done = initialized_cli("prune", "--young", ABSURD, check=False)
+    assert done.returncode == 2
+    assert f"--young: '{ABSURD}' is too long" in done.stderr and one_line(done.stderr)
+
+
+# -- restore --include -------------------------------------------------------------------
+
+
+def test_empty_include_is_a_usage_error_not_the_whole_snapshot(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    initialized_cli("backup", str(make_tree({"a.txt": b"a"})))
+    out = tmp_path / "out"
+    done = initialized_cli("restore", "latest", "--target", str(out), "--include", "", check=False)
+    assert done.returncode == 2
+    assert "--include ''" in done.stderr and one_line(done.stderr)
+    assert not out.exists()
+
+
+def test_include_climbing_out_is_a_usage_error_naming_the_option(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    initialized_cli("backup", str(make_tree({"a.txt": b"a"})))
+    out = tmp_path / "out"
+    done = initialized_cli(
+        "restore", "latest", "--target", str(out), "--include", "../../etc", check=False
+    )
+    assert done.returncode == 2
+    assert "--include '../../etc'" in done.stderr and one_line(done.stderr)
+    assert "snapshot holds" not in done.stderr
+    assert not out.exists()
+
+
+# -- S3 bucket names ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bucket", ["Bad_Bucket!", "ab", "a..b", "192.168.1.2", "-dash"])
+def test_invalid_bucket_name_is_one_line_exit_2(tmp_path: Path, bucket: str) -> None:
+    done = Cli(f"s3://{bucket}/p", tmp_path)("snapshots", check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"{bucket!r} is not a valid bucket name" in done.stderr and one_line(done.stderr)
+
+
+# -- init --new-key-file -----------------------------------------------------------------
+
+
+def test_init_with_new_key_file_over_a_repository_exit_10_and_writes_no_key_file(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "new.key"
+    done = initialized_cli("init", "--new-key-file", str(key_file), check=False)
+    assert done.returncode == 10
+    assert "already exists" in done.stderr and one_line(done.stderr)
+    assert not key_file.exists()
+
+
+def test_init_with_new_key_file_into_a_non_empty_directory_leaves_no_key_file(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.repo.mkdir()
+    (cli.repo / "notes.txt").write_text("not a repository")
+    key_file = tmp_path / "new.key"
+    done = cli("init", "--new-key-file", str(key_file), check=False)
+    assert done.returncode == 10 and one_line(done.stderr)
+    assert not key_file.exists()
+
+
+def test_init_refuses_an_existing_key_file_before_creating_anything(
+    cli: Cli, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "old.key"
+    key_file.write_text("precious")
+    done = cli("init", "--new-key-file", str(key_file), check=False)
+    assert done.returncode == 2 and one_line(done.stderr)
+    assert key_file.read_text() == "precious"
+    assert not cli.repo.exists()
+
+
+# -- password commands -------------------------------------------------------------------
+
+
+def test_password_command_with_an_unbalanced_quote_names_the_option(initialized_cli: Cli) -> None:
+    env = {"MEDVAULT_PASSWORD": ""}
+    done = initialized_cli("--password-command", "echo 'secret", "snapshots", env=env, check=False)
+    assert done.returncode == 2
+    assert "--password-command" in done.stderr and "No closing quotation" in done.stderr
+    assert "secret" not in done.stderr and one_line(done.stderr)
+
+
+def test_password_command_in_the_environment_with_an_unbalanced_quote(
+    initialized_cli: Cli,
+) -> None:
+    env = {"MEDVAULT_PASSWORD": "", "MEDVAULT_PASSWORD_COMMAND": 'echo "secret'}
+    done = initialized_cli("snapshots", env=env, check=False)
+    assert done.returncode == 2
+    assert "MEDVAULT_PASSWORD_COMMAND" in done.stderr and one_line(done.stderr)
+
+
+def test_password_command_in_the_config_with_an_unbalanced_quote_names_the_key(
+    cli: Cli, tmp_path: Path
+) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f"[repository.main]\nurl = '{cli.repo}'\npassword_command = \"echo 'secret\"\n"
+    )
+    done = cli("--config", str(config), "snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+    assert done.returncode == 2
+    assert "repository.main.password_command" in done.stderr and one_line(done.stderr)
+    assert "secret" not in done.stderr
+
+
+# -- key slots ---------------------------------------------------------------------------
+
+
+def _plant_salt(cli: Cli, slot: str, salt: object) -> None:
+    path = cli.repo / "keys" / slot
+    doc = json.loads(path.read_text())
+    doc["kdf"]["salt"] = salt
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("salt", ["!!not base64!!", "c2hvcnQ=", 12345])
+def test_key_slot_with_a_bad_salt_is_skipped_with_a_warning(
+    initialized_cli: Cli, salt: object
+) -> None:
+    initialized_cli("key", "add", env={"MEDVAULT_NEW_PASSWORD": "another passphrase"})
+    ours = {
+        s["id"] for s in json.loads(initialized_cli("key", "list", "--json").stdout) if s["current"]
+    }
+    (planted,) = set(os.listdir(initialized_cli.repo / "keys")) - ours
+    _plant_salt(initialized_cli, planted, salt)
+    done = initialized_cli("snapshots", check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: key slot {planted} has an unusable salt" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_usable_key_slot_is_one_clear_line_exit_13(initialized_cli: Cli) -> None:
+    (slot,) = os.listdir(initialized_cli.repo / "keys")
+    _plant_salt(initialized_cli, slot, "!!not base64!!")
+    done = initialized_cli("snapshots", check=False)
+    assert done.returncode == 13
+    assert "no key slot" in done.stderr and "is usable" in done.stderr
+    assert slot in done.stderr and one_line(done.stderr)
+
+
+# -- root options after the subcommand ---------------------------------------------------
+
+
+def test_repo_and_password_file_work_after_the_subcommand(
+    cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "pass"
+    password_file.write_text(PASSWORD + "\n")
+    repo = str(tmp_path / "elsewhere")
+    cli.env = {k: v for k, v in cli.env.items() if not k.startswith("MEDVAULT_")}
+    options = ("--repo", repo, "--password-file", str(password_file))
+    cli("init", *options)
+    data = make_tree({"a.txt": b"after the command"})
+    cli("backup", *options, str(data))
+    assert len(json.loads(cli("snapshots", "--json", *options).stdout)) == 1
+    cli("restore", "latest", "--target", str(tmp_path / "out"), f"--repo={repo}", *options[2:])
+    assert (tmp_path / "out" / str(data).lstrip("/") / "a.txt").read_bytes() == b"after the command"
+    assert json.loads(cli("key", "list", "--json", *options).stdout)[0]["current"]
+
+
+def test_config_and_key_file_work_after_the_subcommand(cli: Cli, tmp_path: Path) -> None:
+    key_file = tmp_path / "repo.key"
+    cli.env = {k: v for k, v in cli.env.items() if not k.startswith("MEDVAULT_")}
+    cli("init", "-r", str(cli.repo), "--new-key-file", str(key_file))
+    config = tmp_path / "etc" / "medvault.toml"
+    config.parent.mkdir()
+    config.write_text(f"[repository.main]\nurl = '{cli.repo}'\n")
+    done = cli("snapshots", "--json", "--config", str(config), "--key-file", str(key_file))
+    assert json.loads(done.stdout) == []
+    done = cli("check", "-c", str(config), "--key-file", str(key_file), check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_root_option_given_before_and_after_with_different_values_is_a_usage_error(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    done = initialized_cli(
+        "--repo",
+        str(initialized_cli.repo),
+        "snapshots",
+        "--repo",
+        str(tmp_path / "other"),
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--repo is given twice" in done.stderr and one_line(done.stderr)
+
+
+def test_environment_repository_yields_to_repo_after_the_subcommand(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    env = {"MEDVAULT_REPOSITORY": str(tmp_path / "nothing here")}
+    done = initialized_cli("snapshots", "--json", "--repo", str(initialized_cli.repo), env=env)
+    assert json.loads(done.stdout) == []
+
+
+def _imported_modules(importtime_stderr: str) -> set[str]:
+    """Module names from `python -X importtime` output."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in importtime_stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def test_wal_push_and_fetch_take_root_options_after_the_command_on_the_fast_path(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    from tests.test_pg_wal import MiB, crafted_segment
+
+    name = "000000010000000000000001"
+    segment = tmp_path / "pg_wal" / name
+    segment.parent.mkdir()
+    segment.write_bytes(crafted_segment(name, 7_000_000_000_000_000_001, 16 * MiB))
+    password_file = tmp_path / "pass"
+    password_file.write_text(PASSWORD)
+    env = {k: v for k, v in initialized_cli.env.items() if not k.startswith("MEDVAULT_")}
+    fast = [sys.executable, "-X", "importtime", "-m", "medvault.cli.entry"]
+    options = ["--repo", str(initialized_cli.repo), "--password-file", str(password_file)]
+    pushed = subprocess.run(
+        [*fast, "wal-push", *options, "emr", str(segment)], env=env, capture_output=True, text=True
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert "typer" not in _imported_modules(pushed.stderr)
+    dest = tmp_path / "restored"
+    fetched = subprocess.run(
+        [*fast, "wal-fetch", "emr", name, str(dest), *options],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert "typer" not in _imported_modules(fetched.stderr)
+    assert dest.read_bytes() == segment.read_bytes()
+
+
+def test_wal_fetch_with_clashing_options_stops_recovery(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    repo = str(initialized_cli.repo)
+    done = initialized_cli(
+        "--repo",
+        repo,
+        "wal-fetch",
+        "emr",
+        "000000010000000000000001",
+        str(tmp_path / "x"),
+        "--repo",
+        str(tmp_path / "other"),
+        check=False,
+    )
+    assert done.returncode == 126
+
+
+# -- pitr to a time the archive does not reach --------------------------------------------
+
+
+def test_pitr_to_now_names_the_newest_moment_the_archive_reaches_before_writing(
+    pg_world: PgWorld,
+) -> None:
+    cluster = pg_world.start_archiving_cluster()
+    cluster.execute("CREATE TABLE visits (id int)")
+    pg_world.cli("backup", "emr", "--type", "full")
+    before = cluster.scalar("SELECT clock_timestamp()")
+    cluster.execute("INSERT INTO visits VALUES (1)")
+    after = cluster.scalar("SELECT clock_timestamp()")
+    cluster.wait_archived(cluster.switch_wal())
+    # Just archived, so the segment's arrival says nothing: only its records tell.
+    target = pg_world.base / "now"
+    now = datetime.now(UTC).isoformat()
+    done = pg_world.cli("pitr", "emr", "--target-time", now, "--pgdata", str(target), check=False)
+    assert done.returncode == 19, done.stderr
+    assert "newest moment the archived WAL of emr reaches" in done.stderr
+    assert "--recovery-target latest" in done.stderr and one_line(done.stderr)
+    assert not target.exists()
+    reached = re.search(r"reaches, (\S+ \S+) \(", done.stderr)
+    assert reached is not None
+    assert before <= datetime.fromisoformat(reached.group(1)) <= after
+
+
+def test_pitr_to_a_time_before_the_last_transaction_is_still_reached(
+    pg_world: PgWorld,
+) -> None:
+    cluster = pg_world.start_archiving_cluster()
+    cluster.execute("CREATE TABLE visits (id int)")
+    pg_world.cli("backup", "emr", "--type", "full")
+    cluster.execute("INSERT INTO visits VALUES (1)")
+    between = cluster.scalar("SELECT clock_timestamp()")
+    cluster.execute("INSERT INTO visits VALUES (2)")
+    cluster.wait_archived(cluster.switch_wal())
+    restored = pg_world.new_cluster("restored")
+    restored.port = free_port()
+    pg_world.cli(
+        "pitr",
+        "emr",
+        "--target-time",
+        between.isoformat(),
+        "--pgdata",
+        str(restored.datadir),
+        "--start",
+        "--port",
+        str(restored.port),
+    )
+    assert restored.scalar("SELECT count(*) FROM visits") == 1
+
+
+# -- restore --target (a directory) and --recovery-target (immediate, latest) -------------
+
+
+@pytest.fixture(scope="module")
+def physical_backup() -> Iterator[PgWorld]:
+    """One archiving cluster with one physical backup, for tests that restore it."""
+    base = make_pg_tempdir("medvault-bad-input-")
+    with running_clusters() as clusters:
+        world = PgWorld(base, clusters)
+        world.start_archiving_cluster()
+        world.cli("backup", "emr", "--type", "full")
+        yield world
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_recovery_target_restores_a_physical_snapshot(physical_backup: PgWorld) -> None:
+    pgdata = physical_backup.base / "new-spelling"
+    done = physical_backup.cli(
+        "restore", "latest:emr", "--pgdata", str(pgdata), "--recovery-target", "immediate"
+    )
+    assert "warning" not in done.stderr
+    assert "recovery_target = 'immediate'" in (pgdata / "postgresql.auto.conf").read_text()
+
+
+def test_old_target_spelling_for_a_physical_snapshot_works_with_a_warning(
+    physical_backup: PgWorld,
+) -> None:
+    pgdata = physical_backup.base / "old-spelling"
+    done = physical_backup.cli(
+        "restore", "latest:emr", "--pgdata", str(pgdata), "--target", "immediate"
+    )
+    assert (
+        "medvault: warning: --target immediate is spelled --recovery-target immediate now"
+        in done.stderr
+    )
+    assert "recovery_target = 'immediate'" in (pgdata / "postgresql.auto.conf").read_text()
+
+
+def test_a_directory_as_target_of_a_physical_snapshot_is_a_usage_error(
+    physical_backup: PgWorld,
+) -> None:
+    pgdata = physical_backup.base / "pgdata"
+    elsewhere = physical_backup.base / "a-directory"
+    done = physical_backup.cli(
+        "restore", "latest:emr", "--pgdata", str(pgdata), "--target", str(elsewhere), check=False
+    )
+    assert done.returncode == 2
+    assert "--recovery-target immediate|latest" in done.stderr and one_line(done.stderr)
+    assert not pgdata.exists() and not elsewhere.exists()
+
+
+def test_pitr_takes_recovery_target_latest(physical_backup: PgWorld) -> None:
+    pgdata = physical_backup.base / "pitr-latest"
+    done = physical_backup.cli(
+        "pitr", "emr", "--pgdata", str(pgdata), "--recovery-target", "latest", "--json"
+    )
+    assert json.loads(done.stdout)["target"]["kind"] == "latest"
+
+
+def test_recovery_target_for_a_files_snapshot_is_a_usage_error(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    initialized_cli("backup", str(make_tree({"a.txt": b"a"})))
+    out = tmp_path / "out"
+    done = initialized_cli(
+        "restore", "latest", "--target", str(out), "--recovery-target", "latest", check=False
+    )
+    assert done.returncode == 2
+    assert "--recovery-target applies to physical" in done.stderr and one_line(done.stderr)
+    assert not out.exists()
+
+
+# -- the exit-code table -----------------------------------------------------------------
+
+
+def _error_classes() -> list[type[MedvaultError]]:
+    # Imported for the classes they define beside their commands.
+    import medvault.cli.forget
+    import medvault.cli.replication
+    import medvault.verification.drills  # noqa: F401
+
+    found, pending = [], [MedvaultError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending += cls.__subclasses__()
+    return found
+
+
+def _exit_code_rows() -> dict[int, str]:
+    guide = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    section = guide.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows: dict[int, str] = {}
+    for line in section.splitlines():
+        match = re.match(r"\| (\d+) \|", line)
+        if match:
+            rows[int(match.group(1))] = rows.get(int(match.group(1)), "") + line
+    return rows
+
+
+def test_operations_guide_lists_every_exit_code_with_its_class() -> None:
+    from medvault.cli import backup, main, pg_physical, wal
+
+    rows = _exit_code_rows()
+    for cls in _error_classes():
+        assert cls.exit_code in rows, f"exit {cls.exit_code} ({cls.__name__}) is not documented"
+        assert f"`{cls.__name__}`" in rows[cls.exit_code], cls.__name__
+    set_by_commands = {
+        backup.EXIT_INCOMPLETE,
+        pg_physical.EXIT_INCOMPLETE,
+        wal.EXIT_NOT_ARCHIVED,
+        wal.EXIT_ARCHIVE_UNUSABLE,
+        main.EXIT_INTERRUPTED,
+        main.EXIT_BROKEN_PIPE,
+    }
+    assert set_by_commands <= set(rows)

@@ -181,7 +181,7 @@ def test_tablespace_is_restored_to_a_new_location(pg_world: PgWorld) -> None:
         str(restored.datadir),
         "--tablespace",
         f"{oid}={moved}",
-        "--target",
+        "--recovery-target",
         "immediate",
         "--start",
         "--port",

@@ -45,7 +45,7 @@ def test_prune_removes_only_wal_no_retained_backup_or_window_needs(pg_world: PgW
         second["snapshot"],
         "--pgdata",
         str(restored.datadir),
-        "--target",
+        "--recovery-target",
         "latest",
         "--start",
         "--port",

@@ -48,6 +48,21 @@ class RepositorySettings(_Section):
     secondary: str | None = None
     replicate: bool = False
 
+    @field_validator("password_command")
+    @classmethod
+    def _command_splits(cls, value: str | None) -> str | None:
+        import shlex
+
+        if value is None:
+            return value
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:  # never echo the command: it may hold a secret
+            raise ValueError(f"cannot split it into words as a shell would: {exc}") from None
+        if not words:
+            raise ValueError("names no command")
+        return value
+
     @model_validator(mode="after")
     def _credentials_kept_out(self) -> RepositorySettings:
         if (self.access_key_id or self.secret_access_key) and not self.plaintext_credentials:

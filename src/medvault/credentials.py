@@ -37,14 +37,19 @@ def _from_file(path: str) -> bytes:
     return secret
 
 
-def _from_command(command: str) -> bytes:
+def _from_command(command: str, option: str) -> bytes:
+    """`option` names where the command came from, for a command that cannot even be split."""
     import shlex
     import subprocess
 
     try:
-        done = subprocess.run(
-            shlex.split(command), capture_output=True, check=False, timeout=60, stdin=None
-        )
+        argv = shlex.split(command)
+    except ValueError as exc:  # an unbalanced quote; never echo the command, it may hold a secret
+        raise UsageError(f"{option}: cannot split it into words as a shell would: {exc}") from None
+    if not argv:
+        raise UsageError(f"{option} names no command")
+    try:
+        done = subprocess.run(argv, capture_output=True, check=False, timeout=60, stdin=None)
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"password command could not run: {type(exc).__name__}") from None
     if done.returncode != 0:
@@ -83,7 +88,8 @@ def get_credential(
     if options.password_file:
         return Credential(passphrase=_from_file(options.password_file), origin="--password-file")
     if options.password_command:
-        return Credential(passphrase=_from_command(options.password_command), origin="command")
+        secret = _from_command(options.password_command, "--password-command")
+        return Credential(passphrase=secret, origin="command")
     from_environment = _from_environment("MEDVAULT_")
     if from_environment is not None:
         return from_environment
@@ -103,7 +109,8 @@ def _from_environment(prefix: str) -> Credential | None:
         return Credential(passphrase=_from_file(path), origin=prefix + "PASSWORD_FILE")
     if env.get(prefix + "PASSWORD_COMMAND"):
         command = env[prefix + "PASSWORD_COMMAND"]
-        return Credential(passphrase=_from_command(command), origin=prefix + "PASSWORD_COMMAND")
+        secret = _from_command(command, prefix + "PASSWORD_COMMAND")
+        return Credential(passphrase=secret, origin=prefix + "PASSWORD_COMMAND")
     if env.get(prefix + "KEY_FILE"):
         path = env[prefix + "KEY_FILE"]
         return Credential(keyfile_secret=read_keyfile(path), origin=prefix + "KEY_FILE")
@@ -119,7 +126,7 @@ def _from_settings(repo_settings: RepositorySettings | None) -> Credential | Non
     if repo_settings.password_file:
         return Credential(passphrase=_from_file(repo_settings.password_file), origin="config")
     if repo_settings.password_command:
-        secret = _from_command(repo_settings.password_command)
+        secret = _from_command(repo_settings.password_command, "password_command in medvault.toml")
         return Credential(passphrase=secret, origin="config")
     return None
 

@@ -1,6 +1,8 @@
 """Durations as people write them in medvault.toml: "15m", "1h", "30d", "2w", "7y".
 
 A year is 365 days and a month ("mo") 30: retention floors err on the side of keeping.
+Nothing longer than MAX_DURATION is accepted: no retention or window needs more, and dates
+computed from a longer span (now minus a window, now plus a floor) leave the calendar.
 Kept free of heavy imports: wal-push reads a tier's floor on its fast path.
 """
 
@@ -18,7 +20,9 @@ _UNITS = {
     "mo": 30 * 86400,
     "y": 365 * 86400,
 }
-_PATTERN = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w|mo|y)\s*$")
+_PATTERN = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w|mo|y)\s*$", re.ASCII)
+MAX_YEARS = 1000
+MAX_DURATION = dt.timedelta(days=365 * MAX_YEARS)
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -29,7 +33,15 @@ def parse_duration(text: str) -> dt.timedelta:
             f"{text!r} is not a duration: write a whole number and a unit "
             "(s, m, h, d, w, mo, y), as in 15m, 1h, 30d, 7y"
         )
-    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    # Compared as whole seconds first: a timedelta of 10**20 years cannot even be built (and
+    # int() refuses numbers of thousands of digits).
+    digits = match.group(1).lstrip("0") or "0"
+    seconds = int(digits) * _UNITS[match.group(2)] if len(digits) <= 20 else None
+    if seconds is None or seconds > MAX_DURATION.total_seconds():
+        raise ValueError(
+            f"{text.strip()!r} is too long: durations are at most {MAX_YEARS} years ({MAX_YEARS}y)"
+        )
+    return dt.timedelta(seconds=seconds)
 
 
 def format_duration(span: dt.timedelta) -> str:

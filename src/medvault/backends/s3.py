@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import os
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,37 @@ class S3Options:
     secret_access_key: str | None = None
 
 
+# S3's bucket naming rules, and the relaxed ones of older buckets and of stores such as Ceph
+# (rgw_relaxed_s3_bucket_names), which only path-style addressing can reach.
+_STRICT_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_RELAXED_BUCKET = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+
+def check_bucket_name(url: str, bucket: str, *, relaxed: bool) -> None:
+    """Refuse, before any request, a bucket name the store would refuse with a page of
+    library output. `relaxed` (an endpoint other than AWS, or path-style addressing) allows
+    the wider set some stores accept."""
+    if _STRICT_BUCKET.match(bucket) and ".." not in bucket and not _is_ip(bucket):
+        return
+    if relaxed and _RELAXED_BUCKET.match(bucket):
+        return
+    rules = (
+        "S3 bucket names are 3-63 characters: lowercase letters, digits, dots and hyphens, "
+        "beginning and ending with a letter or digit"
+    )
+    if not relaxed and _RELAXED_BUCKET.match(bucket):
+        rules += " (a store that allows more, such as Ceph, needs its endpoint and path_style)"
+    raise UsageError(f"{url}: {bucket!r} is not a valid bucket name: {rules}")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_url(url: str) -> tuple[str, str]:
     """s3://bucket/prefix -> (bucket, prefix without slashes at either end)."""
     rest = url[len("s3://") :]
@@ -72,6 +105,12 @@ class S3Backend(Backend):
         self.url = url
         self.bucket, self.prefix = parse_url(url)
         self.options = options or S3Options()
+        endpoint = (
+            self.options.endpoint
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        check_bucket_name(url, self.bucket, relaxed=bool(endpoint or self.options.path_style))
         self._client_lock = threading.Lock()
         self._s3: S3Client | None = None
         self._lock_enabled: bool | None = None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import sys
 import traceback
+from typing import Any
 
 import typer
 
@@ -24,7 +27,7 @@ from medvault.cli import (
 )
 from medvault.cli.context import CliContext, warn
 from medvault.credentials import CredentialOptions
-from medvault.errors import MedvaultError
+from medvault.errors import MedvaultError, UsageError
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -98,8 +101,60 @@ wal.register(app)
 pg_recovery.register(app)
 
 
-def main() -> None:
+# Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as
+# restic and borg users type them). cli/entry.py's fast path accepts the same.
+AFTER_SUBCOMMAND = ("repo", "config", "password_file", "password_command", "key_file")
+
+
+def _set_after_subcommand(ctx: typer.Context, param: Any, value: str | None) -> None:
+    """Callback of a root option given after the subcommand: it sets the root's value."""
+    if value is None:
+        return
+    root = ctx.find_root()
+    cli = root.obj
+    assert isinstance(cli, CliContext)
+    name = str(param.name)
+    source = root.get_parameter_source(name)
+    given_before = source is not None and source.name == "COMMANDLINE"  # not the environment
+    if given_before and root.params.get(name) != value:
+        raise UsageError(f"{param.opts[0]} is given twice, before and after the command")
+    if name == "repo":
+        cli.repo_option = value
+    elif name == "config":
+        cli.config_option = value
+    else:
+        cli.credentials = dataclasses.replace(cli.credentials, **{name: value})
+
+
+def _accept_root_options_after_subcommands(group: Any) -> None:
+    shared = [p for p in group.params if p.name in AFTER_SUBCOMMAND]
+
+    def add(command: Any) -> None:
+        if hasattr(command, "commands"):
+            for sub in command.commands.values():
+                add(sub)
+            return
+        for param in shared:
+            option = copy.copy(param)
+            option.expose_value = False  # the command's function never sees it
+            option.envvar = None  # the root reads the environment
+            option.show_envvar = False
+            option.callback = _set_after_subcommand
+            option.rich_help_panel = "Repository options (also before the command)"
+            command.params.append(option)
+
+    for command in group.commands.values():
+        add(command)
+
+
+def build_command() -> Any:
     command = typer.main.get_command(app)
+    _accept_root_options_after_subcommands(command)
+    return command
+
+
+def main() -> None:
+    command = build_command()
     try:
         code = command.main(prog_name="medvault", standalone_mode=False)
     except typer.Exit as done:

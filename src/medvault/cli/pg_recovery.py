@@ -227,7 +227,14 @@ def pitr(
     ctx: typer.Context,
     source: str = typer.Argument(..., help="The PostgreSQL source from medvault.toml."),
     pgdata: str = typer.Option(..., "--pgdata", help="The data directory to restore into."),
-    target: str | None = typer.Option(None, "--target", help="immediate or latest."),
+    recovery_target: str | None = typer.Option(
+        None,
+        "--recovery-target",
+        help="immediate (end of the backup) or latest (all archived WAL).",
+    ),
+    target: str | None = typer.Option(
+        None, "--target", hidden=True, help="Older spelling of --recovery-target."
+    ),
     target_time: str | None = typer.Option(None, "--target-time", help="Recover up to a time."),
     target_lsn: str | None = typer.Option(None, "--target-lsn", help="Recover up to an LSN."),
     target_xid: str | None = typer.Option(None, "--target-xid", help="Recover up to an xid."),
@@ -260,10 +267,11 @@ def pitr(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Point-in-time recovery of SOURCE: the base backup is chosen for the target."""
-    from medvault.cli.restore import PhysicalRestoreRequest
+    from medvault.cli.restore import PhysicalRestoreRequest, recovery_target_option
     from medvault.recovery.postgres import choose_base_backup, make_target
 
     cli = obtain(ctx)
+    target = recovery_target_option(recovery_target, target)
     recovery = make_target(
         target=target,
         time_=target_time,

@@ -8,7 +8,7 @@ import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
 from medvault.credentials import get_credential, get_new_passphrase
-from medvault.errors import IntegrityError, UsageError
+from medvault.errors import IntegrityError, RepositoryExists, UsageError
 from medvault.repository.keys import Credential, write_keyfile
 
 key_app = typer.Typer(help="Manage key slots: passphrases and key files.", no_args_is_help=True)
@@ -46,17 +46,31 @@ def init(
     cli = obtain(ctx)
     url, repo_settings = cli.repository_target()
     shared = cli.open(selector=copy_keys_from, other=True) if copy_keys_from else None
+    backend = open_backend(url, repo_settings)
+    # Before a passphrase is asked for or a key file written: neither could serve a
+    # repository that is already there, and a key file left behind would belong to nothing.
+    if new_key_file and os.path.exists(new_key_file):
+        raise UsageError(f"{new_key_file} already exists; refusing to overwrite a key file")
+    if backend.exists("config"):
+        raise RepositoryExists(
+            f"{backend.url} already exists and is not empty: it holds a medvault repository"
+        )
     if new_key_file:
         credential = _new_keyfile(new_key_file)
     else:
         credential = get_credential(cli.credentials, repo_settings, confirm=True)
-    repo = Repository.init(
-        open_backend(url, repo_settings),
-        credential,
-        label=label,
-        retention_period=cli.retention_period(None),
-        like=shared,
-    )
+    try:
+        repo = Repository.init(
+            backend,
+            credential,
+            label=label,
+            retention_period=cli.retention_period(None),
+            like=shared,
+        )
+    except BaseException:
+        if new_key_file:
+            os.unlink(new_key_file)  # ours (created exclusively), and it opens nothing
+        raise
     print(f"created repository {repo.config.repo_id} at {repo.backend.url}")
     if new_key_file:
         print(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import typer
 
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
+from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
 from medvault.errors import UsageError
 
 RECOVERY_TARGETS = ("immediate", "latest")
@@ -42,14 +42,40 @@ class PhysicalRestoreRequest:
     as_json: bool
 
 
+def recovery_target_option(recovery_target: str | None, old_spelling: str | None) -> str | None:
+    """--recovery-target, or --target immediate|latest as older versions spelled it (a
+    warning says so: --target is the directory a files snapshot is restored into)."""
+    if old_spelling is not None:
+        if recovery_target is not None:
+            raise UsageError(
+                "--target names the directory for a files snapshot; a physical snapshot's "
+                "recovery target is --recovery-target alone"
+            )
+        if old_spelling not in RECOVERY_TARGETS:
+            raise UsageError(
+                f"--target {old_spelling!r}: a physical snapshot is restored into --pgdata DIR, "
+                "and its recovery target is --recovery-target immediate|latest"
+            )
+        warn(
+            f"medvault: warning: --target {old_spelling} is spelled --recovery-target "
+            f"{old_spelling} now (--target names the directory a files snapshot is restored into)"
+        )
+        recovery_target = old_spelling
+    if recovery_target is not None and recovery_target not in RECOVERY_TARGETS:
+        raise UsageError("--recovery-target is immediate or latest")
+    return recovery_target
+
+
 def restore(
     ctx: typer.Context,
     snapshot: str = typer.Argument(..., help="Snapshot id, prefix, latest or latest:SOURCE."),
     target: str | None = typer.Option(
+        None, "--target", "-t", help="Files: the directory to restore into."
+    ),
+    recovery_target: str | None = typer.Option(
         None,
-        "--target",
-        "-t",
-        help="Files: the directory to restore into. PostgreSQL physical: immediate or latest.",
+        "--recovery-target",
+        help="PostgreSQL physical: immediate (end of the backup) or latest (all archived WAL).",
     ),
     includes: list[str] = typer.Option(
         [], "--include", help="Restore only this path (repeatable)."
@@ -105,9 +131,15 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a snapshot: files, a logical dump, or a physical backup with PITR."""
+    from medvault.recovery.files import include_parts
+
+    for path in includes:
+        include_parts(path)  # a bad one is refused before any passphrase is asked for
     cli = obtain(ctx)
     repo = cli.open()
     snap = repo.find_snapshot(snapshot)
+    if recovery_target is not None and snap.kind != "postgres.physical":
+        raise UsageError("--recovery-target applies to physical PostgreSQL snapshots only")
     if snap.kind == "postgres.logical":
         from medvault.cli.pg_logical import restore_logical_cmd
 
@@ -123,8 +155,7 @@ def restore(
     if snap.kind == "postgres.physical":
         if pgdata is None:
             raise UsageError("a physical PostgreSQL snapshot is restored with --pgdata DIR")
-        if target is not None and target not in RECOVERY_TARGETS:
-            raise UsageError("--target for a physical snapshot is immediate or latest")
+        recovery_target = recovery_target_option(recovery_target, target)
         from medvault.cli.pg_recovery import restore_physical_cmd
 
         restore_physical_cmd(
@@ -133,7 +164,7 @@ def restore(
             snap,
             PhysicalRestoreRequest(
                 pgdata=pgdata,
-                target=target,
+                target=recovery_target,
                 target_time=target_time,
                 target_lsn=target_lsn,
                 target_xid=target_xid,

@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from medvault.durations import format_duration
+from medvault.durations import MAX_DURATION, format_duration
 
 DAY = dt.timedelta(days=1)
 # How far back each rule can reach per unit of its count (a month is 30 days, a year 365):
@@ -61,7 +61,11 @@ class RetentionPolicy:
     def reach(self) -> dt.timedelta:
         """How far back in time the policy keeps snapshots at most (given enough of them)."""
         spans = [self.within or dt.timedelta(0)]
-        spans += [getattr(self, rule) * unit for rule, unit in _REACH.items()]
+        # A count reaching past MAX_DURATION keeps as long as any duration can (and times a
+        # unit it would overflow a timedelta).
+        spans += [
+            min(getattr(self, rule), MAX_DURATION // unit) * unit for rule, unit in _REACH.items()
+        ]
         return max(spans)
 
     def describe(self) -> str:

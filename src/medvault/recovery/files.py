@@ -36,6 +36,7 @@ from medvault.errors import (
     SnapshotNotFound,
     TargetFull,
     UnsafeSnapshot,
+    UsageError,
 )
 from medvault.repository.chunker import Chunker
 from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, check_name, display_path
@@ -86,6 +87,23 @@ def _split(path: str) -> tuple[bytes, ...]:
     return parts
 
 
+def include_parts(path: str) -> tuple[bytes, ...]:
+    """A path given to `--include`, as components. It comes from the user, not from the
+    snapshot: what is wrong with it is a usage error that names the option."""
+    if not path:
+        raise UsageError(
+            "--include '' names no path (an unset variable?); give a path inside the "
+            "snapshot, or leave --include out to restore everything"
+        )
+    parts = tuple(p for p in os.fsencode(path).split(b"/") if p and p != b".")
+    if b".." in parts:
+        raise UsageError(
+            f"--include {path!r}: a path inside a snapshot has no '..'; give it as it was "
+            "backed up, e.g. /etc/hosts"
+        )
+    return parts
+
+
 def _subtree(repo: Repository, snapshot: Snapshot, root: str) -> bytes:
     """The tree of directory `root` inside the snapshot ("" is the snapshot's own root)."""
     tree = snapshot.tree
@@ -106,7 +124,7 @@ def plan_restore(
     plan covers that directory of the snapshot, its paths relative to it."""
     # Sorted, so that entries sharing a parent are planned together and the plan stays
     # depth-first: the restore keeps only the directories on the current path open.
-    wanted = sorted({_split(p) for p in includes}) or [()]
+    wanted = sorted({include_parts(p) for p in includes}) or [()]
     start = _subtree(repo, snapshot, root)
     plan: list[PlannedEntry] = []
     seen: set[tuple[bytes, ...]] = set()

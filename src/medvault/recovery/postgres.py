@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
+    from medvault.sources.postgres.walrecords import TransactionEnd
 
 KIND = "postgres.physical"
 TARGET_KINDS = ("latest", "immediate", "time", "lsn", "xid", "name")
@@ -57,6 +58,8 @@ _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 _RESTORE_POINT_MAX = 63  # MAXFNAMELEN - 1 in PostgreSQL
 # How far the store's clock (object times) may lag the server's (commit times).
 CLOCK_SKEW_MARGIN_S = 30
+# Segments read back from the newest while looking for the last transaction (64 x 16 MiB).
+REACH_SEARCH_SEGMENTS = 64
 
 
 # -- the recovery target --------------------------------------------------------------------
@@ -125,7 +128,9 @@ def make_target(
         if value is not None
     ]
     if len(given) > 1:
-        shown = ", ".join("--target" if k == "target" else f"--target-{k}" for k, _ in given)
+        shown = ", ".join(
+            "--recovery-target" if k == "target" else f"--target-{k}" for k, _ in given
+        )
         raise UsageError(f"give one recovery target, not several ({shown})")
     if action not in TARGET_ACTIONS:
         raise UsageError(f"--target-action must be one of {', '.join(TARGET_ACTIONS)}")
@@ -142,14 +147,14 @@ def make_target(
     assert value is not None
     if kind == "target":
         if value not in ("latest", "immediate"):
-            raise UsageError("--target is immediate or latest")
+            raise UsageError("--recovery-target is immediate or latest")
         return RecoveryTarget(value, "", action, timeline)
     if kind == "time":
         moment = parse_time(value)
         if moment > (now or datetime.now(UTC)):
             raise UsageError(
                 f"--target-time {value} is in the future: no WAL reaches it yet; "
-                "give a past time, or --target latest for everything archived"
+                "give a past time, or --recovery-target latest for everything archived"
             )
         value = moment.isoformat(sep=" ")
     elif kind == "lsn":
@@ -314,8 +319,91 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
         raise _missing(snapshot, sorted(set(missing)))
     last = _last_segment(archive, periods, start, end, size)
     if target.kind == "time":
-        _check_time_archived(archive, snapshot, target, last)
+        reach = archive_reach(archive, periods, stop, last)
+        _check_time_reached(archive, snapshot, target, reach, last)
     return WalRange(final, str(facts.get("start_wal") or segment_name(base, start, size)), last)
+
+
+@dataclass(frozen=True)
+class ArchiveReach:
+    """The newest moment a time target can reach: the last commit or abort in the archived
+    WAL after a backup became consistent (None: there is none), found in `segment`.
+    `known` is False when the search gave up (too many segments without one, or a segment
+    missing), and then nothing can be said."""
+
+    newest: TransactionEnd | None
+    segment: str | None
+    known: bool
+
+
+def archive_reach(
+    archive: WalArchive, periods: list[Any], consistent_lsn: int, last: str
+) -> ArchiveReach:
+    """Read the WAL backwards from `last` along the timeline chain, one segment at a time
+    (decrypted in memory), until a segment holds a transaction's end after
+    `consistent_lsn`. Usually the newest segment does."""
+    from medvault.sources.postgres.wal import segment_name, segment_number
+    from medvault.sources.postgres.walrecords import transaction_ends
+
+    cluster = archive.cluster()
+    if cluster is None:
+        return ArchiveReach(None, None, known=False)
+    size = cluster.segment_size
+    newest = segment_number(last, size)
+    lowest = consistent_lsn // size
+    following: bytes | None = None
+    for number in range(newest, max(lowest, newest - REACH_SEARCH_SEGMENTS + 1) - 1, -1):
+        period = next(p for p in periods if p.end is None or number < p.end // size)
+        name = str(segment_name(period.timeline, number * size, size))
+        data = archive.fetch(name)
+        if data is None:
+            return ArchiveReach(None, None, known=False)
+        ends = [
+            end
+            for end in transaction_ends(data, number * size, following)
+            if end.lsn >= consistent_lsn
+        ]
+        if ends:
+            # Commit stamps are taken just before the record is written: nearly, not
+            # strictly, in WAL order.
+            return ArchiveReach(max(ends, key=lambda e: e.time), name, known=True)
+        following = data
+    return ArchiveReach(None, None, known=newest - lowest < REACH_SEARCH_SEGMENTS)
+
+
+def _check_time_reached(
+    archive: WalArchive,
+    snapshot: Snapshot,
+    target: RecoveryTarget,
+    reach: ArchiveReach,
+    last: str,
+) -> None:
+    """Recovery to a time stops before the first commit or abort stamped later than the
+    target; without one it fails after replaying everything. Refuse such a target now,
+    before anything is written, naming the newest moment the archive reaches."""
+    if not reach.known:
+        _check_time_archived(archive, snapshot, target, last)
+        return
+    if reach.newest is not None and _iso_time(target.value) < reach.newest.time:
+        return
+    newer_wal = (
+        "if the server has committed since, archive its WAL first (`SELECT pg_switch_wal()` "
+        "there) and retry"
+    )
+    if reach.newest is None:
+        raise WalMissing(
+            f"target time {target.value} cannot be reached: the archived WAL of "
+            f"{snapshot.source} holds no transaction committed after backup "
+            f"{snapshot.short_id} became consistent ({snapshot.facts['stop_time']}); nothing "
+            f"was restored. Recover with --recovery-target latest, or {newer_wal}"
+        )
+    when = reach.newest.time.isoformat(sep=" ")
+    raise WalMissing(
+        f"target time {target.value} is not before the newest moment the archived WAL of "
+        f"{snapshot.source} reaches, {when} (its last transaction, in {reach.segment}); "
+        "nothing was restored. Give an earlier --target-time, or recover everything archived "
+        f"with --recovery-target latest; {newer_wal}"
+    )
 
 
 def _check_time_archived(
@@ -336,7 +424,7 @@ def _check_time_archived(
         f"({last}, archived {arrived.isoformat(sep=' ', timespec='seconds')}); nothing was "
         "restored. The WAL up to that time is still on the server: archive it with "
         "`SELECT pg_switch_wal()` (or set archive_timeout) and retry, or recover with "
-        "--target latest"
+        "--recovery-target latest"
     )
 
 

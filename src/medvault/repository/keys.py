@@ -27,6 +27,7 @@ KEYFILE_HEADER = "medvault-keyfile-v1"
 # OWASP's first Argon2id recommendation is 19 MiB x 2; a backup key guards years of patient
 # records and is derived once per command, so take 64 MiB x 3 (~0.2 s here).
 DEFAULT_KDF = {"memory_kib": 65536, "iterations": 3, "lanes": 4}
+SALT_BYTES = 16
 
 
 def _b64(data: bytes) -> str:
@@ -263,11 +264,25 @@ class KeySlot:
                 label=doc.get("label", ""),
                 nonce=_unb64(doc["nonce"]),
                 wrapped=_unb64(doc["wrapped"]),
-                kdf=doc.get("kdf", {}),
+                kdf=_kdf_with_salt(slot_id, doc) if doc["kind"] == "passphrase" else {},
                 keyfile_id=doc.get("keyfile_id", ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"key slot {slot_id} is damaged") from exc
+
+
+def _kdf_with_salt(slot_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A passphrase slot's KDF parameters, its salt checked: base64 of SALT_BYTES bytes."""
+    kdf = doc.get("kdf")
+    if isinstance(kdf, dict) and isinstance(kdf.get("salt"), str):
+        try:
+            if len(_unb64(kdf["salt"])) == SALT_BYTES:
+                return kdf
+        except ValueError:  # not base64
+            pass
+    raise IntegrityError(
+        f"key slot {slot_id} has an unusable salt (not base64 of {SALT_BYTES} bytes)"
+    )
 
 
 def open_master_key(slots: list[KeySlot], credential: Credential) -> tuple[MasterKey, KeySlot]:

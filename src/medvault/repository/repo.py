@@ -34,6 +34,7 @@ from medvault.errors import (
     SnapshotNotFound,
     UnsupportedFormat,
     UsageError,
+    WrongPassphrase,
 )
 from medvault.repository import compression
 from medvault.repository.crypto import open_object, seal_object, storage_id, unwrap_content_key
@@ -226,12 +227,25 @@ class Repository:
     ) -> Repository:
         """`probed`: what `probe` returned, when the caller already read the config."""
         config, doc = probed or cls.probe(backend)
-        slots = cls.read_key_slots(backend)
+        skipped: list[str] = []
+        slots = cls.read_key_slots(backend, skipped)
+        if not slots and skipped:
+            raise IntegrityError(
+                f"no key slot of the repository at {backend.url} is usable: {'; '.join(skipped)}"
+            )
         if not slots:
             raise IntegrityError(f"repository at {backend.url} has no key slots")
-        master, slot = open_master_key(slots, credential)
+        try:
+            master, slot = open_master_key(slots, credential)
+        except WrongPassphrase as exc:
+            if not skipped:
+                raise
+            # The credential may belong to a slot that could not be tried.
+            raise type(exc)(f"{exc}; not tried: {'; '.join(skipped)}") from None
         config.verify(doc, master)
-        return cls(backend, master, config, slot)
+        repo = cls(backend, master, config, slot)
+        repo.warnings += [f"{reason}; skipped it" for reason in skipped]
+        return repo
 
     @classmethod
     def open_sharing(
@@ -252,13 +266,19 @@ class Repository:
         return cls(backend, master, config, None)
 
     @staticmethod
-    def read_key_slots(backend: Backend) -> list[KeySlot]:
-        """Every readable key slot; a damaged one cannot open anything, so it is skipped."""
+    def read_key_slots(backend: Backend, skipped: list[str] | None = None) -> list[KeySlot]:
+        """Every readable key slot; a damaged one cannot open anything, so it is skipped
+        (and why, added to `skipped`)."""
         slots = []
         for obj in backend.list("keys"):
             slot_id = obj.name.split("/", 1)[1]
-            with contextlib.suppress(IntegrityError, ObjectNotFound):
+            try:
                 slots.append(KeySlot.from_json(slot_id, backend.load(obj.name)))
+            except IntegrityError as exc:
+                if skipped is not None:
+                    skipped.append(str(exc))
+            except ObjectNotFound:
+                pass
         return sorted(slots, key=lambda s: s.created)
 
     def close(self) -> None:
