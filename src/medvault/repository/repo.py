@@ -37,7 +37,16 @@ from medvault.errors import (
 from medvault.repository import compression
 from medvault.repository.crypto import open_object, seal_object, storage_id, unwrap_content_key
 from medvault.repository.index import MasterIndex, PackRecord, decode_index, encode_index
-from medvault.repository.keys import Credential, KeySlot, MasterKey, now_iso, open_master_key
+from medvault.repository.keys import (
+    SLOT_MAX_BYTES,
+    Credential,
+    KeySlot,
+    MasterKey,
+    SlotUnusable,
+    now_iso,
+    open_master_key,
+    unusable_warning,
+)
 from medvault.repository.locks import RepositoryLock
 from medvault.repository.packs import open_blob
 from medvault.repository.records import (
@@ -221,10 +230,14 @@ class Repository:
         config, doc = probed or cls.probe(backend)
         slots = cls.read_key_slots(backend)
         if not slots:
-            raise IntegrityError(f"repository at {backend.url} has no key slots")
+            raise IntegrityError(
+                f"repository at {backend.url} has no key slots; restore keys/ from a copy"
+            )
         master, slot = open_master_key(slots, credential)
         config.verify(doc, master)
-        return cls(backend, master, config, slot)
+        repo = cls(backend, master, config, slot)
+        repo.warnings.extend(unusable_warning(s) for s in slots if not s.usable)
+        return repo
 
     @classmethod
     def open_sharing(
@@ -246,13 +259,23 @@ class Repository:
 
     @staticmethod
     def read_key_slots(backend: Backend) -> list[KeySlot]:
-        """Every readable key slot; a damaged one cannot open anything, so it is skipped."""
-        slots = []
+        """Every key slot, in the order the store has held them (a slot planted later comes
+        later, whatever it says of itself); unusable ones are marked (KeySlot.usable)."""
+        found = []
         for obj in backend.list("keys"):
             slot_id = obj.name.split("/", 1)[1]
-            with contextlib.suppress(IntegrityError, ObjectNotFound):
-                slots.append(KeySlot.from_json(slot_id, backend.load(obj.name)))
-        return sorted(slots, key=lambda s: s.created)
+            raw = b""
+            try:
+                if obj.size > SLOT_MAX_BYTES:
+                    raise SlotUnusable(f"it is {obj.size} bytes long (a slot is under 1 KiB)")
+                raw = backend.load(obj.name)
+                slot = KeySlot.from_json(slot_id, raw)
+            except ObjectNotFound:
+                continue  # removed while listing
+            except SlotUnusable as exc:
+                slot = KeySlot.unusable(slot_id, raw, exc)
+            found.append((obj.modified or 0.0, slot.created, slot))
+        return [slot for _, _, slot in sorted(found, key=lambda f: (f[0], f[1]))]
 
     def close(self) -> None:
         self.backend.close()
@@ -276,8 +299,11 @@ class Repository:
 
     def remove_key(self, slot_id: str) -> None:
         slots = self.key_slots()
-        if len(slots) <= 1:
-            raise UsageError("refusing to remove the last key slot: the repository would be lost")
+        usable_left = [s for s in slots if s.usable and s.slot_id != slot_id]
+        if not usable_left:
+            raise UsageError(
+                "refusing to remove the last key slot that opens the repository: it would be lost"
+            )
         if slot_id not in {s.slot_id for s in slots}:
             raise UsageError(f"no key slot {slot_id}")
         self.backend.delete(f"keys/{slot_id}")
