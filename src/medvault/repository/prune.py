@@ -72,7 +72,7 @@ def read_condemned(repo: Repository) -> list[Condemned]:
     records = []
     for obj in repo.backend.list(FOLDER):
         try:
-            doc = json.loads(repo.unseal(repo.backend.load(obj.name), KIND_CONDEMNED))
+            doc = json.loads(repo.load_record(obj.name, KIND_CONDEMNED))
             records.append(Condemned(obj.name, float(doc["time"]), frozenset(doc["packs"])))
         except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
             repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
@@ -266,9 +266,8 @@ class Pruner:
         body = json.dumps({"time": now, "packs": packs}).encode()
         # The record first: from here on backups store these packs' blobs anew.
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        self.repo.store_object(
-            f"{FOLDER}/{stamp}-{int(now * 1000) % 1000:03d}",
-            self.repo.seal(body, KIND_CONDEMNED),
+        self.repo.store_record(
+            f"{FOLDER}/{stamp}-{int(now * 1000) % 1000:03d}", body, KIND_CONDEMNED
         )
         self.repo.condemned.update(packs)
         if repack:

@@ -35,7 +35,13 @@ from medvault.errors import (
     UsageError,
 )
 from medvault.repository import compression
-from medvault.repository.crypto import open_object, seal_object, storage_id, unwrap_content_key
+from medvault.repository.crypto import (
+    open_object,
+    record_aad,
+    seal_object,
+    storage_id,
+    unwrap_content_key,
+)
 from medvault.repository.index import MasterIndex, PackRecord, decode_index, encode_index
 from medvault.repository.keys import (
     SLOT_MAX_BYTES,
@@ -326,11 +332,37 @@ class Repository:
     # -- sealing ---------------------------------------------------------------------------
 
     def seal(self, payload: bytes, kind: bytes) -> bytes:
+        """An object named by the hash of what this returns (index, snapshot): the name is
+        bound by the hash, the kind by the AAD. Named records use store_record."""
         encoded = compression.encode(payload, METADATA_ZSTD_LEVEL)
         return seal_object(self.master.current, encoded, kind)
 
     def unseal(self, data: bytes, kind: bytes) -> bytes:
         return compression.decode(open_object(self.master.keks, data, kind))
+
+    def store_record(
+        self, name: str, payload: bytes, kind: bytes, *, overwrite: bool = False
+    ) -> None:
+        """Seal `payload` bound to its kind and to `name`, and store it there (ObjectExists
+        when the name is taken, unless `overwrite`)."""
+        encoded = compression.encode(payload, METADATA_ZSTD_LEVEL)
+        sealed = seal_object(self.master.current, encoded, record_aad(kind, name))
+        self.store_object(name, sealed, overwrite=overwrite)
+
+    def load_record(self, name: str, kind: bytes) -> bytes:
+        """The payload of the record stored as `name`; ObjectNotFound when absent,
+        IntegrityError when it does not open as a `kind` record of that name."""
+        return self.open_record(name, self.backend.load(name), kind)
+
+    def open_record(self, name: str, data: bytes, kind: bytes) -> bytes:
+        """`data` opened as the `kind` record named `name`."""
+        try:
+            return compression.decode(open_object(self.master.keks, data, record_aad(kind, name)))
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"record {name} does not open under its name: damaged, or copied there "
+                f"from another name ({exc})"
+            ) from exc
 
     def _store_sealed(self, folder: str, payload: bytes, kind: bytes) -> str:
         data = self.seal(payload, kind)
