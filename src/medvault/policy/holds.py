@@ -3,6 +3,11 @@
 A hold is an object `holds/<snapshot id>` in the repository, sealed and bound to that name:
 the reason, who placed it and when. Removing one also needs a reason, and leaves a sealed record
 `holds/released/<snapshot id>.<time>` behind, so the history of a hold survives its end.
+
+Where the store has Object Lock, the hold is also the store's: every object the snapshot
+needs and the hold record carry an S3 legal hold until the release, so deleting them fails
+whoever tries. Elsewhere the records are all there is, and write access to the store can
+remove one (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from medvault.errors import (
     IntegrityError,
     ObjectExists,
     ObjectNotFound,
+    SnapshotNotFound,
     UsageError,
 )
 from medvault.repository.keys import now_iso
@@ -62,8 +68,56 @@ def add_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
     try:
         repo.store_record(f"{FOLDER}/{snapshot_id}", _encode(hold), KIND_HOLD)
     except ObjectExists:
+        # Placing it again completes a hold whose command was interrupted half-way.
+        _hold_on_store(repo, snapshot_id)
         raise UsageError(f"snapshot {snapshot_id[:12]} is on hold already") from None
+    _hold_on_store(repo, snapshot_id)
     return hold
+
+
+def _needed(repo: Repository, snapshot_id: str) -> set[str] | None:
+    """The objects a snapshot cannot do without: its own, its packs and the index objects
+    naming them; None when its trees cannot be walked (damage: said in a warning)."""
+    from medvault.repository import objectlock
+
+    try:
+        snapshot = repo.load_snapshot(snapshot_id)
+        return {f"snapshots/{snapshot_id}"} | objectlock.needed_objects(repo, snapshot.tree)
+    except (IntegrityError, SnapshotNotFound) as exc:
+        repo.warnings.append(
+            f"the objects of snapshot {snapshot_id[:12]} cannot all be found ({exc}): "
+            "run `medvault check`"
+        )
+        return None
+
+
+def _hold_on_store(repo: Repository, snapshot_id: str) -> None:
+    """Where the store has Object Lock, a legal hold on every object the snapshot needs and
+    on the hold record: the store itself then refuses to delete them, whoever asks."""
+    if not repo.backend.lock_enabled:
+        return
+    from medvault.repository.objectlock import set_legal_holds
+
+    needed = _needed(repo, snapshot_id) or {f"snapshots/{snapshot_id}"}
+    set_legal_holds(repo, needed | {f"{FOLDER}/{snapshot_id}"}, on=True)
+
+
+def _release_on_store(repo: Repository, snapshot_id: str, others: list[str]) -> None:
+    """Lift the legal hold from the objects of a released snapshot that no other held
+    snapshot needs (packs are shared between snapshots), and from its hold record."""
+    if not repo.backend.lock_enabled:
+        return
+    from medvault.repository.objectlock import set_legal_holds
+
+    mine = _needed(repo, snapshot_id) or {f"snapshots/{snapshot_id}"}
+    still: set[str] = set()
+    for other in others:
+        needed = _needed(repo, other)
+        if needed is None:  # what it needs is unknown: lift nothing it might need
+            still |= {name for name in mine if not name.startswith("snapshots/")}
+        else:
+            still |= needed
+    set_legal_holds(repo, (mine - still) | {f"{FOLDER}/{snapshot_id}"}, on=False)
 
 
 def list_holds(repo: Repository) -> list[Hold]:
@@ -137,6 +191,12 @@ def remove_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     record = f"{FOLDER}/released/{snapshot_id}.{stamp}"
     repo.store_record(record, _encode(released), KIND_HOLD)
+    _release_on_store(repo, snapshot_id, [other for other in holds if other != snapshot_id])
+    if repo.backend.lock_enabled:
+        # A hold placed meanwhile may need objects just released: it gets them back.
+        for other in held_snapshots(repo):
+            if other not in holds:
+                _hold_on_store(repo, other)
     repo.backend.delete(f"{FOLDER}/{snapshot_id}")
     return released
 
