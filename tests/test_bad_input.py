@@ -261,7 +261,10 @@ def test_include_climbing_out_is_a_usage_error_naming_the_option(
 
 @pytest.mark.parametrize("bucket", ["Bad_Bucket!", "ab", "a..b", "192.168.1.2", "-dash"])
 def test_invalid_bucket_name_is_one_line_exit_2(tmp_path: Path, bucket: str) -> None:
-    done = Cli(f"s3://{bucket}/p", tmp_path)("snapshots", check=False)
+    """AWS's own rules: no endpoint of another store is set (which would widen them)."""
+    cli = Cli(f"s3://{bucket}/p", tmp_path)
+    cli.env = {k: v for k, v in cli.env.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    done = cli("snapshots", check=False)
     assert done.returncode == 2, done.stderr
     assert f"{bucket!r} is not a valid bucket name" in done.stderr and one_line(done.stderr)
 
@@ -356,7 +359,7 @@ def test_key_slot_with_a_bad_salt_is_skipped_with_a_warning(
     _plant_salt(initialized_cli, planted, salt)
     done = initialized_cli("snapshots", check=False)
     assert done.returncode == 0, done.stderr
-    assert f"warning: key slot {planted} has an unusable salt" in done.stderr
+    assert f"warning: key slot {planted} is unusable (damaged: kdf salt" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -365,7 +368,7 @@ def test_no_usable_key_slot_is_one_clear_line_exit_13(initialized_cli: Cli) -> N
     _plant_salt(initialized_cli, slot, "!!not base64!!")
     done = initialized_cli("snapshots", check=False)
     assert done.returncode == 13
-    assert "no key slot" in done.stderr and "is usable" in done.stderr
+    assert "no usable key slot" in done.stderr
     assert slot in done.stderr and one_line(done.stderr)
 
 

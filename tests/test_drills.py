@@ -416,3 +416,19 @@ def test_a_physical_drill_from_an_s3_repository(s3_server: S3Server, pg_world: P
     cluster.wait_archived(cluster.switch_wal())
     result = json.loads(world.cli("drill", "emr", "--to-latest", "--json").stdout)
     assert result["ok"], result
+
+
+def test_a_drill_record_copied_under_another_name_is_rejected(tmp_path: Path, make_tree) -> None:
+    data = make_tree({"letter.txt": b"Dear colleague\n" * 500})
+    cli = files_cli(tmp_path, data)
+    cli("backup", "letters")
+    result = json.loads(cli("drill", "letters", "--json").stdout)
+    (record,) = cli.objects("drills")
+    replayed = record.replace(result["id"][:8], str(int(result["id"][:4]) + 1) + result["id"][4:8])
+    with cli.backend() as backend:
+        backend.store(replayed, backend.load(record))
+
+    listed = cli("drills", "--json")
+    assert [d["id"] for d in json.loads(listed.stdout)] == [result["id"]]
+    assert f"drill record {replayed} is unreadable" in listed.stderr
+    assert "does not open under its name" in listed.stderr

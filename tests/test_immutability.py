@@ -15,7 +15,7 @@ from tests.test_pg_wal import crafted_segment
 
 from conftest import Cli, S3Server, tree_digest
 from medvault.backends import open_backend
-from medvault.errors import ObjectLocked
+from medvault.errors import NotSupported, ObjectLocked
 
 MiB = 1024 * 1024
 
@@ -190,3 +190,108 @@ def _append_only_settings(repo: Path):  # type: ignore[no-untyped-def]
     from medvault.config import RepositorySettings
 
     return RepositorySettings(url=str(repo), append_only=True)
+
+
+# -- legal holds: enforced by the store where it has Object Lock ----------------------------
+
+
+@pytest.fixture
+def lock_only(s3_server: S3Server, tmp_path: Path, make_tree) -> tuple[Cli, str, Path]:
+    """A bucket with Object Lock and no retention set by medvault (no tiers): only a legal
+    hold keeps an object there."""
+    bucket = s3_server.new_bucket(object_lock=True)
+    data = make_tree(
+        {
+            "letters/discharge.txt": b"Discharged home, follow-up in two weeks.\n" * 3000,
+            "scans/ct.dcm": os.urandom(2 * MiB),
+        }
+    )
+    cli = Cli(f"s3://{bucket}/repo", tmp_path)
+    cli("init")
+    return cli, bucket, data
+
+
+def held_keys(s3: S3Server, bucket: str) -> set[str]:
+    """The objects of the repository under an S3 legal hold, as the store says."""
+    client = s3.client()
+    held = set()
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix="repo/")["Contents"]:
+        status = client.get_object_legal_hold(Bucket=bucket, Key=obj["Key"])["LegalHold"]
+        if status.get("Status") == "ON":
+            held.add(obj["Key"].removeprefix("repo/"))
+    return held
+
+
+def backup_id(cli: Cli, data: Path) -> str:
+    return str(json.loads(cli("backup", str(data), "--json").stdout)["snapshot"])
+
+
+def test_a_held_snapshots_objects_carry_a_legal_hold_no_delete_gets_past(
+    lock_only: tuple[Cli, str, Path], s3_server: S3Server, tmp_path: Path
+) -> None:
+    cli, bucket, data = lock_only
+    snap = backup_id(cli, data)
+    assert held_keys(s3_server, bucket) == set()
+    cli("hold", "add", snap, "--reason", "litigation 2026-114")
+    needed = {f"snapshots/{snap}", f"holds/{snap}", *cli.objects("data"), *cli.objects("index")}
+    assert held_keys(s3_server, bucket) == needed
+
+    # The store refuses to remove a held version, whoever asks...
+    client = s3_server.client()
+    pack = f"repo/{cli.objects('data')[0]}"
+    version = client.head_object(Bucket=bucket, Key=pack)["VersionId"]
+    with pytest.raises(Exception, match="AccessDenied"):
+        client.delete_object(Bucket=bucket, Key=pack, VersionId=version)
+    with cli.backend() as backend, pytest.raises(ObjectLocked, match="legal hold"):
+        backend.delete(pack.removeprefix("repo/"))
+    # ...so hiding the hold record (a delete marker) does not let forget remove the snapshot.
+    client.delete_object(Bucket=bucket, Key=f"repo/holds/{snap}")
+    assert json.loads(cli("hold", "list", "--json").stdout) == []
+    done = cli("forget", snap, check=False)
+    assert done.returncode == 21 and "legal hold" in done.stdout
+    cli("restore", snap, "--target", str(tmp_path / "out"))
+    assert tree_digest(tmp_path / "out" / str(data).lstrip("/")) == tree_digest(data)
+
+
+def test_a_release_lifts_the_legal_hold_except_where_another_hold_needs_it(
+    lock_only: tuple[Cli, str, Path], s3_server: S3Server
+) -> None:
+    cli, bucket, data = lock_only
+    first = backup_id(cli, data)
+    again = backup_id(cli, data)  # the same data: it needs exactly the packs of the first
+    packs_of_first = set(cli.objects("data"))
+    (data / "scans" / "mri.dcm").write_bytes(os.urandom(2 * MiB))
+    grown = backup_id(cli, data)  # reuses the first's packs and adds its own
+    own_of_grown = set(cli.objects("data")) - packs_of_first
+    assert own_of_grown and len(cli.objects("data")) > len(packs_of_first)
+    for snap in (first, again, grown):
+        cli("hold", "add", snap, "--reason", "litigation 2026-114")
+
+    cli("hold", "remove", grown, "--reason", "excluded from the case")
+    held = held_keys(s3_server, bucket)
+    assert f"snapshots/{grown}" not in held and not own_of_grown & held
+    assert packs_of_first <= held, "the first two snapshots still need these"
+    assert {f"snapshots/{first}", f"snapshots/{again}", f"holds/{first}"} <= held
+
+    cli("hold", "remove", first, "--reason", "case closed")
+    held = held_keys(s3_server, bucket)
+    assert packs_of_first <= held, "a shared pack stays held while one hold needs it"
+    assert f"snapshots/{first}" not in held and f"snapshots/{again}" in held
+
+    cli("hold", "remove", again, "--reason", "case closed")
+    assert held_keys(s3_server, bucket) == set()
+    cli("forget", first, again, grown)
+    assert json.loads(cli("snapshots", "--json").stdout) == []
+
+
+def test_stores_without_object_lock_say_they_cannot_place_legal_holds(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    for url in (str(tmp_path / "repo"), f"s3://{s3_server.new_bucket()}/repo"):
+        backend = open_backend(url)
+        backend.create()
+        backend.store("holds/x", b"x")
+        with pytest.raises(NotSupported, match="Object Lock"):
+            backend.set_legal_hold("holds/x", True)
+        with pytest.raises(NotSupported, match="Object Lock"):
+            backend.legal_hold("holds/x")

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
+import subprocess
 from pathlib import Path
+from typing import Any
 
-from conftest import PASSWORD, Cli
+import pytest
+
+from conftest import MEDVAULT, PASSWORD, Cli, reopen
+from medvault.errors import WrongPassphrase
+from medvault.repository import keys
+from medvault.repository.keys import Credential
+from medvault.repository.repo import Repository
 
 BACKENDS = ("local", "s3")
 
@@ -140,3 +149,145 @@ def test_passphrase_file_from_the_environment_for_cron(cli: Cli, tmp_path: Path)
     env = {"MEDVAULT_PASSWORD": "", "MEDVAULT_PASSWORD_FILE": str(secret)}
     cli("init", env=env)
     assert "0 snapshot(s)" in cli("snapshots", env=env).stdout
+
+
+# -- planted and damaged key slots ---------------------------------------------------------
+# Anyone who can write to the store (an append-only one too) can add objects under keys/.
+# Such a slot must never stop the real passphrase, nor make opening the repository costly.
+
+
+def slot_documents(cli: Cli) -> dict[str, dict[str, object]]:
+    with cli.backend() as backend:
+        return {
+            obj.name.split("/", 1)[1]: json.loads(backend.load(obj.name))
+            for obj in backend.list("keys")
+        }
+
+
+def plant_slot(cli: Cli, body: dict[str, object] | bytes) -> str:
+    """A slot written behind medvault's back, claiming to be older than every real one."""
+    slot_id = secrets.token_hex(16)
+    if isinstance(body, dict):
+        body = json.dumps({**body, "created": "2001-01-01T00:00:00.000000+00:00"}).encode()
+    with cli.backend() as backend:
+        backend.store(f"keys/{slot_id}", body)
+    return slot_id
+
+
+def with_kdf(cli: Cli, **kdf: object) -> dict[str, object]:
+    """A copy of the real slot with other KDF parameters."""
+    real = next(iter(slot_documents(cli).values()))
+    return {**real, "kdf": {**real["kdf"], **kdf}}  # type: ignore[dict-item]
+
+
+EMPTY_SLOT: dict[str, object] = {
+    "version": 1,
+    "kind": "passphrase",
+    "nonce": "",
+    "wrapped": "",
+    "kdf": {},
+}
+
+
+def run_within(cli: Cli, seconds: float, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MEDVAULT, *args], env=cli.env, capture_output=True, text=True, timeout=seconds
+    )
+
+
+def test_a_slot_asking_for_4_gib_x_64_passes_is_skipped_with_a_warning(
+    initialized_cli: Cli,
+) -> None:
+    planted = plant_slot(
+        initialized_cli, with_kdf(initialized_cli, memory_kib=4 << 20, iterations=64)
+    )
+    done = run_within(initialized_cli, 60, "snapshots")
+    assert done.returncode == 0, done.stderr
+    assert f"medvault: warning: key slot {planted} is unusable" in done.stderr
+    assert "4194304 KiB of memory" in done.stderr
+
+
+def test_a_slot_with_a_bad_salt_is_skipped_with_a_warning(initialized_cli: Cli) -> None:
+    planted = plant_slot(initialized_cli, with_kdf(initialized_cli, salt="not base64!"))
+    done = initialized_cli("snapshots")
+    assert "0 snapshot(s)" in done.stdout
+    assert f"key slot {planted} is unusable (damaged: kdf salt is not base64)" in done.stderr
+
+
+def test_a_slot_of_garbage_is_skipped_with_a_warning(initialized_cli: Cli) -> None:
+    planted = plant_slot(initialized_cli, b"\x00{not json at all")
+    done = initialized_cli("snapshots")
+    assert "0 snapshot(s)" in done.stdout
+    assert f"key slot {planted} is unusable (damaged: it is not JSON)" in done.stderr
+
+
+def test_key_list_marks_unusable_slots_and_key_remove_removes_them(initialized_cli: Cli) -> None:
+    planted = plant_slot(initialized_cli, with_kdf(initialized_cli, algorithm="scrypt"))
+    listed = {s["id"]: s for s in slots(initialized_cli)}
+    assert listed[planted]["usable"] is False
+    assert listed[planted]["problem"] == "unsupported: KDF 'scrypt' is not supported"
+    assert "UNUSABLE (unsupported" in initialized_cli("key", "list").stdout
+    real = next(i for i, s in listed.items() if s["usable"])
+    done = initialized_cli("key", "remove", real, check=False)
+    assert done.returncode == 2 and "last key slot" in done.stderr, "the planted one opens nothing"
+    initialized_cli("key", "remove", planted)
+    assert [s["id"] for s in slots(initialized_cli)] == [real]
+
+
+def test_a_wrong_passphrase_beside_a_planted_slot_is_still_a_wrong_passphrase(
+    initialized_cli: Cli,
+) -> None:
+    plant_slot(initialized_cli, with_kdf(initialized_cli, lanes=0))
+    done = initialized_cli("snapshots", env={"MEDVAULT_PASSWORD": "not it"}, check=False)
+    assert done.returncode == 11
+    assert "wrong passphrase" in done.stderr and "1 unusable slot(s) skipped" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_no_usable_slot_says_so_and_how_to_recover(initialized_cli: Cli) -> None:
+    (real,) = slot_documents(initialized_cli)
+    initialized_cli.damage(f"keys/{real}", lambda data: data[: len(data) // 2])
+    plant_slot(initialized_cli, EMPTY_SLOT)
+    done = initialized_cli("snapshots", check=False)
+    assert done.returncode == 13
+    assert done.stderr.startswith("medvault: error: no usable key slot: keys/")
+    assert f"keys/{real} (damaged: it is not JSON)" in done.stderr
+    assert "restore keys/ from a copy" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_slots_of_a_newer_medvault_alone_ask_for_an_upgrade(initialized_cli: Cli) -> None:
+    (real,) = slot_documents(initialized_cli)
+    initialized_cli.damage(
+        f"keys/{real}", lambda data: data.replace(b'"version": 1', b'"version": 2')
+    )
+    done = initialized_cli("snapshots", check=False)
+    assert done.returncode == 14
+    assert "no usable key slot" in done.stderr and "upgrade medvault" in done.stderr
+
+
+def test_costly_planted_slots_are_tried_after_the_real_one_and_within_a_budget(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    derivations: list[int] = []
+    real_derive = keys._derive
+
+    def counted(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
+        derivations.append(int(kdf["memory_kib"]) * int(kdf["iterations"]))
+        return real_derive(passphrase, kdf)
+
+    monkeypatch.setattr(keys, "_derive", counted)
+    (real,) = Repository.read_key_slots(repo.backend)
+    costly = {**json.loads(real.to_json()), "created": "2001-01-01T00:00:00.000000+00:00"}
+    costly["kdf"] = {**real.kdf, "memory_kib": 65536, "iterations": 64}  # 4 GiB-passes, allowed
+    for _ in range(5):
+        repo.backend.store(f"keys/{secrets.token_hex(16)}", json.dumps(costly).encode())
+
+    reopen(repo)
+    assert derivations == [keys.kdf_work(real.kdf)], "the real, cheaper slot first, and alone"
+
+    derivations.clear()
+    with pytest.raises(WrongPassphrase, match="2 passphrase slot"):
+        Repository.open(repo.backend, Credential(passphrase=b"not it"))
+    assert sum(derivations) <= keys.KDF_WORK_BUDGET
+    assert len(derivations) == 4

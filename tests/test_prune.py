@@ -173,3 +173,33 @@ def test_subtrees_shared_by_snapshots_keep_their_data(
         assert (restored / "2024" / "oncology" / "ct.dcm").read_bytes() == (
             data / "2024" / "oncology" / "ct.dcm"
         ).read_bytes()
+
+
+def test_a_condemned_record_copied_under_another_name_is_rejected(
+    make_tree, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    cli = Cli(tmp_path / "repo", tmp_path)  # local only: the record is the point, not the store
+    cli("init")
+    data = make_tree({"old.dcm": os.urandom(4 * MiB)})
+    old = backup(cli, data)
+    cli("forget", old)
+    (data / "old.dcm").unlink()
+    (data / "big.bin").write_bytes(os.urandom(200 * MiB))
+    running = cli.popen("backup", str(data))  # its lock keeps the condemned record waiting
+    processes.append(running)
+    with cli.backend() as backend:
+        wait_for(running, lambda: any(True for _ in backend.list("locks")))
+    os.kill(running.pid, signal.SIGSTOP)
+    assert prune(cli)["waiting"]
+    (record,) = cli.objects("prune/condemned")
+    replayed = record[:-3] + ("000" if not record.endswith("000") else "001")
+    with cli.backend() as backend:
+        backend.store(replayed, backend.load(record))
+
+    checked = cli("check", check=False)
+    assert checked.returncode == 13
+    assert f"record {replayed} does not open under its name" in checked.stdout
+    assert f"prune record {replayed} is unreadable; ignored" in checked.stderr
+    assert f"prune record {record} " not in checked.stderr
+    os.kill(running.pid, signal.SIGCONT)
+    assert running.wait(timeout=300) == 0

@@ -112,3 +112,46 @@ def test_forget_applies_the_policy_and_never_a_held_snapshot(tmp_path: Path, mak
     assert list((tmp_path / "repo" / "holds" / "released").iterdir()), "the release is on record"
     cli("forget")
     assert snapshot_ids(cli) == [third, newest]
+
+
+def copy_object(cli: Cli, name: str, to: str) -> None:
+    """What anyone with write access to the store can do: put a record under another name."""
+    with cli.backend() as backend:
+        backend.store(to, backend.load(name))
+
+
+def test_a_hold_record_copied_to_another_snapshots_name_holds_nothing(
+    tmp_path: Path, make_tree
+) -> None:
+    cli = setup(tmp_path, make_tree)
+    held, other, _, _ = snapshot_ids(cli)
+    cli("hold", "add", held, "--reason", "litigation 2026-114")
+    copy_object(cli, f"holds/{held}", f"holds/{other}")
+
+    listed = cli("hold", "list", "--json")
+    assert [h["snapshot"] for h in json.loads(listed.stdout)] == [held]
+    assert f"hold record holds/{other} is a copy of holds/{held} and holds nothing" in (
+        listed.stderr
+    )
+    checked = cli("check", check=False)
+    assert checked.returncode == 13
+    assert f"record holds/{other} does not open under its name" in checked.stdout
+
+    # Nor does the copy outlive the hold it was taken from.
+    cli("hold", "remove", held, "--reason", "case closed")
+    assert json.loads(cli("hold", "list", "--json").stdout) == []
+    assert "removed" in cli("forget", held, other).stdout
+    assert held not in snapshot_ids(cli) and other not in snapshot_ids(cli)
+
+
+def test_a_damaged_hold_record_keeps_its_snapshot_held_and_is_reported(
+    tmp_path: Path, make_tree
+) -> None:
+    cli = setup(tmp_path, make_tree)
+    held = snapshot_ids(cli)[0]
+    cli("hold", "add", held, "--reason", "litigation 2026-114")
+    cli.damage(f"holds/{held}", lambda data: data[:-1] + bytes([data[-1] ^ 1]))
+    listed = cli("hold", "list", "--json")
+    assert [h["snapshot"] for h in json.loads(listed.stdout)] == [held]
+    assert f"hold on {held[:12]} is unreadable" in listed.stderr
+    assert cli("forget", held, check=False).returncode == 21

@@ -40,6 +40,10 @@ class ObjectExists(BackendError):
     pass
 
 
+class NotSupported(BackendError):
+    """The store cannot do what was asked (a legal hold on a store without Object Lock)."""
+
+
 class RepositoryNotFound(MedvaultError):
     exit_code = 10
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from medvault.errors import BackendError
+from medvault.errors import BackendError, NotSupported
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -89,6 +89,22 @@ class Backend(ABC):
     def extend_retention(self, name: str, until: dt.datetime) -> None:
         """Lock `name` until at least `until` (only on stores with lock_enabled)."""
         raise NotImplementedError
+
+    def set_legal_hold(self, name: str, on: bool) -> None:
+        """Place (on) or lift (off) a legal hold on `name`: while it is on, the store itself
+        refuses to delete the object, whatever its retention date. Only on stores with
+        lock_enabled; NotSupported elsewhere."""
+        raise NotSupported(self._no_legal_holds())
+
+    def legal_hold(self, name: str) -> bool:
+        """Whether `name` is under a legal hold; NotSupported where the store has none."""
+        raise NotSupported(self._no_legal_holds())
+
+    def _no_legal_holds(self) -> str:
+        return (
+            f"{self.url} cannot place legal holds: that needs an S3 bucket created with "
+            "Object Lock enabled"
+        )
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

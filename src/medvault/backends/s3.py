@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from medvault.backends.base import Backend, ObjectInfo, validate_name
 from medvault.errors import (
     BackendError,
+    NotSupported,
     ObjectExists,
     ObjectLocked,
     ObjectNotFound,
@@ -458,6 +459,11 @@ class S3Backend(Backend):
             raise ObjectLocked(
                 f"refusing to {action} {name}: it is locked until {until:%Y-%m-%d %H:%M} UTC"
             )
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            raise ObjectLocked(
+                f"refusing to {action} {name}: it is under legal hold (a held snapshot needs "
+                "it; see `medvault hold list`)"
+            )
         return head.get("VersionId")
 
     def retention(self, name: str) -> dt.datetime | None:
@@ -485,6 +491,42 @@ class S3Backend(Backend):
             )
         except (BotoCoreError, ClientError) as exc:
             raise self._error("extend the retention of", name, exc) from None
+
+    def set_legal_hold(self, name: str, on: bool) -> None:
+        """Applies to the current version, the one medvault reads."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not self.lock_enabled:
+            raise NotSupported(self._no_legal_holds())
+        try:
+            self.client.put_object_legal_hold(
+                Bucket=self.bucket, Key=self._key(name), LegalHold={"Status": "ON" if on else "OFF"}
+            )
+        except ClientError as exc:
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
+            action = "place a legal hold on" if on else "lift the legal hold on"
+            raise self._error(action, name, exc) from None
+        except BotoCoreError as exc:
+            raise self._error("set the legal hold of", name, exc) from None
+
+    def legal_hold(self, name: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not self.lock_enabled:
+            raise NotSupported(self._no_legal_holds())
+        try:
+            found = self.client.get_object_legal_hold(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            code = self._code(exc)
+            if code == "NoSuchObjectLockConfiguration":  # never held
+                return False
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
+            raise self._error("read the legal hold of", name, exc) from None
+        except BotoCoreError as exc:
+            raise self._error("read the legal hold of", name, exc) from None
+        return found.get("LegalHold", {}).get("Status") == "ON"
 
     @property
     def lock_enabled(self) -> bool:

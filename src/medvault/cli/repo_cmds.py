@@ -94,6 +94,8 @@ def key_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
                     "user": s.user,
                     "label": s.label,
                     "current": repo.slot is not None and s.slot_id == repo.slot.slot_id,
+                    "usable": s.usable,
+                    "problem": s.describe_problem() if not s.usable else None,
                 }
                 for s in slots
             ]
@@ -101,7 +103,8 @@ def key_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         return
     for s in slots:
         mark = "*" if repo.slot is not None and s.slot_id == repo.slot.slot_id else " "
-        print(f"{mark} {s.slot_id}  {s.kind:<10}  {s.created[:19]}  {s.user}@{s.host}  {s.label}")
+        line = f"{mark} {s.slot_id}  {s.kind:<10}  {s.created[:19]}  {s.user}@{s.host}  {s.label}"
+        print(line if s.usable else f"{line}  UNUSABLE ({s.describe_problem()})")
 
 
 @key_app.command("add")

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from medvault.errors import IntegrityError, MedvaultError
+from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound
 from medvault.repository import compression
 from medvault.repository.crypto import KEY_BLOCK_LEN, storage_id
 from medvault.repository.index import PackRecord
 from medvault.repository.packs import TRAILER, open_blob, read_pack_header
-from medvault.repository.records import Snapshot, display_path
+from medvault.repository.records import DRILLS, HOLDS, KIND_DRILL, KIND_HOLD, Snapshot, display_path
 from medvault.repository.repo import Repository, pack_name
 
 
@@ -80,7 +80,31 @@ class Checker:
             self._read_packs([p for p in packs if p.pack_id in present])
         self._check_snapshots(snapshot_ids)
         self._check_wal()
+        self._check_records()
         return self.report
+
+    def _check_records(self) -> None:
+        """Every hold, drill and prune record opens under its own name (a copy under another
+        name does not), and every held snapshot is still there."""
+        from medvault.repository.prune import FOLDER as CONDEMNED
+        from medvault.repository.prune import KIND_CONDEMNED
+
+        for folder, kind in ((HOLDS, KIND_HOLD), (DRILLS, KIND_DRILL), (CONDEMNED, KIND_CONDEMNED)):
+            for obj in self.repo.backend.list(folder):
+                try:
+                    self.repo.load_record(obj.name, kind)
+                except ObjectNotFound:
+                    continue
+                except IntegrityError as exc:
+                    self.report.errors.append(str(exc))
+        snapshots = set(self.repo.snapshot_ids())
+        for obj in self.repo.backend.list(HOLDS):
+            parts = obj.name.split("/")
+            if len(parts) == 2 and parts[1] not in snapshots:
+                self.report.errors.append(
+                    f"snapshot {parts[1][:12]} is on legal hold but is missing from the "
+                    "repository: it was deleted outside medvault; restore it from a copy"
+                )
 
     def _check_wal(self) -> None:
         """Every archived WAL file is counted; with --read-data each is opened, which proves

@@ -66,10 +66,18 @@ def unwrap_content_key(keks: dict[bytes, DataKey], block: bytes) -> bytes:
         raise IntegrityError("key block failed authentication") from exc
 
 
+def record_aad(kind: bytes, name: str) -> bytes:
+    """The associated data of a sealed object stored under a name it does not derive from its
+    bytes (a hold, a drill result, a WAL file): its kind and that name, so that a copy under
+    another name fails to open instead of being replayed there."""
+    return kind + b"\x00" + name.encode("ascii")
+
+
 def seal_object(kek: DataKey, payload: bytes, kind: bytes) -> bytes:
     """A metadata object: key block, then the payload sealed with nonce zero (the key is
     fresh for this object). `kind` is bound as associated data so objects cannot be swapped
-    between roles (an index presented as a snapshot fails)."""
+    between roles (an index presented as a snapshot fails); for named records it is
+    `record_aad(kind, name)`."""
     content_key = AESGCM.generate_key(bit_length=256)
     return wrap_content_key(kek, content_key) + AESGCM(content_key).encrypt(
         OBJECT_NONCE, payload, kind

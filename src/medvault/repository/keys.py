@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,13 @@ import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from medvault.errors import IntegrityError, UsageError, WrongPassphrase
+from medvault.errors import (
+    IntegrityError,
+    MedvaultError,
+    UnsupportedFormat,
+    UsageError,
+    WrongPassphrase,
+)
 from medvault.repository.crypto import DataKey
 
 KEYFILE_HEADER = "medvault-keyfile-v1"
@@ -139,26 +146,100 @@ def write_keyfile(path: str | os.PathLike[str]) -> bytes:
     return secret
 
 
-# A key slot is read before anything can authenticate it: cap what it may ask for, so that a
-# planted slot cannot make opening the repository allocate tens of gigabytes.
-KDF_LIMITS = {"memory_kib": 4 * 1024 * 1024, "iterations": 64, "lanes": 64}
+# A key slot is read before anything can authenticate it: anyone who can write to the store
+# (an append-only one too) can plant one. So every field is checked when it is read, and a
+# slot may ask for at most ~4 GiB-passes of Argon2id (1 GiB x 4, 256 MiB x 16, 64 MiB x 64):
+# 2-4 s here, against ~0.12 s for the 64 MiB x 3 medvault writes. Memory above 1 GiB would
+# make a small backup host swap or meet the OOM killer before the wrong slot is even tried.
+KDF_MAX_MEMORY_KIB = 1024 * 1024
+KDF_MAX_WORK = 4 * 1024 * 1024  # memory_kib x iterations
+KDF_MAX_LANES = 16
+# All passphrase slots tried in one opening together get at most four maximal derivations
+# (~10-17 s here). Cheaper slots are tried first, and among equals the ones the store has
+# held longest, so slots planted later cannot push a real one out of the budget unless they
+# are cheaper than it and many.
+KDF_WORK_BUDGET = 4 * KDF_MAX_WORK
+SALT_LENGTHS = range(16, 65)
+NONCE_LENGTH = 12
+# The wrapped master key: a MessagePack map of ~170 bytes plus ~55 per data-key epoch.
+WRAPPED_MAX = 64 * 1024
+SLOT_MAX_BYTES = 256 * 1024
+_SLOT_ID = re.compile(r"^[0-9a-f]{32}$")
+_KDF_FIELDS = {"algorithm", "salt", "memory_kib", "iterations", "lanes"}
+
+
+class SlotUnusable(IntegrityError):
+    """A key slot that cannot open anything: damaged, planted, or of a kind this medvault
+    does not know (`unsupported`)."""
+
+    def __init__(self, reason: str, *, unsupported: bool = False) -> None:
+        super().__init__(reason)
+        self.unsupported = unsupported
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_kdf(kdf: object) -> dict[str, Any]:
+    """The KDF parameters of a passphrase slot, checked; SlotUnusable when they are not
+    ones medvault will run."""
+    if not isinstance(kdf, dict):
+        raise SlotUnusable("kdf is not an object")
+    algorithm = kdf.get("algorithm")
+    if algorithm != "argon2id":
+        raise SlotUnusable(f"KDF {str(algorithm)[:40]!r} is not supported", unsupported=True)
+    if set(kdf) != _KDF_FIELDS:
+        raise SlotUnusable(f"kdf fields {sorted(kdf)} are not those of Argon2id")
+    try:
+        salt = _unb64(kdf["salt"]) if isinstance(kdf["salt"], str) else None
+    except ValueError:
+        salt = None
+    if salt is None:
+        raise SlotUnusable("kdf salt is not base64")
+    if len(salt) not in SALT_LENGTHS:
+        raise SlotUnusable(f"kdf salt is {len(salt)} bytes (16 to 64 allowed)")
+    memory, iterations, lanes = kdf["memory_kib"], kdf["iterations"], kdf["lanes"]
+    if not (_whole(memory) and _whole(iterations) and _whole(lanes)):
+        raise SlotUnusable("kdf memory_kib, iterations and lanes must be integers")
+    if not 1 <= lanes <= KDF_MAX_LANES:
+        raise SlotUnusable(f"kdf asks for {lanes} lanes (1 to {KDF_MAX_LANES} allowed)")
+    if not 8 * lanes <= memory <= KDF_MAX_MEMORY_KIB:
+        raise SlotUnusable(
+            f"kdf asks for {memory} KiB of memory ({8 * lanes} to {KDF_MAX_MEMORY_KIB} allowed)"
+        )
+    if iterations < 1 or memory * iterations > KDF_MAX_WORK:
+        raise SlotUnusable(
+            f"kdf asks for {iterations} iterations over {memory} KiB (at most "
+            f"{KDF_MAX_WORK} KiB-passes allowed)"
+        )
+    return {
+        "algorithm": algorithm,
+        "salt": kdf["salt"],
+        "memory_kib": memory,
+        "iterations": iterations,
+        "lanes": lanes,
+    }
+
+
+def kdf_work(kdf: dict[str, Any]) -> int:
+    """What one derivation costs, in KiB-passes (0 for slots without a KDF)."""
+    if not kdf:
+        return 0
+    return int(kdf["memory_kib"]) * int(kdf["iterations"])
 
 
 def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
-    if kdf.get("algorithm") != "argon2id":
-        raise IntegrityError(f"key slot uses unknown KDF {kdf.get('algorithm')!r}")
-    for name, limit in KDF_LIMITS.items():
-        if not 1 <= int(kdf.get(name, 0)) <= limit:
-            raise IntegrityError(f"key slot asks for Argon2id {name}={kdf.get(name)!r}")
+    kdf = check_kdf(kdf)  # again here: no derivation ever runs on unchecked parameters
     # Imported here: opening with a key file (wal-push) never pays for it.
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
     return Argon2id(
         salt=_unb64(kdf["salt"]),
         length=32,
-        iterations=int(kdf["iterations"]),
-        lanes=int(kdf["lanes"]),
-        memory_cost=int(kdf["memory_kib"]),
+        iterations=kdf["iterations"],
+        lanes=kdf["lanes"],
+        memory_cost=kdf["memory_kib"],
     ).derive(passphrase)
 
 
@@ -178,6 +259,8 @@ class KeySlot:
     wrapped: bytes
     kdf: dict[str, Any] = field(default_factory=dict)
     keyfile_id: str = ""
+    problem: str = ""  # why this slot cannot open anything; empty when it can
+    unsupported: bool = False  # the problem is a version or algorithm this medvault lacks
 
     @classmethod
     def create(cls, master: MasterKey, credential: Credential, label: str = "") -> KeySlot:
@@ -186,7 +269,7 @@ class KeySlot:
         keyfile_id = ""
         if credential.passphrase is not None:
             kind = "passphrase"
-            kdf = {"algorithm": "argon2id", "salt": _b64(os.urandom(16)), **DEFAULT_KDF}
+            kdf = {"algorithm": "argon2id", "salt": _b64(os.urandom(SALT_BYTES)), **DEFAULT_KDF}
             kek = _derive(credential.passphrase, kdf)
         elif credential.keyfile_secret is not None:
             kind = "keyfile"
@@ -216,8 +299,18 @@ class KeySlot:
             keyfile_id,
         )
 
+    @property
+    def usable(self) -> bool:
+        return not self.problem
+
+    def describe_problem(self) -> str:
+        what = "unsupported" if self.unsupported else "damaged"
+        return f"{what}: {self.problem}"
+
     def open(self, credential: Credential) -> MasterKey | None:
         """The master key, or None when this credential does not fit this slot."""
+        if not self.usable:
+            return None
         if self.kind == "passphrase" and credential.passphrase is not None:
             kek = _derive(credential.passphrase, self.kdf)
         elif self.kind == "keyfile" and credential.keyfile_secret is not None:
@@ -251,45 +344,148 @@ class KeySlot:
 
     @classmethod
     def from_json(cls, slot_id: str, raw: bytes) -> KeySlot:
+        """The slot stored as keys/<slot_id>, every field checked; SlotUnusable otherwise."""
+        if not _SLOT_ID.match(slot_id):
+            raise SlotUnusable("its name is not a key slot id (32 hex digits)")
+        if len(raw) > SLOT_MAX_BYTES:
+            raise SlotUnusable(f"it is {len(raw)} bytes long (a slot is under 1 KiB)")
         try:
             doc = json.loads(raw)
-            if doc["version"] != 1:
-                raise IntegrityError(f"key slot {slot_id} has unknown version {doc['version']}")
-            return cls(
-                slot_id=slot_id,
-                kind=doc["kind"],
-                created=doc["created"],
-                host=doc.get("host", ""),
-                user=doc.get("user", ""),
-                label=doc.get("label", ""),
-                nonce=_unb64(doc["nonce"]),
-                wrapped=_unb64(doc["wrapped"]),
-                kdf=_kdf_with_salt(slot_id, doc) if doc["kind"] == "passphrase" else {},
-                keyfile_id=doc.get("keyfile_id", ""),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"key slot {slot_id} is damaged") from exc
+        except (ValueError, RecursionError):
+            raise SlotUnusable("it is not JSON") from None
+        if not isinstance(doc, dict):
+            raise SlotUnusable("it is not a JSON object")
+        version = doc.get("version")
+        if isinstance(version, int) and _whole(version) and version > 1:
+            raise SlotUnusable(f"version {version} (a newer medvault wrote it)", unsupported=True)
+        if version != 1 or not _whole(version):
+            raise SlotUnusable(f"version {str(version)[:20]!r} is not a slot version")
+        kind = doc.get("kind")
+        if kind not in ("passphrase", "keyfile"):
+            raise SlotUnusable(f"kind {str(kind)[:40]!r} is not supported", unsupported=True)
+        texts = {key: doc.get(key, "") for key in ("created", "host", "user", "label")}
+        if not all(isinstance(value, str) for value in texts.values()) or not texts["created"]:
+            raise SlotUnusable("created, host, user and label must be text")
+        nonce = _field_bytes(doc, "nonce")
+        if len(nonce) != NONCE_LENGTH:
+            raise SlotUnusable(f"nonce is {len(nonce)} bytes, not {NONCE_LENGTH}")
+        wrapped = _field_bytes(doc, "wrapped")
+        if not 16 < len(wrapped) <= WRAPPED_MAX + 16:
+            raise SlotUnusable(f"wrapped key is {len(wrapped)} bytes")
+        kdf: dict[str, Any] = {}
+        keyfile_id = doc.get("keyfile_id", "")
+        if kind == "passphrase":
+            if "kdf" not in doc:
+                raise SlotUnusable("a passphrase slot without kdf")
+            kdf = check_kdf(doc["kdf"])
+            if keyfile_id:
+                raise SlotUnusable("a passphrase slot with a keyfile_id")
+        else:
+            if doc.get("kdf"):
+                raise SlotUnusable("a key-file slot with a kdf")
+            if not isinstance(keyfile_id, str) or not _SLOT_ID.match(keyfile_id):
+                raise SlotUnusable("keyfile_id is not 32 hex digits")
+        return cls(
+            slot_id=slot_id,
+            kind=kind,
+            created=texts["created"],
+            host=texts["host"],
+            user=texts["user"],
+            label=texts["label"],
+            nonce=nonce,
+            wrapped=wrapped,
+            kdf=kdf,
+            keyfile_id=keyfile_id,
+        )
 
-
-def _kdf_with_salt(slot_id: str, doc: dict[str, Any]) -> dict[str, Any]:
-    """A passphrase slot's KDF parameters, its salt checked: base64 of SALT_BYTES bytes."""
-    kdf = doc.get("kdf")
-    if isinstance(kdf, dict) and isinstance(kdf.get("salt"), str):
+    @classmethod
+    def unusable(cls, slot_id: str, raw: bytes, problem: SlotUnusable) -> KeySlot:
+        """A slot that cannot open anything, kept so that `key list` can show it and `key
+        remove` remove it; what it says of itself is shown where it is text."""
         try:
-            if len(_unb64(kdf["salt"])) == SALT_BYTES:
-                return kdf
-        except ValueError:  # not base64
-            pass
-    raise IntegrityError(
-        f"key slot {slot_id} has an unusable salt (not base64 of {SALT_BYTES} bytes)"
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            doc = None
+        if not isinstance(doc, dict):
+            doc = {}
+
+        def text(key: str) -> str:
+            value = doc.get(key)
+            return value[:80] if isinstance(value, str) else ""
+
+        return cls(
+            slot_id=slot_id,
+            kind=text("kind") or "?",
+            created=text("created"),
+            host=text("host"),
+            user=text("user"),
+            label=text("label"),
+            nonce=b"",
+            wrapped=b"",
+            problem=str(problem),
+            unsupported=problem.unsupported,
+        )
+
+
+def _field_bytes(doc: dict[str, Any], key: str) -> bytes:
+    value = doc.get(key)
+    try:
+        if isinstance(value, str):
+            return _unb64(value)
+    except ValueError:
+        pass
+    raise SlotUnusable(f"{key} is not base64")
+
+
+def unusable_warning(slot: KeySlot) -> str:
+    return (
+        f"key slot {slot.slot_id} is unusable ({slot.describe_problem()}) and was skipped; "
+        "if nobody here wrote it, someone with write access to the store did: remove it with "
+        "`medvault key remove`"
     )
 
 
+def _no_usable_slot(slots: list[KeySlot]) -> MedvaultError:
+    shown = ", ".join(f"keys/{s.slot_id} ({s.describe_problem()})" for s in slots[:3])
+    more = f" and {len(slots) - 3} more" if len(slots) > 3 else ""
+    message = f"no usable key slot: {shown}{more}; restore keys/ from a copy of the repository"
+    if all(s.unsupported for s in slots):
+        return UnsupportedFormat(f"{message}, or upgrade medvault")
+    return IntegrityError(message)
+
+
 def open_master_key(slots: list[KeySlot], credential: Credential) -> tuple[MasterKey, KeySlot]:
-    # Key-file slots first: they cost nothing to try, unlike an Argon2id derivation.
-    for slot in sorted(slots, key=lambda s: s.kind != "keyfile"):
+    """The master key from the first slot that opens with `credential`. Unusable slots are
+    skipped. Key-file slots come first: they cost nothing to try. Passphrase slots follow,
+    cheapest first (ties in the order given: the order the store has held them), within
+    KDF_WORK_BUDGET in all."""
+    usable = [s for s in slots if s.usable]
+    if not usable:
+        raise _no_usable_slot(slots)
+    budget = KDF_WORK_BUDGET
+    untried = 0
+    for slot in sorted(usable, key=lambda s: (s.kind != "keyfile", kdf_work(s.kdf))):
+        if slot.kind == "passphrase" and credential.passphrase is not None:
+            if kdf_work(slot.kdf) > budget:
+                untried += 1
+                continue
+            budget -= kdf_work(slot.kdf)
         master = slot.open(credential)
         if master is not None:
             return master, slot
     what = "key file" if credential.passphrase is None else "passphrase"
-    raise WrongPassphrase(f"wrong {what}: no key slot of this repository opens with it")
+    message = f"wrong {what}: no key slot of this repository opens with it"
+    if untried:
+        message += (
+            f"; {untried} passphrase slot(s) were not tried, as together the slots ask for "
+            "more key-derivation work than one opening may spend: see `medvault key list` "
+            "and remove the slots nobody here made"
+        )
+    unusable = [s for s in slots if not s.usable]
+    if unusable:
+        message += (
+            f"; {len(unusable)} unusable slot(s) skipped (keys/{unusable[0].slot_id}: "
+            f"{unusable[0].describe_problem()}): if the {what} belongs to one, restore keys/ "
+            "from a copy of the repository"
+        )
+    raise WrongPassphrase(message)

@@ -1,4 +1,5 @@
-"""Keeping a locked snapshot's data locked as long as the snapshot.
+"""Keeping a locked snapshot's data locked as long as the snapshot, and a held one's for as
+long as its hold.
 
 On a store with Object Lock every object is written with a retain-until date (now plus its
 tier's floor). Deduplication breaks the simple picture: a snapshot taken today may reuse a
@@ -7,6 +8,9 @@ So before a snapshot is saved, every pack holding one of its blobs, and every in
 naming such a pack, has its retention extended to at least the snapshot's own. Retention
 only ever grows (COMPLIANCE mode refuses to shorten it), so a date this process has seen or
 set is a safe lower bound and spares a request.
+
+A legal hold (policy/holds.py) has no date: the same objects, plus the snapshot object and
+the hold record, carry an Object Lock legal hold until the hold is released.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from medvault.errors import IntegrityError
+from medvault.errors import IntegrityError, ObjectNotFound
 
 if TYPE_CHECKING:
     from medvault.repository.repo import Repository
@@ -65,3 +69,19 @@ def protect(repo: Repository, tree: bytes, until: dt.datetime, target: dt.dateti
     names = sorted(needed_objects(repo, tree))
     with ThreadPoolExecutor(max(1, backend.concurrency), "medvault-lock") as pool:
         return sum(pool.map(ensure, names))
+
+
+def set_legal_holds(repo: Repository, names: set[str], on: bool) -> None:
+    """Place or lift the store's legal hold on every object in `names`; objects already gone
+    need no lifting."""
+    backend = repo.backend
+
+    def apply(name: str) -> None:
+        try:
+            backend.set_legal_hold(name, on)
+        except ObjectNotFound:
+            if on:
+                raise
+
+    with ThreadPoolExecutor(max(1, backend.concurrency), "medvault-hold") as pool:
+        list(pool.map(apply, sorted(names)))

@@ -85,7 +85,7 @@ def read_condemned(repo: Repository) -> list[Condemned]:
     records = []
     for obj in repo.backend.list(FOLDER):
         try:
-            doc = json.loads(repo.unseal(repo.backend.load(obj.name), KIND_CONDEMNED))
+            doc = json.loads(repo.load_record(obj.name, KIND_CONDEMNED))
             records.append(Condemned(obj.name, float(doc["time"]), frozenset(doc["packs"])))
         except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
             repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
@@ -97,7 +97,7 @@ def read_waits(repo: Repository) -> dict[str, frozenset[str]]:
     waits = {}
     for obj in repo.backend.list(WAITS_FOLDER):
         try:
-            doc = json.loads(repo.unseal(repo.backend.load(obj.name), KIND_WAITS))
+            doc = json.loads(repo.load_record(obj.name, KIND_WAITS))
             waits[obj.name.rsplit("/", 1)[1]] = frozenset(str(n) for n in doc["locks"])
         except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
             # Unreadable: as if absent, so the next run writes it again (conservatively).
@@ -217,7 +217,10 @@ class Pruner:
         # Our own lock must still be ours: if it was taken for stale, another prune may run.
         self.lock.ensure_held()
         faults.point("prune.before-delete")
-        self._rewrite_indexes(deletable)
+        kept = deletable - self._rewrite_indexes(deletable)
+        deletable -= kept
+        self.result.deleted_packs -= len(kept & set(sizes))
+        self.result.freed_bytes -= sum(sizes[p][0] for p in kept if p in sizes)
         self.repo.index.drop_packs(deletable)
         for pack_id in sorted(deletable):
             try:
@@ -234,7 +237,7 @@ class Pruner:
 
     def _store_waits(self, leaf: str, lock_names: frozenset[str]) -> None:
         body = json.dumps({"record": f"{FOLDER}/{leaf}", "locks": sorted(lock_names)}).encode()
-        self.repo.store_object(f"{WAITS_FOLDER}/{leaf}", self.repo.seal(body, KIND_WAITS))
+        self.repo.store_record(f"{WAITS_FOLDER}/{leaf}", body, KIND_WAITS)
 
     def _drop_orphan_waits(
         self, records: list[Condemned], waits: dict[str, frozenset[str]]
@@ -247,8 +250,10 @@ class Pruner:
             with contextlib.suppress(ObjectNotFound):
                 self.repo.backend.delete(f"{WAITS_FOLDER}/{leaf}")
 
-    def _rewrite_indexes(self, deletable: set[str]) -> None:
-        """Each index object naming a deleted pack is replaced by one without it."""
+    def _rewrite_indexes(self, deletable: set[str]) -> set[str]:
+        """Each index object naming a deleted pack is replaced by one without it. An index
+        the store will not let go (Object Lock, legal hold) keeps naming its packs, so those
+        stay too: the packs that may go are returned."""
         from medvault.repository.index import PackRecord
         from medvault.repository.packs import unpack_entries
 
@@ -266,8 +271,15 @@ class Pruner:
             ]
             if keep:
                 self.repo.write_index(keep, supersedes=(index_id,))
-            self.repo.backend.delete(f"index/{index_id}")
+            try:
+                self.repo.backend.delete(f"index/{index_id}")
+            except ObjectLocked:
+                named = {pack_id for pack_id, _, _ in packs} & deletable
+                self.result.kept_locked += len(named)
+                deletable = deletable - named
+                continue
             self.result.deleted_indexes += 1
+        return deletable
 
     # -- phase 1 ---------------------------------------------------------------------------
 
@@ -321,7 +333,7 @@ class Pruner:
         written = time.time()
         body = json.dumps({"time": written, "packs": packs}).encode()
         leaf = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(written))}-{secrets.token_hex(4)}"
-        self.repo.store_object(f"{FOLDER}/{leaf}", self.repo.seal(body, KIND_CONDEMNED))
+        self.repo.store_record(f"{FOLDER}/{leaf}", body, KIND_CONDEMNED)
         self.repo.condemned.update(packs)
         faults.point("prune.after-record")
         # Then the locks live now: only they may have read the records before this one.
@@ -341,7 +353,7 @@ class Pruner:
         locked = set()
         for pack_id in pack_ids:
             until = backend.retention(pack_name(pack_id))
-            if until is not None and until > now:
+            if (until is not None and until > now) or backend.legal_hold(pack_name(pack_id)):
                 locked.add(pack_id)
         return locked
 

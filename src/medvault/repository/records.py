@@ -11,6 +11,10 @@ import msgpack
 from medvault.errors import IntegrityError, UnsafeSnapshot
 
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
+# Operational records (docs/format.md §18) kept by the layers above, named here so that
+# `check` can verify them: their folder and the kind each is sealed with, with its name.
+HOLDS, KIND_HOLD = "holds", b"hold"
+DRILLS, KIND_DRILL = "drills", b"drill"
 NODE_TYPES = {FILE, DIR, SYMLINK, "fifo", "socket", "chardev", "blockdev"}
 
 

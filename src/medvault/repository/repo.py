@@ -34,10 +34,15 @@ from medvault.errors import (
     SnapshotNotFound,
     UnsupportedFormat,
     UsageError,
-    WrongPassphrase,
 )
 from medvault.repository import compression
-from medvault.repository.crypto import open_object, seal_object, storage_id, unwrap_content_key
+from medvault.repository.crypto import (
+    open_object,
+    record_aad,
+    seal_object,
+    storage_id,
+    unwrap_content_key,
+)
 from medvault.repository.index import (
     BlobLocation,
     MasterIndex,
@@ -45,7 +50,16 @@ from medvault.repository.index import (
     decode_index,
     encode_index,
 )
-from medvault.repository.keys import Credential, KeySlot, MasterKey, now_iso, open_master_key
+from medvault.repository.keys import (
+    SLOT_MAX_BYTES,
+    Credential,
+    KeySlot,
+    MasterKey,
+    SlotUnusable,
+    now_iso,
+    open_master_key,
+    unusable_warning,
+)
 from medvault.repository.locks import RepositoryLock
 from medvault.repository.packs import open_blob
 from medvault.repository.records import (
@@ -227,24 +241,15 @@ class Repository:
     ) -> Repository:
         """`probed`: what `probe` returned, when the caller already read the config."""
         config, doc = probed or cls.probe(backend)
-        skipped: list[str] = []
-        slots = cls.read_key_slots(backend, skipped)
-        if not slots and skipped:
-            raise IntegrityError(
-                f"no key slot of the repository at {backend.url} is usable: {'; '.join(skipped)}"
-            )
+        slots = cls.read_key_slots(backend)
         if not slots:
-            raise IntegrityError(f"repository at {backend.url} has no key slots")
-        try:
-            master, slot = open_master_key(slots, credential)
-        except WrongPassphrase as exc:
-            if not skipped:
-                raise
-            # The credential may belong to a slot that could not be tried.
-            raise type(exc)(f"{exc}; not tried: {'; '.join(skipped)}") from None
+            raise IntegrityError(
+                f"repository at {backend.url} has no key slots; restore keys/ from a copy"
+            )
+        master, slot = open_master_key(slots, credential)
         config.verify(doc, master)
         repo = cls(backend, master, config, slot)
-        repo.warnings += [f"{reason}; skipped it" for reason in skipped]
+        repo.warnings.extend(unusable_warning(s) for s in slots if not s.usable)
         return repo
 
     @classmethod
@@ -266,20 +271,24 @@ class Repository:
         return cls(backend, master, config, None)
 
     @staticmethod
-    def read_key_slots(backend: Backend, skipped: list[str] | None = None) -> list[KeySlot]:
-        """Every readable key slot; a damaged one cannot open anything, so it is skipped
-        (and why, added to `skipped`)."""
-        slots = []
+    def read_key_slots(backend: Backend) -> list[KeySlot]:
+        """Every key slot, in the order the store has held them (a slot planted later comes
+        later, whatever it says of itself); unusable ones are marked (KeySlot.usable)."""
+        found = []
         for obj in backend.list("keys"):
             slot_id = obj.name.split("/", 1)[1]
+            raw = b""
             try:
-                slots.append(KeySlot.from_json(slot_id, backend.load(obj.name)))
-            except IntegrityError as exc:
-                if skipped is not None:
-                    skipped.append(str(exc))
+                if obj.size > SLOT_MAX_BYTES:
+                    raise SlotUnusable(f"it is {obj.size} bytes long (a slot is under 1 KiB)")
+                raw = backend.load(obj.name)
+                slot = KeySlot.from_json(slot_id, raw)
             except ObjectNotFound:
-                pass
-        return sorted(slots, key=lambda s: s.created)
+                continue  # removed while listing
+            except SlotUnusable as exc:
+                slot = KeySlot.unusable(slot_id, raw, exc)
+            found.append((obj.modified or 0.0, slot.created, slot))
+        return [slot for _, _, slot in sorted(found, key=lambda f: (f[0], f[1]))]
 
     def close(self) -> None:
         self.backend.close()
@@ -310,15 +319,17 @@ class Repository:
         return matches[0]
 
     def remove_key(self, slot_id: str) -> None:
-        """Delete a key slot, never the last usable one: the slots are read again under the
-        key-change lock, so two removals at once cannot each leave the other's slot last."""
+        """Delete a key slot, never the last one that opens the repository: the slots are
+        read again under the key-change lock, so two removals at once cannot each leave the
+        other's slot last."""
         with self._key_change("key remove") as lock:
             slots = self.key_slots()
             if slot_id not in {s.slot_id for s in slots}:
                 raise UsageError(f"no key slot {slot_id}")
-            if len(slots) <= 1:
+            if not [s for s in slots if s.usable and s.slot_id != slot_id]:
                 raise UsageError(
-                    "refusing to remove the last key slot: the repository would be lost"
+                    "refusing to remove the last key slot that opens the repository: "
+                    "it would be lost"
                 )
             lock.ensure_held()
             faults.point("key.before-delete")
@@ -347,11 +358,37 @@ class Repository:
     # -- sealing ---------------------------------------------------------------------------
 
     def seal(self, payload: bytes, kind: bytes) -> bytes:
+        """An object named by the hash of what this returns (index, snapshot): the name is
+        bound by the hash, the kind by the AAD. Named records use store_record."""
         encoded = compression.encode(payload, METADATA_ZSTD_LEVEL)
         return seal_object(self.master.current, encoded, kind)
 
     def unseal(self, data: bytes, kind: bytes) -> bytes:
         return compression.decode(open_object(self.master.keks, data, kind))
+
+    def store_record(
+        self, name: str, payload: bytes, kind: bytes, *, overwrite: bool = False
+    ) -> None:
+        """Seal `payload` bound to its kind and to `name`, and store it there (ObjectExists
+        when the name is taken, unless `overwrite`)."""
+        encoded = compression.encode(payload, METADATA_ZSTD_LEVEL)
+        sealed = seal_object(self.master.current, encoded, record_aad(kind, name))
+        self.store_object(name, sealed, overwrite=overwrite)
+
+    def load_record(self, name: str, kind: bytes) -> bytes:
+        """The payload of the record stored as `name`; ObjectNotFound when absent,
+        IntegrityError when it does not open as a `kind` record of that name."""
+        return self.open_record(name, self.backend.load(name), kind)
+
+    def open_record(self, name: str, data: bytes, kind: bytes) -> bytes:
+        """`data` opened as the `kind` record named `name`."""
+        try:
+            return compression.decode(open_object(self.master.keks, data, record_aad(kind, name)))
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"record {name} does not open under its name: damaged, or copied there "
+                f"from another name ({exc})"
+            ) from exc
 
     def _store_sealed(self, folder: str, payload: bytes, kind: bytes) -> str:
         data = self.seal(payload, kind)

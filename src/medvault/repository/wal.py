@@ -1,9 +1,11 @@
 """The WAL archive of one source: one sealed object per file the database archives.
 
-    wal/<source>/<timeline>/<name>   the file's bytes, zstd-compressed and sealed with kind
-                                     b"wal:<source>/<name>", so an object moved to another
-                                     name or source fails to open instead of being replayed
-    wal/<source>/cluster             sealed JSON: which cluster the archive belongs to
+    wal/<source>/<timeline>/<name>   the file's bytes, zstd-compressed and sealed bound to
+                                     kind `wal` and this object name, so an object moved to
+                                     another name or source fails to open instead of being
+                                     replayed
+    wal/<source>/cluster             a sealed JSON record (kind `wal-cluster`): which cluster
+                                     the archive belongs to
 
 An object is written whole and durably (Backend.store) before `push` returns, and never
 overwritten with different content: the first copy of a name is the archive's truth. This
@@ -30,13 +32,15 @@ from medvault.errors import (
     WalConflict,
 )
 from medvault.repository import compression
-from medvault.repository.crypto import seal_object
+from medvault.repository.crypto import record_aad, seal_object
 from medvault.repository.keys import now_iso
 from medvault.repository.repo import Repository
 
 WAL_ZSTD_LEVEL = 1
 ROOT = "wal"
 CLUSTER = "cluster"
+KIND_WAL = b"wal"
+KIND_WAL_CLUSTER = b"wal-cluster"
 # The first 8 characters of a name are its timeline in hex (a segment, a .partial or
 # .backup file, or NNNNNNNN.history); the rest is checked by the caller.
 _NAME = re.compile(r"^([0-9A-F]{8})[0-9A-Za-z.]{0,64}$")
@@ -78,11 +82,8 @@ class WalArchive:
     def object_name(self, name: str) -> str:
         return f"{ROOT}/{self.source}/{timeline_of(name):08X}/{name}"
 
-    def _kind(self, name: str) -> bytes:
-        return b"wal:" + self.source.encode() + b"/" + name.encode()
-
-    def _cluster_kind(self) -> bytes:
-        return b"wal-cluster:" + self.source.encode()
+    def _aad(self, name: str) -> bytes:
+        return record_aad(KIND_WAL, self.object_name(name))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class WalArchive:
             payload = bytes([compression.ZSTD]) + packed
         else:
             payload = bytes([compression.RAW]) + data
-        return seal_object(self.repo.master.current, payload, self._kind(name))
+        return seal_object(self.repo.master.current, payload, self._aad(name))
 
     def push(self, name: str, data: bytes) -> bool:
         """Store `name` durably. True when stored now, False when an identical copy was
@@ -167,7 +168,7 @@ class WalArchive:
         except ObjectNotFound:
             return None
         try:
-            return self.repo.unseal(data, self._kind(name))
+            return self.repo.open_record(self.object_name(name), data, KIND_WAL)
         except IntegrityError as exc:
             raise IntegrityError(
                 f"the archived {name} of source {self.source} is damaged ({exc}); "
@@ -214,7 +215,7 @@ class WalArchive:
         except ObjectNotFound:
             return None
         try:
-            doc = json.loads(self.repo.unseal(data, self._cluster_kind()))
+            doc = json.loads(self.repo.open_record(name, data, KIND_WAL_CLUSTER))
             return ClusterRecord(
                 str(doc["system_identifier"]), int(doc["segment_size"]), str(doc["created"])
             )
@@ -234,9 +235,7 @@ class WalArchive:
             }
         ).encode()
         try:
-            self.repo.store_object(
-                f"{ROOT}/{self.source}/{CLUSTER}", self.repo.seal(body, self._cluster_kind())
-            )
+            self.repo.store_record(f"{ROOT}/{self.source}/{CLUSTER}", body, KIND_WAL_CLUSTER)
         except ObjectExists:
             held = self.cluster()
             if held is None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound, UsageError, first_line
 from medvault.repository.keys import now_iso
+from medvault.repository.records import DRILLS, KIND_DRILL
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -36,8 +37,7 @@ if TYPE_CHECKING:
     from medvault.repository.repo import Repository
     from medvault.verification.physical_drill import DrillOptions
 
-FOLDER = "drills"
-KIND_DRILL = b"drill"
+FOLDER = DRILLS
 
 
 @dataclass
@@ -268,7 +268,7 @@ def store_result(repo: Repository, result: DrillResult) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result.id = f"{stamp}-{result.snapshot[:12]}"
     body = json.dumps(asdict(result), sort_keys=True).encode()
-    repo.store_object(f"{FOLDER}/{result.id}", repo.seal(body, KIND_DRILL))
+    repo.store_record(f"{FOLDER}/{result.id}", body, KIND_DRILL)
     return result.id
 
 
@@ -276,7 +276,7 @@ def list_results(repo: Repository) -> list[DrillResult]:
     results = []
     for obj in repo.backend.list(FOLDER):
         try:
-            doc = json.loads(repo.unseal(repo.backend.load(obj.name), KIND_DRILL))
+            doc = json.loads(repo.load_record(obj.name, KIND_DRILL))
             doc["checks"] = [Check(**c) for c in doc.get("checks", [])]
             results.append(DrillResult(**doc))
         except (IntegrityError, ObjectNotFound, ValueError, TypeError) as exc:
