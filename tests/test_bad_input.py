@@ -170,3 +170,27 @@ def test_file_changing_while_read_is_reported(repo: Repository, tmp_path: Path) 
     assert [p.path for p in result.changed_while_read] == [str(growing)]
     assert not result.complete
     assert result.snapshot.stats["changed_while_read"] == 1
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db dbname=emr user=backup password=hunter2",
+        "host=db password='hunter2' dbname=emr",
+        "postgresql://backup:hunter2@db/emr",
+        "postgresql://backup@db/emr?password=hunter2",
+        "postgresql://backup@db/emr?sslmode=require&password=hunter2",
+    ],
+)
+def test_a_dsn_holding_a_password_in_any_form_is_refused_exit_2(
+    cli: Cli, tmp_path: Path, dsn: str
+) -> None:
+    """pg_dump, pg_restore and pg_basebackup get the dsn on their command line, which `ps`
+    shows any local user."""
+    (tmp_path / "medvault.toml").write_text(
+        f'[repository.primary]\nurl = "/x"\n[source.emr]\nkind = "postgres"\ndsn = "{dsn}"\n'
+    )
+    done = cli("snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "source.emr: dsn: holds a password" in done.stderr and ".pgpass" in done.stderr
+    assert "hunter2" not in done.stderr and one_line(done.stderr)

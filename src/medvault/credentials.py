@@ -41,9 +41,16 @@ def _from_command(command: str) -> bytes:
     import shlex
     import subprocess
 
+    from medvault import childenv
+
     try:
         done = subprocess.run(
-            shlex.split(command), capture_output=True, check=False, timeout=60, stdin=None
+            shlex.split(command),
+            capture_output=True,
+            check=False,
+            timeout=60,
+            stdin=None,
+            env=childenv.for_password_command(),
         )
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"password command could not run: {type(exc).__name__}") from None
