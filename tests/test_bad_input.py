@@ -194,3 +194,10 @@ def test_a_dsn_holding_a_password_in_any_form_is_refused_exit_2(
     assert done.returncode == 2, done.stderr
     assert "source.emr: dsn: holds a password" in done.stderr and ".pgpass" in done.stderr
     assert "hunter2" not in done.stderr and one_line(done.stderr)
+
+
+def test_init_with_an_unknown_group_exit_2_and_nothing_created(cli: Cli) -> None:
+    done = cli("init", "--group", "no-such-group-here", check=False)
+    assert done.returncode == 2
+    assert "no-such-group-here" in done.stderr and one_line(done.stderr)
+    assert not cli.repo.exists()

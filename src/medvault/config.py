@@ -42,7 +42,7 @@ class RepositorySettings(_Section):
     sse_kms_key_id: str | None = None
     profile: str | None = None
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
     plaintext_credentials: bool = False
     # A second repository (another [repository.NAME]) that `replicate` keeps up to date.
     secondary: str | None = None

@@ -14,6 +14,7 @@ chain; botocore retries throttling, 5xx and timeouts with backoff.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import threading
@@ -53,7 +54,7 @@ class S3Options:
     sse_kms_key_id: str | None = None
     profile: str | None = None
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
 
 
 def parse_url(url: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from medvault.cli import (
     wal,
 )
 from medvault.cli.context import CliContext, warn
+from medvault.cli.entry import forbid_core_dumps
 from medvault.credentials import CredentialOptions
 from medvault.errors import MedvaultError
 
@@ -99,6 +100,7 @@ pg_recovery.register(app)
 
 
 def main() -> None:
+    forbid_core_dumps()  # again: this module may be run on its own (python -m)
     command = typer.main.get_command(app)
     try:
         code = command.main(prog_name="medvault", standalone_mode=False)

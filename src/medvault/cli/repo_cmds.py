@@ -38,20 +38,33 @@ def init(
         help="Share this repository's key material (a name or path/URL), so that `copy` "
         "moves packs without decrypting them.",
     ),
+    group: str | None = typer.Option(
+        None,
+        "--group",
+        metavar="NAME",
+        help="Let this group read a local repository (0750 directories, 0640 files); "
+        "by default it is its owner's alone (0700, 0600).",
+    ),
 ) -> None:
     """Create a new, empty repository."""
     from medvault.backends import open_backend
+    from medvault.backends.local import LocalBackend
     from medvault.repository.repo import Repository
 
     cli = obtain(ctx)
     url, repo_settings = cli.repository_target()
+    backend = open_backend(url, repo_settings)
+    if group is not None:
+        if not isinstance(backend, LocalBackend):
+            raise UsageError("--group applies to local repositories; on S3 use bucket policies")
+        backend.share_with_group(group)
     shared = cli.open(selector=copy_keys_from, other=True) if copy_keys_from else None
     if new_key_file:
         credential = _new_keyfile(new_key_file)
     else:
         credential = get_credential(cli.credentials, repo_settings, confirm=True)
     repo = Repository.init(
-        open_backend(url, repo_settings),
+        backend,
         credential,
         label=label,
         retention_period=cli.retention_period(None),
