@@ -654,3 +654,37 @@ def test_operations_guide_lists_every_exit_code_with_its_class() -> None:
         main.EXIT_BROKEN_PIPE,
     }
     assert set_by_commands <= set(rows)
+
+
+# -- secrets in DSNs, repository groups ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db dbname=emr user=backup password=hunter2",
+        "host=db password='hunter2' dbname=emr",
+        "postgresql://backup:hunter2@db/emr",
+        "postgresql://backup@db/emr?password=hunter2",
+        "postgresql://backup@db/emr?sslmode=require&password=hunter2",
+    ],
+)
+def test_a_dsn_holding_a_password_in_any_form_is_refused_exit_2(
+    cli: Cli, tmp_path: Path, dsn: str
+) -> None:
+    """pg_dump, pg_restore and pg_basebackup get the dsn on their command line, which `ps`
+    shows any local user."""
+    (tmp_path / "medvault.toml").write_text(
+        f'[repository.primary]\nurl = "/x"\n[source.emr]\nkind = "postgres"\ndsn = "{dsn}"\n'
+    )
+    done = cli("snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "source.emr: dsn: holds a password" in done.stderr and ".pgpass" in done.stderr
+    assert "hunter2" not in done.stderr and one_line(done.stderr)
+
+
+def test_init_with_an_unknown_group_exit_2_and_nothing_created(cli: Cli) -> None:
+    done = cli("init", "--group", "no-such-group-here", check=False)
+    assert done.returncode == 2
+    assert "no-such-group-here" in done.stderr and one_line(done.stderr)
+    assert not cli.repo.exists()

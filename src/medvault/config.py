@@ -42,7 +42,7 @@ class RepositorySettings(_Section):
     sse_kms_key_id: str | None = None
     profile: str | None = None
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
     plaintext_credentials: bool = False
     # A second repository (another [repository.NAME]) that `replicate` keeps up to date.
     secondary: str | None = None
@@ -139,18 +139,25 @@ class PostgresSourceSettings(_Section):
 
     @model_validator(mode="after")
     def _no_password_in_dsn(self) -> PostgresSourceSettings:
-        if re.search(r"(^|\s)password\s*=|://[^/@:]*:[^/@]*@", self.dsn):
-            raise ValueError(
-                "dsn: holds a password; remove it and use PGPASSWORD, a passfile= in the dsn, "
-                "PGPASSFILE or ~/.pgpass"
-            )
+        # pg_dump, pg_restore and pg_basebackup get the dsn on their command line, which any
+        # local user can read with ps.
+        holds_password = (
+            "dsn: holds a password; remove it and keep the password in a .pgpass password "
+            "file (passfile=PATH in the dsn, PGPASSFILE or ~/.pgpass) or in PGPASSWORD"
+        )
         from psycopg.conninfo import conninfo_to_dict
 
         try:
-            conninfo_to_dict(self.dsn)
-        except Exception as exc:  # libpq's own parser: the reason is its message
+            # libpq's own parser, so keyword=value and URI forms (user:secret@, ?password=)
+            # are read exactly as libpq will read them.
+            parts = conninfo_to_dict(self.dsn)
+        except Exception as exc:
+            if re.search(r"password|://[^/@]*:[^/@]*@", self.dsn, re.IGNORECASE):
+                raise ValueError(holds_password) from None  # libpq may quote the secret
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed"
             raise ValueError(f"dsn: {reason}") from None
+        if "password" in parts:
+            raise ValueError(holds_password)
         return self
 
 

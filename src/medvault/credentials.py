@@ -26,7 +26,28 @@ def _strip_newline(raw: bytes) -> bytes:
     return raw[:-1] if raw.endswith(b"\n") else raw
 
 
+def _warn_if_open_to_others(path: str, what: str) -> None:
+    """As ssh does for its keys: a secret file the group or others may read (or replace) is
+    still used, with a warning, so a careless chmod does not stop the night's backup."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return  # the read that follows says what is wrong
+    if mode & 0o077:
+        sys.stderr.write(
+            f"medvault: warning: {what} {path} is open to group or others (mode "
+            f"{mode:04o}); make it private: chmod 600 {path}\n"
+        )
+        sys.stderr.flush()
+
+
+def _keyfile(path: str) -> bytes:
+    _warn_if_open_to_others(path, "key file")
+    return read_keyfile(path)
+
+
 def _from_file(path: str) -> bytes:
+    _warn_if_open_to_others(path, "password file")
     try:
         with open(path, "rb") as handle:
             secret = _strip_newline(handle.read())
@@ -42,6 +63,8 @@ def _from_command(command: str, option: str) -> bytes:
     import shlex
     import subprocess
 
+    from medvault import childenv
+
     try:
         argv = shlex.split(command)
     except ValueError as exc:  # an unbalanced quote; never echo the command, it may hold a secret
@@ -49,7 +72,14 @@ def _from_command(command: str, option: str) -> bytes:
     if not argv:
         raise UsageError(f"{option} names no command")
     try:
-        done = subprocess.run(argv, capture_output=True, check=False, timeout=60, stdin=None)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            check=False,
+            timeout=60,
+            stdin=None,
+            env=childenv.for_password_command(),
+        )
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"password command could not run: {type(exc).__name__}") from None
     if done.returncode != 0:
@@ -84,7 +114,7 @@ def get_credential(
 ) -> Credential:
     """Command-line options first, then the environment, then the config file, then a prompt."""
     if options.key_file:
-        return Credential(keyfile_secret=read_keyfile(options.key_file), origin="--key-file")
+        return Credential(keyfile_secret=_keyfile(options.key_file), origin="--key-file")
     if options.password_file:
         return Credential(passphrase=_from_file(options.password_file), origin="--password-file")
     if options.password_command:
@@ -113,7 +143,7 @@ def _from_environment(prefix: str) -> Credential | None:
         return Credential(passphrase=secret, origin=prefix + "PASSWORD_COMMAND")
     if env.get(prefix + "KEY_FILE"):
         path = env[prefix + "KEY_FILE"]
-        return Credential(keyfile_secret=read_keyfile(path), origin=prefix + "KEY_FILE")
+        return Credential(keyfile_secret=_keyfile(path), origin=prefix + "KEY_FILE")
     return None
 
 
@@ -122,7 +152,7 @@ def _from_settings(repo_settings: RepositorySettings | None) -> Credential | Non
     if repo_settings is None:
         return None
     if repo_settings.key_file:
-        return Credential(keyfile_secret=read_keyfile(repo_settings.key_file), origin="config")
+        return Credential(keyfile_secret=_keyfile(repo_settings.key_file), origin="config")
     if repo_settings.password_file:
         return Credential(passphrase=_from_file(repo_settings.password_file), origin="config")
     if repo_settings.password_command:

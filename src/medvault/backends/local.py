@@ -2,6 +2,12 @@
 
 Writes go to a hidden temporary file in the destination directory, are fsynced, renamed into
 place and the directory is fsynced, so an object is either absent or complete and durable.
+
+Directories are 0700 and files 0600: the repository is its owner's alone. A repository
+shared with a group (`init --group NAME`, for a backup operators' group that reads it) has
+0750 directories with the setgid bit, so everything made in them belongs to that group, and
+0640 files. The setgid bit on the repository's own directory is what says so, for every
+later command, whatever the umask of the process writing.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import datetime as dt
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +27,12 @@ from medvault.errors import (
     ObjectLocked,
     ObjectNotFound,
     RepositoryExists,
+    UsageError,
 )
 
 TEMP_PREFIX = ".tmp-"
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+SHARED_DIR, SHARED_FILE = 0o2750, 0o640
 _TOP_LEVEL = ("data", "index", "snapshots", "keys", "locks")
 # Writers coordinate through these; an append-only repository still lets them come and go.
 MUTABLE_PREFIXES = ("locks/",)
@@ -46,6 +56,35 @@ class LocalBackend(Backend):
         self.url = str(self.root)
         self.local_path = str(self.root)
         self.append_only = append_only
+        self.group: int | None = None  # set by share_with_group before create
+        self._shared: bool | None = None  # read from the root's setgid bit on first write
+
+    def share_with_group(self, name: str) -> None:
+        """Make `create` open the repository to group `name` (read-only for its members)."""
+        import grp
+
+        try:
+            self.group = grp.getgrnam(name).gr_gid
+        except KeyError:
+            raise UsageError(f"--group {name}: no such group on this host") from None
+
+    @property
+    def shared(self) -> bool:
+        if self._shared is None:
+            try:
+                self._shared = bool(os.stat(self.root).st_mode & stat.S_ISGID)
+            except OSError:
+                self._shared = False
+        return self._shared
+
+    def _make_dir(self, path: Path) -> None:
+        """A directory with the repository's mode (set explicitly: the umask may differ).
+        One another writer made first is left as it is."""
+        try:
+            path.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            return
+        os.chmod(path, SHARED_DIR if self.shared else PRIVATE_DIR)
 
     @property
     def immutable(self) -> bool:
@@ -67,13 +106,18 @@ class LocalBackend(Backend):
         if self.root.exists() and any(self.root.iterdir()):
             raise RepositoryExists(f"{self.root} already exists and is not empty")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            if self.group is not None:
+                os.chown(self.root, -1, self.group)
+            os.chmod(self.root, PRIVATE_DIR if self.group is None else SHARED_DIR)
+            self._shared = self.group is not None
             for sub in _TOP_LEVEL:
-                (self.root / sub).mkdir(exist_ok=True)
+                self._make_dir(self.root / sub)
             # All 256 pack folders now, so that no later write depends on a new directory
             # entry reaching the disk.
             for prefix in range(256):
-                (self.root / "data" / f"{prefix:02x}").mkdir(exist_ok=True)
+                self._make_dir(self.root / "data" / f"{prefix:02x}")
             _fsync_dir(self.root / "data")
             _fsync_dir(self.root)
         except OSError as exc:
@@ -119,8 +163,10 @@ class LocalBackend(Backend):
         tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
         try:
             self._ensure_dir(path.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
             try:
+                if self.shared:
+                    os.fchmod(fd, SHARED_FILE)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -146,7 +192,7 @@ class LocalBackend(Backend):
         if folder.is_dir():
             return
         self._ensure_dir(folder.parent)
-        folder.mkdir(exist_ok=True)
+        self._make_dir(folder)
         _fsync_dir(folder.parent)
 
     def delete(self, name: str) -> None:

@@ -14,6 +14,7 @@ chain; botocore retries throttling, 5xx and timeouts with backoff.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -56,7 +57,7 @@ class S3Options:
     sse_kms_key_id: str | None = None
     profile: str | None = None
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
 
 
 # S3's bucket naming rules, and the relaxed ones of older buckets and of stores such as Ceph

@@ -100,7 +100,19 @@ def _fetch_usage() -> int:
     return wal.EXIT_ARCHIVE_UNUSABLE
 
 
+def forbid_core_dumps() -> None:
+    """No core file of this process: it would hold the master key, passphrases and patient
+    data in plaintext. The hard limit too, so nothing later in this process (or a program it
+    starts) raises it again."""
+    import contextlib
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):  # nothing to lower where it is unsupported
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def main() -> None:
+    forbid_core_dumps()
     code = _run_fast(sys.argv[1:])
     if code is None:
         from medvault.cli.main import main as full_main

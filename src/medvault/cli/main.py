@@ -26,6 +26,7 @@ from medvault.cli import (
     wal,
 )
 from medvault.cli.context import CliContext, warn
+from medvault.cli.entry import forbid_core_dumps
 from medvault.credentials import CredentialOptions
 from medvault.errors import MedvaultError, UsageError
 
@@ -154,6 +155,7 @@ def build_command() -> Any:
 
 
 def main() -> None:
+    forbid_core_dumps()  # again: this module may be run on its own (python -m)
     command = build_command()
     try:
         code = command.main(prog_name="medvault", standalone_mode=False)

@@ -89,6 +89,17 @@ def restore_command(cli: CliContext, source: str) -> str:
     return " ".join(shlex.quote(a) for a in args) + " %f %p"
 
 
+def server_environment(cli: CliContext, source: str) -> dict[str, str]:
+    """What a server started with --start carries for its restore_command beyond a minimal
+    environment: the store's AWS variables for an S3 repository (childenv.store_access)."""
+    from medvault import childenv
+
+    url, repo_settings = cli.repository_target(source)
+    profile = repo_settings.profile if repo_settings is not None else None
+    keys_in_config = repo_settings is not None and bool(repo_settings.access_key_id)
+    return childenv.store_access(url, profile, keys_in_config)
+
+
 def _pg_bin(cli: CliContext, source: str) -> str | None:
     from medvault.config import PostgresSourceSettings
 
@@ -139,6 +150,7 @@ def restore_physical_cmd(
         tablespaces=parse_tablespace_options(req.tablespace_map),
         start=req.start,
         pg_bin=_pg_bin(cli, snap.source),
+        server_environment=server_environment(cli, snap.source) if req.start else {},
     )
     total = int(snap.stats.get("total_bytes", 0)) or None
     with progress_bar("restoring", total, not req.as_json) as advance:

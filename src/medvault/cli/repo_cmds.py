@@ -38,15 +38,27 @@ def init(
         help="Share this repository's key material (a name or path/URL), so that `copy` "
         "moves packs without decrypting them.",
     ),
+    group: str | None = typer.Option(
+        None,
+        "--group",
+        metavar="NAME",
+        help="Let this group read a local repository (0750 directories, 0640 files); "
+        "by default it is its owner's alone (0700, 0600).",
+    ),
 ) -> None:
     """Create a new, empty repository."""
     from medvault.backends import open_backend
+    from medvault.backends.local import LocalBackend
     from medvault.repository.repo import Repository
 
     cli = obtain(ctx)
     url, repo_settings = cli.repository_target()
-    shared = cli.open(selector=copy_keys_from, other=True) if copy_keys_from else None
     backend = open_backend(url, repo_settings)
+    if group is not None:
+        if not isinstance(backend, LocalBackend):
+            raise UsageError("--group applies to local repositories; on S3 use bucket policies")
+        backend.share_with_group(group)
+    shared = cli.open(selector=copy_keys_from, other=True) if copy_keys_from else None
     # Before a passphrase is asked for or a key file written: neither could serve a
     # repository that is already there, and a key file left behind would belong to nothing.
     if new_key_file and os.path.exists(new_key_file):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from medvault import childenv
 from medvault.errors import (
     RecoveryFailed,
     RestoreTargetError,
@@ -731,6 +732,9 @@ class PhysicalRestoreOptions:
     start: bool = False
     pg_bin: str | None = None
     wait_timeout: float = WAIT_TIMEOUT_S
+    # What the started server needs beyond a minimal environment: its restore_command's
+    # credentials for the store (childenv.store_access), never a passphrase.
+    server_environment: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -847,6 +851,7 @@ def restore_physical(
             if target.kind != "latest"
             else "promote",
             options.wait_timeout,
+            access=ServerAccess(carries=options.server_environment),
         )
     return result
 
@@ -916,11 +921,13 @@ class ServerAccess:
     """How to reach and run a restored server: TCP on 127.0.0.1 by default, or a private
     socket directory (drills); `run_as` names the OS user pg_ctl runs as when medvault is
     root (PostgreSQL refuses root); `users` the roles to log in as, tried in order (the
-    first that exists is kept: a restored cluster's roles are production's, not ours)."""
+    first that exists is kept: a restored cluster's roles are production's, not ours);
+    `carries` the values the server needs beyond a minimal environment (childenv.py)."""
 
     host: str = "127.0.0.1"
     users: tuple[str, ...] = ()
     run_as: str | None = None
+    carries: dict[str, str] = field(default_factory=dict)
 
     def connect(self, port: int, dbname: str = "postgres", timeout: int = 3) -> Any:
         import psycopg
@@ -948,8 +955,9 @@ class ServerAccess:
         raise AssertionError("unreachable")
 
     def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        """A PostgreSQL program, as `run_as` when set, in this process's environment (a
-        server recovered with --start may go on serving: it keeps the locale it was given)."""
+        """A PostgreSQL program, as `run_as` when set, in the server's environment: this
+        process's locale (a server recovered with --start may go on serving and keeps the
+        locale it was given), none of its secrets."""
         identity: dict[str, Any] = {}
         if self.run_as is not None:
             import pwd
@@ -963,6 +971,7 @@ class ServerAccess:
             stdin=subprocess.DEVNULL,
             check=False,
             timeout=timeout,
+            env=childenv.for_server(self.run_as, self.carries),
             **identity,
         )
 
@@ -998,7 +1007,7 @@ def _from_control_data(pgdata: str, pg_ctl: str, reached: Reached) -> None:
             text=True,
             check=False,
             timeout=30,
-            env=os.environ | {"LC_ALL": "C"},
+            env=childenv.for_server() | {"LC_ALL": "C"},
         )
     except OSError:
         return

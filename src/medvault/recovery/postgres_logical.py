@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from medvault import childenv
 from medvault.errors import (
     IntegrityError,
     MedvaultError,
@@ -120,15 +121,21 @@ def run_pg_restore(
     *,
     on_progress: Callable[[int], None] | None = None,
     capture: bool = False,
+    dsn: str | None = None,
 ) -> tuple[int, str, StderrTail, int]:
-    """pg_restore ARGS with the archive on stdin: (exit code, stdout, stderr tail, bytes fed)."""
-    proc = subprocess.Popen(
-        [pg_restore, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-    )
+    """pg_restore ARGS with the archive on stdin, into the database of `dsn` when given:
+    (exit code, stdout, stderr tail, bytes fed)."""
+    with childenv.libpq_client(dsn) as client:
+        target = [f"--dbname={client.dsn}"] if client.dsn is not None else []
+        proc = subprocess.Popen(
+            [pg_restore, *args, *target],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            env=client.env,
+            pass_fds=client.pass_fds,
+        )
     assert proc.stdin is not None and proc.stderr is not None
     stderr = StderrTail(proc.stderr)
     out: list[bytes] = []
@@ -349,12 +356,7 @@ def restore_logical(
     pg_restore = _pg_restore(snapshot, pg_bin, major)
     listdir = None
     try:
-        args = [
-            "--exit-on-error",
-            "--single-transaction",
-            "--no-password",
-            f"--dbname={target}",
-        ]
+        args = ["--exit-on-error", "--single-transaction", "--no-password"]
         if clean:
             args += ["--clean", "--if-exists"]
         if not selection.everything:
@@ -367,7 +369,7 @@ def restore_logical(
                 handle.write(toc)
             args += ["-L", listfile]
         code, _out, stderr, fed = run_pg_restore(
-            pg_restore, args, repo, snapshot, on_progress=on_progress
+            pg_restore, args, repo, snapshot, on_progress=on_progress, dsn=target
         )
         if code != 0:
             raise _restore_failed(stderr, database, clean)

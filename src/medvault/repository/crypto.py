@@ -4,7 +4,7 @@ wrapped under a key-encryption key (KEK) named by id. See docs/format.md, "Key b
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -33,7 +33,7 @@ def storage_id(data: bytes) -> str:
 @dataclass(frozen=True)
 class DataKey:
     key_id: bytes
-    key: bytes
+    key: bytes = field(repr=False)  # never in a log line or a traceback
 
     @classmethod
     def generate(cls) -> DataKey:

@@ -51,9 +51,10 @@ def now_iso() -> str:
 
 @dataclass(frozen=True)
 class MasterKey:
-    id_key: bytes
-    mac_key: bytes
-    chunker_seed: int
+    # repr=False: a key must never reach a log line or a traceback (DataKey hides its own).
+    id_key: bytes = field(repr=False)
+    mac_key: bytes = field(repr=False)
+    chunker_seed: int = field(repr=False)  # chunk boundaries would fingerprint files
     data_keys: tuple[DataKey, ...]
     current_key_id: bytes
 
@@ -255,8 +256,8 @@ class KeySlot:
     host: str
     user: str
     label: str
-    nonce: bytes
-    wrapped: bytes
+    nonce: bytes = field(repr=False)
+    wrapped: bytes = field(repr=False)  # the master key, encrypted: no need to print it
     kdf: dict[str, Any] = field(default_factory=dict)
     keyfile_id: str = ""
     problem: str = ""  # why this slot cannot open anything; empty when it can

@@ -35,6 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from medvault import faults
 from medvault.errors import MedvaultError, RecoveryFailed, first_line
 from medvault.recovery.postgres import write_private_file
 
@@ -364,6 +365,7 @@ def run_physical_drill(
             access=access,
             failed=lambda: feeder.error if feeder is not None else None,
         )
+        faults.point("drill.server-running")
         how = "the newest archived WAL" if to_latest else "the end of the backup"
         took = time.monotonic() - began
         add(

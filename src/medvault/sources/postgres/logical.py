@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
 import secrets
 import shutil
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from medvault import childenv
 from medvault.errors import MedvaultError, SourceUnavailable
 from medvault.sources.postgres.server import connect, describe_dsn, find_program
 from medvault.sources.stream import backup_stream
@@ -95,7 +95,12 @@ def program_version(program: str) -> str:
     """`pg_dump --version` as printed, e.g. 'pg_dump (PostgreSQL) 15.8'."""
     try:
         done = subprocess.run(
-            [program, "--version"], capture_output=True, text=True, timeout=30, check=True
+            [program, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            env=childenv.minimal(),
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise SourceUnavailable(f"cannot run {program}: {exc}") from None
@@ -263,22 +268,25 @@ def backup_logical(
         pg_dump = find_program("pg_dump", pg_bin, facts["server_version_num"] // 10000)
         dump_version = program_version(pg_dump)
         app_name = f"medvault-pg_dump-{secrets.token_hex(6)}"
-        dump = subprocess.Popen(
-            [
-                *_large_stdout_buffer(),
-                pg_dump,
-                f"--snapshot={snapshot_row[0]}",
-                "--format=custom",
-                "--compress=0",
-                "--no-password",  # never prompt: the password comes from the environment
-                f"--dbname={target}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-            env=os.environ | {"PGAPPNAME": app_name},
-        )
+        # The passfile (if any) is inherited: pg_dump keeps it open after our copy closes.
+        with childenv.libpq_client(target) as client:
+            dump = subprocess.Popen(
+                [
+                    *_large_stdout_buffer(),
+                    pg_dump,
+                    f"--snapshot={snapshot_row[0]}",
+                    "--format=custom",
+                    "--compress=0",
+                    "--no-password",  # never prompt: libpq finds the password on its own
+                    f"--dbname={client.dsn}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                env=client.env | {"PGAPPNAME": app_name},
+                pass_fds=client.pass_fds,
+            )
         assert dump.stdout is not None and dump.stderr is not None
         _enlarge_pipe(dump.stdout)
         stderr = StderrTail(dump.stderr)

@@ -512,6 +512,7 @@ def backup_streamed(
     import subprocess
     import tempfile
 
+    from medvault import childenv
     from medvault.sources.postgres.server import find_program
 
     with connect(settings.dsn, what=f"PostgreSQL source {source}") as conn:
@@ -535,13 +536,20 @@ def backup_streamed(
             "its WAL; turn archiving on first"
         )
     program = find_program("pg_basebackup", settings.pg_bin, server.major)
-    args = [program, "--dbname", settings.dsn, "-D", "-", "-F", "tar", "-X", "none"]
-    args += ["--checkpoint", settings.checkpoint, "--manifest-checksums", "NONE"]
-    args += ["--no-verify-checksums"]  # medvault verifies pages itself, and names relations
-    args += ["--label", f"medvault {source}"]
     # stderr holds no data, only progress and errors; a spooled buffer keeps it in memory.
     errors = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors)
+    with childenv.libpq_client(settings.dsn) as client:
+        args = [program, "--dbname", str(client.dsn), "-D", "-", "-F", "tar", "-X", "none"]
+        args += ["--checkpoint", settings.checkpoint, "--manifest-checksums", "NONE"]
+        args += ["--no-verify-checksums"]  # medvault verifies pages itself, names relations
+        args += ["--label", f"medvault {source}", "--no-password"]
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=client.env,
+            pass_fds=client.pass_fds,
+        )
     assert proc.stdout is not None
     backup_facts: dict[str, Any] = {
         "pg_version_num": server.version_num,
