@@ -30,6 +30,7 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from medvault import faults
 from medvault.errors import (
     IntegrityError,
     RestoreTargetError,
@@ -495,6 +496,7 @@ class FileRestore:
                 os.close(fd)
             if self.atomic:
                 os.rename(path, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            faults.point("restore.file-written")
         except BaseException as exc:
             if self.atomic:
                 with contextlib.suppress(OSError):
