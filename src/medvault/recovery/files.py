@@ -48,6 +48,7 @@ WRITERS = 4
 TEMP_PREFIX = b".medvault-restore-"
 WRITEBACK_EVERY = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -98,6 +99,7 @@ class RestoreResult:
     bytes_written: int = 0
     duration: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    setid_cleared: int = 0  # files whose setuid/setgid bits were not restored
 
 
 def _split(path: str) -> tuple[bytes, ...]:
@@ -237,8 +239,10 @@ class FileRestore:
         on_progress: Callable[[int], None] | None = None,
         atomic: bool = True,
         hold_back: Iterable[str] = (),
+        keep_setuid: bool = False,
     ) -> None:
-        """atomic=False writes files in place instead of under a temporary name (for a target
+        """keep_setuid=False clears the setuid and setgid bits of restored files (see
+        `_mode`). atomic=False writes files in place instead of under a temporary name (for a target
         that is unusable until the caller completes it, such as a data directory without
         pg_control); hold_back names paths the restore leaves out, for the caller to restore
         last."""
@@ -260,6 +264,7 @@ class FileRestore:
         self._children: dict[PlannedEntry | None, set[bytes]] | None = None
         self.atomic = atomic
         self.hold_back = {_split(path) for path in hold_back}
+        self.keep_setuid = keep_setuid
         self.result = RestoreResult()
 
     def run(self) -> RestoreResult:
@@ -625,8 +630,19 @@ class FileRestore:
     def _apply_metadata(self, fd: int, node: Node) -> None:
         if self._chown:
             os.fchown(fd, node.uid, node.gid)
-        os.fchmod(fd, node.mode)
+        os.fchmod(fd, self._mode(node))
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+    def _mode(self, node: Node) -> int:
+        """A file's setuid and setgid bits are cleared unless asked for: whoever could write
+        the snapshot (any client holding the key) could otherwise plant a setuid-root program
+        that a later restore as root installs. Directories keep theirs (setgid on a shared
+        folder only passes its group on) and the sticky bit stays everywhere."""
+        if self.keep_setuid or node.type != FILE or not node.mode & SETID_BITS:
+            return node.mode
+        with self._count_lock:
+            self.result.setid_cleared += 1
+        return node.mode & ~SETID_BITS
 
 
 def restore_files(
@@ -642,6 +658,7 @@ def restore_files(
     on_progress: Callable[[int], None] | None = None,
     atomic: bool = True,
     hold_back: Iterable[str] = (),
+    keep_setuid: bool = False,
 ) -> RestoreResult:
     """Restore `snapshot` (or its directory `root`) into `target`; see FileRestore."""
     return FileRestore(
@@ -656,6 +673,7 @@ def restore_files(
         on_progress=on_progress,
         atomic=atomic,
         hold_back=hold_back,
+        keep_setuid=keep_setuid,
     ).run()
 
 
