@@ -160,10 +160,13 @@ def test_unreadable_file_is_named_counted_and_exit_3(tmp_path: Path) -> None:
 class ConcurrentWriter(FileBackup):
     """A writer appends to every file just as the backup opens it, after the directory scan."""
 
-    def _open(self, path: bytes) -> int:
-        with open(path, "ab") as handle:
-            handle.write(b"late write")
-        return super()._open(path)
+    def _open(self, dir_fd: int, name: bytes) -> int:
+        fd = os.open(name, os.O_WRONLY | os.O_APPEND, dir_fd=dir_fd)
+        try:
+            os.write(fd, b"late write")
+        finally:
+            os.close(fd)
+        return super()._open(dir_fd, name)
 
 
 def test_file_changing_while_read_is_reported(repo: Repository, tmp_path: Path) -> None:

@@ -11,19 +11,28 @@ import time
 from pathlib import Path
 
 import psycopg
-from tests.pgcluster import PgCluster, PgWorld, as_postgres, popen_as_postgres, run_as_postgres
+from tests.faultpoints import Pause, faults_env
+from tests.pgcluster import (
+    PgCluster,
+    PgWorld,
+    as_postgres,
+    make_pg_tempdir,
+    popen_as_postgres,
+    run_as_postgres,
+)
 
-from conftest import MEDVAULT, Cli, S3Server
+from conftest import MEDVAULT, PASSWORD, Cli, S3Server
 
 MiB = 1024 * 1024
 
 
-def files_cli(tmp_path: Path, data: Path, rto: str = "1h") -> Cli:
+def files_cli(tmp_path: Path, data: Path, rto: str = "1h", scratch: Path | None = None) -> Cli:
     config = tmp_path / "medvault.toml"
     config.write_text(
         f'[repository.main]\nurl = "{tmp_path / "repo"}"\n'
         f'[tier.records]\nrto = "{rto}"\ndrill_every = "7d"\n'
         f'[source.letters]\nkind = "files"\npaths = ["{data}"]\ntier = "records"\n'
+        + (f'[drill]\nscratch = "{scratch}"\n' if scratch is not None else "")
     )
     cli = Cli("main", tmp_path, tmp_path / "repo")
     cli.env["MEDVAULT_CONFIG"] = str(config)
@@ -88,6 +97,133 @@ def test_an_interrupted_drill_cleans_up(tmp_path: Path, make_tree) -> None:
     assert not list(scratch.iterdir()), "Ctrl-C still removes the restored data"
 
 
+def test_a_files_drill_as_an_unprivileged_user_removes_read_only_data_and_passes() -> None:
+    """Restored as a user other than root, a 0555 directory of 0444 files cannot be emptied
+    until its owner makes it writable again: the drill does, and leaves nothing behind."""
+    base = make_pg_tempdir("medvault-test-user-")
+    try:
+        scans = base / "data" / "scans"
+        scans.mkdir(parents=True)
+        for n in range(3):
+            (scans / f"scan{n}.dcm").write_bytes(os.urandom(4096))
+            (scans / f"scan{n}.dcm").chmod(0o444)
+        scans.chmod(0o555)
+        scratch = base / "scratch"
+        scratch.mkdir()
+        as_postgres(scratch)
+        config = base / "medvault.toml"
+        config.write_text(
+            f'[repository.main]\nurl = "{base / "repo"}"\n'
+            f'[source.letters]\nkind = "files"\npaths = ["{base / "data"}"]\n'
+        )
+        env = {"PATH": os.environ["PATH"], "MEDVAULT_PASSWORD": PASSWORD}
+        env["MEDVAULT_CONFIG"] = str(config)
+        run_as_postgres([MEDVAULT, "init"], env=env)
+        run_as_postgres([MEDVAULT, "backup", "letters"], env=env)
+        done = run_as_postgres(
+            [MEDVAULT, "drill", "letters", "--scratch", str(scratch), "--json"],
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["ok"]
+        assert not list(scratch.iterdir()), "no decrypted patient data is left"
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+def test_a_drill_whose_copy_cannot_be_removed_fails_naming_what_is_left(
+    tmp_path: Path, make_tree
+) -> None:
+    data = make_tree({"scans/ct.dcm": os.urandom(4096)})
+    cli = files_cli(tmp_path, data)
+    cli("backup", "letters")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pause = Pause(tmp_path / "faults", "drill.before-cleanup")
+    proc = subprocess.Popen(
+        [MEDVAULT, "drill", "letters", "--scratch", str(scratch), "--json"],
+        env=cli.env | faults_env(**{"drill.before-cleanup": pause.action}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pause.wait(proc)
+    (stuck,) = scratch.rglob("ct.dcm")
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)  # not even root may unlink it
+    try:
+        pause.release()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 23, err
+        cleanup = {c["name"]: c for c in json.loads(out)["checks"]}["cleanup"]
+        assert not cleanup["ok"], cleanup
+        assert f"{stuck}: Operation not permitted" in cleanup["detail"]
+        assert "remove it by hand" in cleanup["detail"]
+        assert str(stuck) in err
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+
+
+def test_a_killed_drills_scratch_is_reported_by_status_and_removed_by_the_next_drill(
+    tmp_path: Path, make_tree
+) -> None:
+    data = make_tree({f"scans/scan{n}.dcm": os.urandom(64 * 1024) for n in range(4)})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cli = files_cli(tmp_path, data, scratch=scratch)
+    (tmp_path / "tmp").mkdir()
+    cli.env["TMPDIR"] = str(tmp_path / "tmp")  # status looks there too: only this test's
+    cli("backup", "letters")
+    killed = cli(
+        "drill", "letters", env=faults_env(**{"restore.file-written": "kill"}), check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (left,) = scratch.iterdir()
+    assert left.name.startswith("medvault-drill-") and any(left.rglob("scan*.dcm"))
+    (listed,) = json.loads(cli("status", "--json").stdout)["drill_scratch"]
+    assert listed["path"] == str(left) and listed["drill_ended"], listed
+    assert listed["state"] == "CRITICAL" and "no longer running" in listed["owner"]
+    assert f"drill scratch: CRITICAL: {left} holds a restored copy" in cli("status").stdout
+    result = json.loads(cli("drill", "letters", "--json").stdout)
+    assert result["ok"], result
+    swept = {c["name"]: c for c in result["checks"]}["leftover scratch"]
+    assert swept["ok"] and f"removed {left}" in swept["detail"], swept
+    assert not list(scratch.iterdir())
+    assert json.loads(cli("status", "--json").stdout)["drill_scratch"] == []
+
+
+def test_a_drill_leaves_the_scratch_of_a_drill_still_running_alone(
+    tmp_path: Path, make_tree
+) -> None:
+    data = make_tree({"scans/ct.dcm": os.urandom(4096)})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cli = files_cli(tmp_path, data, scratch=scratch)
+    (tmp_path / "tmp").mkdir()
+    cli.env["TMPDIR"] = str(tmp_path / "tmp")
+    cli("backup", "letters")
+    pause = Pause(tmp_path / "faults", "drill.before-cleanup")
+    running = subprocess.Popen(
+        [MEDVAULT, "drill", "letters"],
+        env=cli.env | faults_env(**{"drill.before-cleanup": pause.action}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pause.wait(running)
+        (busy,) = scratch.iterdir()
+        result = json.loads(cli("drill", "letters", "--json").stdout)
+        assert result["ok"] and "leftover scratch" not in {c["name"] for c in result["checks"]}
+        assert list(scratch.iterdir()) == [busy], "the running drill's copy is untouched"
+        assert json.loads(cli("status", "--json").stdout)["drill_scratch"] == []
+    finally:
+        pause.release()
+        _, err = running.communicate(timeout=120)
+    assert running.returncode == 0, err
+    assert not list(scratch.iterdir())
+
+
 def test_logical_drill_compares_every_tables_row_count(pg_world: PgWorld) -> None:
     world = pg_world
     cluster = world.start_archiving_cluster()
@@ -130,6 +266,35 @@ def test_a_logical_drill_whose_copy_cannot_be_dropped_fails_naming_it(
     assert "template" in cleanup["detail"] and "drop it by hand" in cleanup["detail"]
     cluster.execute(f"ALTER DATABASE {left[0]} IS_TEMPLATE false")
     cluster.execute(f"DROP DATABASE {left[0]}")
+
+
+def test_a_killed_logical_drills_database_is_dropped_by_the_next_logical_drill(
+    pg_world: PgWorld,
+) -> None:
+    world = pg_world
+    cluster = world.start_archiving_cluster()
+    cluster.execute(
+        "CREATE TABLE patients (id int); INSERT INTO patients SELECT generate_series(1, 50)"
+    )
+    world.cli("backup", "emr", "--logical")
+    killed = world.cli(
+        "drill",
+        "emr",
+        "--kind",
+        "logical",
+        env=faults_env(**{"drill.before-cleanup": "kill"}),
+        check=False,
+    )
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed.stderr
+    databases = [row[0] for row in cluster.query("SELECT datname FROM pg_database")]
+    (left,) = [name for name in databases if name.startswith("medvault_drill_")]
+    assert cluster.scalar("SELECT count(*) FROM patients", dbname=left) == 50
+    result = json.loads(world.cli("drill", "emr", "--kind", "logical", "--json").stdout)
+    assert result["ok"], result
+    swept = {c["name"]: c for c in result["checks"]}["leftover scratch"]
+    assert swept["ok"] and f"dropped database {left}" in swept["detail"], swept
+    databases = [row[0] for row in cluster.query("SELECT datname FROM pg_database")]
+    assert not any(name.startswith("medvault_drill_") for name in databases)
 
 
 def _physical_world(world: PgWorld, drill_section: str = "") -> None:

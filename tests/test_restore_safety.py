@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -114,3 +115,69 @@ def test_target_that_is_a_file_is_refused(initialized_cli: Cli, make_tree, tmp_p
 
 def test_password_constant_is_not_the_default(repo: Repository) -> None:
     assert repo.slot.kind == "passphrase" and PASSWORD
+
+
+def _setid_tree(make_tree, initialized_cli: Cli) -> Path:
+    """A setuid-root program, a setgid one, a setgid shared folder and a sticky drop folder,
+    backed up: what a client holding the key could plant in any snapshot."""
+    data = make_tree(
+        {
+            "bin/tool": b"#!/bin/sh\n",
+            "bin/group-tool": b"#!/bin/sh\n",
+            "shared/a": b"",
+            "drop/b": b"",
+        }
+    )
+    (data / "bin/tool").chmod(0o4755)
+    (data / "bin/group-tool").chmod(0o2755)
+    (data / "shared").chmod(0o2775)
+    (data / "drop").chmod(0o1777)
+    initialized_cli("backup", str(data))
+    return data
+
+
+def _modes(root: Path) -> dict[str, int]:
+    names = ("bin/tool", "bin/group-tool", "shared", "drop")
+    return {name: (root / name).stat().st_mode & 0o7777 for name in names}
+
+
+def test_restore_clears_setuid_and_setgid_bits_of_files_by_default(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    """Run as root, a restore would install a planted setuid-root program as one. Files lose
+    both bits (and the restore says how many); directories keep setgid (a shared folder's
+    group) and the sticky bit."""
+    data = _setid_tree(make_tree, initialized_cli)
+    done = initialized_cli("restore", "latest", "--target", str(tmp_path / "out"))
+    restored = tmp_path / "out" / str(data).lstrip("/")
+    assert (restored / "bin/tool").stat().st_uid == 0
+    assert _modes(restored) == {
+        "bin/tool": 0o755,
+        "bin/group-tool": 0o755,
+        "shared": 0o2775,
+        "drop": 0o1777,
+    }
+    assert "2 file(s) restored without their setuid/setgid bits" in done.stderr
+    assert "--keep-setuid" in done.stderr
+    quiet = initialized_cli(
+        "restore", "latest", "--target", str(tmp_path / "again"), "--no-setuid", "--json"
+    )
+    assert json.loads(quiet.stdout)["setid_cleared"] == 2
+    assert _modes(tmp_path / "again" / str(data).lstrip("/"))["bin/tool"] == 0o755
+
+
+def test_restore_keeps_setuid_and_setgid_bits_with_keep_setuid(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    data = _setid_tree(make_tree, initialized_cli)
+    done = initialized_cli(
+        "restore", "latest", "--target", str(tmp_path / "out"), "--keep-setuid", "--json"
+    )
+    assert json.loads(done.stdout)["setid_cleared"] == 0
+    assert "setuid" not in done.stderr
+    assert _modes(tmp_path / "out" / str(data).lstrip("/")) == {
+        "bin/tool": 0o4755,
+        "bin/group-tool": 0o2755,
+        "shared": 0o2775,
+        "drop": 0o1777,
+    }

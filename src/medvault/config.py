@@ -108,6 +108,13 @@ class DrillSettings(_Section):
     shared_buffers: str = Field(default="128MB", pattern=r"^\d+\s*(kB|MB|GB|TB)?$")
 
 
+class DrillDefaults(_Section):
+    """`[drill]`: where restore drills make their scratch directories (default: the
+    system's temporary directory). `medvault status` looks there for scratch left behind."""
+
+    scratch: str | None = None
+
+
 class PostgresSourceSettings(_Section):
     """A PostgreSQL cluster. The DSN carries no password: libpq takes it from PGPASSWORD,
     PGPASSFILE or ~/.pgpass, so it never sits in medvault.toml or in any log line."""
@@ -228,6 +235,7 @@ class Settings(_Section):
     repository: dict[str, RepositorySettings] = {}
     source: dict[str, SourceSettings] = {}
     tier: dict[str, TierSettings] = {}
+    drill: DrillDefaults = DrillDefaults()
     path: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

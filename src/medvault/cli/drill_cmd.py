@@ -20,7 +20,10 @@ def drill(
     source: str = typer.Argument(..., help="A source from medvault.toml, or a source name."),
     snapshot: str | None = typer.Option(None, "--snapshot", help="Default: the newest."),
     scratch: str | None = typer.Option(
-        None, "--scratch", help="Where restored files go for the drill (removed after)."
+        None,
+        "--scratch",
+        help="Where restored files go for the drill (removed after); default: [drill] "
+        "scratch in medvault.toml, else the system's temporary directory.",
     ),
     to_latest: bool = typer.Option(
         False,
@@ -74,7 +77,7 @@ def drill(
         repo,
         snap,
         rto=rto,
-        scratch=scratch,
+        scratch=scratch or cli.settings.drill.scratch,
         dsn=postgres.dsn if postgres else None,
         pg_bin=postgres.pg_bin if postgres else None,
         to_latest=to_latest,

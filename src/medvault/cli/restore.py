@@ -81,6 +81,12 @@ def restore(
         [], "--include", help="Restore only this path (repeatable)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in the target."),
+    keep_setuid: bool = typer.Option(
+        False,
+        "--keep-setuid/--no-setuid",
+        help="Files: restore the setuid and setgid bits of files too (default: cleared, "
+        "since whoever holds the key could have planted a setuid-root program).",
+    ),
     database: str | None = typer.Option(
         None, "--database", "-d", help="Logical: restore into this database."
     ),
@@ -189,7 +195,19 @@ def restore(
     total = int(snap.stats.get("total_bytes", 0)) or None
     with progress_bar("restoring", total if not includes else None, not as_json) as advance:
         result = restore_files(
-            repo, snap, target, includes=includes, overwrite=overwrite, on_progress=advance
+            repo,
+            snap,
+            target,
+            includes=includes,
+            overwrite=overwrite,
+            on_progress=advance,
+            keep_setuid=keep_setuid,
+        )
+    if result.setid_cleared:
+        repo.warnings.append(
+            f"{result.setid_cleared} file(s) restored without their setuid/setgid bits; "
+            "restore them with --keep-setuid if you trust every client that writes this "
+            "repository"
         )
     if as_json:
         print_json(
@@ -202,6 +220,7 @@ def restore(
                 "bytes_written": result.bytes_written,
                 "duration_s": round(result.duration, 3),
                 "skipped": result.skipped,
+                "setid_cleared": result.setid_cleared,
             }
         )
         return

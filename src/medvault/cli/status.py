@@ -1,6 +1,7 @@
 """`medvault status`: per source, the newest backup and WAL against the tier's RPO, and how far
 the repository's secondary lags behind it. States: OK, WARN (past the RPO, within twice
-it; or the secondary behind), CRITICAL (beyond twice the RPO; or the secondary unreachable)."""
+it; or the secondary behind), CRITICAL (beyond twice the RPO; or the secondary unreachable;
+or a drill's scratch copy of patient data left on this host)."""
 
 from __future__ import annotations
 
@@ -188,6 +189,27 @@ def _wal_sources(repo: Repository) -> set[str]:
     return {obj.name.split("/")[1] for obj in repo.backend.list("wal") if obj.name.count("/") >= 2}
 
 
+def _drill_scratch(cli: CliContext) -> list[dict[str, Any]]:
+    """Scratch directories of drills no longer running (killed before they could remove
+    their restored copy), in the configured scratch root and the system's temporary
+    directory, on this host."""
+    import tempfile
+
+    from medvault.verification.scratch import find_leftovers, scratch_root
+
+    roots = [scratch_root(cli.settings.drill.scratch), tempfile.gettempdir()]
+    return [
+        {
+            "path": item.path,
+            "owner": item.owner,
+            "started": item.started,
+            "drill_ended": item.ended,
+            "state": CRITICAL,
+        }
+        for item in find_leftovers(roots)
+    ]
+
+
 def status(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json"),
@@ -209,6 +231,7 @@ def status(
         "sources": _source_rows(cli, repo, snaps),
         "problems": _lock_problems(repo),
         "secondary": None,
+        "drill_scratch": _drill_scratch(cli),
     }
     if settings is not None and settings.secondary is not None:
         report["secondary"] = _secondary_lag(cli, repo, settings.secondary, snaps)
@@ -244,6 +267,17 @@ def status(
             print(f"  {row['source']}: {problem}")
     for problem in report["problems"]:
         print(f"repository: {problem}")
+    for left in report["drill_scratch"]:
+        todo = (
+            "the next drill here removes it"
+            if left["drill_ended"]
+            else "remove it by hand once that drill is over"
+        )
+        since = f", started {left['started']}" if left["started"] else ""
+        print(
+            f"drill scratch: {left['state']}: {left['path']} holds a restored copy of patient "
+            f"data ({left['owner']}{since}); {todo}"
+        )
     lag = report["secondary"]
     if lag is not None:
         if "error" in lag:

@@ -19,7 +19,6 @@ import errno
 import io
 import os
 import secrets
-import shutil
 import stat
 import threading
 import time
@@ -30,6 +29,8 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from medvault import faults
+from medvault.dirpath import DirPath, remove_tree
 from medvault.errors import (
     IntegrityError,
     RestoreTargetError,
@@ -48,6 +49,7 @@ WRITERS = 4
 TEMP_PREFIX = b".medvault-restore-"
 WRITEBACK_EVERY = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -62,10 +64,30 @@ def _load_libc() -> ctypes.CDLL | None:
 _libc = _load_libc()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class PlannedEntry:
-    parts: tuple[bytes, ...]  # path below the target, one validated component each
+    """One entry of a restore plan. An entry names the entry of its directory rather than
+    carrying its whole path, so a plan stays linear in size however deep the tree (a path
+    per entry is quadratic: 400 MB of tuples for a chain of 10,000 directories)."""
+
+    parent: PlannedEntry | None  # None: directly in the target
+    name: bytes  # one validated component
     node: Node
+    depth: int  # 1 for an entry directly in the target
+
+    @property
+    def parts(self) -> tuple[bytes, ...]:
+        """The path below the target, one component each (for messages: it costs the depth)."""
+        names = []
+        entry: PlannedEntry | None = self
+        while entry is not None:
+            names.append(entry.name)
+            entry = entry.parent
+        return tuple(reversed(names))
+
+
+def _planned(parent: PlannedEntry | None, node: Node) -> PlannedEntry:
+    return PlannedEntry(parent, node.name, node, parent.depth + 1 if parent else 1)
 
 
 @dataclass
@@ -78,6 +100,7 @@ class RestoreResult:
     bytes_written: int = 0
     duration: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    setid_cleared: int = 0  # files whose setuid/setgid bits were not restored
 
 
 def _split(path: str) -> tuple[bytes, ...]:
@@ -127,9 +150,12 @@ def plan_restore(
     wanted = sorted({include_parts(p) for p in includes}) or [()]
     start = _subtree(repo, snapshot, root)
     plan: list[PlannedEntry] = []
-    seen: set[tuple[bytes, ...]] = set()
+    on_the_way: dict[tuple[bytes, ...], PlannedEntry] = {}  # included paths and their parents
+    whole: list[tuple[bytes, ...]] = []  # included paths planned with all below them
     for parts in wanted:
+        covered = any(parts[: len(done)] == done for done in whole)
         tree: bytes | None = start
+        parent: PlannedEntry | None = None
         for depth, name in enumerate(parts):
             nodes = {n.name: n for n in repo.load_tree(tree)} if tree else {}
             node = nodes.get(name)
@@ -137,30 +163,38 @@ def plan_restore(
                 shown = "/".join(display_path(p) for p in parts)
                 raise SnapshotNotFound(f"path /{shown} is not in snapshot {snapshot.short_id}")
             prefix = parts[: depth + 1]
-            if prefix not in seen:
-                seen.add(prefix)
-                plan.append(PlannedEntry(prefix, node))
-            tree = node.subtree
+            entry = on_the_way.get(prefix)
+            if entry is None:
+                entry = on_the_way[prefix] = _planned(parent, node)
+                if not covered:
+                    plan.append(entry)
+            parent, tree = entry, node.subtree
+        if covered:
+            continue  # below an included directory: planned with it already
+        whole.append(parts)
         if tree is not None:
-            _plan_tree(repo, tree, parts, plan, seen)
+            _plan_tree(repo, tree, parent, plan)
     return plan
 
 
 def _plan_tree(
-    repo: Repository,
-    tree: bytes,
-    prefix: tuple[bytes, ...],
-    plan: list[PlannedEntry],
-    seen: set[tuple[bytes, ...]],
+    repo: Repository, tree: bytes, parent: PlannedEntry | None, plan: list[PlannedEntry]
 ) -> None:
-    for node in repo.load_tree(tree):
-        parts = (*prefix, node.name)
-        if parts in seen:
+    """Everything below `tree`, depth-first, with an explicit stack: a tree may be deeper
+    than Python's recursion limit."""
+    levels = [iter(repo.load_tree(tree))]
+    parents = [parent]
+    while levels:
+        node = next(levels[-1], None)
+        if node is None:
+            levels.pop()
+            parents.pop()
             continue
-        seen.add(parts)
-        plan.append(PlannedEntry(parts, node))
+        entry = _planned(parents[-1], node)
+        plan.append(entry)
         if node.subtree is not None:
-            _plan_tree(repo, node.subtree, parts, plan, seen)
+            levels.append(iter(repo.load_tree(node.subtree)))
+            parents.append(entry)
 
 
 def ordered_prefetch(
@@ -200,9 +234,10 @@ def _syncfs(fd: int) -> None:
 
 @dataclass
 class _OpenDir:
-    parts: tuple[bytes, ...]
-    fd: int
-    node: Node | None
+    """A directory on the path to the current plan entry, with the writes into it not yet
+    awaited (its descriptor is the DirPath's)."""
+
+    entry: PlannedEntry | None  # None: the target itself
     writes: list[Future[int]] = field(default_factory=list)
 
 
@@ -222,8 +257,10 @@ class FileRestore:
         on_progress: Callable[[int], None] | None = None,
         atomic: bool = True,
         hold_back: Iterable[str] = (),
+        keep_setuid: bool = False,
     ) -> None:
-        """atomic=False writes files in place instead of under a temporary name (for a target
+        """keep_setuid=False clears the setuid and setgid bits of restored files (see
+        `_mode`). atomic=False writes files in place instead of under a temporary name (for a target
         that is unusable until the caller completes it, such as a data directory without
         pg_control); hold_back names paths the restore leaves out, for the caller to restore
         last."""
@@ -241,9 +278,11 @@ class FileRestore:
         self._chown = os.geteuid() == 0
         self._chunkers = threading.local()  # a Chunker serves one thread (it owns a buffer)
         self._count_lock = threading.Lock()
-        self._children: dict[tuple[bytes, ...], set[bytes]] | None = None
+        # Delta: the names each planned directory (None: the target) should hold.
+        self._children: dict[PlannedEntry | None, set[bytes]] | None = None
         self.atomic = atomic
         self.hold_back = {_split(path) for path in hold_back}
+        self.keep_setuid = keep_setuid
         self.result = RestoreResult()
 
     def run(self) -> RestoreResult:
@@ -256,18 +295,23 @@ class FileRestore:
         plan = plan_restore(self.repo, self.snapshot, self.includes, self.root)
         if self.delta and not self.includes:
             # Only a whole-tree plan says everything a directory should hold.
-            self._children = {(): set()}
+            self._children = {None: set()}
             for entry in plan:
-                self._children.setdefault(entry.parts[:-1], set()).add(entry.parts[-1])
+                self._children.setdefault(entry.parent, set()).add(entry.name)
                 if entry.node.type == DIR:
-                    self._children.setdefault(entry.parts, set())
+                    self._children.setdefault(entry, set())
         if self.hold_back:
-            plan = [entry for entry in plan if entry.parts not in self.hold_back]
+            depths = {len(parts) for parts in self.hold_back}
+            plan = [
+                entry
+                for entry in plan
+                if entry.depth not in depths or entry.parts not in self.hold_back
+            ]
         root_fd = self._open_target()
         try:
             if not self.overwrite:
                 self._refuse_conflicts(root_fd, plan)
-            self._remove_extras(root_fd, ())
+            self._remove_extras(root_fd, None)
             self._execute(root_fd, plan)
             # Durable before we say "restored": the next step may be starting a database.
             _syncfs(root_fd)
@@ -289,20 +333,50 @@ class FileRestore:
             raise RestoreTargetError(f"cannot use {self.target} as target: {exc.strerror}") from exc
 
     def _refuse_conflicts(self, root_fd: int, plan: list[PlannedEntry]) -> None:
-        for entry in plan:
-            path = os.path.join(os.fsencode(self.target), *entry.parts)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            except NotADirectoryError:
-                pass  # a parent is a file: a conflict all the same
-            else:
-                if entry.node.type == DIR and stat.S_ISDIR(st.st_mode):
+        """Any planned path that exists in the target, but for a directory where the plan has
+        one, is refused before anything is written. Looked up through directory descriptors
+        (a path in a deep tree is longer than any system call takes)."""
+        dirs = DirPath(root_fd, os.fsencode(self.target))
+        open_entries: list[PlannedEntry | None] = [None]
+        absent: PlannedEntry | None = None  # a directory missing from the target
+        try:
+            for entry in plan:
+                if absent is not None and entry.depth > absent.depth:
+                    continue  # below a missing directory: missing too
+                absent = None
+                while open_entries[-1] is not entry.parent:
+                    if len(open_entries) == 1:
+                        raise RestoreTargetError("restore plan is not depth-first")  # a bug
+                    open_entries.pop()
+                    self._leave(dirs)
+                try:
+                    st = os.stat(entry.name, dir_fd=dirs.fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    absent = entry
                     continue
+                except OSError as exc:
+                    raise RestoreTargetError(
+                        f"cannot look at {self._shown(entry)}: {exc.strerror}"
+                    ) from exc
+                if entry.node.type != DIR or not stat.S_ISDIR(st.st_mode):
+                    raise RestoreTargetError(
+                        f"{self._shown(entry)} already exists in the target; "
+                        "pass --overwrite to replace existing files"
+                    )
+                try:
+                    dirs.enter(entry.name)
+                except OSError as exc:
+                    raise RestoreTargetError(
+                        f"cannot look into {self._shown(entry)}: {exc.strerror}"
+                    ) from exc
+                open_entries.append(entry)
+        finally:
+            dirs.close()
+
+    def _leave(self, dirs: DirPath, finish: Callable[[int], None] | None = None) -> None:
+        if not dirs.leave(finish):
             raise RestoreTargetError(
-                f"{display_path(path)} already exists in the target; "
-                "pass --overwrite to replace existing files"
+                f"{display_path(dirs.path())} was moved or replaced during the restore"
             )
 
     # -- writing ---------------------------------------------------------------------------
@@ -311,9 +385,16 @@ class FileRestore:
         """Directories are made by this thread in plan order; files are written by a few
         writer threads (creating a file costs a millisecond on a busy disk; one at a time,
         thousands of small files would dominate). Only the directories on the path to the
-        current entry are open; one is finished (its files awaited, its metadata applied, its
-        descriptor closed) when the plan leaves it."""
-        open_dirs = [_OpenDir((), root_fd, None)]
+        current entry are open, at most DirPath's bound of them; one is finished (its files
+        awaited, its metadata applied, its descriptor closed) when the plan leaves it. A
+        directory whose descriptor is closed early, deep in a tree, has its writes awaited
+        first: they write through that descriptor."""
+        open_dirs = [_OpenDir(None)]
+        dirs = DirPath(
+            root_fd,
+            os.fsencode(self.target),
+            before_close=lambda depth: self._await(open_dirs[depth].writes),
+        )
         slots = threading.BoundedSemaphore(WRITERS * 2)
         with (
             ThreadPoolExecutor(self.workers, "medvault-decode") as decoders,
@@ -321,53 +402,51 @@ class FileRestore:
         ):
             try:
                 for entry in plan:
-                    while open_dirs[-1].parts != entry.parts[:-1]:
+                    while open_dirs[-1].entry is not entry.parent:
                         if len(open_dirs) == 1:
                             raise RestoreTargetError("restore plan is not depth-first")  # a bug
-                        self._finish_dir(open_dirs.pop())
+                        self._finish_dir(dirs, open_dirs.pop())
                     parent = open_dirs[-1]
                     node = entry.node
                     if node.type == DIR:
-                        open_dirs.append(
-                            _OpenDir(entry.parts, self._make_dir(parent.fd, entry), node)
-                        )
+                        dirs.enter(entry.name, self._make_dir(dirs.fd, entry))
+                        open_dirs.append(_OpenDir(entry))
                         self.result.dirs += 1
                     elif node.type == FILE:
                         slots.acquire()
-                        job = writers.submit(self._write_file, parent.fd, entry, decoders)
+                        job = writers.submit(self._write_file, dirs.fd, entry, decoders)
                         job.add_done_callback(lambda _job: slots.release())
                         parent.writes.append(job)
                         self.result.files += 1
                     elif node.type == SYMLINK:
-                        self._make_symlink(parent.fd, entry.parts[-1], node, entry)
+                        self._make_symlink(dirs.fd, entry.name, node, entry)
                         self.result.symlinks += 1
                     else:
                         self.result.skipped.append(self._shown(entry))
                 while len(open_dirs) > 1:
-                    self._finish_dir(open_dirs.pop())
+                    self._finish_dir(dirs, open_dirs.pop())
                 self._await(open_dirs[0].writes)
             finally:
                 for item in open_dirs:
                     for job in item.writes:
                         job.cancel()
                     futures_wait(item.writes)
-                for item in open_dirs[1:]:
-                    os.close(item.fd)
+                dirs.close()
 
     def _await(self, writes: list[Future[int]]) -> None:
         for job in writes:
             self.result.bytes_written += job.result()
         writes.clear()
 
-    def _finish_dir(self, item: _OpenDir) -> None:
+    def _finish_dir(self, dirs: DirPath, item: _OpenDir) -> None:
         """Times and modes last: writing into a directory changes its mtime."""
         try:
             self._await(item.writes)
-            if item.node is not None:
-                self._apply_metadata(item.fd, item.node)
         finally:
             futures_wait(item.writes)
-            os.close(item.fd)
+        assert item.entry is not None
+        node = item.entry.node
+        self._leave(dirs, lambda fd: self._apply_metadata(fd, node))
 
     def _shown(self, entry: PlannedEntry) -> str:
         return display_path(os.path.join(os.fsencode(self.target), *entry.parts))
@@ -390,27 +469,33 @@ class FileRestore:
                 raise RestoreTargetError(
                     f"{self._shown(entry)} is a directory in the target; remove it first"
                 ) from exc
-            shutil.rmtree(name, dir_fd=parent_fd)
+            self._remove_tree(parent_fd, name, entry.parent)
 
-    def _remove_extras(self, dir_fd: int, parts: tuple[bytes, ...]) -> None:
+    def _shown_dir(self, directory: PlannedEntry | None) -> bytes:
+        return os.path.join(os.fsencode(self.target), *(directory.parts if directory else ()))
+
+    def _remove_tree(self, dir_fd: int, name: bytes, parent: PlannedEntry | None) -> None:
+        problems = remove_tree(dir_fd, name, self._shown_dir(parent))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise RestoreTargetError(f"cannot remove {problems[0]}{more}")
+
+    def _remove_extras(self, dir_fd: int, directory: PlannedEntry | None) -> None:
         """Delta: what the target holds in this directory and the snapshot does not."""
         if self._children is None:
             return
-        wanted = self._children.get(parts, set())
+        wanted = self._children.get(directory, set())
         for name in map(os.fsencode, os.listdir(dir_fd)):
             if name in wanted:
                 continue
             try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(name, dir_fd=dir_fd)
-                else:
-                    os.unlink(name, dir_fd=dir_fd)
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                shown = display_path(os.path.join(os.fsencode(self.target), *parts, name))
+                shown = display_path(os.path.join(self._shown_dir(directory), name))
                 raise RestoreTargetError(f"cannot remove {shown}: {exc.strerror}") from exc
+            self._remove_tree(dir_fd, name, directory)
             self.result.removed += 1
 
     def _chunker(self) -> Chunker:
@@ -424,7 +509,7 @@ class FileRestore:
         """Delta: the existing file already holds the snapshot's content (same blob ids,
         compared chunk by chunk). Its metadata is then applied, and nothing is written."""
         node = entry.node
-        name = entry.parts[-1]
+        name = entry.name
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         except OSError:
@@ -432,7 +517,7 @@ class FileRestore:
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=parent_fd)  # a directory where a file belongs
+                self._remove_tree(parent_fd, name, entry.parent)  # a directory, not a file
                 return False
             if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
                 return False
@@ -451,7 +536,7 @@ class FileRestore:
         return True
 
     def _make_dir(self, parent_fd: int, entry: PlannedEntry) -> int:
-        name = entry.parts[-1]
+        name = entry.name
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
         try:
             with contextlib.suppress(FileExistsError):
@@ -467,7 +552,7 @@ class FileRestore:
         except OSError as exc:
             raise self._fail(entry, exc) from exc
         try:
-            self._remove_extras(fd, entry.parts)
+            self._remove_extras(fd, entry)
         except BaseException:
             os.close(fd)
             raise
@@ -478,7 +563,7 @@ class FileRestore:
         in place). Its blobs are decoded here when there is one, on the shared decoder pool
         when there are more."""
         node = entry.node
-        name = entry.parts[-1]
+        name = entry.name
         if self.delta and self._keep_if_same(parent_fd, entry):
             return 0
         if len(node.content) > 1:
@@ -513,6 +598,7 @@ class FileRestore:
                 os.close(fd)
             if self.atomic:
                 os.rename(path, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            faults.point("restore.file-written")
         except BaseException as exc:
             if self.atomic:
                 with contextlib.suppress(OSError):
@@ -562,8 +648,19 @@ class FileRestore:
     def _apply_metadata(self, fd: int, node: Node) -> None:
         if self._chown:
             os.fchown(fd, node.uid, node.gid)
-        os.fchmod(fd, node.mode)
+        os.fchmod(fd, self._mode(node))
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+    def _mode(self, node: Node) -> int:
+        """A file's setuid and setgid bits are cleared unless asked for: whoever could write
+        the snapshot (any client holding the key) could otherwise plant a setuid-root program
+        that a later restore as root installs. Directories keep theirs (setgid on a shared
+        folder only passes its group on) and the sticky bit stays everywhere."""
+        if self.keep_setuid or node.type != FILE or not node.mode & SETID_BITS:
+            return node.mode
+        with self._count_lock:
+            self.result.setid_cleared += 1
+        return node.mode & ~SETID_BITS
 
 
 def restore_files(
@@ -579,6 +676,7 @@ def restore_files(
     on_progress: Callable[[int], None] | None = None,
     atomic: bool = True,
     hold_back: Iterable[str] = (),
+    keep_setuid: bool = False,
 ) -> RestoreResult:
     """Restore `snapshot` (or its directory `root`) into `target`; see FileRestore."""
     return FileRestore(
@@ -593,6 +691,7 @@ def restore_files(
         on_progress=on_progress,
         atomic=atomic,
         hold_back=hold_back,
+        keep_setuid=keep_setuid,
     ).run()
 
 

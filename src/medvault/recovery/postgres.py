@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -576,15 +575,23 @@ def check_data_directory(pgdata: str, snapshot: Snapshot, *, delta: bool, force:
 
 
 def _empty_directory(path: str) -> None:
-    for name in _entries(path):
-        full = os.path.join(path, name)
-        try:
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full)
-            else:
-                os.unlink(full)
-        except OSError as exc:
-            raise RestoreTargetError(f"cannot remove {full}: {exc.strerror}") from None
+    from medvault.dirpath import remove_tree
+
+    names = _entries(path)
+    if not names:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreTargetError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        for name in names:
+            # Through directory descriptors: a tree of any depth (shutil.rmtree recurses).
+            problems = remove_tree(fd, os.fsencode(name), os.fsencode(path))
+            if problems:
+                raise RestoreTargetError(f"cannot remove {problems[0]}")
+    finally:
+        os.close(fd)
 
 
 def tablespace_locations(snapshot: Snapshot, remap: dict[str, str]) -> dict[str, str]:

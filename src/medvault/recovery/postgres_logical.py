@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -327,6 +326,20 @@ def _restore_failed(stderr: StderrTail, database: str, clean: bool) -> MedvaultE
     return RestoreTargetError(f"pg_restore into database {database} failed: {reason}{hint}")
 
 
+def _remove_listdir(listdir: str) -> None:
+    """The selection list names the tables restored: removed, and an error if it cannot be."""
+    from medvault.dirpath import remove_tree
+
+    parent, name = os.path.split(listdir)
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        problems = remove_tree(fd, os.fsencode(name), os.fsencode(parent))
+    finally:
+        os.close(fd)
+    if problems:
+        raise RestoreTargetError(f"cannot remove the restore's scratch list: {problems[0]}")
+
+
 def restore_logical(
     repo: Repository,
     snapshot: Snapshot,
@@ -381,7 +394,7 @@ def restore_logical(
         raise
     finally:
         if listdir is not None:
-            shutil.rmtree(listdir, ignore_errors=True)
+            _remove_listdir(listdir)
     # A mismatch keeps the restored database: the DBA will want to look at it.
     restored = count_rows(dsn, database, expected)
     for key, want in expected.items():

@@ -57,36 +57,49 @@ def _metadata(node: Node) -> tuple[object, ...]:
 
 
 def diff_snapshots(repo: Repository, old: Snapshot, new: Snapshot) -> list[Change]:
+    """Changes in path order. The trees are compared with an explicit stack (a tree may be
+    deeper than the recursion limit); subtrees with equal ids are skipped unread."""
     changes: list[Change] = []
-    _diff_trees(repo, old.tree, new.tree, b"", changes)
-    return changes
-
-
-def _diff_trees(
-    repo: Repository, old: bytes | None, new: bytes | None, prefix: bytes, out: list[Change]
-) -> None:
-    if old == new:
-        return
-    before = {n.name: n for n in repo.load_tree(old)} if old else {}
-    after = {n.name: n for n in repo.load_tree(new)} if new else {}
-    for name in sorted(before.keys() | after.keys()):
-        path = prefix + b"/" + name if prefix else name
+    levels = [_DiffLevel(repo, old.tree, new.tree)] if old.tree != new.tree else []
+    names: list[bytes] = []  # the path to the level being compared
+    while levels:
+        level = levels[-1]
+        name = next(level.names, None)
+        if name is None:
+            levels.pop()
+            if levels:
+                names.pop()
+            continue
+        path = b"/".join([*names, name])
         shown = "/" + display_path(path)
-        a, b = before.get(name), after.get(name)
+        a, b = level.before.get(name), level.after.get(name)
+        below: tuple[bytes | None, bytes | None] | None = None
         if a is None or b is None:
             present = b if a is None else a
             assert present is not None
-            out.append(Change(ADDED if a is None else REMOVED, shown))
+            changes.append(Change(ADDED if a is None else REMOVED, shown))
             if present.type == DIR:
-                old_sub, new_sub = (None, present.subtree) if a is None else (present.subtree, None)
-                _diff_trees(repo, old_sub, new_sub, path, out)
+                below = (None, present.subtree) if a is None else (present.subtree, None)
         elif a.type != b.type:
-            out.append(Change(TYPE_CHANGED, shown))
+            changes.append(Change(TYPE_CHANGED, shown))
         elif a.type == DIR:
             if _metadata(a) != _metadata(b):
-                out.append(Change(METADATA, shown))
-            _diff_trees(repo, a.subtree, b.subtree, path, out)
+                changes.append(Change(METADATA, shown))
+            below = (a.subtree, b.subtree)
         elif a.content != b.content:
-            out.append(Change(MODIFIED, shown))
+            changes.append(Change(MODIFIED, shown))
         elif _metadata(a) != _metadata(b):
-            out.append(Change(METADATA, shown))
+            changes.append(Change(METADATA, shown))
+        if below is not None and below[0] != below[1]:
+            names.append(name)
+            levels.append(_DiffLevel(repo, *below))
+    return changes
+
+
+class _DiffLevel:
+    """One directory compared: its entries before and after, and the names left to do."""
+
+    def __init__(self, repo: Repository, old: bytes | None, new: bytes | None) -> None:
+        self.before = {n.name: n for n in repo.load_tree(old)} if old else {}
+        self.after = {n.name: n for n in repo.load_tree(new)} if new else {}
+        self.names = iter(sorted(self.before.keys() | self.after.keys()))

@@ -9,7 +9,7 @@ decompresses and hashes to its blob id. Damage is traced to the snapshots and fi
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,7 +18,15 @@ from medvault.repository import compression
 from medvault.repository.crypto import KEY_BLOCK_LEN, storage_id
 from medvault.repository.index import PackRecord
 from medvault.repository.packs import TRAILER, open_blob, read_pack_header
-from medvault.repository.records import DRILLS, HOLDS, KIND_DRILL, KIND_HOLD, Snapshot, display_path
+from medvault.repository.records import (
+    DRILLS,
+    HOLDS,
+    KIND_DRILL,
+    KIND_HOLD,
+    Node,
+    Snapshot,
+    display_path,
+)
 from medvault.repository.repo import Repository, pack_name
 
 
@@ -215,7 +223,7 @@ class Checker:
                 continue
             self.report.snapshots += 1
             damaged: list[str] = []
-            self._check_tree(snapshot, snapshot.tree, b"", damaged, clean_trees)
+            self._check_tree(snapshot, snapshot.tree, damaged, clean_trees)
             if damaged:
                 self.report.affected[snapshot.id] = damaged
 
@@ -230,44 +238,77 @@ class Checker:
         self,
         snapshot: Snapshot,
         tree_id: bytes,
-        path: bytes,
         damaged: list[str],
         clean_trees: set[bytes],
-    ) -> bool:
+    ) -> None:
+        """Every tree below `tree_id` and every blob its files need, depth-first with an
+        explicit stack (a tree may be deeper than the recursion limit). A tree is clean when
+        it and everything below it is; clean trees are not walked again."""
         if tree_id in clean_trees:
-            return True
-        shown = "/" + display_path(path)
-        problem = self._blob_problem(tree_id)
-        if problem is None:
-            try:
-                nodes = self.repo.load_tree(tree_id)
-            except MedvaultError as exc:
-                problem = str(exc)
-        if problem is not None:
-            damaged.append(f"{shown} (directory listing: {problem})")
-            self.report.errors.append(
-                f"snapshot {snapshot.short_id}: directory {shown} unreadable: {problem}"
-            )
-            return False
-        clean = True
-        for node in nodes:
-            child = path + b"/" + node.name if path else node.name
+            return
+        nodes = self._open_tree(snapshot, tree_id, b"", damaged)
+        if nodes is None:
+            return
+        levels = [_TreeCheck(tree_id, iter(nodes))]
+        names: list[bytes] = []  # the path to the level being checked
+        while levels:
+            level = levels[-1]
+            node = next(level.nodes, None)
+            if node is None:
+                levels.pop()
+                if level.clean:
+                    clean_trees.add(level.tree_id)
+                elif levels:
+                    levels[-1].clean = False
+                if levels:
+                    names.pop()
+                continue
             if node.subtree is not None:
-                clean &= self._check_tree(snapshot, node.subtree, child, damaged, clean_trees)
+                if node.subtree in clean_trees:
+                    continue
+                below = self._open_tree(
+                    snapshot, node.subtree, b"/".join([*names, node.name]), damaged
+                )
+                if below is None:
+                    level.clean = False
+                    continue
+                names.append(node.name)
+                levels.append(_TreeCheck(node.subtree, iter(below)))
                 continue
             for blob_id in node.content:
                 problem = self._blob_problem(blob_id)
                 if problem is not None:
-                    damaged.append(f"/{display_path(child)}")
+                    shown = "/" + display_path(b"/".join([*names, node.name]))
+                    damaged.append(shown)
                     self.report.errors.append(
-                        f"snapshot {snapshot.short_id}: file /{display_path(child)} "
-                        f"is damaged: {problem}"
+                        f"snapshot {snapshot.short_id}: file {shown} is damaged: {problem}"
                     )
-                    clean = False
+                    level.clean = False
                     break
-        if clean:
-            clean_trees.add(tree_id)
-        return clean
+
+    def _open_tree(
+        self, snapshot: Snapshot, tree_id: bytes, path: bytes, damaged: list[str]
+    ) -> list[Node] | None:
+        """A directory's listing, or None (reported) when it cannot be read."""
+        problem = self._blob_problem(tree_id)
+        if problem is None:
+            try:
+                return self.repo.load_tree(tree_id)
+            except MedvaultError as exc:
+                problem = str(exc)
+        shown = "/" + display_path(path)
+        damaged.append(f"{shown} (directory listing: {problem})")
+        self.report.errors.append(
+            f"snapshot {snapshot.short_id}: directory {shown} unreadable: {problem}"
+        )
+        return None
+
+
+@dataclass
+class _TreeCheck:
+    tree_id: bytes
+    nodes: Iterator[Node]
+    clean: bool = True
 
 
 def check_repository(

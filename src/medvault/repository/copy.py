@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ from medvault.errors import IntegrityError, ObjectExists, ObjectNotFound
 from medvault.repository.crypto import storage_id
 from medvault.repository.index import PackRecord
 from medvault.repository.packs import DATA_BLOB, TREE_BLOB, read_pack_header
-from medvault.repository.records import Snapshot, encode_tree
+from medvault.repository.records import Node, Snapshot, encode_tree
 from medvault.repository.repo import pack_name
 from medvault.repository.writer import REMOTE_UPLOADERS, BlobSink
 
@@ -66,6 +66,17 @@ def shares_keys(source: Repository, target: Repository) -> bool:
 
 def snapshot_origin(repo: Repository, snapshot_id: str) -> str:
     return f"{repo.config.repo_id}:{snapshot_id}"
+
+
+@dataclass
+class _Translation:
+    """A source tree being stored again: its nodes still to do, those done, and the
+    directory node waiting for its subtree's new id."""
+
+    tree_id: bytes
+    nodes: Iterator[Node]
+    done: list[Node] = field(default_factory=list)
+    waiting: Node | None = None
 
 
 class RepositoryCopier:
@@ -194,32 +205,56 @@ class RepositoryCopier:
         return self._origins.get(snapshot_origin(self.source, parent))
 
     def _translate_tree(self, tree_id: bytes, sink: BlobSink, pool: ThreadPoolExecutor) -> bytes:
+        """The tree stored again under the target's ids, bottom-up (a tree's id depends on
+        its subtrees' ids), with an explicit stack: a tree may be deeper than the recursion
+        limit. Trees and blobs translated before are not read again."""
         known = self._translated.get(tree_id)
         if known is not None:
             return known
-        from medvault.recovery.files import ordered_prefetch
-
-        nodes = []
-        for node in self.source.load_tree(tree_id):
+        levels = [_Translation(tree_id, iter(self.source.load_tree(tree_id)))]
+        while True:
+            level = levels[-1]
+            node = next(level.nodes, None)
+            if node is None:
+                new_id = sink.store(encode_tree(level.done), TREE_BLOB)
+                self._translated[level.tree_id] = new_id
+                levels.pop()
+                if not levels:
+                    return new_id
+                parent = levels[-1]
+                assert parent.waiting is not None
+                parent.done.append(self._translate_node(parent.waiting, new_id, sink, pool))
+                parent.waiting = None
+                continue
             subtree = None
             if node.subtree is not None:
-                subtree = self._translate_tree(node.subtree, sink, pool)
-            content: list[bytes | Future[bytes]] = []
-            todo = [b for b in node.content if b not in self._translated]
-            fetched = iter(ordered_prefetch(pool, self._read_blob, todo, max(16, self._workers)))
-            for blob in node.content:
-                if blob in self._translated:
-                    content.append(self._translated[blob])
-                else:
-                    data, encoded = next(fetched)
-                    content.append(sink.submit(data, DATA_BLOB, encoded))
-            ids = tuple(c if isinstance(c, bytes) else c.result() for c in content)
-            for old, new in zip(node.content, ids, strict=True):
-                self._translated[old] = new
-            nodes.append(dataclasses.replace(node, content=ids, subtree=subtree))
-        new_id = sink.store(encode_tree(nodes), TREE_BLOB)
-        self._translated[tree_id] = new_id
-        return new_id
+                subtree = self._translated.get(node.subtree)
+                if subtree is None:
+                    level.waiting = node
+                    levels.append(
+                        _Translation(node.subtree, iter(self.source.load_tree(node.subtree)))
+                    )
+                    continue
+            level.done.append(self._translate_node(node, subtree, sink, pool))
+
+    def _translate_node(
+        self, node: Node, subtree: bytes | None, sink: BlobSink, pool: ThreadPoolExecutor
+    ) -> Node:
+        from medvault.recovery.files import ordered_prefetch
+
+        content: list[bytes | Future[bytes]] = []
+        todo = [b for b in node.content if b not in self._translated]
+        fetched = iter(ordered_prefetch(pool, self._read_blob, todo, max(16, self._workers)))
+        for blob in node.content:
+            if blob in self._translated:
+                content.append(self._translated[blob])
+            else:
+                data, encoded = next(fetched)
+                content.append(sink.submit(data, DATA_BLOB, encoded))
+        ids = tuple(c if isinstance(c, bytes) else c.result() for c in content)
+        for old, new in zip(node.content, ids, strict=True):
+            self._translated[old] = new
+        return dataclasses.replace(node, content=ids, subtree=subtree)
 
     def _read_blob(self, blob: bytes) -> tuple[bytes, bytes | None]:
         data, encoded = self.source.load_blob_encoded(blob)

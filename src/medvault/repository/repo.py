@@ -620,12 +620,23 @@ class Repository:
         return blobs
 
     def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
-        """Depth-first (path, node) pairs below a tree; paths are '/'-joined bytes."""
-        for node in self.load_tree(tree_id):
-            path = prefix + b"/" + node.name if prefix else node.name
-            yield path, node
+        """Depth-first (path, node) pairs below a tree; paths are '/'-joined bytes. An
+        explicit stack, and the names of the current path rather than a path per level: a
+        tree may be deeper than the recursion limit, and a path per level would make
+        memory grow with the square of the depth."""
+        levels = [iter(self.load_tree(tree_id))]
+        names = [prefix] if prefix else []  # the path to the level being listed
+        while levels:
+            node = next(levels[-1], None)
+            if node is None:
+                levels.pop()
+                if levels:
+                    names.pop()
+                continue
+            yield b"/".join([*names, node.name]), node
             if node.subtree is not None:
-                yield from self.walk(node.subtree, path)
+                names.append(node.name)
+                levels.append(iter(self.load_tree(node.subtree)))
 
     # -- snapshots -------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from medvault import __version__
+from medvault.dirpath import DirPath
 from medvault.errors import MedvaultError, SourceUnavailable, UsageError
 from medvault.repository.chunker import Chunker
 from medvault.repository.keys import now_iso
@@ -173,6 +174,17 @@ class _PendingDir:
         self.tree: Future[bytes] | None = None
 
 
+@dataclass
+class _Listing:
+    """A directory being walked: its entries (name and lstat) still to add, in name order."""
+
+    pending: _PendingDir
+    entries: list[tuple[bytes, os.stat_result]]
+    parent_nodes: dict[bytes, Node]
+    keep_empty: set[bytes]
+    next: int = 0
+
+
 def _parse_time_ns(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1e9)
 
@@ -211,6 +223,8 @@ class FileBackup:
         self._chunker = Chunker(repo.config.chunker, repo.master.chunker_seed)
         self._pending: deque[_PendingDir] = deque()
         self._skip = {os.fsencode(os.path.abspath(p)) for p in options.skip_paths}
+        self._skip_names = {os.path.basename(p) for p in self._skip}
+        self._path_patterns = any("/" in pattern for pattern in options.excludes)
         self._parent_cutoff_ns = 0
         self._counts = {
             "new": 0,
@@ -362,17 +376,36 @@ class FileBackup:
                 continue
             node = node_from_stat(name, st)
             prior = parent_nodes.get(name)
-            if sub is None:
-                self._add_entry(pending, path, node, prior)
+            prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
+            if sub is None and node.type == DIR:
+                pending.entries.append((node, self._walk_dir(path, prior_tree, follow=False)))
+                self._counts["dirs"] += 1
+            elif sub is None:
+                self._add_root_entry(pending, base, name, node, prior)
             elif node.type != DIR:
                 reason = "is not a directory, but a path to back up lies below it"
                 self._unreadable.append(Problem(display_path(path), reason))
             else:
-                prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
                 pending.entries.append((node, self._walk_trie(path, sub, prior_tree)))
                 self._counts["dirs"] += 1
         self._enqueue(pending)
         return pending
+
+    def _add_root_entry(
+        self, pending: _PendingDir, base: bytes, name: bytes, node: Node, prior: Node | None
+    ) -> None:
+        """A path to back up that is not a directory (a file, a symlink)."""
+        directory = base or b"/"
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            problem = Problem(display_path(base + b"/" + name), exc.strerror or str(exc))
+            self._unreadable.append(problem)
+            return
+        try:
+            self._add_entry(pending, DirPath(fd, directory), name, node, prior)
+        finally:
+            os.close(fd)
 
     def _walk_layout(self, layout: dict[str, str], parent_tree: bytes | None) -> _PendingDir:
         pending = _PendingDir()
@@ -405,71 +438,136 @@ class FileBackup:
         self._enqueue(pending)
         return pending
 
-    def _excluded(self, path: bytes, name: bytes) -> bool:
-        if path in self._skip:
+    def _excluded(self, dirs: DirPath, name: bytes) -> bool:
+        # The whole path is built only when a rule needs it: it costs the depth.
+        if name in self._skip_names and dirs.path(name) in self._skip:
             return True
         if not self.options.excludes:
             return False
+        path = dirs.path(name) if self._path_patterns else name
         text, base = os.fsdecode(path), os.fsdecode(name)
         return any(
             fnmatch.fnmatchcase(text if "/" in pattern else base, pattern)
             for pattern in self.options.excludes
         )
 
-    def _walk_dir(self, path: bytes, parent_tree: bytes | None) -> _PendingDir:
-        pending = _PendingDir()
-        parent_nodes = self._parent_nodes(parent_tree)
+    def _walk_dir(self, path: bytes, parent_tree: bytes | None, follow: bool = True) -> _PendingDir:
+        """The tree below directory `path`, walked with an explicit stack (a tree may be
+        deeper than Python's recursion limit) and through directory descriptors (its paths
+        may be longer than PATH_MAX). Each directory is enqueued after its subdirectories,
+        as the post-order resolution needs."""
+        root = _PendingDir()
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            fd = os.open(path, flags)
         except OSError as exc:
-            if not (self.options.volatile and isinstance(exc, FileNotFoundError)):
-                self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
-            self._enqueue(pending)
-            return pending
+            self._unreadable_unless_vanished(path, exc)
+            self._enqueue(root)
+            return root
+        dirs = DirPath(fd, path)
+        try:
+            listing = self._list(dirs, root, parent_tree)
+            if listing is None:
+                self._enqueue(root)
+                return root
+            listings = [listing]
+            while listings:
+                below = self._add_until_subdirectory(dirs, listings[-1])
+                if below is not None:
+                    listings.append(below)
+                    continue
+                self._enqueue(listings.pop().pending)
+                if listings:
+                    self._back_to(dirs, listings[-1])
+        finally:
+            dirs.close()
+            os.close(fd)
+        return root
+
+    def _unreadable_unless_vanished(self, path: bytes, exc: OSError) -> None:
+        if not (self.options.volatile and isinstance(exc, FileNotFoundError)):
+            self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+
+    def _list(
+        self, dirs: DirPath, pending: _PendingDir, parent_tree: bytes | None
+    ) -> _Listing | None:
+        """The current directory's entries to back up, each with its lstat (taken now,
+        relative to this directory's descriptor, which may be closed and reopened under
+        another number while a subdirectory is walked)."""
+        try:
+            names = sorted(os.fsencode(name) for name in os.listdir(dirs.fd))
+        except OSError as exc:
+            self._unreadable_unless_vanished(dirs.path(), exc)
+            return None
         leave_out: set[bytes] = set()
         keep_empty: set[bytes] = set()
         if self.options.prune is not None:
-            leave_out, keep_empty = self.options.prune(path, [e.name for e in entries])
-        for entry in entries:
-            name = entry.name
-            full = path.rstrip(b"/") + b"/" + name
-            if name in leave_out or self._excluded(full, name):
+            leave_out, keep_empty = self.options.prune(dirs.path(), names)
+        entries = []
+        for name in names:
+            if name in leave_out or self._excluded(dirs, name):
                 continue
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
             except OSError as exc:
-                if not (self.options.volatile and isinstance(exc, FileNotFoundError)):
-                    self._unreadable.append(Problem(display_path(full), exc.strerror or str(exc)))
+                self._unreadable_unless_vanished(dirs.path(name), exc)
                 continue
-            node = node_from_stat(name, st)
-            if name in keep_empty and node.type == DIR:
-                empty = _PendingDir()
-                self._enqueue(empty)
-                pending.entries.append((node, empty))
-                self._counts["dirs"] += 1
-                continue
-            self._add_entry(pending, full, node, parent_nodes.get(name))
-        self._enqueue(pending)
-        return pending
+            entries.append((name, st))
+        return _Listing(pending, entries, self._parent_nodes(parent_tree), keep_empty)
 
-    def _add_entry(self, pending: _PendingDir, path: bytes, node: Node, prior: Node | None) -> None:
-        if node.type == DIR:
-            prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
-            pending.entries.append((node, self._walk_dir(path, prior_tree)))
+    def _add_until_subdirectory(self, dirs: DirPath, listing: _Listing) -> _Listing | None:
+        """Add the listing's entries in order up to the next subdirectory to walk, which is
+        entered and returned; None when the listing is done."""
+        while listing.next < len(listing.entries):
+            name, st = listing.entries[listing.next]
+            listing.next += 1
+            node = node_from_stat(name, st)
+            prior = listing.parent_nodes.get(name)
+            if node.type != DIR:
+                self._add_entry(listing.pending, dirs, name, node, prior)
+                continue
+            below = _PendingDir()
+            listing.pending.entries.append((node, below))
             self._counts["dirs"] += 1
-        elif node.type == FILE:
-            self._add_file(pending, path, node, prior)
+            if name not in listing.keep_empty:
+                try:
+                    dirs.enter(name)
+                except OSError as exc:
+                    self._unreadable_unless_vanished(dirs.path(name), exc)
+                else:
+                    prior_tree = prior.subtree if prior is not None and prior.type == DIR else None
+                    walked = self._list(dirs, below, prior_tree)
+                    if walked is not None:
+                        return walked
+                    self._back_to(dirs, listing)
+            self._enqueue(below)
+        return None
+
+    def _back_to(self, dirs: DirPath, listing: _Listing) -> None:
+        """Up from a subdirectory to the directory of `listing`. If that was moved away in
+        the meantime, what it still held cannot be read (the backup is incomplete, not
+        stopped: anyone who can write into a backed-up folder can move directories)."""
+        if not dirs.leave():
+            reason = "moved or replaced while it was read"
+            self._unreadable.append(Problem(display_path(dirs.path()), reason))
+            listing.next = len(listing.entries)
+
+    def _add_entry(
+        self, pending: _PendingDir, dirs: DirPath, name: bytes, node: Node, prior: Node | None
+    ) -> None:
+        """A file, symlink or special file in the current directory of `dirs`."""
+        if node.type == FILE:
+            self._add_file(pending, dirs, name, node, prior)
         elif node.type == SYMLINK:
             try:
-                target = os.readlink(path)
+                target = os.readlink(name, dir_fd=dirs.fd)
             except OSError as exc:
-                self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+                self._unreadable_unless_vanished(dirs.path(name), exc)
                 return
             pending.entries.append((Node(**{**node.__dict__, "target": target}), None))
         else:
             self._skipped.append(
-                Problem(display_path(path), f"{node.type} files are not backed up")
+                Problem(display_path(dirs.path(name)), f"{node.type} files are not backed up")
             )
 
     def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
@@ -479,7 +577,9 @@ class FileBackup:
 
     # -- files -----------------------------------------------------------------------------
 
-    def _add_file(self, pending: _PendingDir, path: bytes, node: Node, prior: Node | None) -> None:
+    def _add_file(
+        self, pending: _PendingDir, dirs: DirPath, name: bytes, node: Node, prior: Node | None
+    ) -> None:
         if (
             prior is not None
             and node.same_file(prior)
@@ -490,7 +590,7 @@ class FileBackup:
             self._counts["total"] += node.size
             pending.entries.append((node.with_content(prior.content), None))
             return
-        read = self._read_file(path, node)
+        read = self._read_file(dirs, name, node)
         if read is None:
             return
         node, futures = read
@@ -498,25 +598,28 @@ class FileBackup:
         self._counts["total"] += node.size
         pending.entries.append((node, futures))
 
-    def _open(self, path: bytes) -> int:
+    def _open(self, dir_fd: int, name: bytes) -> int:
         # O_NONBLOCK: a FIFO swapped in after the scan must not hang the backup.
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(path, flags | os.O_NOATIME)
+            fd = os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
         except PermissionError:
-            fd = os.open(path, flags)  # O_NOATIME needs ownership; plain read still works
+            fd = os.open(name, flags, dir_fd=dir_fd)  # O_NOATIME needs ownership
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, "no longer a regular file")
         os.set_blocking(fd, True)
         return fd
 
-    def _read_file(self, path: bytes, node: Node) -> tuple[Node, list[Future[bytes]]] | None:
+    def _read_file(
+        self, dirs: DirPath, name: bytes, node: Node
+    ) -> tuple[Node, list[Future[bytes]]] | None:
         futures: list[Future[bytes]] = []
         total = 0
+        path = dirs.path(name) if self.options.verifier_for else b""
         verifier = self.options.verifier_for(path) if self.options.verifier_for else None
         try:
-            fd = self._open(path)
+            fd = self._open(dirs.fd, name)
             with os.fdopen(fd, "rb", buffering=0) as handle:
                 before = os.fstat(fd)
                 on_block = verifier.feed if verifier is not None else None
@@ -532,12 +635,15 @@ class FileBackup:
                         self._bad_blocks.append((display_path(path), list(verifier.bad_blocks)))
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise MedvaultError(f"disk full while reading {display_path(path)}") from exc
+                shown = display_path(dirs.path(name))
+                raise MedvaultError(f"disk full while reading {shown}") from exc
             if self.options.volatile and isinstance(exc, FileNotFoundError):
                 return None  # dropped while the backup ran; WAL replay removes it anyway
             # Chunks already queued finish normally and become unreferenced blobs; cancelling
             # them would leave the writer waiting for work that never runs.
-            self._unreadable.append(Problem(display_path(path), exc.strerror or str(exc)))
+            self._unreadable.append(
+                Problem(display_path(dirs.path(name)), exc.strerror or str(exc))
+            )
             return None
         self._counts["read"] += total
         moved = (before.st_ino, before.st_mtime_ns, before.st_size) != (
@@ -551,7 +657,8 @@ class FileBackup:
             before.st_size,
         )
         if (moved or changed or total != after.st_size) and not self.options.volatile:
-            self._changed.append(Problem(display_path(path), "file changed while it was read"))
+            shown = display_path(dirs.path(name))
+            self._changed.append(Problem(shown, "file changed while it was read"))
         stored = node_from_stat(node.name, after)
         return Node(**{**stored.__dict__, "size": total}), futures
 

@@ -5,7 +5,12 @@ checked, it took this long". Scratch space is always removed, also after a failu
 (the restored data is patient data: it must not outlive the drill). Results are sealed objects
 `drills/<time>-<snapshot>` in the repository, so they travel with the backups they prove.
 
-Kinds: files (restore into a private temporary directory; every file's content is verified
+Scratch directories are made, removed and found again by verification/scratch.py: a
+cleanup never ignores an error, a drill whose copy cannot be removed fails naming what is
+left, and each drill first removes the scratch of drills on this host that were killed
+before they could remove their own.
+
+Kinds: files (restore into a private scratch directory; every file's content is verified
 on the way by the restore itself, then sizes and counts are compared with the snapshot);
 logical PostgreSQL dumps (restore into a temporary database on the source's server; every
 table's row count is compared with the counts recorded at backup); physical PostgreSQL
@@ -18,16 +23,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
-import tempfile
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from medvault import faults
+from medvault.dirpath import walk
 from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound, UsageError, first_line
 from medvault.repository.keys import now_iso
 from medvault.repository.records import DRILLS, KIND_DRILL
+from medvault.verification.scratch import (
+    database_of_ended_drill,
+    make_scratch,
+    remove_scratch,
+    scratch_database_name,
+    sweep,
+)
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -88,6 +100,7 @@ def run_drill(
     result.rto_target_s = rto.total_seconds() if rto is not None else None
     options = options or DrillOptions()
     started = time.monotonic()
+    _remove_leftovers(scratch, result)
     try:
         if to_latest and snapshot.kind != "postgres.physical":
             raise UsageError("--to-latest replays WAL: it applies to physical backups only")
@@ -128,12 +141,41 @@ def run_drill(
     return result
 
 
+def _remove_leftovers(scratch: str | None, result: DrillResult) -> None:
+    """Scratch left in this drill's scratch root by drills that were killed (SIGKILL, the
+    OOM killer): patient data no drill will remove otherwise. One that cannot be removed
+    fails this drill, which names it."""
+    from medvault.verification.scratch import scratch_root
+
+    with cleanup_timer(result):
+        swept = sweep([scratch_root(scratch)])
+    for item in swept:
+        detail = f"removed {item.leftover.describe()}"
+        if item.problem is not None:
+            detail = (
+                f"{item.leftover.describe()} holds a restored copy and could not be removed: "
+                f"{item.problem}; remove it by hand"
+            )
+        result.checks.append(Check("leftover scratch", item.problem is None, detail))
+
+
+def cleanup_check(scratch: str, problem: str) -> Check:
+    """The check a drill fails when its scratch copy cannot be removed."""
+    return Check(
+        "cleanup",
+        False,
+        f"the drill's copy in {scratch} could not be removed: {problem}; remove it by hand",
+    )
+
+
 def _drill_files(
     repo: Repository, snapshot: Snapshot, scratch: str | None, result: DrillResult
 ) -> None:
     from medvault.recovery.files import restore_files
 
-    target = tempfile.mkdtemp(prefix="medvault-drill-", dir=scratch)
+    workspace = make_scratch(scratch, kind="files", source=snapshot.source, snapshot=snapshot.id)
+    # A directory of its own: the snapshot may hold any name, the marker's among them.
+    target = os.path.join(workspace, "files")
     try:
         began = time.monotonic()
         restored = restore_files(repo, snapshot, target)
@@ -152,7 +194,13 @@ def _drill_files(
             + int(snapshot.stats.get("files_unchanged", 0))
         )
         expected_bytes = int(snapshot.stats.get("total_bytes", restored.bytes_written))
-        files, size = _count(target)
+        try:
+            files, size = _count(target)
+        except OSError as exc:
+            where = os.fsdecode(exc.filename) if exc.filename else target
+            reason = f"the restored copy cannot be read back: {where}: {exc.strerror}"
+            result.checks.append(Check("files", False, reason, elapsed(began)))
+            return
         result.checks.append(
             Check(
                 "files",
@@ -163,8 +211,11 @@ def _drill_files(
             )
         )
     finally:
+        faults.point("drill.before-cleanup")
         with cleanup_timer(result):
-            shutil.rmtree(target, ignore_errors=True)
+            problem = remove_scratch(workspace)
+        if problem is not None:
+            result.checks.append(cleanup_check(workspace, problem))
 
 
 def elapsed(began: float) -> float:
@@ -183,13 +234,13 @@ def cleanup_timer(result: DrillResult) -> Iterator[None]:
 
 
 def _count(root: str) -> tuple[int, int]:
+    """Regular files below root and their bytes (walked through directory descriptors: the
+    restored tree may be deeper than any path a system call takes)."""
     files = size = 0
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                files += 1
-                size += os.path.getsize(path)
+    for _dirs, _name, st in walk(root):
+        if stat.S_ISREG(st.st_mode):
+            files += 1
+            size += st.st_size
     return files, size
 
 
@@ -215,7 +266,8 @@ def _drill_logical(
     from medvault.sources.postgres.server import connect
     from medvault.verification.physical_drill import run_user_checks
 
-    database = f"medvault_drill_{secrets.token_hex(4)}"
+    _drop_leftover_databases(dsn, result)
+    database = scratch_database_name()
     began = time.monotonic()
     try:
         restored = restore_logical(repo, snapshot, dsn=dsn, database=database, pg_bin=pg_bin)
@@ -234,6 +286,7 @@ def _drill_logical(
     except IntegrityError as exc:
         result.checks.append(Check("row counts", False, str(exc), elapsed(began)))
     finally:
+        faults.point("drill.before-cleanup")
         with cleanup_timer(result):
             problem = _drop_database(dsn, database)
         if problem is not None:
@@ -246,6 +299,30 @@ def _drill_logical(
                     f'drop it by hand (DROP DATABASE "{database}" WITH (FORCE))',
                 )
             )
+
+
+def _drop_leftover_databases(dsn: str, result: DrillResult) -> None:
+    """Databases left on the server by logical drills from this host that were killed
+    before they could drop them: copies of patient data no drill would remove otherwise."""
+    import psycopg
+
+    from medvault.sources.postgres.server import connect
+
+    try:
+        with connect(dsn, what="the drill's server") as conn:
+            names = [str(row[0]) for row in conn.execute("SELECT datname FROM pg_database")]
+    except psycopg.Error:
+        return  # the drill itself will say why the server cannot be used
+    for name in filter(database_of_ended_drill, names):
+        with cleanup_timer(result):
+            problem = _drop_database(dsn, name)
+        detail = f"dropped database {name}, left by a drill that is no longer running"
+        if problem is not None:
+            detail = (
+                f"database {name}, left by a drill that is no longer running, could not be "
+                f'dropped: {problem}; drop it by hand (DROP DATABASE "{name}" WITH (FORCE))'
+            )
+        result.checks.append(Check("leftover scratch", problem is None, detail))
 
 
 def _drop_database(dsn: str, database: str) -> str | None:

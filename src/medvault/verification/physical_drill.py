@@ -25,7 +25,6 @@ import contextlib
 import os
 import pwd
 import shlex
-import shutil
 import signal
 import threading
 import time
@@ -280,10 +279,9 @@ def run_physical_drill(
     options: DrillOptions,
     result: DrillResult,
 ) -> None:
-    """Restore, recover, validate, appending each check to `result`. The scratch space and
-    the server are gone when this returns or raises."""
-    import tempfile
-
+    """Restore, recover, validate, appending each check to `result`. The server is gone
+    when this returns or raises, and so is the scratch space, or a failed `cleanup` check
+    names what is left."""
     from medvault.recovery.postgres import (
         PhysicalRestoreOptions,
         ServerAccess,
@@ -292,12 +290,15 @@ def run_physical_drill(
         start_and_wait,
     )
     from medvault.sources.postgres.server import find_program
-    from medvault.verification.drills import Check, cleanup_timer
+    from medvault.verification.drills import Check, cleanup_check, cleanup_timer
+    from medvault.verification.scratch import make_scratch, remove_scratch
 
     add = result.checks.append
     major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
     pg_ctl = find_program("pg_ctl", pg_bin, major)
-    scratch = tempfile.mkdtemp(prefix="medvault-drill-", dir=scratch_parent)
+    scratch = make_scratch(
+        scratch_parent, kind="physical", source=snapshot.source, snapshot=snapshot.id
+    )
     pgdata = os.path.join(scratch, "pgdata")
     spool = os.path.join(scratch, "wal")
     socket_dir = os.path.join(scratch, "socket")
@@ -381,11 +382,15 @@ def run_physical_drill(
         _validate(access, port, options, add)
     finally:
         with cleanup_timer(result):
-            if feeder is not None:
-                feeder.stop()
-            if access is not None or os.path.exists(os.path.join(pgdata, "postmaster.pid")):
-                _stop_server(pgdata, pg_ctl, access or ServerAccess())
-            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                if feeder is not None:
+                    feeder.stop()
+                if access is not None or os.path.exists(os.path.join(pgdata, "postmaster.pid")):
+                    _stop_server(pgdata, pg_ctl, access or ServerAccess())
+            finally:
+                problem = remove_scratch(scratch)
+                if problem is not None:
+                    add(cleanup_check(scratch, problem))
 
 
 def _login_name() -> str | None:
