@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import msgpack
 import pytest
 from tests.fuzz.harnesses import bounded_memory
 
+from medvault.backends.base import validate_name
 from medvault.backends.local import LocalBackend
-from medvault.errors import IntegrityError
-from medvault.repository import compression, records
+from medvault.errors import BackendError, IntegrityError, UsageError
+from medvault.policy import holds
+from medvault.repository import compression, prune, records
 from medvault.repository.index import decode_index
 from medvault.repository.keys import Credential
+from medvault.repository.locks import parse_lock
 from medvault.repository.repo import RepoConfig, Repository
+from medvault.repository.wal import WalArchive
+from medvault.sources.postgres import wal as pgwal
+from medvault.verification import drills
 
 
 def test_tree_entry_with_a_text_name_is_malformed() -> None:
@@ -179,3 +186,133 @@ def test_config_with_a_non_ascii_mac_is_altered(keyfile_repo: Repository) -> Non
     config, doc = RepoConfig.parse(_config(keyfile_repo, mac="é"), "/repo")
     with pytest.raises(IntegrityError, match="altered"):
         config.verify(doc, keyfile_repo.master)
+
+
+def _plant(repo: Repository, name: str, data: bytes) -> Path:
+    path = Path(repo.backend.url) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_lock_nested_too_deep_for_the_json_parser_is_malformed() -> None:
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_lock("locks/" + "ab" * 16, b"[" * 100_000, None)
+
+
+def test_lock_refreshed_at_a_time_no_float_holds_is_malformed() -> None:
+    doc = {
+        "v": 2, "exclusive": False, "scope": "", "host": "h", "namespace": "", "pid": 1,
+        "process_start": "", "user": "u", "purpose": "p", "created": 1.0,
+        "refreshed": 10**400, "lease": 60.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="'refreshed' is not a finite number"):
+        parse_lock("locks/" + "ab" * 16, json.dumps(doc).encode(), None)
+
+
+def test_hold_record_with_a_number_for_its_time_is_kept_as_unreadable(
+    keyfile_repo: Repository,
+) -> None:
+    hold = {"snapshot": "ab" * 32, "reason": "r", "user": "u", "host": "h", "time": 5}
+    path = _plant(keyfile_repo, f"holds/{'ab' * 32}", _seal(keyfile_repo, hold, b"hold"))
+    try:
+        (found,) = holds.list_holds(keyfile_repo)
+    finally:
+        path.unlink()
+    assert found.reason == "(unreadable hold record)" and found.snapshot == "ab" * 32
+
+
+def _seal(repo: Repository, doc: object, kind: bytes) -> bytes:
+    return repo.seal(json.dumps(doc).encode(), kind)
+
+
+@pytest.mark.parametrize("doc", [[1], {"snapshot": "a", "source": "s", "kind": "k",
+                                        "started": "t", "rto_s": "x"}])  # fmt: skip
+def test_drill_record_that_is_malformed_is_left_out_with_a_warning(
+    keyfile_repo: Repository, doc: object
+) -> None:
+    path = _plant(keyfile_repo, "drills/20260101T000000Z-ab", _seal(keyfile_repo, doc, b"drill"))
+    try:
+        assert drills.list_results(keyfile_repo) == []
+    finally:
+        path.unlink()
+    assert "drill record drills/20260101T000000Z-ab is unreadable" in keyfile_repo.warnings[-1]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [{"time": 10**400, "packs": []}, {"time": 1.0, "packs": "abc"}, {"time": 1, "packs": [1]}],
+)
+def test_condemned_record_that_is_malformed_is_ignored(
+    keyfile_repo: Repository, doc: object
+) -> None:
+    name = f"{prune.FOLDER}/20260101T000000Z-abcd1234"
+    path = _plant(keyfile_repo, name, _seal(keyfile_repo, doc, prune.KIND_CONDEMNED))
+    try:
+        assert prune.read_condemned(keyfile_repo) == []
+    finally:
+        path.unlink()
+    assert f"prune record {name} is unreadable" in keyfile_repo.warnings[-1]
+
+
+def test_waits_record_naming_something_other_than_locks_is_ignored(
+    keyfile_repo: Repository,
+) -> None:
+    name = f"{prune.WAITS_FOLDER}/20260101T000000Z-abcd1234"
+    doc = {"record": "x", "locks": [[1]]}
+    path = _plant(keyfile_repo, name, _seal(keyfile_repo, doc, prune.KIND_WAITS))
+    try:
+        assert prune.read_waits(keyfile_repo) == {}
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        (b'{"system_identifier": "1", "segment_size": Infinity, "created": ""}', "segment size"),
+        (b'{"system_identifier": "1", "segment_size": 3, "created": ""}', "power of 2"),
+        (b'{"system_identifier": [1], "segment_size": 16, "created": ""}', "not a number"),
+    ],
+)
+def test_wal_cluster_record_that_is_malformed_is_damaged(
+    keyfile_repo: Repository, doc: bytes, problem: str
+) -> None:
+    archive = WalArchive(keyfile_repo, "db1")
+    path = _plant(keyfile_repo, "wal/db1/cluster", keyfile_repo.seal(doc, b"wal-cluster:db1"))
+    try:
+        with pytest.raises(IntegrityError, match=problem):
+            archive.cluster()
+    finally:
+        path.unlink()
+
+
+def test_wal_object_in_a_folder_that_is_not_a_timeline_is_no_wal(
+    keyfile_repo: Repository,
+) -> None:
+    path = _plant(keyfile_repo, "wal/db1/zz/000000010000000000000003", b"x")
+    try:
+        assert WalArchive(keyfile_repo, "db1").names() == []
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("text", ["-1/-1", "+1/0", "1_0/0", "\u0661/0"])
+def test_lsn_with_a_sign_underscore_or_foreign_digit_is_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="is not an LSN"):
+        pgwal.parse_lsn(text)
+
+
+@pytest.mark.parametrize("line", ["-1\t0/1\tr", "+2\t0/1\tr", "1_0\t0/1\tr", "4294967296\t0/1"])
+def test_history_line_with_an_impossible_timeline_is_malformed(line: str) -> None:
+    with pytest.raises(IntegrityError, match="line 1 is malformed"):
+        pgwal.parse_history(line)
+
+
+@pytest.mark.parametrize(
+    "name", ["000000010000000000000003\n", "00000001.history\n", "locks/" + "ab" * 16 + "\n"]
+)
+def test_name_ending_in_a_newline_is_no_object_or_wal_name(name: str) -> None:
+    assert not pgwal.is_archivable(name)
+    with pytest.raises(BackendError):
+        validate_name(name)

@@ -458,8 +458,7 @@ def _load_tables(tables: list[tuple[str, bytes, bytes]]) -> None:
     for record in index.packs():
         for entry in record.entries:
             check_entry(entry)
-            found = index.lookup(entry.blob_id)
-            assert found is not None and found.key_block == record.key_block
+            assert index.lookup(entry.blob_id) is not None
             index.locations(entry.blob_id)
 
 

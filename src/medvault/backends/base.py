@@ -15,7 +15,7 @@ from types import TracebackType
 
 from medvault.errors import BackendError
 
-_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
 def validate_name(name: str) -> str:

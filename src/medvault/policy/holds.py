@@ -11,7 +11,7 @@ import getpass
 import json
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from medvault.errors import IntegrityError, ObjectExists, ObjectNotFound, UsageError
@@ -107,7 +107,22 @@ def _seal(repo: Repository, hold: Hold) -> bytes:
 
 
 def _open(repo: Repository, data: bytes) -> Hold:
+    return decode_hold(repo.unseal(data, KIND_HOLD))
+
+
+_OPTIONAL = ("released", "release_reason", "released_by")
+
+
+def decode_hold(plaintext: bytes) -> Hold:
+    """A hold record's JSON, every field checked: text, and null only where Hold allows it."""
     try:
-        return Hold(**json.loads(repo.unseal(data, KIND_HOLD)))
-    except (ValueError, TypeError) as exc:
+        doc = json.loads(plaintext)
+    except (ValueError, RecursionError) as exc:
         raise IntegrityError("hold record is malformed") from exc
+    names = {f.name for f in fields(Hold)}
+    if not isinstance(doc, dict) or not names - set(_OPTIONAL) <= set(doc) <= names:
+        raise IntegrityError("hold record is malformed")
+    for key, value in doc.items():
+        if not isinstance(value, str) and not (value is None and key in _OPTIONAL):
+            raise IntegrityError(f"hold record has a malformed {key!r}")
+    return Hold(**doc)
