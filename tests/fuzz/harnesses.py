@@ -304,7 +304,7 @@ def _read_blobs(sample_key: bytes, pack: bytes, entries: list[packs.PackEntry]) 
         assert len(data) == entry.raw_length
 
 
-@harness("packs.read_pack_header (raw bytes)", "IntegrityError", 60_000, _pack_seeds)
+@harness("packs.read_pack_header (raw bytes)", "IntegrityError", 80_000, _pack_seeds)
 def fuzz_pack_raw(data: bytes) -> None:
     try:
         key_block, entries = packs.read_pack_header(world().keks, data)
@@ -422,7 +422,7 @@ def _payload_seeds() -> list[bytes]:
     return seeds
 
 
-@harness("compression.decode", "IntegrityError", 60_000, _payload_seeds)
+@harness("compression.decode", "IntegrityError", 80_000, _payload_seeds)
 def fuzz_payload(data: bytes) -> None:
     cursor = Cursor(data)
     raw_length = cursor.u32() if cursor.byte() & 1 else None
@@ -465,7 +465,7 @@ def _load_tables(tables: list[tuple[str, bytes, bytes]]) -> None:
 @harness(
     "index.decode_index + MasterIndex.add_table (sealed, fuzzed payload)",
     "IntegrityError",
-    50_000,
+    60_000,
     _index_seeds,
 )
 def fuzz_index(data: bytes) -> None:
@@ -514,7 +514,7 @@ def _tree_seeds() -> list[bytes]:
     ]
 
 
-@harness("records.decode_tree (a tree blob's plaintext)", "IntegrityError", 60_000, _tree_seeds)
+@harness("records.decode_tree (a tree blob's plaintext)", "IntegrityError", 80_000, _tree_seeds)
 def fuzz_tree(data: bytes) -> None:
     try:
         nodes = records.decode_tree(data)
@@ -573,7 +573,7 @@ def _snapshot_seeds() -> list[bytes]:
 
 
 @harness(
-    "records.decode_snapshot (sealed, fuzzed payload)", "IntegrityError", 50_000, _snapshot_seeds
+    "records.decode_snapshot (sealed, fuzzed payload)", "IntegrityError", 60_000, _snapshot_seeds
 )
 def fuzz_snapshot(data: bytes) -> None:
     repo = world().repo
@@ -629,7 +629,7 @@ LOCK_NAME = "locks/" + "ab" * 16
 @harness(
     "locks.parse_lock",
     "ValueError raised by parse_lock itself, naming the defect",
-    60_000,
+    80_000,
     _lock_seeds,
 )
 def fuzz_lock(data: bytes) -> None:
@@ -808,7 +808,7 @@ def _config_seeds() -> list[bytes]:
 @harness(
     "repo.RepoConfig.parse + verify",
     "IntegrityError, UnsupportedFormat",
-    50_000,
+    60_000,
     _config_seeds,
 )
 def fuzz_config(data: bytes) -> None:
@@ -847,7 +847,7 @@ def _planted_sealed(cursor_data: bytes, kind: bytes) -> bytes:
 @harness(
     "holds.list_holds (planted hold objects, sealed or not)",
     "nothing: an unreadable hold is kept, with a warning",
-    25_000,
+    20_000,
     lambda: _with_prefix(b"\0", _hold_seeds()),
 )
 def fuzz_hold(data: bytes) -> None:
@@ -870,7 +870,7 @@ def _drill_seeds() -> list[bytes]:
 @harness(
     "drills.list_results (planted drill records, sealed or not)",
     "nothing: an unreadable record is left out, with a warning",
-    25_000,
+    20_000,
     lambda: _with_prefix(b"\0", _drill_seeds()),
 )
 def fuzz_drill(data: bytes) -> None:
@@ -891,7 +891,7 @@ def _condemned_seeds() -> list[bytes]:
 @harness(
     "prune.read_condemned (planted records, sealed or not)",
     "nothing: an unreadable record is ignored, with a warning",
-    25_000,
+    20_000,
     lambda: _with_prefix(b"\0", _condemned_seeds()),
 )
 def fuzz_condemned(data: bytes) -> None:
@@ -913,7 +913,7 @@ def _waits_seeds() -> list[bytes]:
 @harness(
     "prune.read_waits (planted records, sealed or not)",
     "nothing: an unreadable record is ignored, with a warning",
-    25_000,
+    20_000,
     lambda: _with_prefix(b"\0", _waits_seeds()),
 )
 def fuzz_waits(data: bytes) -> None:
@@ -946,7 +946,7 @@ def _cluster_seeds() -> list[bytes]:
 @harness(
     "wal.WalArchive.cluster (planted cluster record, sealed or not)",
     "IntegrityError",
-    25_000,
+    20_000,
     _cluster_seeds,
 )
 def fuzz_wal_cluster(data: bytes) -> None:
@@ -972,7 +972,7 @@ def _wal_object_seeds() -> list[bytes]:
 @harness(
     "wal.WalArchive.fetch (planted WAL objects: garbage, or sealed around any payload)",
     "IntegrityError",
-    30_000,
+    25_000,
     _wal_object_seeds,
 )
 def fuzz_wal_object(data: bytes) -> None:
@@ -1044,7 +1044,7 @@ def _text_seeds() -> list[bytes]:
 @harness(
     "sources/postgres/wal.py parse_lsn, parse_history, check_name, timeline_of, segment_number",
     "UsageError (names, LSNs), IntegrityError (history files)",
-    60_000,
+    80_000,
     _text_seeds,
 )
 def fuzz_wal_text(data: bytes) -> None:
@@ -1094,7 +1094,7 @@ _SEGMENT_NAMES = [
 @harness(
     "sources/postgres/wal.py read_segment_header",
     "IntegrityError",
-    20_000,
+    30_000,
     _segment_seeds,
 )
 def fuzz_wal_segment_header(data: bytes) -> None:
