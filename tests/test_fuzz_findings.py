@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -316,3 +317,25 @@ def test_name_ending_in_a_newline_is_no_object_or_wal_name(name: str) -> None:
     assert not pgwal.is_archivable(name)
     with pytest.raises(BackendError):
         validate_name(name)
+
+
+@pytest.mark.parametrize(
+    ("folder", "read"),
+    [
+        ("snapshots", lambda repo: repo.list_snapshots()),
+        ("index", lambda repo: repo.load_index()),
+        ("holds", holds.list_holds),
+        ("drills", drills.list_results),
+        (prune.FOLDER, prune.read_condemned),
+        ("keys", lambda repo: repo.read_key_slots(repo.backend)),
+    ],
+)
+def test_file_whose_name_no_object_has_is_not_listed(
+    keyfile_repo: Repository, folder: str, read: Callable[[Repository], object]
+) -> None:
+    path = _plant(keyfile_repo, f"{folder}/a b", b"planted")
+    try:
+        read(keyfile_repo)
+        assert not [o.name for o in keyfile_repo.backend.list(folder) if " " in o.name]
+    finally:
+        path.unlink()

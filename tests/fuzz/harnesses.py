@@ -927,6 +927,46 @@ def fuzz_waits(data: bytes) -> None:
         assert all(re.fullmatch("locks/[0-9a-f]{32}", lock) for lock in locks), locks
 
 
+# Object names in every folder -----------------------------------------------------------------
+
+
+def _listing_readers() -> list[tuple[str, Callable[[], object]]]:
+    w = world()
+    return [
+        ("snapshots", w.repo.list_snapshots),
+        ("index", w.repo.load_index),
+        ("keys", lambda: w.repo.read_key_slots(w.repo.backend)),
+        ("holds", lambda: holds.list_holds(w.repo)),
+        ("holds/released", lambda: holds.list_holds(w.repo)),
+        ("drills", lambda: drills.list_results(w.repo)),
+        (prune.FOLDER, lambda: prune.read_condemned(w.repo)),
+        (prune.WAITS_FOLDER, lambda: prune.read_waits(w.repo)),
+        ("locks", lambda: read_locks(w.repo.backend)),
+        (f"wal/{SOURCE}", w.archive.names),
+    ]
+
+
+def _object_name_seeds() -> list[bytes]:
+    return [bytes([i]) + name for i in range(10) for name in (b"a b", b"ab" * 32, b"-x", b"\xff")]
+
+
+@harness(
+    "every listing reader (snapshots, index, keys, holds, drills, prune, locks, WAL) "
+    "over a planted object of any name",
+    "nothing: what is not an object is not listed, an unreadable object is skipped",
+    30_000,
+    _object_name_seeds,
+)
+def fuzz_object_names(data: bytes) -> None:
+    w = world()
+    cursor = Cursor(data)
+    readers = _listing_readers()
+    folder, read = readers[cursor.byte() % len(readers)]
+    name = file_name(cursor.sized())
+    with w.planted(f"{folder}/{name}", cursor.rest()):
+        read()
+
+
 # The WAL archive -------------------------------------------------------------------------------
 
 
