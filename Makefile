@@ -1,6 +1,7 @@
 # make demo   installs everything and runs the end-to-end demo
 # make test   installs everything and runs ruff, mypy and the test suite
-.PHONY: install demo test lint typecheck pytest bench bench-pg bench-s3 bench-prune clean
+# make fuzz   runs every fuzz harness (tests/fuzz/) for over a million inputs in all
+.PHONY: install demo test lint typecheck pytest fuzz bench bench-pg bench-s3 bench-prune clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,6 +27,9 @@ pytest: install
 
 test: lint typecheck pytest
 
+fuzz: install
+	$(BIN)/python -m tests.fuzz
+
 bench:
 	@scripts/bootstrap.sh bench
 	$(BIN)/python bench/run.py
@@ -43,4 +47,4 @@ bench-s3:
 	$(BIN)/python bench/s3_run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .fuzz

@@ -49,6 +49,16 @@ def test_unknown_format_version_exit_14(initialized_cli: Cli) -> None:
     assert "format version 7" in done.stderr and one_line(done.stderr)
 
 
+def test_config_with_an_infinite_compression_level_exit_13(initialized_cli: Cli) -> None:
+    config = initialized_cli.repo / "config"
+    doc = json.loads(config.read_text())
+    doc["compression"]["level"] = float("inf")  # json writes Infinity, and reads it back
+    config.write_text(json.dumps(doc))
+    done = initialized_cli("snapshots", check=False)
+    assert done.returncode == 13
+    assert "compression level inf is out of range" in done.stderr and one_line(done.stderr)
+
+
 def test_altered_config_is_detected(initialized_cli: Cli) -> None:
     config = initialized_cli.repo / "config"
     doc = json.loads(config.read_text())

@@ -15,12 +15,15 @@ from types import TracebackType
 
 from medvault.errors import BackendError, NotSupported
 
-_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def is_object_name(name: str) -> bool:
+    return bool(name) and all(_NAME_PART.match(p) for p in name.split("/"))
 
 
 def validate_name(name: str) -> str:
-    parts = name.split("/")
-    if not name or any(not _NAME_PART.match(p) for p in parts):
+    if not is_object_name(name):
         raise BackendError(f"invalid object name {name!r}")
     return name
 

@@ -20,7 +20,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from medvault.backends.base import Backend, ObjectInfo, validate_name
+from medvault.backends.base import Backend, ObjectInfo, is_object_name, validate_name
 from medvault.errors import (
     BackendError,
     ObjectExists,
@@ -214,7 +214,10 @@ class LocalBackend(Backend):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for filename in filenames:
-                if filename.startswith("."):
+                # Hidden names are writes in progress; other names no object can have (a
+                # file planted as "snapshots/a b") are not objects either: a listing never
+                # yields a name that load() would refuse.
+                if filename.startswith(".") or not is_object_name(f"{rel}/{filename}"):
                     continue
                 try:
                     st = os.stat(os.path.join(dirpath, filename))

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from medvault.backends.base import Backend, ObjectInfo, validate_name
+from medvault.backends.base import Backend, ObjectInfo, is_object_name, validate_name
 from medvault.errors import (
     BackendError,
     NotSupported,
@@ -558,9 +558,9 @@ class S3Backend(Backend):
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(
-                        obj["Key"][strip:], obj["Size"], obj["LastModified"].timestamp()
-                    )
+                    name = obj["Key"][strip:]
+                    if is_object_name(name):  # as the local backend: no name load() refuses
+                        yield ObjectInfo(name, obj["Size"], obj["LastModified"].timestamp())
         except (BotoCoreError, ClientError) as exc:
             raise self._error("list", prefix, exc) from None
 

@@ -16,7 +16,7 @@ import getpass
 import json
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from medvault.errors import (
@@ -135,7 +135,7 @@ def list_holds(repo: Repository) -> list[Hold]:
         except ObjectNotFound:
             continue  # released while listing
         try:
-            holds.append(_decode(repo.open_record(name, data, KIND_HOLD)))
+            holds.append(decode_hold(repo.open_record(name, data, KIND_HOLD)))
             continue
         except IntegrityError as exc:
             problem = str(exc)
@@ -205,8 +205,19 @@ def _encode(hold: Hold) -> bytes:
     return json.dumps(asdict(hold), sort_keys=True).encode()
 
 
-def _decode(payload: bytes) -> Hold:
+_OPTIONAL = ("released", "release_reason", "released_by")
+
+
+def decode_hold(plaintext: bytes) -> Hold:
+    """A hold record's JSON, every field checked: text, and null only where Hold allows it."""
     try:
-        return Hold(**json.loads(payload))
-    except (ValueError, TypeError) as exc:
+        doc = json.loads(plaintext)
+    except (ValueError, RecursionError) as exc:
         raise IntegrityError("hold record is malformed") from exc
+    names = {f.name for f in fields(Hold)}
+    if not isinstance(doc, dict) or not names - set(_OPTIONAL) <= set(doc) <= names:
+        raise IntegrityError("hold record is malformed")
+    for key, value in doc.items():
+        if not isinstance(value, str) and not (value is None and key in _OPTIONAL):
+            raise IntegrityError(f"hold record has a malformed {key!r}")
+    return Hold(**doc)

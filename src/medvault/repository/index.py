@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from medvault.errors import IntegrityError
+from medvault.repository.crypto import KEY_BLOCK_LEN
 from medvault.repository.packs import ENTRY, PackEntry
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ TABLE_FIELDS = [
     ("raw", "<u4"),
 ]
 MERGE_AT = 65536
+PACK_ID_LEN = 32
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,32 @@ def decode_index(payload: bytes) -> tuple[list[tuple[str, bytes, bytes]], list[s
     """(pack id, key block, raw entry table) triples and the ids of superseded indexes."""
     try:
         doc = msgpack.unpackb(payload)
-        if doc.get("v") != 1:
-            raise IntegrityError(f"index has unknown version {doc.get('v')}")
-        packs = [(p["id"].hex(), p["key"], p["blobs"]) for p in doc["packs"]]
-        return packs, list(doc.get("supersedes", []))
-    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+    except (ValueError, msgpack.UnpackException) as exc:
         raise IntegrityError("index is malformed") from exc
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        version = doc.get("v") if isinstance(doc, dict) else None
+        raise IntegrityError(f"index has unknown version {version!r}")
+    packs, supersedes = doc.get("packs"), doc.get("supersedes", [])
+    if not isinstance(packs, list) or not isinstance(supersedes, list):
+        raise IntegrityError("index is malformed")
+    if not all(isinstance(s, str) for s in supersedes):
+        raise IntegrityError("index is malformed: a superseded index id is not text")
+    return [_pack_of(p) for p in packs], supersedes
+
+
+def _pack_of(doc: object) -> tuple[str, bytes, bytes]:
+    """One pack of an index, every field checked: a blob read through it must find a pack
+    name, a key block and whole entries."""
+    if not isinstance(doc, dict):
+        raise IntegrityError("index is malformed: a pack is not a map")
+    pack_id, key_block, table = doc.get("id"), doc.get("key"), doc.get("blobs")
+    if not isinstance(pack_id, bytes) or len(pack_id) != PACK_ID_LEN:
+        raise IntegrityError("index is malformed: a pack id is not 32 bytes")
+    if not isinstance(key_block, bytes) or len(key_block) != KEY_BLOCK_LEN:
+        raise IntegrityError(f"index names pack {pack_id.hex()[:16]} with a damaged key block")
+    if not isinstance(table, bytes) or len(table) % ENTRY.size:
+        raise IntegrityError(f"index entry table for pack {pack_id.hex()[:16]} is truncated")
+    return pack_id.hex(), key_block, table
 
 
 class MasterIndex:

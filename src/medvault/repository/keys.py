@@ -28,7 +28,7 @@ from medvault.errors import (
     UsageError,
     WrongPassphrase,
 )
-from medvault.repository.crypto import DataKey
+from medvault.repository.crypto import KEY_ID_LEN, DataKey
 
 KEYFILE_HEADER = "medvault-keyfile-v1"
 # OWASP's first Argon2id recommendation is 19 MiB x 2; a backup key guards years of patient
@@ -97,15 +97,45 @@ class MasterKey:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> MasterKey:
-        doc = msgpack.unpackb(raw)
-        if doc.get("v") != 1:
+        """A master key as a slot unwraps it. The slot's AEAD proves only that someone who
+        held a key wrote it, so every field is checked before anything uses it."""
+        try:
+            doc = msgpack.unpackb(raw)
+        except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
+            raise IntegrityError("master key is malformed") from exc
+        if not isinstance(doc, dict) or doc.get("v") != 1:
             raise IntegrityError("master key has an unknown version")
+
+        def key_bytes(value: object, length: int, what: str) -> bytes:
+            if not isinstance(value, bytes) or len(value) != length:
+                raise IntegrityError(f"master key has a malformed {what}")
+            return value
+
+        seed = doc.get("chunker_seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            raise IntegrityError("master key has a malformed chunker seed")
+        entries = doc.get("data_keys")
+        if not isinstance(entries, list) or not entries:
+            raise IntegrityError("master key has no data keys")
+        data_keys = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise IntegrityError("master key has a malformed data key")
+            data_keys.append(
+                DataKey(
+                    key_bytes(entry.get("id"), KEY_ID_LEN, "data key id"),
+                    key_bytes(entry.get("key"), 32, "data key"),
+                )
+            )
+        current = key_bytes(doc.get("current"), KEY_ID_LEN, "current key id")
+        if current not in {k.key_id for k in data_keys}:
+            raise IntegrityError("master key names a current data key it does not hold")
         return cls(
-            id_key=doc["id_key"],
-            mac_key=doc["mac_key"],
-            chunker_seed=doc["chunker_seed"],
-            data_keys=tuple(DataKey(k["id"], k["key"]) for k in doc["data_keys"]),
-            current_key_id=doc["current"],
+            id_key=key_bytes(doc.get("id_key"), 32, "id key"),
+            mac_key=key_bytes(doc.get("mac_key"), 32, "MAC key"),
+            chunker_seed=seed,
+            data_keys=tuple(data_keys),
+            current_key_id=current,
         )
 
 

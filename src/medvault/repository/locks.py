@@ -40,7 +40,7 @@ MAX_LEASE = 24 * 3600.0  # a planted lock cannot claim to live for years
 # A host clock further than this from the store's is reported as skewed.
 CLOCK_TOLERANCE = 5 * 60.0
 SCOPES = ("", "prune", "keys")
-_LOCK_NAME = re.compile(rf"^{FOLDER}/[0-9a-f]{{32}}$")
+_LOCK_NAME = re.compile(rf"^{FOLDER}/[0-9a-f]{{32}}\Z")
 
 
 def _process_start(pid: int) -> str:
@@ -186,7 +186,7 @@ def parse_lock(name: str, raw: bytes, modified: float | None) -> LockInfo:
     """A lock object, every field checked; ValueError naming what is wrong."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise ValueError("not JSON") from None
     if not isinstance(doc, dict) or doc.get("v") != 2:
         raise ValueError("unknown lock version")
@@ -196,8 +196,15 @@ def parse_lock(name: str, raw: bytes, modified: float | None) -> LockInfo:
         # bool is an int in Python: a pid of `true` is not a pid.
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ValueError(f"field {field!r} is missing or of the wrong type")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"field {field!r} is not a finite number")
+        if kind == (int, float) and isinstance(value, int | float):
+            # Times and leases are compared with float clocks: 10**400 is valid JSON, and
+            # no float.
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ValueError(f"field {field!r} is not a finite number") from None
+            if not math.isfinite(value):
+                raise ValueError(f"field {field!r} is not a finite number")
         values[field] = value
     if values["scope"] not in SCOPES:
         raise ValueError(f"unknown scope {values['scope']!r}")

@@ -33,11 +33,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
+import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medvault import faults
 from medvault.errors import IntegrityError, ObjectLocked, ObjectNotFound
@@ -81,13 +83,55 @@ class Condemned:
         return self.name.rsplit("/", 1)[1]
 
 
+_PACK_ID = re.compile(r"[0-9a-f]{64}")
+_LOCK_NAME = re.compile(r"locks/[0-9a-f]{32}")
+
+
+def _json_object(plaintext: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(plaintext)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError("prune record is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise IntegrityError("prune record is not a JSON object")
+    return doc
+
+
+def decode_condemned(name: str, plaintext: bytes) -> Condemned:
+    """A condemned record, every field checked: its pack ids become names prune deletes."""
+    doc = _json_object(plaintext)
+    stamp, packs = doc.get("time"), doc.get("packs")
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+        raise IntegrityError("prune record has no time")
+    try:
+        created = float(stamp)  # an integer of 400 digits is JSON too
+    except OverflowError as exc:
+        raise IntegrityError("prune record has no time") from exc
+    if not math.isfinite(created):
+        raise IntegrityError("prune record has no time")
+    if not isinstance(packs, list) or not all(
+        isinstance(p, str) and _PACK_ID.fullmatch(p) for p in packs
+    ):
+        raise IntegrityError("prune record names something that is not a pack id")
+    return Condemned(name, created, frozenset(packs))
+
+
+def decode_waits(plaintext: bytes) -> frozenset[str]:
+    """The lock names a waits record lists."""
+    locks = _json_object(plaintext).get("locks")
+    if not isinstance(locks, list) or not all(
+        isinstance(n, str) and _LOCK_NAME.fullmatch(n) for n in locks
+    ):
+        raise IntegrityError("prune record names something that is not a lock")
+    return frozenset(locks)
+
+
 def read_condemned(repo: Repository) -> list[Condemned]:
     records = []
     for obj in repo.backend.list(FOLDER):
         try:
-            doc = json.loads(repo.load_record(obj.name, KIND_CONDEMNED))
-            records.append(Condemned(obj.name, float(doc["time"]), frozenset(doc["packs"])))
-        except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
+            records.append(decode_condemned(obj.name, repo.load_record(obj.name, KIND_CONDEMNED)))
+        except (IntegrityError, ObjectNotFound):
             repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
     return sorted(records, key=lambda r: r.name)
 
@@ -97,9 +141,9 @@ def read_waits(repo: Repository) -> dict[str, frozenset[str]]:
     waits = {}
     for obj in repo.backend.list(WAITS_FOLDER):
         try:
-            doc = json.loads(repo.load_record(obj.name, KIND_WAITS))
-            waits[obj.name.rsplit("/", 1)[1]] = frozenset(str(n) for n in doc["locks"])
-        except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
+            plaintext = repo.load_record(obj.name, KIND_WAITS)
+            waits[obj.name.rsplit("/", 1)[1]] = decode_waits(plaintext)
+        except (IntegrityError, ObjectNotFound):
             # Unreadable: as if absent, so the next run writes it again (conservatively).
             repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
     return waits

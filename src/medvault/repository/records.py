@@ -95,19 +95,75 @@ def encode_tree(nodes: list[Node]) -> bytes:
     return msgpack.packb({"v": 1, "nodes": out})
 
 
+# What each stored tree field may hold. A tree is authenticated, but anyone holding the key
+# (a compromised client) can write any tree: every field is checked before restore uses it.
+# Integers are bounded by what MessagePack can carry and the system calls that apply them.
+_NODE_INTS = {
+    "mode": (0, 0o7777),
+    "uid": (0, 2**32 - 1),
+    "gid": (0, 2**32 - 1),
+    "mtime_ns": (-(2**63), 2**64 - 1),
+    "ctime_ns": (-(2**63), 2**64 - 1),
+    "inode": (0, 2**64 - 1),
+    "dev": (0, 2**64 - 1),
+    "size": (0, 2**64 - 1),
+}
+BLOB_ID_LEN = 32
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_blob_id(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == BLOB_ID_LEN
+
+
+def _node_field(name: str, value: Any) -> Any:
+    """The field's value as Node holds it, or None when the value is not acceptable."""
+    if name in _NODE_INTS:
+        low, high = _NODE_INTS[name]
+        return value if _is_int(value) and low <= value <= high else None
+    if name in ("name", "target"):
+        return value if isinstance(value, bytes) else None
+    if name in ("type", "user", "group"):
+        return value if isinstance(value, str) else None
+    if name == "subtree":
+        return value if _is_blob_id(value) else None
+    # content
+    if isinstance(value, list) and all(_is_blob_id(c) for c in value):
+        return tuple(value)
+    return None
+
+
+def _decode_node(item: Any) -> Node:
+    if not isinstance(item, dict) or not isinstance(item.get("n"), bytes):
+        raise IntegrityError("tree is malformed: an entry without a name")
+    name = item["n"]
+    fields = {}
+    for key, value in item.items():
+        field_name = _NODE_FIELDS.get(key) if isinstance(key, str) else None
+        if field_name is None:
+            raise IntegrityError(f"tree entry {name!r} has an unknown field {key!r}")
+        fields[field_name] = _node_field(field_name, value)
+        if fields[field_name] is None:
+            raise IntegrityError(f"tree entry {name!r} has a malformed {field_name}")
+    if "type" not in fields:
+        raise IntegrityError(f"tree entry {name!r} has no type")
+    return Node(**fields)
+
+
 def decode_tree(raw: bytes) -> list[Node]:
     try:
         doc = msgpack.unpackb(raw)
-        if doc.get("v") != 1:
-            raise IntegrityError(f"tree has unknown version {doc.get('v')}")
-        nodes = []
-        for item in doc["nodes"]:
-            fields = {_NODE_FIELDS[k]: v for k, v in item.items()}
-            if "content" in fields:
-                fields["content"] = tuple(fields["content"])
-            nodes.append(Node(**fields))
-    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+    except (ValueError, msgpack.UnpackException) as exc:
         raise IntegrityError("tree is malformed") from exc
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        version = doc.get("v") if isinstance(doc, dict) else None
+        raise IntegrityError(f"tree has unknown version {version!r}")
+    if not isinstance(doc.get("nodes"), list):
+        raise IntegrityError("tree is malformed: no list of entries")
+    nodes = [_decode_node(item) for item in doc["nodes"]]
     seen: set[bytes] = set()
     for node in nodes:
         check_name(node.name)
@@ -177,29 +233,66 @@ def encode_snapshot(snap: Snapshot) -> bytes:
     return msgpack.packb({"v": 1, **snapshot_fields(snap)})
 
 
+def _snapshot_field(doc: dict[str, Any], key: str, snapshot_id: str) -> Any:
+    """A stored snapshot field, checked against what readers of Snapshot rely on."""
+    value: Any = doc.get(key)
+    if key not in doc:
+        ok = False
+    elif key in ("time", "end_time"):
+        ok = isinstance(value, str) and _aware_time(value)
+    elif key in ("paths", "tags"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    elif key == "tree":
+        ok = _is_blob_id(value)
+    elif key in ("parent", "tier", "origin"):
+        ok = value is None or isinstance(value, str)
+    elif key in ("stats", "facts"):
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise IntegrityError(f"snapshot {snapshot_id[:12]} has a malformed {key!r}")
+    return value
+
+
+def _aware_time(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
+
+
 def decode_snapshot(raw: bytes, snapshot_id: str) -> Snapshot:
     try:
         doc = msgpack.unpackb(raw)
-        if doc.get("v") != 1:
-            raise IntegrityError(f"snapshot {snapshot_id[:12]} has unknown version {doc.get('v')}")
-        return Snapshot(
-            time=doc["time"],
-            end_time=doc["end_time"],
-            host=doc["host"],
-            user=doc["user"],
-            source=doc["source"],
-            kind=doc["kind"],
-            backup_type=doc["type"],
-            paths=tuple(doc["paths"]),
-            tree=doc["tree"],
-            tags=tuple(doc["tags"]),
-            parent=doc["parent"],
-            tier=doc["tier"],
-            stats=doc["stats"],
-            facts=doc["facts"],
-            program=doc["program"],
-            origin=doc.get("origin"),
-            id=snapshot_id,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+    except (ValueError, msgpack.UnpackException) as exc:
         raise IntegrityError(f"snapshot {snapshot_id[:12]} is malformed") from exc
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        version = doc.get("v") if isinstance(doc, dict) else None
+        raise IntegrityError(f"snapshot {snapshot_id[:12]} has unknown version {version!r}")
+    if "origin" not in doc:
+        doc["origin"] = None  # snapshots written before copies existed
+    fields = {key: _snapshot_field(doc, key, snapshot_id) for key in _SNAPSHOT_KEYS}
+    fields["backup_type"] = fields.pop("type")
+    return Snapshot(**fields, id=snapshot_id)
+
+
+_SNAPSHOT_KEYS = (
+    "time",
+    "end_time",
+    "host",
+    "user",
+    "source",
+    "kind",
+    "type",
+    "paths",
+    "tree",
+    "tags",
+    "parent",
+    "tier",
+    "stats",
+    "facts",
+    "program",
+    "origin",
+)

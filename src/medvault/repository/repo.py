@@ -10,12 +10,13 @@ import contextlib
 import datetime as dt
 import hmac
 import json
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from medvault import __version__, faults
 from medvault.backends import Backend
@@ -108,34 +109,82 @@ class RepoConfig:
 
     @classmethod
     def parse(cls, raw: bytes, url: str) -> tuple[RepoConfig, dict[str, Any]]:
+        """The config as stored, every field checked: it is read before any key can prove it
+        genuine (and its MAC proves only that a key holder wrote it)."""
+        damaged = f"repository config at {url} is damaged"
         try:
             doc = json.loads(raw)
-            version = doc["version"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"repository config at {url} is damaged") from exc
+        except (ValueError, RecursionError) as exc:
+            raise IntegrityError(damaged) from exc
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if not _is_int(version):
+            raise IntegrityError(damaged)
         if version != FORMAT_VERSION:
             raise UnsupportedFormat(
                 f"repository at {url} has format version {version}; this medvault "
                 f"{__version__} reads version {FORMAT_VERSION}: upgrade medvault"
             )
-        try:
-            config = cls(
-                version=version,
-                repo_id=doc["id"],
-                created=doc["created"],
-                chunker=ChunkerParams(**doc["chunker"]),
-                compression_level=int(doc["compression"]["level"]),
-                pack_size=int(doc["pack_size"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"repository config at {url} is damaged") from exc
+        problem = _config_problem(doc)
+        if problem:
+            raise IntegrityError(f"{damaged}: {problem}")
+        config = cls(
+            version=version,
+            repo_id=doc["id"],
+            created=doc["created"],
+            chunker=ChunkerParams(**doc["chunker"]),
+            compression_level=doc["compression"]["level"],
+            pack_size=doc["pack_size"],
+        )
         return config, doc
 
     def verify(self, doc: dict[str, Any], master: MasterKey) -> None:
         body = {k: v for k, v in doc.items() if k != "mac"}
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        if not hmac.compare_digest(str(doc.get("mac", "")), master.mac(canonical)):
+        mac = doc.get("mac")
+        if not isinstance(mac, str) or not mac.isascii():
+            mac = ""  # compare_digest takes ASCII text only; a non-ASCII MAC is wrong anyway
+        if not hmac.compare_digest(mac, master.mac(canonical)):
             raise IntegrityError("repository config has been altered (MAC mismatch)")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What the chunker (pyfastcdc's bounds), zstd and the pack format (u32 offsets) accept.
+_CHUNKER_RANGES = {
+    "min_size": (64, 1 << 20),
+    "avg_size": (256, 4 << 20),
+    "max_size": (1024, 16 << 20),
+    "normalization": (0, 3),
+}
+_ZSTD_LEVELS = (-(1 << 17), 22)
+_PACK_SIZES = (1, 1 << 31)
+
+
+def _config_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a config's fields, or None."""
+    repo_id, chunker, compression = doc.get("id"), doc.get("chunker"), doc.get("compression")
+    if not isinstance(repo_id, str) or not re.fullmatch("[0-9a-f]{32}", repo_id):
+        return "its id is not 32 hex digits"
+    if not isinstance(doc.get("created"), str):
+        return "no creation time"
+    if not isinstance(chunker, dict) or set(chunker) != {f.name for f in fields(ChunkerParams)}:
+        return "chunker parameters are missing or unknown"
+    if not isinstance(chunker["algorithm"], str):
+        return "chunker algorithm is not a name"
+    for name, (low, high) in _CHUNKER_RANGES.items():
+        if not _is_int(chunker[name]) or not low <= chunker[name] <= high:
+            return f"chunker {name} {chunker[name]!r} is out of range"
+    if not chunker["min_size"] <= chunker["avg_size"] <= chunker["max_size"]:
+        return "chunker sizes are not in order"
+    level = compression.get("level") if isinstance(compression, dict) else None
+    if not _is_int(level) or not _ZSTD_LEVELS[0] <= level <= _ZSTD_LEVELS[1]:
+        return f"compression level {level!r} is out of range"
+    pack_size = doc.get("pack_size")
+    if not _is_int(pack_size) or not _PACK_SIZES[0] <= pack_size <= _PACK_SIZES[1]:
+        return f"pack size {pack_size!r} is out of range"
+    return None
 
 
 def pack_name(pack_id: str) -> str:

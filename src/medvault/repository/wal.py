@@ -43,8 +43,8 @@ KIND_WAL = b"wal"
 KIND_WAL_CLUSTER = b"wal-cluster"
 # The first 8 characters of a name are its timeline in hex (a segment, a .partial or
 # .backup file, or NNNNNNNN.history); the rest is checked by the caller.
-_NAME = re.compile(r"^([0-9A-F]{8})[0-9A-Za-z.]{0,64}$")
-_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^([0-9A-F]{8})[0-9A-Za-z.]{0,64}\Z")
+_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,31 @@ class ClusterRecord:
     system_identifier: str
     segment_size: int
     created: str
+
+
+def decode_cluster_record(plaintext: bytes) -> ClusterRecord:
+    """The cluster record's JSON, every field checked (a key holder can seal anything)."""
+    try:
+        doc = json.loads(plaintext)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError("not JSON") from exc
+    if not isinstance(doc, dict):
+        raise IntegrityError("not a JSON object")
+    system_identifier, size, created = (
+        doc.get("system_identifier"),
+        doc.get("segment_size"),
+        doc.get("created"),
+    )
+    if not isinstance(system_identifier, str) or not re.fullmatch("[0-9]{1,20}", system_identifier):
+        raise IntegrityError(f"system identifier {system_identifier!r} is not a number")
+    # PostgreSQL's segment sizes: a power of 2, at most 1 GiB (as sources/postgres/wal.py reads).
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 1 << 30:
+        raise IntegrityError(f"segment size {size!r} is out of range")
+    if size & (size - 1):
+        raise IntegrityError(f"segment size {size} is not a power of 2")
+    if not isinstance(created, str):
+        raise IntegrityError("no creation time")
+    return ClusterRecord(system_identifier, size, created)
 
 
 def timeline_of(name: str) -> int:
@@ -186,11 +211,9 @@ class WalArchive:
         found = []
         for info in self.repo.backend.list(prefix):
             parts = info.name.split("/")
-            if (
-                len(parts) == 4
-                and _NAME.match(parts[3])
-                and timeline_of(parts[3]) == int(parts[2], 16)
-            ):
+            # The folder is the name's own timeline, as object_name writes it; anything else
+            # under wal/<source>/ (planted, or a name this medvault does not know) is not WAL.
+            if len(parts) == 4 and _NAME.match(parts[3]) and parts[2] == parts[3][:8]:
                 found.append(parts[3])
         if self.with_secondary and self.repo.fallback is not None:
             other = self.repo.secondary()
@@ -215,11 +238,8 @@ class WalArchive:
         except ObjectNotFound:
             return None
         try:
-            doc = json.loads(self.repo.open_record(name, data, KIND_WAL_CLUSTER))
-            return ClusterRecord(
-                str(doc["system_identifier"]), int(doc["segment_size"]), str(doc["created"])
-            )
-        except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+            return decode_cluster_record(self.repo.open_record(name, data, KIND_WAL_CLUSTER))
+        except IntegrityError as exc:
             raise IntegrityError(
                 f"the WAL archive's cluster record {name} is damaged ({exc}); run `medvault check`"
             ) from exc

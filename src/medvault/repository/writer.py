@@ -131,7 +131,7 @@ class BlobSink:
             # decryption check holds one (fewer open packs serve more workers). A payload
             # handed in was decoded into `data` by the caller already.
             compressed = payload[0] == compression.ZSTD and encoded is None
-            if self._verify and compressed and compression.decode(payload) != data:
+            if self._verify and compressed and compression.decode(payload, len(data)) != data:
                 raise IntegrityError(
                     f"blob {blob_id.hex()[:16]} did not decompress to its input; nothing stored"
                 )

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medvault import faults
 from medvault.dirpath import walk
@@ -43,7 +44,7 @@ from medvault.verification.scratch import (
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
@@ -349,13 +350,62 @@ def store_result(repo: Repository, result: DrillResult) -> str:
     return result.id
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What each stored field may hold; records written before a field existed lack it.
+_RESULT_FIELDS: dict[str, Callable[[object], bool]] = {
+    "snapshot": lambda v: isinstance(v, str),
+    "source": lambda v: isinstance(v, str),
+    "kind": lambda v: isinstance(v, str),
+    "started": lambda v: isinstance(v, str),
+    "rto_s": _number,
+    "cleanup_s": _number,
+    "rto_target_s": lambda v: v is None or _number(v),
+    "ok": lambda v: isinstance(v, bool),
+    "checks": lambda v: isinstance(v, list),
+    "error": lambda v: v is None or isinstance(v, str),
+    "id": lambda v: isinstance(v, str),
+}
+_CHECK_FIELDS: dict[str, Callable[[object], bool]] = {
+    "name": lambda v: isinstance(v, str),
+    "ok": lambda v: isinstance(v, bool),
+    "detail": lambda v: isinstance(v, str),
+    "seconds": lambda v: v is None or _number(v),
+}
+
+
+def _checked(
+    doc: object, rules: dict[str, Callable[[object], bool]], required: int
+) -> dict[str, Any]:
+    """`doc` when it is a JSON object whose fields all follow `rules` and that holds the
+    first `required` of them."""
+    if not isinstance(doc, dict) or not set(list(rules)[:required]) <= set(doc):
+        raise IntegrityError("drill record is malformed")
+    for key, value in doc.items():
+        rule = rules.get(key)
+        if rule is None or not rule(value):
+            raise IntegrityError(f"drill record has a malformed {key!r}")
+    return doc
+
+
+def decode_result(plaintext: bytes) -> DrillResult:
+    """A drill record's JSON, every field checked (a key holder can seal anything)."""
+    try:
+        doc = json.loads(plaintext)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError("drill record is not JSON") from exc
+    doc = _checked(doc, _RESULT_FIELDS, required=4)
+    checks = [Check(**_checked(c, _CHECK_FIELDS, required=2)) for c in doc.get("checks", [])]
+    return DrillResult(**{**doc, "checks": checks})
+
+
 def list_results(repo: Repository) -> list[DrillResult]:
     results = []
     for obj in repo.backend.list(FOLDER):
         try:
-            doc = json.loads(repo.load_record(obj.name, KIND_DRILL))
-            doc["checks"] = [Check(**c) for c in doc.get("checks", [])]
-            results.append(DrillResult(**doc))
-        except (IntegrityError, ObjectNotFound, ValueError, TypeError) as exc:
+            results.append(decode_result(repo.load_record(obj.name, KIND_DRILL)))
+        except (IntegrityError, ObjectNotFound) as exc:
             repo.warnings.append(f"drill record {obj.name} is unreadable: {exc}")
     return sorted(results, key=lambda r: r.started)

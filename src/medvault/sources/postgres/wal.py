@@ -32,10 +32,14 @@ if TYPE_CHECKING:
     from medvault.repository.wal import WalArchive
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
-SEGMENT = re.compile(r"^[0-9A-F]{24}$")
-PARTIAL = re.compile(r"^[0-9A-F]{24}\.partial$")
-BACKUP_LABEL = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
-HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
+# \Z, not $: a name that ends in a newline is no WAL file name.
+SEGMENT = re.compile(r"^[0-9A-F]{24}\Z")
+PARTIAL = re.compile(r"^[0-9A-F]{24}\.partial\Z")
+BACKUP_LABEL = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup\Z")
+HISTORY = re.compile(r"^[0-9A-F]{8}\.history\Z")
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+_TIMELINE = re.compile(r"[0-9]{1,10}")
+MAX_TIMELINE = 0xFFFFFFFF
 SPOOL_DIR_NAME = "medvault-spool"
 ASYNC_BATCH = 64  # files per asynchronous call; the rest wait for the next call
 ASYNC_WORKERS = 4
@@ -51,13 +55,11 @@ LONG_HEADER_LEN = 40
 
 def parse_lsn(text: str) -> int:
     """'16/B374D848' -> an integer position."""
-    high, sep, low = text.strip().partition("/")
-    try:
-        if not sep or not high or not low or len(high) > 8 or len(low) > 8:
-            raise ValueError(text)
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        raise UsageError(f"{text!r} is not an LSN (expected the form 16/B374D848)") from None
+    # A pattern, not int(..., 16) alone: that also takes "-1", "+1" and "1_0".
+    match = _LSN.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"{text!r} is not an LSN (expected the form 16/B374D848)")
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
 
 
 def format_lsn(lsn: int) -> str:
@@ -131,9 +133,12 @@ def parse_history(text: str) -> list[tuple[int, int]]:
             continue
         fields = line.split(None, 2)
         try:
-            if len(fields) < 2:
+            if len(fields) < 2 or not _TIMELINE.fullmatch(fields[0]):
                 raise ValueError(line)
-            entries.append((int(fields[0]), parse_lsn(fields[1])))
+            timeline = int(fields[0])
+            if not 1 <= timeline <= MAX_TIMELINE:
+                raise ValueError(line)
+            entries.append((timeline, parse_lsn(fields[1])))
         except (ValueError, UsageError):
             raise IntegrityError(f"timeline history line {number} is malformed: {line!r}") from None
     return entries
