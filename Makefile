@@ -1,6 +1,7 @@
 # make demo   installs everything and runs the end-to-end demo
 # make test   installs everything and runs ruff, mypy and the test suite
-.PHONY: install demo test lint typecheck pytest bench bench-pg bench-s3 bench-prune clean
+# make faults  runs the fault-injection suite (kill points, S3 faults) and prints its counts
+.PHONY: install demo test lint typecheck pytest faults bench bench-pg bench-s3 bench-prune clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,6 +26,9 @@ pytest: install
 	$(BIN)/pytest -q -n 2
 
 test: lint typecheck pytest
+
+faults: install
+	$(BIN)/pytest -q -n 2 tests/test_fault_injection.py
 
 bench:
 	@scripts/bootstrap.sh bench

@@ -226,6 +226,7 @@ class Pruner:
                 continue
             except ObjectLocked:
                 self.result.kept_locked += 1
+            faults.point("prune.after-pack-delete")
         faults.point("prune.after-delete")
         for record in ripe:
             self.repo.backend.delete(record.name)
@@ -266,6 +267,7 @@ class Pruner:
             ]
             if keep:
                 self.repo.write_index(keep, supersedes=(index_id,))
+            faults.point("prune.before-index-delete")
             self.repo.backend.delete(f"index/{index_id}")
             self.result.deleted_indexes += 1
 
@@ -329,6 +331,7 @@ class Pruner:
         faults.point("prune.after-waits")
         if repack:
             self._repack(repack, used)
+            faults.point("prune.after-repack")
         return True
 
     def _locked(self, pack_ids: list[str]) -> set[str]:
