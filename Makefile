@@ -1,6 +1,6 @@
 # make demo   installs everything and runs the end-to-end demo
 # make test   installs everything and runs ruff, mypy and the test suite
-# make faults  runs the fault-injection suite (kill points, S3 faults) and prints its counts
+# make faults  runs the fault-injection suite (kill points, S3 faults, disk full), prints its counts
 .PHONY: install demo test lint typecheck pytest faults bench bench-pg bench-s3 bench-prune clean
 
 VENV := .venv
@@ -28,7 +28,8 @@ pytest: install
 test: lint typecheck pytest
 
 faults: install
-	$(BIN)/pytest -q -n 2 tests/test_fault_injection.py
+	$(BIN)/pytest -q -n 2 tests/test_fault_injection.py tests/test_bad_input.py \
+		-k "test_fault_injection or disk_full or full_disk or full_repository"
 
 bench:
 	@scripts/bootstrap.sh bench
