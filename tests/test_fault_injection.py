@@ -360,7 +360,7 @@ def prune_finished(w: World, done: subprocess.CompletedProcess[str]) -> None:
 
 def prune_kill(point: str) -> Kill:
     return Kill(
-        point, prune_command, prepare=forget_x, after=prune_finished, expendable=frozenset("X")
+        point, prune_command, prepare=forget_x, after=prune_finished, expendable=frozenset({"X"})
     )
 
 
@@ -397,9 +397,7 @@ def copy_command(w: World) -> list[str]:
 
 
 def copied_everything(w: World, done: subprocess.CompletedProcess[str]) -> None:
-    assert set(w.cli.objects("snapshots")) == {
-        name for name in _objects(w.repos["blank"], "snapshots")
-    }
+    assert w.cli.objects("snapshots") == _objects(w.repos["blank"], "snapshots")
     for number in (1, 2):
         opened = w.open("blank")
         try:
