@@ -1,7 +1,8 @@
 # make demo   installs everything and runs the end-to-end demo
 # make test   installs everything and runs ruff, mypy and the test suite
 # make fuzz   runs every fuzz harness (tests/fuzz/) for over a million inputs in all
-.PHONY: install demo test lint typecheck pytest fuzz bench bench-pg bench-s3 bench-prune clean
+# make faults  runs the fault-injection suite (kill points, S3 faults, disk full), prints its counts
+.PHONY: install demo test lint typecheck pytest fuzz faults bench bench-pg bench-s3 bench-prune clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,6 +30,10 @@ test: lint typecheck pytest
 
 fuzz: install
 	$(BIN)/python -m tests.fuzz
+
+faults: install
+	$(BIN)/pytest -q -n 2 tests/test_fault_injection.py tests/test_bad_input.py \
+		-k "test_fault_injection or disk_full or full_disk or full_repository"
 
 bench:
 	@scripts/bootstrap.sh bench

@@ -13,10 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.faultpoints import TALLY, Tallies
 from tests.pgcluster import PgWorld, make_pg_tempdir, running_clusters
 from tests.s3server import S3Server
 
@@ -220,3 +222,29 @@ def pg_world() -> Iterator[PgWorld]:
     with running_clusters() as clusters:
         yield PgWorld(base, clusters)
     shutil.rmtree(base, ignore_errors=True)
+
+
+# -- the fault-injection suite's counts ------------------------------------------------------
+
+_tallies = Tallies()
+
+
+@pytest.fixture
+def fault_tally(request: pytest.FixtureRequest) -> Iterator[Counter[str]]:
+    """Counts a fault test keeps (runs killed, snapshots restored, faults injected); those of
+    passing tests are summed and shown at the end of the run."""
+    tally: Counter[str] = Counter()
+    yield tally
+    request.node.user_properties.append((TALLY, dict(tally)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _tallies.add(report)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = _tallies.lines()
+    if lines:
+        terminalreporter.section("fault injection")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,12 +10,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from tests.pgcluster import PgWorld, free_port, make_pg_tempdir, running_clusters
+from tests.test_pg_wal import crafted_segment
 
 from conftest import MEDVAULT, PASSWORD, Cli
 from medvault.errors import MedvaultError
@@ -98,34 +101,104 @@ def small_disk() -> Iterator[Path]:
         mount_point.rmdir()
 
 
+def fill(disk: Path, leave: int = 0) -> Path:
+    """A ballast file taking all the space of `disk` but `leave` bytes (about: tmpfs counts
+    in pages)."""
+    ballast = disk / "ballast"
+    st = os.statvfs(disk)
+    size = max(0, st.f_bavail * st.f_frsize - leave)
+    with open(ballast, "wb") as handle, contextlib.suppress(OSError):
+        handle.write(b"\0" * size)
+    return ballast
+
+
 def test_disk_full_during_restore_exit_17_without_half_files(
-    initialized_cli: Cli, make_tree, small_disk: Path
+    initialized_cli: Cli, make_tree, small_disk: Path, fault_tally: Counter[str]
 ) -> None:
-    data = make_tree({"small.txt": b"fits", "big.bin": os.urandom(5_000_000)})
+    data = make_tree(
+        {
+            "letters/a.txt": b"Referral.\n" * 10_000,
+            "letters/b.txt": os.urandom(300_000),
+            "scans/z-big.bin": os.urandom(5_000_000),
+        }
+    )
     initialized_cli("backup", str(data))
     done = initialized_cli("restore", "latest", "--target", str(small_disk), check=False)
     assert done.returncode == 17
     assert "no space left" in done.stderr and one_line(done.stderr)
-    leftovers = [p.name for p in small_disk.rglob("*") if p.is_file()]
-    assert "big.bin" not in leftovers
-    assert not any(name.startswith(".medvault-restore-") for name in leftovers)
+    fault_tally["disk full: restore target"] += 1
+    restored = small_disk / str(data).lstrip("/")
+    present = [p for p in small_disk.rglob("*") if p.is_file()]
+    assert not any(p.name.startswith(".medvault-restore-") for p in present)
+    assert restored / "scans" / "z-big.bin" not in present
+    for path in present:  # whatever has its real name is whole
+        assert path.read_bytes() == (data / path.relative_to(restored)).read_bytes()
 
 
-def test_disk_full_in_the_repository_keeps_earlier_snapshots(
-    cli: Cli, make_tree, small_disk: Path, tmp_path: Path
+def test_wal_fetch_to_a_full_disk_exits_126_without_a_half_segment(
+    initialized_cli: Cli, small_disk: Path, tmp_path: Path, fault_tally: Counter[str]
 ) -> None:
-    cli.env["MEDVAULT_REPOSITORY"] = str(small_disk / "repo")
+    segment = tmp_path / "000000010000000000000001"
+    segment.write_bytes(crafted_segment(segment.name, 7_000_000_000_000_000_001, 1024 * 1024))
+    initialized_cli("wal-push", "emr", str(segment))
+    fill(small_disk, leave=64 * 1024)
+    done = initialized_cli(
+        "wal-fetch", "emr", segment.name, str(small_disk / segment.name), check=False
+    )
+    assert done.returncode == 126 and one_line(done.stderr)
+    assert "No space left" in done.stderr or "no space left" in done.stderr
+    fault_tally["disk full: restore target"] += 1
+    assert [p.name for p in small_disk.iterdir()] == ["ballast"]
+
+
+def test_disk_full_in_the_repository_fails_cleanly_and_the_next_backup_works(
+    cli: Cli, make_tree, small_disk: Path, tmp_path: Path, fault_tally: Counter[str]
+) -> None:
+    repo = small_disk / "repo"
+    cli.env["MEDVAULT_REPOSITORY"] = str(repo)
     cli("init")
     first = make_tree({"a.txt": b"first backup"}, root=tmp_path / "first")
     cli("backup", str(first))
-    second = make_tree({"big.bin": os.urandom(4_000_000)}, root=tmp_path / "second")
+    ballast = fill(small_disk, leave=600_000)
+    second = make_tree({"scan.bin": os.urandom(1_000_000)}, root=tmp_path / "second")
     done = cli("backup", str(second), check=False)
-    assert done.returncode != 0 and one_line(done.stderr)
-    assert "full" in done.stderr
-    snapshots = json.loads(cli("snapshots", "--json").stdout)
-    assert len(snapshots) == 1
+    assert done.returncode == 5 and one_line(done.stderr)
+    assert f"repository disk {repo} is full" in done.stderr
+    fault_tally["disk full: repository"] += 1
+    # Nothing half-written is visible: no temporary file stays, every object is whole.
+    assert [p for p in repo.rglob(".tmp-*")] == []
+    assert len(json.loads(cli("snapshots", "--json").stdout)) == 1
+    cli("check", "--read-data")
+    fault_tally["checks clean"] += 1
     cli("restore", "latest", "--target", str(tmp_path / "out"))
     assert (tmp_path / "out" / str(first).lstrip("/") / "a.txt").read_bytes() == b"first backup"
+    fault_tally["snapshots restored"] += 1
+    # Space freed: the same backup goes through, and restores.
+    ballast.unlink()
+    cli("backup", str(second))
+    cli("restore", "latest", "--target", str(tmp_path / "again"))
+    again = tmp_path / "again" / str(second).lstrip("/") / "scan.bin"
+    assert again.read_bytes() == (second / "scan.bin").read_bytes()
+    fault_tally["snapshots restored"] += 1
+
+
+def test_wal_push_to_a_full_repository_fails_cleanly_and_succeeds_once_space_is_freed(
+    cli: Cli, small_disk: Path, tmp_path: Path, fault_tally: Counter[str]
+) -> None:
+    cli.env["MEDVAULT_REPOSITORY"] = str(small_disk / "repo")
+    cli("init")
+    segment = tmp_path / "000000010000000000000001"
+    segment.write_bytes(crafted_segment(segment.name, 7_000_000_000_000_000_001, 1024 * 1024))
+    ballast = fill(small_disk)
+    done = cli("wal-push", "emr", str(segment), check=False)
+    assert done.returncode == 5 and one_line(done.stderr) and "is full" in done.stderr
+    fault_tally["disk full: repository"] += 1
+    assert cli.objects("wal/emr/00000001") == []
+    assert [p for p in (small_disk / "repo").rglob(".tmp-*")] == []
+    ballast.unlink()
+    cli("wal-push", "emr", str(segment))
+    cli("wal-fetch", "emr", segment.name, str(tmp_path / "fetched"))
+    assert (tmp_path / "fetched").read_bytes() == segment.read_bytes()
 
 
 def test_unreadable_file_is_named_counted_and_exit_3(tmp_path: Path) -> None:

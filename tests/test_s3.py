@@ -1,24 +1,22 @@
 """The S3 backend against a real S3-compatible server (moto's, over HTTP on 127.0.0.1):
 what a DBA sees when the bucket, the endpoint or the credentials are wrong, multipart
-uploads, server-side encryption, and retries when the store throttles or fails.
+uploads, server-side encryption. The store's faults (throttling, server errors, timeouts,
+bodies cut short) are tests/test_fault_injection.py's.
 
 The engine's own tests (test_engine, test_backup_restore, test_check, test_keys) run against
 this backend too, through BACKENDS."""
 
 from __future__ import annotations
 
-import http.client
-import http.server
-import itertools
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.pgcluster import free_port
+from tests.s3faults import FlakyProxy, Reply, Request
 from tests.test_pg_wal import crafted_segment
 
 from conftest import PASSWORD, Cli, S3Server, tree_digest
@@ -225,107 +223,15 @@ def test_over_tls_bodies_are_not_hashed_into_signatures_over_http_they_are(
         server.stop()
 
 
-Injected = tuple[int, str, dict[str, str]]  # status, <Error> XML body, extra headers
-
-
-def busy_store(n: int, fail_every: int = 3) -> Injected | None:
-    """What a busy store sends now and then: 503 SlowDown (throttling), 500 InternalError."""
-    if n % fail_every:
-        return None
-    status, code = (503, "SlowDown") if n % 2 else (500, "InternalError")
-    return status, f"<Code>{code}</Code><Message>try again</Message>", {}
-
-
-def bucket_in_eu_central_1(n: int) -> Injected:
+def bucket_in_eu_central_1(request: Request) -> Reply:
     """What AWS answers a request signed for us-east-1 when the bucket is in eu-central-1."""
-    return (
+    return Reply(
         400,
         "<Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is "
         "malformed; the region 'us-east-1' is wrong; expecting 'eu-central-1'</Message>"
         "<Region>eu-central-1</Region>",
         {"x-amz-bucket-region": "eu-central-1"},
     )
-
-
-class FlakyProxy:
-    """An HTTP proxy in front of the S3 server that answers some requests itself (`answer`
-    returns the injected response for the n-th request, or None to relay it)."""
-
-    def __init__(
-        self, upstream: str, answer: Callable[[int], Injected | None] = busy_store
-    ) -> None:
-        host, port = upstream.removeprefix("http://").split(":")
-        counter = itertools.count(1)
-        self.injected = 0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _relay(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                injected = answer(next(counter))
-                if injected is not None:
-                    proxy.injected += 1
-                    status, error, extra = injected
-                    payload = f"<Error>{error}</Error>".encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/xml")
-                    for key, value in extra.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(host, int(port), timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("content-length", "connection", "transfer-encoding"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_throttling_and_server_errors_are_retried(
-    s3_server: S3Server, tmp_path: Path, make_tree
-) -> None:
-    proxy = FlakyProxy(s3_server.endpoint)
-    try:
-        cli = Cli(f"s3://{s3_server.new_bucket()}/repo", tmp_path)
-        cli.env["AWS_ENDPOINT_URL"] = proxy.endpoint
-        data = make_tree({f"notes/{i}.txt": os.urandom(300_000) for i in range(12)})
-        cli("init")
-        cli("backup", str(data))
-        cli("restore", "latest", "--target", str(tmp_path / "out"))
-        cli("check", "--read-data")
-    finally:
-        proxy.close()
-    assert proxy.injected >= 10, "the store failed often, and every failure was retried"
-    restored = tmp_path / "out" / str(data).lstrip("/")
-    assert tree_digest(restored) == tree_digest(data)
 
 
 def test_wal_push_and_fetch_through_s3(s3_server: S3Server, tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ class RepositorySettings(_Section):
     access_key_id: str | None = None
     secret_access_key: str | None = Field(default=None, repr=False)
     plaintext_credentials: bool = False
+    # Seconds without an answer from the store before a request is retried.
+    read_timeout_s: float | None = Field(default=None, gt=0, le=3600)
     # A second repository (another [repository.NAME]) that `replicate` keeps up to date.
     secondary: str | None = None
     replicate: bool = False
@@ -73,7 +75,15 @@ class RepositorySettings(_Section):
             )
         if self.sse_kms_key_id and self.sse != "sse-kms":
             raise ValueError('sse_kms_key_id: needs sse = "sse-kms"')
-        s3_keys = ("endpoint", "region", "path_style", "storage_class", "sse", "profile")
+        s3_keys = (
+            "endpoint",
+            "region",
+            "path_style",
+            "storage_class",
+            "sse",
+            "profile",
+            "read_timeout_s",
+        )
         if not self.url.startswith("s3://"):
             for key in s3_keys:
                 if getattr(self, key) is not None:

@@ -14,6 +14,9 @@ comma-separated list of `NAME=ACTION`:
 In-process tests use `armed({"name": callable})` instead. The variable is read once, at
 import; a child process started by medvault never inherits it (child environments are
 explicit), and it carries no secret.
+
+Every point, and what a crash there leaves, is listed in docs/architecture.md ("Fault
+points"); tests/test_fault_injection.py kills a process at each one.
 """
 
 from __future__ import annotations

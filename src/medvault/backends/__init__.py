@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from medvault.backends.base import Backend, ObjectInfo
@@ -31,6 +32,8 @@ def open_backend(url: str, settings: RepositorySettings | None = None) -> Backen
                 access_key_id=settings.access_key_id,
                 secret_access_key=settings.secret_access_key,
             )
+            if settings.read_timeout_s is not None:
+                options = replace(options, read_timeout=settings.read_timeout_s)
         return S3Backend(url, options)
     if "://" in url:
         scheme = url.split("://", 1)[0]

@@ -103,7 +103,7 @@ class LocalBackend(Backend):
         return BackendError(f"cannot {action} {name} in {self.root}: {exc.strerror}")
 
     def create(self) -> None:
-        if self.root.exists() and any(self.root.iterdir()):
+        if self._holds_files():
             raise RepositoryExists(f"{self.root} already exists and is not empty")
         try:
             self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +122,13 @@ class LocalBackend(Backend):
             _fsync_dir(self.root)
         except OSError as exc:
             raise BackendError(f"cannot create repository at {self.root}: {exc.strerror}") from exc
+
+    def _holds_files(self) -> bool:
+        """Empty folders do not count: an init killed before its first object leaves them."""
+        for folder, subfolders, files in os.walk(self.root):
+            if files or any(os.path.islink(os.path.join(folder, d)) for d in subfolders):
+                return True
+        return False
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()

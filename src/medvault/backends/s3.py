@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_PART = 16 * 1024 * 1024
 CONNECTIONS = 32
+READ_TIMEOUT = 120.0
+# botocore retries a request until its answer begins, not the reading of a body that is cut
+# short afterwards (a reset connection, a proxy's timeout): that is retried here.
+BODY_ATTEMPTS = 4
+BODY_RETRY_PAUSE = 0.2
 LOCK_MODE = "COMPLIANCE"
 # Objects that coordinate writers rather than hold backups: never locked, always removable.
 UNLOCKED_PREFIXES = ("locks/",)
@@ -58,6 +64,7 @@ class S3Options:
     profile: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    read_timeout: float = READ_TIMEOUT  # seconds without an answer before a request is retried
 
 
 # S3's bucket naming rules, and the relaxed ones of older buckets and of stores such as Ceph
@@ -146,7 +153,7 @@ class S3Backend(Backend):
         config = Config(
             retries={"max_attempts": 8, "mode": "adaptive"},
             connect_timeout=10,
-            read_timeout=120,
+            read_timeout=opts.read_timeout,
             max_pool_connections=CONNECTIONS,
             tcp_keepalive=True,
             # A SHA-256 of every body in the signature: over TLS it adds nothing (TLS already
@@ -319,16 +326,25 @@ class S3Backend(Backend):
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             kwargs["Range"] = f"bytes={offset}-{end}"
-        try:
-            data = self.client.get_object(**kwargs)["Body"].read()
-        except ClientError as exc:
-            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
-            if not exact and self._code(exc) in ("InvalidRange", "416"):
-                return b""  # the range starts past the end
-            raise self._error("read", name, exc) from None
-        except BotoCoreError as exc:
-            raise self._error("read", name, exc) from None
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            try:
+                body = self.client.get_object(**kwargs)["Body"]
+            except ClientError as exc:
+                if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
+                if not exact and self._code(exc) in ("InvalidRange", "416"):
+                    return b""  # the range starts past the end
+                raise self._error("read", name, exc) from None
+            except BotoCoreError as exc:
+                raise self._error("read", name, exc) from None
+            try:
+                data = body.read()
+                break
+            except BotoCoreError as exc:
+                body.close()
+                if attempt == BODY_ATTEMPTS:
+                    raise self._error("read", name, exc) from None
+                time.sleep(BODY_RETRY_PAUSE * attempt)
         if exact and length is not None and len(data) != length:
             raise BackendError(f"object {name} is shorter than expected ({len(data)} < {length})")
         return data
@@ -370,6 +386,9 @@ class S3Backend(Backend):
         except ClientError as exc:
             code = self._code(exc)
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                if retried and self._holds(name, data):
+                    return  # our own write, retried after its answer was lost
                 raise ObjectExists(f"object {name} already exists") from None
             if code in ("NotImplemented", "501") and self._conditional_put:
                 # A store without conditional writes: look first, then write.
@@ -379,6 +398,17 @@ class S3Backend(Backend):
             raise self._error("write", name, exc) from None
         except BotoCoreError as exc:
             raise self._error("write", name, exc) from None
+
+    def _holds(self, name: str, data: bytes) -> bool:
+        """Whether `name` holds exactly `data`. A PUT the store carried out but whose answer
+        was lost (a 500 or a timeout after the write) is retried by botocore, and the retry's
+        `If-None-Match: *` then fails on the object the first attempt wrote. Every object
+        medvault writes is named by its content or carries random bytes, so after a retry an
+        identical object there is this write, never another writer's."""
+        try:
+            return self.load(name) == data
+        except BackendError:
+            return False
 
     def _put_multipart(
         self, key: str, data: bytes, extra: dict[str, Any], conditional: bool

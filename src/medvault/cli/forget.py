@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from medvault import faults
 from medvault.cli.context import obtain, print_json
 from medvault.errors import ObjectLocked, UsageError
 
@@ -98,6 +99,7 @@ def forget(
     results: list[Outcome] = []
     with repo.lock(exclusive=True, purpose="forget"):
         holds = held_snapshots(repo)
+        faults.point("forget.after-hold-check")
         for snap, remove, rules in plan:
             entry = Outcome(snap.id, snap.source, snap.time, rules)
             name = f"snapshots/{snap.id}"
@@ -112,6 +114,7 @@ def forget(
                 try:
                     repo.backend.delete(name)
                     entry.action = "removed"
+                    faults.point("forget.after-delete")
                 except ObjectLocked as exc:
                     entry.action, entry.reason = "kept", str(exc)
             results.append(entry)

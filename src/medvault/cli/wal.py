@@ -73,6 +73,7 @@ REPOSITORY_KEYS = frozenset(
         "access_key_id",
         "secret_access_key",
         "plaintext_credentials",
+        "read_timeout_s",
         "secondary",
         "replicate",
     }

@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from medvault import faults
 from medvault.errors import IntegrityError, ObjectExists, ObjectNotFound
 from medvault.repository.crypto import storage_id
 from medvault.repository.index import PackRecord
@@ -127,6 +128,7 @@ class RepositoryCopier:
             if self._retention_for is not None:
                 self.target.retention_period = self._retention_for(snap.source)
             copied = self._copy_raw(snap) if self.raw else self._copy_reencrypted(snap)
+            faults.point("copy.after-snapshot")
             self.result.copied.append(copied)
             if self._origins is not None:
                 self._origins[snapshot_origin(self.source, snap.id)] = copied
@@ -155,8 +157,10 @@ class RepositoryCopier:
                 if len(unindexed) >= INDEX_EVERY_PACKS:
                     self.target.write_index(unindexed)
                     unindexed = []
+        faults.point("copy.after-packs")
         if unindexed:
             self.target.write_index(unindexed)
+        faults.point("copy.after-index")
         raw = self.source.backend.load(f"snapshots/{snap.id}")
         if storage_id(raw) != snap.id:
             raise IntegrityError(f"snapshot {snap.short_id} does not match its id (damaged)")
@@ -297,6 +301,7 @@ class RepositoryCopier:
             if self._retention_for is not None:
                 self.target.retention_period = self._retention_for(parts[1])
             self._copy_wal_object(parts[1], obj.name)
+            faults.point("copy.after-wal-object")
         return self.result
 
     def _copy_wal_object(self, source: str, object_name: str) -> bool:

@@ -268,6 +268,7 @@ def store_time(backend: Backend) -> float | None:
     """The store's clock now: a lock written and read back for that alone."""
     probe = RepositoryLock(backend, exclusive=False, purpose="reading the store's clock")
     probe.write()
+    faults.point("lock.after-clock-probe")
     try:
         return read_locks(backend, clock_from=probe.name).store_now
     finally:
@@ -413,6 +414,7 @@ def remove_stale_locks(backend: Backend, *, remove_all: bool = False) -> UnlockR
             with contextlib.suppress(ObjectNotFound):
                 backend.delete(lock.name)
             removed.append(lock.describe(store_now))
+            faults.point("unlock.after-remove")
         else:
             remaining.append(lock.describe(store_now))
     for bad in table.malformed:

@@ -273,6 +273,7 @@ class Pruner:
                 continue
             except ObjectLocked:
                 self.result.kept_locked += 1
+            faults.point("prune.after-pack-delete")
         faults.point("prune.after-delete")
         for record in ripe:
             self.repo.backend.delete(record.name)
@@ -315,6 +316,7 @@ class Pruner:
             ]
             if keep:
                 self.repo.write_index(keep, supersedes=(index_id,))
+            faults.point("prune.before-index-delete")
             try:
                 self.repo.backend.delete(f"index/{index_id}")
             except ObjectLocked:
@@ -385,6 +387,7 @@ class Pruner:
         faults.point("prune.after-waits")
         if repack:
             self._repack(repack, used)
+            faults.point("prune.after-repack")
         return True
 
     def _locked(self, pack_ids: list[str]) -> set[str]:

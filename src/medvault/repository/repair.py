@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from medvault import faults
 from medvault.errors import IntegrityError, MedvaultError, ObjectExists, ObjectNotFound
 from medvault.repository.copy import RepositoryCopier, shares_keys
 from medvault.repository.crypto import storage_id
@@ -63,6 +64,7 @@ def repair_from(
     # What the primary still lacks: snapshots gone from it, and data its damaged indexes no
     # longer name (the secondary's copies are indexed afresh).
     primary.load_index()
+    faults.point("repair.before-copy")
     copier = RepositoryCopier(secondary, primary, retention_for=retention_for)
     copier.copy_snapshots(secondary.list_snapshots())
     copier.copy_wal()
@@ -109,6 +111,7 @@ def _repair_packs(
                 primary.store_object(name, data, overwrite=name in sizes)
         except MedvaultError as exc:
             return f"unrepaired:pack {pack_id[:16]}: {exc}"
+        faults.point("repair.after-pack")
         return f"replaced:{pack_id}"
 
     packs = _indexed_packs(primary)

@@ -30,6 +30,7 @@ from medvault.errors import (
     ObjectExists,
     ObjectLocked,
     ObjectNotFound,
+    RepositoryExists,
     RepositoryLocked,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -246,7 +247,12 @@ class Repository:
     ) -> Repository:
         """`like`: share that repository's master key and chunker, so that blob ids and
         chunk boundaries agree and copies between the two move packs as they are."""
-        backend.create()
+        try:
+            backend.create()
+        except RepositoryExists:
+            if not cls._remove_orphan_key_slots(backend):
+                raise
+            backend.create()
         master = like.master if like is not None else MasterKey.generate()
         if like is not None:
             chunker = like.config.chunker
@@ -265,10 +271,28 @@ class Repository:
         repo.retention_period = retention_period
         until = repo.retain_until()
         backend.store(f"keys/{slot.slot_id}", slot.to_json(), retain_until=until)
+        faults.point("init.after-key-slot")
         # The config goes last: a repository whose init was interrupted has no config and is
         # reported as "not a repository" rather than opened half-made.
         backend.store("config", config.to_json(master), retain_until=until)
         return repo
+
+    @staticmethod
+    def _remove_orphan_key_slots(backend: Backend) -> bool:
+        """An init killed between its key slot and its config leaves key slots and nothing
+        else. With no config it is no repository, and its slots wrap a master key that never
+        encrypted anything; left in place, one of them would open to that wrong key for the
+        same passphrase. They are removed so that init can run again. True when they were;
+        False (nothing touched) when there is a config or any data, snapshot or WAL."""
+        if backend.exists("config"):
+            return False
+        for folder in ("data", "index", "snapshots", "wal"):
+            if next(iter(backend.list(folder)), None) is not None:
+                return False
+        orphans = [obj.name for obj in backend.list("keys")]
+        for name in orphans:
+            backend.delete(name)
+        return bool(orphans)
 
     @staticmethod
     def probe(backend: Backend) -> tuple[RepoConfig, dict[str, Any]]:
@@ -353,7 +377,9 @@ class Repository:
 
     def add_key(self, credential: Credential, label: str = "") -> KeySlot:
         with self._key_change("key add"):
-            return self._store_key_slot(credential, label)
+            slot = self._store_key_slot(credential, label)
+            faults.point("key.after-add")
+            return slot
 
     def _store_key_slot(self, credential: Credential, label: str) -> KeySlot:
         slot = KeySlot.create(self.master, credential, label)
@@ -383,6 +409,7 @@ class Repository:
             lock.ensure_held()
             faults.point("key.before-delete")
             self.backend.delete(f"keys/{slot_id}")
+            faults.point("key.after-delete")
 
     def change_passphrase(self, credential: Credential) -> KeySlot:
         """Rewrap the master key in a new slot, then drop the slot that opened this session."""
@@ -396,6 +423,7 @@ class Repository:
         faults.point("key.after-new-slot")
         try:
             self.backend.delete(f"keys/{old.slot_id}")
+            faults.point("key.after-old-slot-delete")
         except ObjectLocked as exc:
             self.warnings.append(
                 f"the old key slot {old.slot_id} stays ({exc}): until then the old "
@@ -692,7 +720,9 @@ class Repository:
     def save_snapshot(self, snapshot: Snapshot, lock: RepositoryLock | None = None) -> str:
         """Commit a snapshot. `lock`: the lock the backup holds, checked just before."""
         self._prepare_commit(snapshot, lock)
-        return self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
+        snapshot_id = self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
+        faults.point("snapshot.after-store")
+        return snapshot_id
 
     def save_snapshot_object(
         self, snapshot: Snapshot, sealed: bytes, lock: RepositoryLock | None = None

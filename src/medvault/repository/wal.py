@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import zstandard
 
+from medvault import faults
 from medvault.errors import (
     IntegrityError,
     MedvaultError,
@@ -136,6 +137,7 @@ class WalArchive:
         if not self.repo.backend.exists(object_name):
             try:
                 self.repo.store_object(object_name, self._seal(name, data))
+                faults.point("wal.after-store")
                 return True
             except ObjectExists:
                 pass  # another push of it won the race: compare with that one

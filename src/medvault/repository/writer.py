@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from medvault import faults
 from medvault.errors import IntegrityError, MedvaultError
 from medvault.repository import compression
 from medvault.repository.crypto import storage_id
@@ -209,6 +210,7 @@ class BlobSink:
         data = builder.finish()
         pack_id = storage_id(data)
         self.repo.store_object(pack_name(pack_id), data)
+        faults.point("writer.after-pack")
         record = PackRecord(pack_id, builder.key_block, builder.entries)
         self.repo.index.add_pack(record)
         # Indexed now: the claim is no longer needed to stop a second copy, and keeping it
@@ -220,6 +222,7 @@ class BlobSink:
             self._unindexed.append(record)
             if len(self._unindexed) >= INDEX_EVERY_PACKS:
                 self._write_index_locked()
+                faults.point("writer.after-index")
 
     def _write_index(self) -> None:
         with self._index_lock:
@@ -250,6 +253,7 @@ class BlobSink:
         self._pool.shutdown()
         self._raise_if_failed()
         self._write_index()
+        faults.point("writer.after-final-index")
 
     def abort(self) -> None:
         """Stop without writing a final index; packs already stored stay for prune."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from medvault import faults
 from medvault.errors import (
     IntegrityError,
     MedvaultError,
@@ -456,7 +457,9 @@ def push_ready(
             return
         identity = spool.identity(path)  # before reading: what was pushed is this file
         push_file(archive, path)
+        faults.point("wal.spool.before-marker")
         spool.record(file_name, identity)
+        faults.point("wal.spool.after-marker")
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {n: pool.submit(push_one, n) for n in [name, *others]}
