@@ -155,3 +155,26 @@ def test_a_damaged_hold_record_keeps_its_snapshot_held_and_is_reported(
     assert [h["snapshot"] for h in json.loads(listed.stdout)] == [held]
     assert f"hold on {held[:12]} is unreadable" in listed.stderr
     assert cli("forget", held, check=False).returncode == 21
+
+
+def test_hold_changes_run_one_at_a_time_beside_backups(initialized_cli: Cli, make_tree) -> None:
+    """A release lifts store-side legal holds from objects no other hold needs: it can only
+    know which while no other hold is placed or released."""
+    from medvault.backends import open_backend
+    from medvault.repository.locks import RepositoryLock
+
+    cli = initialized_cli
+    data = make_tree({"consent.pdf": b"signed\n"})
+    snap = json.loads(cli("backup", str(data), "--json").stdout)["snapshot"]
+    other = RepositoryLock(
+        open_backend(str(cli.repo)), exclusive=False, scope="holds", purpose="hold remove"
+    )
+    other.acquire()
+    try:
+        refused = cli("hold", "add", snap, "--reason", "litigation 2026-7", check=False)
+        assert refused.returncode == 12
+        assert "shared holds lock" in refused.stderr and "for hold remove" in refused.stderr
+        cli("backup", str(data))  # backups go on
+    finally:
+        other.release()
+    cli("hold", "add", snap, "--reason", "litigation 2026-7")

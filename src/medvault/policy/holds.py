@@ -30,6 +30,7 @@ from medvault.repository.keys import now_iso
 from medvault.repository.records import HOLDS, KIND_HOLD
 
 if TYPE_CHECKING:
+    from medvault.repository.locks import RepositoryLock
     from medvault.repository.repo import Repository
 
 FOLDER = HOLDS
@@ -63,8 +64,21 @@ def _need_reason(reason: str) -> str:
 
 
 def add_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
+    reason = _need_reason(reason)
+    with _hold_change(repo, "hold add"):
+        return _add_hold(repo, snapshot_id, reason)
+
+
+def _hold_change(repo: Repository, purpose: str) -> RepositoryLock:
+    """Hold changes run one at a time (a lock of scope "holds"), beside backups: a release
+    lifts legal holds from objects no other hold needs, which it can only know if no other
+    hold is being placed or released meanwhile."""
+    return repo.lock(exclusive=False, scope="holds", purpose=purpose)
+
+
+def _add_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
     user, host = _who()
-    hold = Hold(snapshot_id, _need_reason(reason), user, host, now_iso())
+    hold = Hold(snapshot_id, reason, user, host, now_iso())
     try:
         repo.store_record(f"{FOLDER}/{snapshot_id}", _encode(hold), KIND_HOLD)
     except ObjectExists:
@@ -175,6 +189,11 @@ def held_snapshots(repo: Repository) -> dict[str, Hold]:
 
 def remove_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
     reason = _need_reason(reason)
+    with _hold_change(repo, "hold remove"):
+        return _remove_hold(repo, snapshot_id, reason)
+
+
+def _remove_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
     holds = held_snapshots(repo)
     if snapshot_id not in holds:
         raise UsageError(f"snapshot {snapshot_id[:12]} is not on hold")

@@ -1,6 +1,6 @@
 """Repository locks: shared for writers that only add (backup, copy, check), exclusive for
 those that must run alone (forget), and scoped locks that exclude only their own kind
-(one prune at a time, one key change at a time) while backups go on.
+(one prune, one key change, one hold change at a time) while backups go on.
 
 A lock is an object `locks/<32 hex digits>`, named by a random id that is its identity, which
 its holder rewrites every lease/6 seconds. Nothing here compares the clocks of two hosts.
@@ -39,7 +39,7 @@ MIN_LEASE = 1.0
 MAX_LEASE = 24 * 3600.0  # a planted lock cannot claim to live for years
 # A host clock further than this from the store's is reported as skewed.
 CLOCK_TOLERANCE = 5 * 60.0
-SCOPES = ("", "prune", "keys")
+SCOPES = ("", "prune", "keys", "holds")
 _LOCK_NAME = re.compile(rf"^{FOLDER}/[0-9a-f]{{32}}\Z")
 
 
