@@ -27,7 +27,7 @@ from medvault.errors import (
     UsageError,
 )
 from medvault.repository.keys import now_iso
-from medvault.repository.records import HOLDS, KIND_HOLD
+from medvault.repository.records import HOLDS, KIND_HOLD, json_object
 
 if TYPE_CHECKING:
     from medvault.repository.locks import RepositoryLock
@@ -229,12 +229,9 @@ _OPTIONAL = ("released", "release_reason", "released_by")
 
 def decode_hold(plaintext: bytes) -> Hold:
     """A hold record's JSON, every field checked: text, and null only where Hold allows it."""
-    try:
-        doc = json.loads(plaintext)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError("hold record is malformed") from exc
+    doc = json_object(plaintext, "hold record")
     names = {f.name for f in fields(Hold)}
-    if not isinstance(doc, dict) or not names - set(_OPTIONAL) <= set(doc) <= names:
+    if not names - set(_OPTIONAL) <= set(doc) <= names:
         raise IntegrityError("hold record is malformed")
     for key, value in doc.items():
         if not isinstance(value, str) and not (value is None and key in _OPTIONAL):

@@ -39,10 +39,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from medvault import faults
 from medvault.errors import IntegrityError, ObjectLocked, ObjectNotFound
+from medvault.repository.records import json_object
 from medvault.repository.repo import pack_name
 
 if TYPE_CHECKING:
@@ -87,19 +88,9 @@ _PACK_ID = re.compile(r"[0-9a-f]{64}")
 _LOCK_NAME = re.compile(r"locks/[0-9a-f]{32}")
 
 
-def _json_object(plaintext: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(plaintext)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError("prune record is not JSON") from exc
-    if not isinstance(doc, dict):
-        raise IntegrityError("prune record is not a JSON object")
-    return doc
-
-
 def decode_condemned(name: str, plaintext: bytes) -> Condemned:
     """A condemned record, every field checked: its pack ids become names prune deletes."""
-    doc = _json_object(plaintext)
+    doc = json_object(plaintext, "prune record")
     stamp, packs = doc.get("time"), doc.get("packs")
     if isinstance(stamp, bool) or not isinstance(stamp, int | float):
         raise IntegrityError("prune record has no time")
@@ -118,7 +109,7 @@ def decode_condemned(name: str, plaintext: bytes) -> Condemned:
 
 def decode_waits(plaintext: bytes) -> frozenset[str]:
     """The lock names a waits record lists."""
-    locks = _json_object(plaintext).get("locks")
+    locks = json_object(plaintext, "prune record").get("locks")
     if not isinstance(locks, list) or not all(
         isinstance(n, str) and _LOCK_NAME.fullmatch(n) for n in locks
     ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,19 @@ FILE, DIR, SYMLINK = "file", "dir", "symlink"
 HOLDS, KIND_HOLD = "holds", b"hold"
 DRILLS, KIND_DRILL = "drills", b"drill"
 NODE_TYPES = {FILE, DIR, SYMLINK, "fifo", "socket", "chardev", "blockdev"}
+
+
+def json_object(plaintext: bytes, what: str) -> dict[str, Any]:
+    """The JSON object a sealed record holds. Sealing proves only that a key holder wrote it,
+    so anything else (not JSON, nested past the parser's depth, a list) is an IntegrityError
+    naming `what`; its fields are for the caller to check."""
+    try:
+        doc = json.loads(plaintext)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{what} is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{what} is not a JSON object")
+    return doc
 
 
 @dataclass(frozen=True)

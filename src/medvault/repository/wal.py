@@ -35,6 +35,7 @@ from medvault.errors import (
 from medvault.repository import compression
 from medvault.repository.crypto import record_aad, seal_object
 from medvault.repository.keys import now_iso
+from medvault.repository.records import json_object
 from medvault.repository.repo import Repository
 
 WAL_ZSTD_LEVEL = 1
@@ -59,12 +60,7 @@ class ClusterRecord:
 
 def decode_cluster_record(plaintext: bytes) -> ClusterRecord:
     """The cluster record's JSON, every field checked (a key holder can seal anything)."""
-    try:
-        doc = json.loads(plaintext)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError("not JSON") from exc
-    if not isinstance(doc, dict):
-        raise IntegrityError("not a JSON object")
+    doc = json_object(plaintext, "the cluster record")
     system_identifier, size, created = (
         doc.get("system_identifier"),
         doc.get("segment_size"),

@@ -33,7 +33,7 @@ from medvault import faults
 from medvault.dirpath import walk
 from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound, UsageError, first_line
 from medvault.repository.keys import now_iso
-from medvault.repository.records import DRILLS, KIND_DRILL
+from medvault.repository.records import DRILLS, KIND_DRILL, json_object
 from medvault.verification.scratch import (
     database_of_ended_drill,
     make_scratch,
@@ -392,11 +392,7 @@ def _checked(
 
 def decode_result(plaintext: bytes) -> DrillResult:
     """A drill record's JSON, every field checked (a key holder can seal anything)."""
-    try:
-        doc = json.loads(plaintext)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError("drill record is not JSON") from exc
-    doc = _checked(doc, _RESULT_FIELDS, required=4)
+    doc = _checked(json_object(plaintext, "drill record"), _RESULT_FIELDS, required=4)
     checks = [Check(**_checked(c, _CHECK_FIELDS, required=2)) for c in doc.get("checks", [])]
     return DrillResult(**{**doc, "checks": checks})
 
