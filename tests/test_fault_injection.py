@@ -23,6 +23,7 @@ printed at the end of the run (conftest.py); `make faults` runs this suite.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import pytest
 from tests.faultpoints import faults_env, points_in_source
+from tests.pgcluster import PgWorld, as_postgres
 from tests.s3faults import (
     INTERNAL_ERROR,
     Cut,
@@ -47,6 +49,7 @@ from tests.s3faults import (
     busy_store,
     every,
 )
+from tests.test_drills import _no_drill_left, _physical_world
 from tests.test_pg_wal import crafted_segment
 
 from conftest import MEDVAULT, PASSWORD, Cli, S3Server, tree_digest
@@ -718,9 +721,70 @@ def test_killed_at_a_fault_point_loses_nothing_and_runs_again(case: Kill, world:
         verify(w, case)
 
 
+# -- a physical drill killed while its throwaway server runs --------------------------------
+
+
+def test_a_killed_physical_drills_server_is_stopped_by_the_next_drill(
+    pg_world: PgWorld, fault_tally: Counter[str]
+) -> None:
+    """pg_ctl starts the drill's server in a session of its own: it outlives the killed drill,
+    serving a restored copy of patient data. `status` says so; the next drill stops that
+    server (never deleting a data directory under it), removes the scratch and passes."""
+    world = pg_world
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    _physical_world(world, f'\n[drill]\nscratch = "{scratch}"\n')
+    killed = world.cli(
+        "drill", "emr", "--json", env=faults_env(**{"drill.server-running": "kill"}), check=False
+    )
+    assert killed.returncode == 128 + signal.SIGKILL, killed.stderr  # through runuser
+    fault_tally["point:drill.server-running"] += 1
+    (pgdata,) = scratch.glob("medvault-drill-*/pgdata")
+    server = int((pgdata / "postmaster.pid").read_text().split()[0])
+    assert Path(f"/proc/{server}/cwd").resolve() == pgdata, "the copy is still being served"
+
+    try:
+        (listed,) = json.loads(world.cli("status", "--json").stdout)["drill_scratch"]
+        assert listed["path"] == str(pgdata.parent) and listed["drill_ended"], listed
+        assert listed["server_pid"] == server and listed["state"] == "CRITICAL", listed
+        said = world.cli("status").stdout
+        assert f"its PostgreSQL server still runs on it (pid {server})" in said, said
+        assert "the next drill here stops that server and removes it" in said
+        with open_backend(str(world.repo)) as backend:
+            assert list(backend.list("locks")) == [], "a drill takes no lock"
+        world.cli("check", "--read-data")
+        fault_tally["checks clean"] += 1
+
+        again = json.loads(world.cli("drill", "emr", "--json").stdout)
+        fault_tally["reruns"] += 1
+        assert again["ok"], again
+        swept = {c["name"]: c for c in again["checks"]}["leftover scratch"]
+        assert swept["ok"] and f"removed {pgdata.parent}" in swept["detail"], swept
+        assert (
+            f"after stopping the PostgreSQL server the drill had left running on it (pid {server})"
+            in swept["detail"]
+        )
+        assert not Path(f"/proc/{server}/cwd").exists(), "the leftover server is gone"
+        _no_drill_left(scratch)
+        assert json.loads(world.cli("status", "--json").stdout)["drill_scratch"] == []
+    finally:
+        if Path(f"/proc/{server}/cwd").exists():  # a failed test leaves no server behind
+            os.kill(server, signal.SIGQUIT)
+
+
+# Points whose kill needs a PostgreSQL server, killed by the named test above rather than
+# by a case of KILLS (whose world is the template repository).
+KILLED_WITH_POSTGRESQL = {
+    "drill.server-running": test_a_killed_physical_drills_server_is_stopped_by_the_next_drill,
+}
+
+
 def test_every_fault_point_in_the_code_is_documented_and_killed_here() -> None:
     in_code = points_in_source()
-    killed = {case.point for case in KILLS}
+    for point, test in KILLED_WITH_POSTGRESQL.items():
+        assert f'"{point}": "kill"' in inspect.getsource(test), f"{test.__name__} kills {point}"
+    killed = {case.point for case in KILLS} | set(KILLED_WITH_POSTGRESQL)
     assert in_code - killed == set(), "fault points no test kills"
     assert killed - in_code == set(), "tests of fault points the code no longer has"
     text = (DOCS / "architecture.md").read_text()
