@@ -153,6 +153,23 @@ def test_restore_over_existing_files_needs_overwrite(
     assert (out / "chart.txt").read_bytes() == b"from backup"
 
 
+def test_restore_with_overwrite_removes_the_files_a_killed_restore_left_unfinished(
+    initialized_cli: Cli, make_tree, tmp_path: Path
+) -> None:
+    """A restore killed outright leaves the files it was writing under temporary names,
+    partial copies; run again with --overwrite, the restore removes them. Other hidden files
+    stay."""
+    data = make_tree({"letters/referral.txt": b"Dear colleague", "b.txt": b"b"})
+    initialized_cli("backup", str(data))
+    out = restored(tmp_path / "out", data)
+    (out / "letters").mkdir(parents=True)
+    (out / "letters/.medvault-restore-0123456789ab").write_bytes(b"Dear coll")
+    (out / ".medvault-restore-notes").write_bytes(b"not a restore's")
+    initialized_cli("restore", "latest", "--target", str(tmp_path / "out"), "--overwrite")
+    assert [p.name for p in (out / "letters").iterdir()] == ["referral.txt"]
+    assert (out / ".medvault-restore-notes").read_bytes() == b"not a restore's"
+
+
 def test_snapshots_ls_and_diff_describe_the_history(initialized_cli: Cli, make_tree) -> None:
     data = make_tree({"keep.txt": b"same", "edit.txt": b"v1", "gone.txt": b"bye"})
     first = backup_json(initialized_cli, str(data))

@@ -23,6 +23,7 @@ printed at the end of the run (conftest.py); `make faults` runs this suite.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import pytest
 from tests.faultpoints import faults_env, points_in_source
+from tests.pgcluster import PgWorld, as_postgres
 from tests.s3faults import (
     INTERNAL_ERROR,
     Cut,
@@ -47,6 +49,7 @@ from tests.s3faults import (
     busy_store,
     every,
 )
+from tests.test_drills import _no_drill_left, _physical_world
 from tests.test_pg_wal import crafted_segment
 
 from conftest import MEDVAULT, PASSWORD, Cli, S3Server, tree_digest
@@ -307,6 +310,7 @@ class Kill:
     password_after: str | None = None  # the one that opens after the rerun, when it changed
     # Check and restore again after the rerun; not for commands that write no data.
     verify_again: bool = True
+    via: str = ""  # names the case when more than one command reaches the point
 
 
 def backup_imaging(w: World) -> list[str]:
@@ -549,6 +553,93 @@ def no_lock_left(w: World, done: subprocess.CompletedProcess[str]) -> None:
     assert w.cli.objects("locks") == []
 
 
+# restore and drills: the newest snapshot of intake (Z), 20 files of patient data.
+def intake_files(w: World) -> Path:
+    """Where intake's files land under a restore target (snapshots mirror absolute paths)."""
+    return Path(str(w.template.data["intake"]).lstrip("/"))
+
+
+def restore_intake(w: World) -> list[str]:
+    """With --overwrite, as a killed restore is run again (the files it left exist)."""
+    return ["restore", w.snapshot("Z"), "--target", str(w.tmp / "target"), "--overwrite"]
+
+
+def in_writing(name: str) -> bool:
+    """A file the killed restore was writing, under its temporary name."""
+    return Path(name).name.startswith(".medvault-restore-")
+
+
+def restore_cut_short(w: World) -> None:
+    """What the killed restore left: some files complete, none half-written under its name."""
+    restored = w.tmp / "target" / intake_files(w)
+    want = w.template.by_source["intake"].digest
+    got = tree_digest(restored)
+    files = [name for name in got if got[name][0] == "file" and not in_writing(name)]
+    assert 1 <= len(files) < len([name for name in want if want[name][0] == "file"]), files
+    assert all(got[name] == want[name] for name in files), "each file left is whole"
+
+
+def restored_whole(w: World, done: subprocess.CompletedProcess[str]) -> None:
+    restored = w.tmp / "target" / intake_files(w)
+    assert tree_digest(restored) == w.template.by_source["intake"].digest
+    w.tally["snapshots restored"] += 1
+
+
+def drill_scratch(w: World) -> Path:
+    """The drills' scratch root: the system's temporary directory, which `status` looks at."""
+    return w.tmp / "tmp"
+
+
+def drill_in_scratch(w: World) -> None:
+    drill_scratch(w).mkdir()
+    w.cli.env["TMPDIR"] = str(drill_scratch(w))
+
+
+def drill_intake(w: World) -> list[str]:
+    return ["drill", "intake", "--json"]
+
+
+def scratch_left(restored_at_least: int) -> Callable[[World], None]:
+    """The killed drill's scratch is there, holding decrypted patient data, and `status`
+    reports it as the scratch of a drill that is over."""
+
+    def check(w: World) -> None:
+        (left,) = drill_scratch(w).iterdir()
+        assert left.name.startswith("medvault-drill-"), left
+        got = tree_digest(left / "files" / intake_files(w))
+        want = w.template.by_source["intake"].digest
+        files = [name for name in got if got[name][0] == "file" and not in_writing(name)]
+        assert len(files) >= restored_at_least and all(got[n] == want[n] for n in files)
+        (listed,) = json.loads(w.cli("status", "--json").stdout)["drill_scratch"]
+        assert listed["path"] == str(left) and listed["drill_ended"], listed
+        assert listed["state"] == "CRITICAL" and listed["server_pid"] is None, listed
+
+    return check
+
+
+def scratch_swept_by_the_rerun(w: World, done: subprocess.CompletedProcess[str]) -> None:
+    result = json.loads(done.stdout)
+    assert result["ok"], result
+    swept = {c["name"]: c for c in result["checks"]}["leftover scratch"]
+    assert swept["ok"] and swept["detail"].startswith("removed "), swept
+    assert list(drill_scratch(w).iterdir()) == [], "no decrypted data is left"
+    assert json.loads(w.cli("status", "--json").stdout)["drill_scratch"] == []
+    assert len(w.cli.objects("drills")) == 1, "the rerun's result is recorded, the killed one's not"
+
+
+def drill_kill(point: str, restored_at_least: int) -> Kill:
+    """A files drill of intake: it writes only its sealed result (no data to check again)."""
+    return Kill(
+        point,
+        drill_intake,
+        prepare=drill_in_scratch,
+        after_kill=scratch_left(restored_at_least),
+        after=scratch_swept_by_the_rerun,
+        verify_again=False,
+        via="drill",
+    )
+
+
 KILLS = [
     # backup (files); the writer's points are reached by every command that stores blobs
     Kill("lock.after-write", backup_imaging),
@@ -667,6 +758,17 @@ KILLS = [
         after=no_lock_left,
         verify_again=False,
     ),
+    # restore, and files drills (a killed drill's scratch is reported and swept)
+    Kill(
+        "restore.file-written",
+        restore_intake,
+        after_kill=restore_cut_short,
+        after=restored_whole,
+        verify_again=False,
+        via="restore",
+    ),
+    drill_kill("restore.file-written", restored_at_least=1),
+    drill_kill("drill.before-cleanup", restored_at_least=20),
 ]
 
 
@@ -683,7 +785,9 @@ def verify(w: World, case: Kill) -> str:
     return said
 
 
-@pytest.mark.parametrize("case", KILLS, ids=lambda case: case.point)
+@pytest.mark.parametrize(
+    "case", KILLS, ids=lambda case: f"{case.point}-{case.via}" if case.via else case.point
+)
 def test_killed_at_a_fault_point_loses_nothing_and_runs_again(case: Kill, world: World) -> None:
     w = world
     if case.prepare is not None:
@@ -718,9 +822,70 @@ def test_killed_at_a_fault_point_loses_nothing_and_runs_again(case: Kill, world:
         verify(w, case)
 
 
+# -- a physical drill killed while its throwaway server runs --------------------------------
+
+
+def test_a_killed_physical_drills_server_is_stopped_by_the_next_drill(
+    pg_world: PgWorld, fault_tally: Counter[str]
+) -> None:
+    """pg_ctl starts the drill's server in a session of its own: it outlives the killed drill,
+    serving a restored copy of patient data. `status` says so; the next drill stops that
+    server (never deleting a data directory under it), removes the scratch and passes."""
+    world = pg_world
+    scratch = world.base / "scratch"
+    scratch.mkdir()
+    as_postgres(scratch)
+    _physical_world(world, f'\n[drill]\nscratch = "{scratch}"\n')
+    killed = world.cli(
+        "drill", "emr", "--json", env=faults_env(**{"drill.server-running": "kill"}), check=False
+    )
+    assert killed.returncode == 128 + signal.SIGKILL, killed.stderr  # through runuser
+    fault_tally["point:drill.server-running"] += 1
+    (pgdata,) = scratch.glob("medvault-drill-*/pgdata")
+    server = int((pgdata / "postmaster.pid").read_text().split()[0])
+    assert Path(f"/proc/{server}/cwd").resolve() == pgdata, "the copy is still being served"
+
+    try:
+        (listed,) = json.loads(world.cli("status", "--json").stdout)["drill_scratch"]
+        assert listed["path"] == str(pgdata.parent) and listed["drill_ended"], listed
+        assert listed["server_pid"] == server and listed["state"] == "CRITICAL", listed
+        said = world.cli("status").stdout
+        assert f"its PostgreSQL server still runs on it (pid {server})" in said, said
+        assert "the next drill here stops that server and removes it" in said
+        with open_backend(str(world.repo)) as backend:
+            assert list(backend.list("locks")) == [], "a drill takes no lock"
+        world.cli("check", "--read-data")
+        fault_tally["checks clean"] += 1
+
+        again = json.loads(world.cli("drill", "emr", "--json").stdout)
+        fault_tally["reruns"] += 1
+        assert again["ok"], again
+        swept = {c["name"]: c for c in again["checks"]}["leftover scratch"]
+        assert swept["ok"] and f"removed {pgdata.parent}" in swept["detail"], swept
+        assert (
+            f"after stopping the PostgreSQL server the drill had left running on it (pid {server})"
+            in swept["detail"]
+        )
+        assert not Path(f"/proc/{server}/cwd").exists(), "the leftover server is gone"
+        _no_drill_left(scratch)
+        assert json.loads(world.cli("status", "--json").stdout)["drill_scratch"] == []
+    finally:
+        if Path(f"/proc/{server}/cwd").exists():  # a failed test leaves no server behind
+            os.kill(server, signal.SIGQUIT)
+
+
+# Points whose kill needs a PostgreSQL server, killed by the named test above rather than
+# by a case of KILLS (whose world is the template repository).
+KILLED_WITH_POSTGRESQL = {
+    "drill.server-running": test_a_killed_physical_drills_server_is_stopped_by_the_next_drill,
+}
+
+
 def test_every_fault_point_in_the_code_is_documented_and_killed_here() -> None:
     in_code = points_in_source()
-    killed = {case.point for case in KILLS}
+    for point, test in KILLED_WITH_POSTGRESQL.items():
+        assert f'"{point}": "kill"' in inspect.getsource(test), f"{test.__name__} kills {point}"
+    killed = {case.point for case in KILLS} | set(KILLED_WITH_POSTGRESQL)
     assert in_code - killed == set(), "fault points no test kills"
     assert killed - in_code == set(), "tests of fault points the code no longer has"
     text = (DOCS / "architecture.md").read_text()

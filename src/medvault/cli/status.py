@@ -204,6 +204,7 @@ def _drill_scratch(cli: CliContext) -> list[dict[str, Any]]:
             "owner": item.owner,
             "started": item.started,
             "drill_ended": item.ended,
+            "server_pid": item.server,
             "state": CRITICAL,
         }
         for item in find_leftovers(roots)
@@ -273,10 +274,14 @@ def status(
             if left["drill_ended"]
             else "remove it by hand once that drill is over"
         )
+        served = ""
+        if left["server_pid"] is not None:
+            served = f", and its PostgreSQL server still runs on it (pid {left['server_pid']})"
+            todo = "the next drill here stops that server and removes it"
         since = f", started {left['started']}" if left["started"] else ""
         print(
             f"drill scratch: {left['state']}: {left['path']} holds a restored copy of patient "
-            f"data ({left['owner']}{since}); {todo}"
+            f"data ({left['owner']}{since}){served}; {todo}"
         )
     lag = report["secondary"]
     if lag is not None:

@@ -47,6 +47,8 @@ PREFETCH_BLOBS = 16
 Fetched = TypeVar("Fetched")
 WRITERS = 4
 TEMP_PREFIX = b".medvault-restore-"
+TEMP_RANDOM = 6  # bytes, shown as hex after TEMP_PREFIX
+HEX_DIGITS = b"0123456789abcdef"
 WRITEBACK_EVERY = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
@@ -94,7 +96,9 @@ def _planned(parent: PlannedEntry | None, node: Node) -> PlannedEntry:
 class RestoreResult:
     files: int = 0  # files written (in a delta restore: rewritten)
     files_unchanged: int = 0  # delta: files kept because their content already matched
-    removed: int = 0  # delta: entries in the target that the snapshot does not hold
+    # delta: entries in the target that the snapshot does not hold; overwrite: files a
+    # killed restore left unfinished under temporary names
+    removed: int = 0
     dirs: int = 0
     symlinks: int = 0
     bytes_written: int = 0
@@ -481,8 +485,11 @@ class FileRestore:
             raise RestoreTargetError(f"cannot remove {problems[0]}{more}")
 
     def _remove_extras(self, dir_fd: int, directory: PlannedEntry | None) -> None:
-        """Delta: what the target holds in this directory and the snapshot does not."""
+        """Delta: what the target holds in this directory and the snapshot does not.
+        Overwrite: the unfinished files a killed restore left here."""
         if self._children is None:
+            if self.overwrite and self.atomic:
+                self._remove_unfinished(dir_fd, directory)
             return
         wanted = self._children.get(directory, set())
         for name in map(os.fsencode, os.listdir(dir_fd)):
@@ -497,6 +504,24 @@ class FileRestore:
                 raise RestoreTargetError(f"cannot remove {shown}: {exc.strerror}") from exc
             self._remove_tree(dir_fd, name, directory)
             self.result.removed += 1
+
+    def _remove_unfinished(self, dir_fd: int, directory: PlannedEntry | None) -> None:
+        """Files a killed restore was writing under temporary names (partial copies). A
+        restore run again with --overwrite finishes what it started, and removes these too:
+        nothing else ever would."""
+        for name in map(os.fsencode, os.listdir(dir_fd)):
+            suffix = name.removeprefix(TEMP_PREFIX)
+            if suffix == name or len(suffix) != 2 * TEMP_RANDOM or suffix.strip(HEX_DIGITS):
+                continue
+            try:
+                if stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=dir_fd)
+                    self.result.removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                shown = display_path(os.path.join(self._shown_dir(directory), name))
+                raise RestoreTargetError(f"cannot remove {shown}: {exc.strerror}") from exc
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._chunkers, "chunker", None)
@@ -572,7 +597,7 @@ class FileRestore:
             )
         else:
             data = (self.repo.load_blob(blob) for blob in node.content)
-        path = TEMP_PREFIX + secrets.token_hex(6).encode() if self.atomic else name
+        path = TEMP_PREFIX + secrets.token_hex(TEMP_RANDOM).encode() if self.atomic else name
         written = 0
         try:
             fd = self._create(parent_fd, path, entry)

@@ -101,7 +101,7 @@ def run_drill(
     result.rto_target_s = rto.total_seconds() if rto is not None else None
     options = options or DrillOptions()
     started = time.monotonic()
-    _remove_leftovers(scratch, result)
+    _remove_leftovers(scratch, pg_bin, result)
     try:
         if to_latest and snapshot.kind != "postgres.physical":
             raise UsageError("--to-latest replays WAL: it applies to physical backups only")
@@ -142,16 +142,21 @@ def run_drill(
     return result
 
 
-def _remove_leftovers(scratch: str | None, result: DrillResult) -> None:
+def _remove_leftovers(scratch: str | None, pg_bin: str | None, result: DrillResult) -> None:
     """Scratch left in this drill's scratch root by drills that were killed (SIGKILL, the
-    OOM killer): patient data no drill will remove otherwise. One that cannot be removed
-    fails this drill, which names it."""
+    OOM killer), and the PostgreSQL servers they left running on it: patient data no drill
+    will remove otherwise. One that cannot be removed fails this drill, which names it."""
     from medvault.verification.scratch import scratch_root
 
     with cleanup_timer(result):
-        swept = sweep([scratch_root(scratch)])
+        swept = sweep([scratch_root(scratch)], pg_bin)
     for item in swept:
         detail = f"removed {item.leftover.describe()}"
+        if item.leftover.server is not None:
+            detail += (
+                ", after stopping the PostgreSQL server the drill had left running on it "
+                f"(pid {item.leftover.server})"
+            )
         if item.problem is not None:
             detail = (
                 f"{item.leftover.describe()} holds a restored copy and could not be removed: "

@@ -26,6 +26,7 @@ import os
 import pwd
 import shlex
 import signal
+import subprocess
 import threading
 import time
 from collections import deque
@@ -253,19 +254,47 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stop_server(pgdata: str, pg_ctl: str, access: ServerAccess) -> None:
-    """Immediate shutdown (the copy is discarded), then make sure no process is left."""
-    from medvault.recovery.postgres import running_postmaster
+def _stop_server(pgdata: str, pg_ctl: str | None, access: ServerAccess) -> int | None:
+    """Immediate shutdown through pg_ctl (the copy is discarded), then signals to a postmaster
+    still there: SIGKILL, preceded by SIGQUIT (what pg_ctl's immediate mode sends) when there
+    is no pg_ctl to run. The pid of a server that survives all that, else None."""
+    from medvault.verification.scratch import running_server
 
-    with contextlib.suppress(OSError, ValueError, KeyError, TimeoutError):
-        access.run([pg_ctl, "-D", pgdata, "-m", "immediate", "-w", "-s", "stop"], timeout=60)
-    pid = running_postmaster(pgdata)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    if pg_ctl is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, subprocess.SubprocessError):
+            access.run([pg_ctl, "-D", pgdata, "-m", "immediate", "-w", "-s", "stop"], timeout=60)
+    for sent in (signal.SIGKILL,) if pg_ctl is not None else (signal.SIGQUIT, signal.SIGKILL):
+        pid = running_server(pgdata)
+        if pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sent)
         deadline = time.monotonic() + 10
-        while running_postmaster(pgdata) is not None and time.monotonic() < deadline:
+        while running_server(pgdata) == pid and time.monotonic() < deadline:
             time.sleep(0.05)
+    return running_server(pgdata)
+
+
+def stop_leftover_server(pgdata: str, pg_bin: str | None) -> str | None:
+    """Stop the throwaway server a killed drill left running on pgdata, as a drill stops its
+    own: pg_ctl as the account running it, then signals. None once it is gone, else why."""
+    from medvault.recovery.postgres import ServerAccess
+    from medvault.sources.postgres.server import find_program
+
+    try:
+        run_as = _server_account(pgdata)[0]
+        with open(os.path.join(pgdata, "PG_VERSION"), encoding="ascii") as handle:
+            major = int(handle.read().strip())
+        pg_ctl: str | None = find_program("pg_ctl", pg_bin, major)
+    except (MedvaultError, OSError, ValueError):
+        run_as, pg_ctl = None, None  # pg_ctl cannot be run for it: signals alone
+    left = _stop_server(pgdata, pg_ctl, ServerAccess(run_as=run_as))
+    if left is None:
+        return None
+    return (
+        f"its PostgreSQL server (pid {left}) could not be stopped; stop it "
+        f"(pg_ctl stop -m immediate -D {pgdata})"
+    )
 
 
 def run_physical_drill(
@@ -291,7 +320,7 @@ def run_physical_drill(
     )
     from medvault.sources.postgres.server import find_program
     from medvault.verification.drills import Check, cleanup_check, cleanup_timer
-    from medvault.verification.scratch import make_scratch, remove_scratch
+    from medvault.verification.scratch import PGDATA, make_scratch, remove_scratch
 
     add = result.checks.append
     major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
@@ -299,7 +328,7 @@ def run_physical_drill(
     scratch = make_scratch(
         scratch_parent, kind="physical", source=snapshot.source, snapshot=snapshot.id
     )
-    pgdata = os.path.join(scratch, "pgdata")
+    pgdata = os.path.join(scratch, PGDATA)
     spool = os.path.join(scratch, "wal")
     socket_dir = os.path.join(scratch, "socket")
     script = os.path.join(scratch, "restore_wal")
@@ -382,13 +411,20 @@ def run_physical_drill(
         _validate(access, port, options, add)
     finally:
         with cleanup_timer(result):
+            still_running: int | None = None
             try:
                 if feeder is not None:
                     feeder.stop()
                 if access is not None or os.path.exists(os.path.join(pgdata, "postmaster.pid")):
-                    _stop_server(pgdata, pg_ctl, access or ServerAccess())
+                    still_running = _stop_server(pgdata, pg_ctl, access or ServerAccess())
             finally:
-                problem = remove_scratch(scratch)
+                # Never a data directory deleted under a running server: the next drill
+                # stops that server, then removes the scratch.
+                problem = (
+                    f"its PostgreSQL server (pid {still_running}) could not be stopped"
+                    if still_running is not None
+                    else remove_scratch(scratch)
+                )
                 if problem is not None:
                     add(cleanup_check(scratch, problem))
 

@@ -12,6 +12,12 @@ scratch of a finished drill when its marker says this host and PID namespace (or
 readable marker) and its owner's pid no longer runs with that start time; the scratch of a
 drill still running, or of one on another host sharing the scratch root, is left alone.
 
+A killed physical drill may also leave its throwaway PostgreSQL server running on the copy
+(pg_ctl starts it in a session of its own, so it outlives the drill). Such a server is found
+through the data directory's postmaster.pid and stopped before its scratch is removed: a
+data directory deleted under a running server goes on serving from open files and memory
+until the server notices.
+
 A logical drill's scratch is a database on the source's server, named
 `medvault_drill_<host>_<pid>_<start>_<random>` (host: a short hash of this host's name and PID
 namespace, since several hosts may drill against one server); the next logical drill from this
@@ -34,6 +40,7 @@ from medvault.repository.keys import now_iso
 
 PREFIX = "medvault-drill-"
 MARKER = "medvault-drill.json"
+PGDATA = "pgdata"  # a physical drill's data directory, inside its scratch directory
 DATABASE_PREFIX = "medvault_drill_"
 
 
@@ -101,6 +108,26 @@ def remove_scratch(path: str) -> str | None:
     return f"cannot remove {problems[0]}{more}"
 
 
+def running_server(pgdata: str) -> int | None:
+    """The pid of the PostgreSQL server running on pgdata: the one postmaster.pid names, when
+    that process works in pgdata (a postmaster changes into its data directory). A pid file
+    left by a crash or a reboot may name a later, unrelated process (production's postmaster
+    among them), which is never taken for the drill's server."""
+    try:
+        with open(os.path.join(pgdata, "postmaster.pid"), encoding="ascii") as handle:
+            pid = int(handle.readline().strip() or 0)
+        here = os.stat(pgdata)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        there = os.stat(f"/proc/{pid}/cwd")
+    except OSError:
+        return None  # gone, or another user's process: not a server this drill could stop
+    return pid if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) else None
+
+
 @dataclass(frozen=True)
 class Leftover:
     """A scratch directory no running drill on this host owns."""
@@ -109,6 +136,7 @@ class Leftover:
     owner: str  # who made it, as far as can be told
     started: str | None  # when that drill started, from its marker
     ended: bool  # its drill is known to be over (it ran here and its process is gone)
+    server: int | None = None  # pid of the ended drill's PostgreSQL server, still running
 
     def describe(self) -> str:
         since = f", started {self.started}" if self.started else ""
@@ -151,7 +179,8 @@ def _leftover(path: str, name: str) -> Leftover | None:
         return Leftover(path, "no drill named as its owner", when, False)
     if _process_start(pid) == started:
         return None  # its drill is still running
-    return Leftover(path, f"drill pid {pid}, which is no longer running", when, True)
+    server = running_server(os.path.join(path, PGDATA))
+    return Leftover(path, f"drill pid {pid}, which is no longer running", when, True, server)
 
 
 def _owner_in_name(name: str) -> tuple[int | None, str]:
@@ -175,15 +204,23 @@ class Swept:
     problem: str | None  # None: removed
 
 
-def sweep(roots: list[str]) -> list[Swept]:
+def sweep(roots: list[str], pg_bin: str | None = None) -> list[Swept]:
     """Remove the scratch of drills that ran on this host and ended without removing it
-    (killed). Scratch whose owner cannot be told from here is left for the operator
-    (`medvault status` lists it): a drill elsewhere may still be using it."""
-    return [
-        Swept(leftover, remove_scratch(leftover.path))
-        for leftover in find_leftovers(roots)
-        if leftover.ended
-    ]
+    (killed), stopping first the PostgreSQL server such a drill left running on it (with
+    the programs in pg_bin, when set; a server that cannot be stopped keeps its scratch).
+    Scratch whose owner cannot be told from here is left for the operator (`medvault
+    status` lists it): a drill elsewhere may still be using it."""
+    swept = []
+    for leftover in find_leftovers(roots):
+        if not leftover.ended:
+            continue
+        problem = None
+        if leftover.server is not None:
+            from medvault.verification.physical_drill import stop_leftover_server
+
+            problem = stop_leftover_server(os.path.join(leftover.path, PGDATA), pg_bin)
+        swept.append(Swept(leftover, problem or remove_scratch(leftover.path)))
+    return swept
 
 
 def _host_tag() -> str:
