@@ -32,6 +32,7 @@ from typing import Any
 from medvault import faults
 from medvault.backends import Backend
 from medvault.errors import ObjectNotFound, RepositoryLocked
+from medvault.processes import gone, host_namespace, process_start
 
 FOLDER = "locks"
 LEASE = 30 * 60.0
@@ -41,25 +42,6 @@ MAX_LEASE = 24 * 3600.0  # a planted lock cannot claim to live for years
 CLOCK_TOLERANCE = 5 * 60.0
 SCOPES = ("", "prune", "keys", "holds")
 _LOCK_NAME = re.compile(rf"^{FOLDER}/[0-9a-f]{{32}}\Z")
-
-
-def _process_start(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def host_namespace() -> str:
-    """This kernel boot and PID namespace. Two containers on one host share a hostname and
-    may both run as pid 1; only a holder with the same namespace can be judged by its pid."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
-            boot_id = boot.read().strip()
-        return f"{boot_id}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
 
 
 def _user() -> str:
@@ -105,7 +87,7 @@ class LockInfo:
         process with its pid and start time runs any more."""
         if not self.namespace or self.namespace != host_namespace():
             return False
-        return _process_start(self.pid) != self.process_start
+        return gone(self.pid, self.process_start)
 
     def age(self, store_now: float | None) -> float | None:
         """Seconds since the last rewrite, by the store's clock."""
@@ -298,7 +280,7 @@ class RepositoryLock:
             host=socket.gethostname(),
             namespace=host_namespace(),
             pid=os.getpid(),
-            process_start=_process_start(os.getpid()),
+            process_start=process_start(os.getpid()),
             user=_user(),
             purpose=purpose,
             created=now,

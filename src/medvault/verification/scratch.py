@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from medvault.dirpath import remove_tree
 from medvault.errors import RestoreTargetError
+from medvault.processes import host_namespace, process_start
 from medvault.repository.keys import now_iso
 
 PREFIX = "medvault-drill-"
@@ -48,28 +49,10 @@ def scratch_root(chosen: str | None) -> str:
     return chosen or tempfile.gettempdir()
 
 
-def _process_start(pid: int) -> str:
-    """Clock ticks since boot at which process `pid` started ("" when it does not run):
-    with the pid, it tells a drill from a later process that got the same pid."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _pid_namespace() -> int:
-    """Pids of another PID namespace (a container) say nothing about processes here."""
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return 0
-
-
 def make_scratch(root: str | None, **about: str) -> str:
     """A new, private (0700) scratch directory in the scratch root, marked as this drill's."""
     pid = os.getpid()
-    started = _process_start(pid) or "0"
+    started = process_start(pid) or "0"
     try:
         path = tempfile.mkdtemp(prefix=f"{PREFIX}{pid}.{started}.", dir=scratch_root(root))
     except OSError as exc:
@@ -78,7 +61,7 @@ def make_scratch(root: str | None, **about: str) -> str:
         ) from exc
     marker = {
         "host": socket.gethostname(),
-        "pid_namespace": _pid_namespace(),
+        "namespace": host_namespace(),
         "pid": pid,
         "process_start": started,
         "started": now_iso(),
@@ -168,8 +151,7 @@ def _leftover(path: str, name: str) -> Leftover | None:
     marker = _read_marker(path)
     when = str(marker["started"]) if marker and "started" in marker else None
     if marker is not None and (
-        marker.get("host") != socket.gethostname()
-        or marker.get("pid_namespace") != _pid_namespace()
+        marker.get("host") != socket.gethostname() or marker.get("namespace") != host_namespace()
     ):
         owner = (
             f"drill pid {marker.get('pid')} on host {marker.get('host')} or in another container"
@@ -177,7 +159,7 @@ def _leftover(path: str, name: str) -> Leftover | None:
         return Leftover(path, f"{owner}: whether it still runs cannot be told here", when, False)
     if pid is None:
         return Leftover(path, "no drill named as its owner", when, False)
-    if _process_start(pid) == started:
+    if process_start(pid) == started:
         return None  # its drill is still running
     server = running_server(os.path.join(path, PGDATA))
     return Leftover(path, f"drill pid {pid}, which is no longer running", when, True, server)
@@ -224,7 +206,7 @@ def sweep(roots: list[str], pg_bin: str | None = None) -> list[Swept]:
 
 
 def _host_tag() -> str:
-    seen_as = f"{socket.gethostname()}/{_pid_namespace()}".encode()
+    seen_as = f"{socket.gethostname()}/{host_namespace()}".encode()
     return hashlib.blake2b(seen_as, digest_size=3).hexdigest()
 
 
@@ -232,7 +214,7 @@ def scratch_database_name() -> str:
     """A name for a logical drill's database that says which drill owns it (at most 50
     characters: PostgreSQL allows 63)."""
     pid = os.getpid()
-    started = _process_start(pid) or "0"
+    started = process_start(pid) or "0"
     return f"{DATABASE_PREFIX}{_host_tag()}_{pid}_{started}_{secrets.token_hex(2)}"
 
 
@@ -245,4 +227,4 @@ def database_of_ended_drill(name: str) -> bool:
     pid, started = parts[1], parts[2]
     if not (pid.isdigit() and started.isdigit()):
         return False
-    return _process_start(int(pid)) != started
+    return process_start(int(pid)) != started
