@@ -113,6 +113,20 @@ VALID = {
 }  # fmt: skip
 
 
+def test_a_lock_removed_by_unlock_is_never_brought_back_by_its_holder(
+    initialized_cli: Cli, processes: list[subprocess.Popen[str]]
+) -> None:
+    """Its holder would otherwise go on as if nothing happened, while an exclusive operation
+    or a prune may have run in between."""
+    cli = initialized_cli
+    holder = hold_lock(cli.repo, processes, lease=3.0)
+    cli("unlock", "--remove-all")
+    time.sleep(1.5)  # three refresh periods of the holder
+    assert lock_names(cli.repo) == []
+    out, _ = holder.communicate(input="")
+    assert "lost: lost the repository lock (it was removed while this operation ran)" in out
+
+
 def write_raw_lock(repo: Path, name: str, doc: object) -> None:
     with open_backend(str(repo)) as backend:
         backend.store(f"locks/{name}", json.dumps(doc).encode(), overwrite=True)

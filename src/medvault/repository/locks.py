@@ -292,6 +292,7 @@ class RepositoryLock:
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self._last_written = -math.inf  # monotonic time a successful write started
+        self._lost = ""  # why this lock can no longer be trusted, once it cannot
         self.notes: list[str] = []  # stale or malformed locks seen while acquiring
 
     @property
@@ -309,6 +310,10 @@ class RepositoryLock:
             self._info = replace(self._info, refreshed=time.time())
             self._backend.store(self.name, self._info.to_json(), overwrite=True)
             self._last_written = started
+
+    def _past_budget(self, now: float) -> bool:
+        """Whether others may already take this lock for stale (by our own clock)."""
+        return now - self._last_written > self._info.lease - self.refresh_every
 
     def observe(self) -> LockTable:
         """Rewrite this lock, then read every lock with the store's clock of that moment."""
@@ -342,18 +347,28 @@ class RepositoryLock:
             self._on_acquired()
 
     def _refresh(self) -> None:
+        """Rewrite the lock while it can still be trusted. Never bring back a lock that others
+        may have taken for stale and removed (after a long pause, or `unlock`): that would
+        hide from this process that an exclusive operation or a prune may have run."""
         while not self._stop.wait(self.refresh_every):
+            if self._past_budget(time.monotonic()):
+                self._lost = "it could not be refreshed in time"
+                return
             with contextlib.suppress(Exception):
+                if not self._backend.exists(self.name):
+                    self._lost = "it was removed while this operation ran"
+                    return
                 self.write()
 
     def ensure_held(self) -> None:
         """Before committing work (a snapshot, a deletion): the lock must still be ours and
         fresh. If rewriting it failed for too long, or someone removed it, others may take it
         for stale, and an exclusive operation or a prune may have run meanwhile."""
-        if time.monotonic() - self._last_written > self._info.lease - self.refresh_every:
+        if self._lost or self._past_budget(time.monotonic()):
+            reason = self._lost or "it could not be refreshed in time"
             raise RepositoryLocked(
-                "lost the repository lock (it could not be refreshed); "
-                "nothing was committed: run the operation again"
+                f"lost the repository lock ({reason}); nothing was committed: run the "
+                "operation again"
             )
         if not self._backend.exists(self.name):
             raise RepositoryLocked(
