@@ -597,3 +597,14 @@ def test_a_drill_record_copied_under_another_name_is_rejected(tmp_path: Path, ma
     assert [d["id"] for d in json.loads(listed.stdout)] == [result["id"]]
     assert f"drill record {replayed} is unreadable" in listed.stderr
     assert "does not open under its name" in listed.stderr
+
+
+def test_two_drills_of_one_snapshot_in_the_same_second_are_both_recorded(repo) -> None:
+    """A scheduled drill and one run by hand may end in the same second."""
+    from medvault.verification.drills import DrillResult, list_results, store_result
+
+    first = DrillResult("ab" * 32, "letters", "files", "2026-12-05T02:00:00+00:00")
+    second = DrillResult("ab" * 32, "letters", "files", "2026-12-05T02:00:00+00:00")
+    ids = {store_result(repo, first), store_result(repo, second)}
+    assert len(ids) == 2
+    assert len(list_results(repo)) == 2

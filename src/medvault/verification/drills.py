@@ -3,7 +3,7 @@
 A drill is what an auditor asks for: not "the backup ran" but "we restored it, this is what we
 checked, it took this long". Scratch space is always removed, also after a failure or Ctrl-C
 (the restored data is patient data: it must not outlive the drill). Results are sealed objects
-`drills/<time>-<snapshot>` in the repository, so they travel with the backups they prove.
+`drills/<time>-<snapshot>-<rand>` in the repository, so they travel with the backups they prove.
 
 Scratch directories are made, removed and found again by verification/scratch.py: a
 cleanup never ignores an error, a drill whose copy cannot be removed fails naming what is
@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import stat
 import time
 from dataclasses import asdict, dataclass, field
@@ -349,7 +350,9 @@ def _drop_database(dsn: str, database: str) -> str | None:
 
 def store_result(repo: Repository, result: DrillResult) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    result.id = f"{stamp}-{result.snapshot[:12]}"
+    # Random too: two drills of one snapshot may start in the same second (a scheduled one
+    # and one by hand), and each result must be kept.
+    result.id = f"{stamp}-{result.snapshot[:12]}-{secrets.token_hex(3)}"
     body = json.dumps(asdict(result), sort_keys=True).encode()
     repo.store_record(f"{FOLDER}/{result.id}", body, KIND_DRILL)
     return result.id
