@@ -176,6 +176,21 @@ def get_other_credential(repo_settings: RepositorySettings | None) -> Credential
     return get_credential(CredentialOptions(), None)
 
 
+@dataclass(frozen=True)
+class ShellCredentials:
+    """The CLI's (and cron's) credential source for a session: options first, then the
+    environment, the repository's section of medvault.toml, and last a prompt on a
+    terminal (see get_credential and get_other_credential)."""
+
+    options: CredentialOptions
+
+    def primary(self, settings: RepositorySettings | None) -> Credential:
+        return get_credential(self.options, settings)
+
+    def other(self, settings: RepositorySettings | None) -> Credential:
+        return get_other_credential(settings)
+
+
 def get_new_passphrase(password_file: str | None) -> Credential:
     """A new passphrase for `key add` / `key passwd`."""
     if password_file:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from medvault.configfile import find_config
 from medvault.credentials import CredentialOptions
 
 if TYPE_CHECKING:
     from medvault.config import RepositorySettings, Settings
     from medvault.repository.repo import Repository
+    from medvault.service.session import Session
 
 
 def warn(message: str) -> None:
@@ -32,36 +32,40 @@ def warn(message: str) -> None:
 
 @dataclass
 class CliContext:
+    """The CLI's options, and the session built from them once a command first needs it
+    (options given after the subcommand are set before that)."""
+
     repo_option: str | None = None
     config_option: str | None = None
     credentials: CredentialOptions = field(default_factory=CredentialOptions)
-    _settings: Settings | None = None
-    _opened: list[Repository] = field(default_factory=list)
+    _session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            from medvault.credentials import ShellCredentials
+            from medvault.service.runs import Caller
+            from medvault.service.session import Session
+
+            self._session = Session(
+                credentials=ShellCredentials(self.credentials),
+                caller=Caller.this_process("cli"),
+                repository=self.repo_option,
+                config=self.config_option,
+            )
+        return self._session
 
     @property
     def settings(self) -> Settings:
-        if self._settings is None:
-            from medvault.config import load_settings
-
-            self._settings = load_settings(self.config_option)
-        return self._settings
+        return self.session.settings
 
     def configured_sources(self) -> set[str]:
-        if find_config(self.config_option) is None:
-            return set()
-        return set(self.settings.source)
+        return self.session.configured_sources()
 
     def repository_target(
         self, source: str | None = None, selector: str | None = None
     ) -> tuple[str, RepositorySettings | None]:
-        """URL and settings of the repository chosen by `selector` (a name from
-        medvault.toml or a path/URL), else by --repo, the source, or the only one configured."""
-        chosen = selector or self.repo_option
-        if chosen and find_config(self.config_option) is None:
-            return chosen, None
-        from medvault.config import resolve_repository
-
-        return resolve_repository(self.settings, chosen, source)
+        return self.session.repository_target(source, selector)
 
     def open(
         self,
@@ -71,51 +75,19 @@ class CliContext:
         other: bool = False,
         sharing: Repository | None = None,
     ) -> Repository:
-        """Open the repository; `other` marks a second one (copy's --from, init's
-        --copy-keys-from), whose credential comes first from its own section. With `sharing`,
-        an open repository whose keys this one may share: then no credential is asked."""
-        from medvault.backends import open_backend
-        from medvault.credentials import get_credential, get_other_credential
-        from medvault.repository.repo import Repository
-
-        url, repo_settings = self.repository_target(source, selector)
-        backend = open_backend(url, repo_settings)
-        # Say "no repository here" before asking for a passphrase that could not help.
-        probed = Repository.probe(backend)
-        repo = (
-            Repository.open_sharing(backend, sharing.master, probed)
-            if sharing is not None
-            else None
-        )
-        if repo is None:
-            if other:
-                credential = get_other_credential(repo_settings)
-            else:
-                credential = get_credential(self.credentials, repo_settings)
-            repo = Repository.open(backend, credential, probed)
-        repo.retention_period = self.retention_period(source)
-        secondary = repo_settings.secondary if repo_settings is not None else None
-        if secondary is not None:
-            name = secondary
-            repo.fallback = lambda: self.open(source, selector=name, other=True, sharing=repo)
-            repo.fallback_name = secondary
-        self._opened.append(repo)
-        return repo
+        return self.session.open(source, selector, other=other, sharing=sharing)
 
     def last_opened(self) -> Repository:
-        return self._opened[-1]
+        return self.session.last_opened()
 
     def retention_period(self, source: str | None) -> dt.timedelta | None:
-        """How long what this command writes must stay undeletable (Object Lock)."""
-        if find_config(self.config_option) is None:
-            return None
-        return self.settings.retention_period(source)
+        return self.session.retention_period(source)
 
     def print_warnings(self) -> None:
-        for repo in self._opened:
-            summary = repo.failover_summary()
-            for message in dict.fromkeys([*repo.warnings, *([summary] if summary else [])]):
-                warn(f"medvault: warning: {message}")
+        if self._session is None:
+            return
+        for message in self._session.warnings():
+            warn(f"medvault: warning: {message}")
 
 
 def obtain(ctx: typer.Context) -> CliContext:

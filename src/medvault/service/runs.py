@@ -1,0 +1,186 @@
+"""Every operation reports itself in one place: a run.
+
+A shell (the CLI, later the HTTP API and the scheduler) says who runs an operation (a
+`Caller`); the operation, inside `Session.run(...)`, notes what it read, stored and restored
+and which snapshots it touched on its `Run`; when it ends, successfully or not, one
+`RunRecord` goes to every `RunObserver` of the session. Run history, audit, metrics and
+alerts attach there as observers, never inside a command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from medvault.errors import (
+    MedvaultError,
+    ObjectLocked,
+    RepositoryLocked,
+    UsageError,
+    first_line,
+)
+
+Status = Literal["ok", "failed", "incomplete", "refused"]
+SHELLS = ("cli", "api", "scheduler")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who runs an operation, from which shell, on which host."""
+
+    user: str
+    shell: str
+    host: str
+
+    @classmethod
+    def this_process(cls, shell: str) -> Caller:
+        """The OS user of this process, on this host."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        return cls(user=user, shell=shell, host=socket.gethostname())
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One operation as it ran: what, by whom, when, with what result."""
+
+    run_id: str
+    operation: str
+    source: str | None
+    repository: str | None
+    started: str  # ISO 8601, UTC
+    ended: str
+    duration_s: float
+    status: Status
+    bytes_read: int
+    bytes_stored: int
+    bytes_restored: int
+    snapshots: tuple[str, ...]
+    error: str | None  # the first line of what stopped it
+    user: str
+    host: str
+    shell: str
+    # What an auditor asks of this kind of operation (a restore's target and reason, a
+    # prune's counts): plain JSON values.
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class RunObserver(Protocol):
+    def run_ended(self, record: RunRecord) -> None: ...
+
+
+@dataclass
+class Run:
+    """The record an operation fills in while it runs."""
+
+    operation: str
+    caller: Caller
+    source: str | None = None
+    repository: str | None = None
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    bytes_restored: int = 0
+    snapshots: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    incomplete_because: str | None = None
+
+    def add_bytes(self, *, read: int = 0, stored: int = 0, restored: int = 0) -> None:
+        self.bytes_read += read
+        self.bytes_stored += stored
+        self.bytes_restored += restored
+
+    def touched(self, snapshot_id: str) -> None:
+        if snapshot_id not in self.snapshots:
+            self.snapshots.append(snapshot_id)
+
+    def incomplete(self, reason: str) -> None:
+        """It ended and kept what it did, but not all it was asked (unreadable files)."""
+        self.incomplete_because = reason
+
+    def record(self, started: float, status: Status, error: str | None) -> RunRecord:
+        ended = time.time()
+        return RunRecord(
+            run_id=self.run_id,
+            operation=self.operation,
+            source=self.source,
+            repository=self.repository,
+            started=_iso(started),
+            ended=_iso(ended),
+            duration_s=round(ended - started, 3),
+            status=status,
+            bytes_read=self.bytes_read,
+            bytes_stored=self.bytes_stored,
+            bytes_restored=self.bytes_restored,
+            snapshots=tuple(self.snapshots),
+            error=error if error is not None else self.incomplete_because,
+            user=self.caller.user,
+            host=self.caller.host,
+            shell=self.caller.shell,
+            details=dict(self.details),
+        )
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def status_of(exc: BaseException | None, run: Run) -> Status:
+    """`refused`: the operation did not start its work, for a reason it names (bad input, a
+    lock, an immutable object); `failed`: anything else that stopped it."""
+    if exc is None:
+        return "incomplete" if run.incomplete_because is not None else "ok"
+    if isinstance(exc, UsageError | RepositoryLocked | ObjectLocked):
+        return "refused"
+    return "failed"
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, MedvaultError):
+        return first_line(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"internal error: {type(exc).__name__}: {first_line(exc)}"
+
+
+@contextlib.contextmanager
+def running(
+    operation: str,
+    caller: Caller,
+    observers: list[RunObserver],
+    warnings: list[str],
+    *,
+    source: str | None = None,
+    repository: str | None = None,
+) -> Iterator[Run]:
+    """Run an operation; its record goes to every observer however it ends. An observer that
+    fails costs a warning, never the operation's own result."""
+    run = Run(operation, caller, source=source, repository=repository)
+    started = time.time()
+    try:
+        yield run
+    except BaseException as exc:
+        _tell(observers, run.record(started, status_of(exc, run), _error_line(exc)), warnings)
+        raise
+    _tell(observers, run.record(started, status_of(None, run), None), warnings)
+
+
+def _tell(observers: list[RunObserver], record: RunRecord, warnings: list[str]) -> None:
+    for observer in observers:
+        try:
+            observer.run_ended(record)
+        except Exception as exc:  # a broken observer must not turn a success into a failure
+            warnings.append(
+                f"the record of this {record.operation} could not be kept by "
+                f"{type(observer).__name__}: {first_line(exc)}"
+            )

@@ -1,0 +1,155 @@
+"""A session: what every operation needs, whichever shell asked for it.
+
+The shell (the CLI today; the HTTP API and the scheduler next) builds one `Session` from its
+own options: which configuration, which repository, where credentials come from, who is
+asking, and who wants to hear about runs. Operations open repositories only through it, so
+failover to the secondary, retention periods (Object Lock) and credentials are decided in
+one place. Nothing here prints, prompts, or reads argv or the environment: a shell that
+prompts does so inside the `CredentialSource` it hands in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from medvault.configfile import find_config
+from medvault.service.runs import Caller, Run, RunObserver, running
+
+if TYPE_CHECKING:
+    from medvault.config import RepositorySettings, Settings
+    from medvault.repository.keys import Credential
+    from medvault.repository.repo import Repository
+
+
+class CredentialSource(Protocol):
+    """Where a repository's passphrase or key file comes from: the shell's business."""
+
+    def primary(self, settings: RepositorySettings | None) -> Credential:
+        """For the repository an operation works on."""
+        ...
+
+    def other(self, settings: RepositorySettings | None) -> Credential:
+        """For a second repository in one operation (copy's source, a secondary)."""
+        ...
+
+
+@dataclass
+class Session:
+    credentials: CredentialSource
+    caller: Caller
+    repository: str | None = None  # a name from medvault.toml, or a path/URL
+    config: str | None = None  # medvault.toml to use (else the usual places)
+    observers: list[RunObserver] = field(default_factory=list)
+    # Damage and notes met on the way that did not stop an operation: the shell shows them.
+    notes: list[str] = field(default_factory=list)
+    _settings: Settings | None = None
+    _opened: list[Repository] = field(default_factory=list)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def configured(self) -> bool:
+        return find_config(self.config) is not None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from medvault.config import load_settings
+
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    def configured_sources(self) -> set[str]:
+        return set(self.settings.source) if self.configured else set()
+
+    def repository_target(
+        self, source: str | None = None, selector: str | None = None
+    ) -> tuple[str, RepositorySettings | None]:
+        """URL and settings of the repository chosen by `selector` (a name from
+        medvault.toml or a path/URL), else the session's, the source's, or the only one
+        configured."""
+        chosen = selector or self.repository
+        if chosen and not self.configured:
+            return chosen, None
+        from medvault.config import resolve_repository
+
+        return resolve_repository(self.settings, chosen, source)
+
+    def retention_period(self, source: str | None) -> dt.timedelta | None:
+        """How long what an operation writes must stay undeletable (Object Lock)."""
+        return self.settings.retention_period(source) if self.configured else None
+
+    # -- repositories ----------------------------------------------------------------------
+
+    def open(
+        self,
+        source: str | None = None,
+        selector: str | None = None,
+        *,
+        other: bool = False,
+        sharing: Repository | None = None,
+    ) -> Repository:
+        """Open a repository (see repository_target); `other` marks a second one, whose
+        credential is asked of `credentials.other`. With `sharing`, an open repository whose
+        keys this one may share: then no credential is needed. A repository with a
+        secondary fails over to it on read."""
+        from medvault.backends import open_backend
+        from medvault.repository.repo import Repository
+
+        url, repo_settings = self.repository_target(source, selector)
+        backend = open_backend(url, repo_settings)
+        # "No repository here" before asking for a credential that could not help.
+        probed = Repository.probe(backend)
+        repo = (
+            Repository.open_sharing(backend, sharing.master, probed)
+            if sharing is not None
+            else None
+        )
+        if repo is None:
+            credential = (
+                self.credentials.other(repo_settings)
+                if other
+                else self.credentials.primary(repo_settings)
+            )
+            repo = Repository.open(backend, credential, probed)
+        repo.retention_period = self.retention_period(source)
+        secondary = repo_settings.secondary if repo_settings is not None else None
+        if secondary is not None:
+            name = secondary
+            repo.fallback = lambda: self.open(source, selector=name, other=True, sharing=repo)
+            repo.fallback_name = secondary
+        self._opened.append(repo)
+        return repo
+
+    def last_opened(self) -> Repository:
+        return self._opened[-1]
+
+    def warnings(self) -> list[str]:
+        """What the session's repositories met on the way (damage skipped, reads served by
+        the secondary), and notes of its own, each once."""
+        found = list(self.notes)
+        for repo in self._opened:
+            summary = repo.failover_summary()
+            found += [*repo.warnings, *([summary] if summary else [])]
+        return list(dict.fromkeys(found))
+
+    # -- runs ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def run(
+        self, operation: str, *, source: str | None = None, repository: str | None = None
+    ) -> Iterator[Run]:
+        """Run an operation: its record reaches every observer however it ends."""
+        with running(
+            operation,
+            self.caller,
+            self.observers,
+            self.notes,
+            source=source,
+            repository=repository,
+        ) as current:
+            yield current
