@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""The import graph between medvault's packages, and the arrows the layering forbids.
+
+    python scripts/import_graph.py          print every arrow (with counts), then violations
+    python scripts/import_graph.py --check  print only violations; exit 1 if there are any
+
+Each top-level part of src/medvault (a package such as `repository`, or a module such as
+`errors`) is a node. An arrow A -> B means some module of A imports B at run time; imports
+under `if TYPE_CHECKING:` are types only and do not count. The rules are in ALLOWED: for each
+node, the nodes it may import. Data flows one way through the layers (docs/architecture.md):
+a layer imports only the ones below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "src" / "medvault"
+
+# Beside the layers, usable by any of them: small modules without medvault imports of their
+# own beyond each other.
+COMMON = {
+    "errors",
+    "faults",
+    "durations",
+    "clocks",
+    "processes",
+    "configfile",
+    "childenv",
+    "dirpath",
+    "__init__",
+}
+ALLOWED: dict[str, set[str]] = {
+    "backends": set(),
+    "repository": {"backends"},
+    "postgres": set(),
+    "policy": {"repository", "backends"},
+    "sources": {"repository", "postgres", "policy"},
+    "recovery": {"repository", "postgres"},
+    "verification": {"recovery", "repository", "postgres", "policy"},
+    "config": {"backends", "policy"},
+    "credentials": {"repository", "config"},
+    "service": {
+        "sources",
+        "recovery",
+        "verification",
+        "policy",
+        "repository",
+        "backends",
+        "postgres",
+        "config",
+        "credentials",
+    },
+    "cli": {"service", "config", "credentials"},
+}
+# Arrows that stand for a reason of their own, each said here.
+EXCEPTIONS = {
+    # wal-push runs once per 16 MiB of WAL: its fast path calls the WAL code directly rather
+    # than paying for the service layer's imports (cli/entry.py, cli/wal.py).
+    ("cli", "sources"),
+    ("cli", "repository"),
+    ("cli", "backends"),
+}
+
+
+def node_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "medvault" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def runtime_imports(path: Path, package: str) -> list[str]:
+    """Modules imported by `path` outside `if TYPE_CHECKING:` blocks, made absolute."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for sub in child.orelse:
+                    visit_stmt(sub)
+                continue
+            visit_stmt(child)
+
+    def visit_stmt(child: ast.AST) -> None:
+        if isinstance(child, ast.Import):
+            found.extend(alias.name for alias in child.names)
+        elif isinstance(child, ast.ImportFrom):
+            if child.level:
+                base = package.split(".")[: len(package.split(".")) - child.level + 1]
+                found.append(".".join([*base, *([child.module] if child.module else [])]))
+            elif child.module:
+                found.append(child.module)
+        visit(child)
+
+    visit(tree)
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def arrows() -> Counter[tuple[str, str]]:
+    counted: Counter[tuple[str, str]] = Counter()
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT.parent).with_suffix("")
+        module = ".".join(relative.parts)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        source = node_of(module)
+        if source is None:
+            continue
+        for imported in runtime_imports(path, package):
+            target = node_of(imported)
+            if target is not None and target != source:
+                counted[(source, target)] += 1
+    return counted
+
+
+def forbidden(arrow: tuple[str, str]) -> bool:
+    source, target = arrow
+    if target in COMMON or arrow in EXCEPTIONS:
+        return False
+    if source in COMMON:
+        return target not in COMMON
+    return target not in ALLOWED.get(source, set())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only the forbidden arrows")
+    args = parser.parse_args()
+    counted = arrows()
+    if not args.check:
+        for (source, target), count in sorted(counted.items()):
+            print(f"{source:>14} -> {target:<14} {count:>3}")
+    bad = sorted(arrow for arrow in counted if forbidden(arrow))
+    for source, target in bad:
+        print(f"forbidden: {source} -> {target} ({counted[(source, target)]} imports)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
