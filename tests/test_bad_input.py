@@ -700,11 +700,6 @@ def test_recovery_target_for_a_files_snapshot_is_a_usage_error(
 
 
 def _error_classes() -> list[type[MedvaultError]]:
-    # Imported for the classes they define beside their commands.
-    import medvault.cli.forget
-    import medvault.cli.replication
-    import medvault.verification.drills  # noqa: F401
-
     found, pending = [], [MedvaultError]
     while pending:
         cls = pending.pop()
@@ -725,21 +720,49 @@ def _exit_code_rows() -> dict[int, str]:
 
 
 def test_operations_guide_lists_every_exit_code_with_its_class() -> None:
-    from medvault.cli import backup, main, pg_physical, wal
+    from medvault import errors
 
     rows = _exit_code_rows()
     for cls in _error_classes():
         assert cls.exit_code in rows, f"exit {cls.exit_code} ({cls.__name__}) is not documented"
         assert f"`{cls.__name__}`" in rows[cls.exit_code], cls.__name__
-    set_by_commands = {
-        backup.EXIT_INCOMPLETE,
-        pg_physical.EXIT_INCOMPLETE,
-        wal.EXIT_NOT_ARCHIVED,
-        wal.EXIT_ARCHIVE_UNUSABLE,
-        main.EXIT_INTERRUPTED,
-        main.EXIT_BROKEN_PIPE,
-    }
+    set_by_commands = {getattr(errors, name) for name in dir(errors) if name.startswith("EXIT_")}
     assert set_by_commands <= set(rows)
+
+
+def test_exit_code_for_gives_each_class_its_code_and_wal_fetch_126_for_any_error() -> None:
+    from medvault import errors
+
+    for cls in _error_classes():
+        error = cls.__new__(cls)  # some take more than a message
+        assert errors.exit_code_for(error) == cls.exit_code, cls.__name__
+        assert errors.exit_code_for(error, wal_fetch=True) == 126, cls.__name__
+    assert errors.exit_code_for(RuntimeError("a bug")) == 1
+    assert errors.exit_code_for(RuntimeError("a bug"), wal_fetch=True) == 126
+    assert errors.exit_code_for(BrokenPipeError()) == 141
+    assert errors.exit_code_for(KeyboardInterrupt()) == 130
+
+
+def test_a_terminated_backup_ends_by_its_signal_as_documented_and_commits_nothing(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    """docs/operations.md: 143 (SIGTERM) is the shell's 128 + 15, since medvault sets no
+    handler; an earlier snapshot stays, and nothing of the terminated run is committed."""
+    from tests.faultpoints import Pause, faults_env
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "note.txt").write_text("first\n")
+    initialized_cli("backup", str(data))
+    (data / "note.txt").write_text("second\n")
+    pause = Pause(tmp_path / "pause", "snapshot.before-store")
+    proc = initialized_cli.popen("backup", str(data), env=faults_env(**{pause.name: pause.action}))
+    pause.wait(proc)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -15
+    assert 128 + 15 in _exit_code_rows()
+    assert len(initialized_cli.objects("snapshots")) == 1
 
 
 # -- secrets in DSNs, repository groups ---------------------------------------------

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
-from medvault.errors import UsageError
+from medvault.errors import EXIT_INCOMPLETE, UsageError
 
 if TYPE_CHECKING:
     from medvault.sources.files import BackupResult
 
-EXIT_INCOMPLETE = 3
 DEFAULT_SOURCE = "files"
 
 

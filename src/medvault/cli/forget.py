@@ -15,16 +15,12 @@ import typer
 
 from medvault import faults
 from medvault.cli.context import obtain, print_json
-from medvault.errors import ObjectLocked, UsageError
+from medvault.errors import ForgetRefused, ObjectLocked, UsageError
 
 if TYPE_CHECKING:
     from medvault.cli.context import CliContext
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
-
-
-class ForgetRefused(ObjectLocked):
-    """Some snapshots asked for by id could not be forgotten: they are locked or held."""
 
 
 @dataclass

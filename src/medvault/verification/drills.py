@@ -81,10 +81,6 @@ class DrillResult:
         return None if self.rto_target_s is None else self.rto_s <= self.rto_target_s
 
 
-class DrillFailed(MedvaultError):
-    exit_code = 23
-
-
 def run_drill(
     repo: Repository,
     snapshot: Snapshot,
