@@ -696,6 +696,48 @@ def test_recovery_target_for_a_files_snapshot_is_a_usage_error(
     assert not out.exists()
 
 
+# -- optional packages ------------------------------------------------------------------
+
+WITHOUT_BOTO3 = """
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in ("boto3", "botocore"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["medvault", *sys.argv[1:]]
+from medvault.cli.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["snapshots"], 2),
+        (["wal-push", "emr", "000000010000000000000001"], 2),
+        (["wal-fetch", "emr", "000000010000000000000001", "dest"], 126),
+    ],
+    ids=["cli", "wal-push", "wal-fetch"],
+)
+def test_an_s3_repository_without_boto3_installed_names_the_package_and_how_to_install_it(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    (tmp_path / "000000010000000000000001").write_bytes(b"\0" * 1024)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_BOTO3, "--repo", "s3://clinic-backups/emr", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env | {"MEDVAULT_PASSWORD": PASSWORD},
+    )
+    assert done.returncode == code, done.stderr
+    assert "boto3" in done.stderr and "pip install boto3" in done.stderr, done.stderr
+    assert one_line(done.stderr) and "internal error" not in done.stderr
+
+
 # -- the exit-code table -----------------------------------------------------------------
 
 

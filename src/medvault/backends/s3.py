@@ -8,7 +8,8 @@ refuses deletes, and this backend refuses overwrites that would hide a locked ve
 
 Settings come from the repository's section (endpoint, region, path_style, storage_class,
 sse, sse_kms_key_id, profile) and otherwise from the standard AWS environment and credential
-chain; botocore retries throttling, 5xx and timeouts with backoff.
+chain; botocore retries throttling, 5xx and timeouts with backoff. A body cut short after its
+answer began is reported as TransientBackendError, for backends/retry.py to ask again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import ipaddress
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from medvault.errors import (
     ObjectLocked,
     ObjectNotFound,
     RepositoryExists,
+    TransientBackendError,
     UsageError,
 )
 
@@ -44,10 +45,6 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_PART = 16 * 1024 * 1024
 CONNECTIONS = 32
 READ_TIMEOUT = 120.0
-# botocore retries a request until its answer begins, not the reading of a body that is cut
-# short afterwards (a reset connection, a proxy's timeout): that is retried here.
-BODY_ATTEMPTS = 4
-BODY_RETRY_PAUSE = 0.2
 LOCK_MODE = "COMPLIANCE"
 # Objects that coordinate writers rather than hold backups: never locked, always removable.
 UNLOCKED_PREFIXES = ("locks/",)
@@ -326,25 +323,23 @@ class S3Backend(Backend):
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             kwargs["Range"] = f"bytes={offset}-{end}"
-        for attempt in range(1, BODY_ATTEMPTS + 1):
-            try:
-                body = self.client.get_object(**kwargs)["Body"]
-            except ClientError as exc:
-                if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
-                    raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
-                if not exact and self._code(exc) in ("InvalidRange", "416"):
-                    return b""  # the range starts past the end
-                raise self._error("read", name, exc) from None
-            except BotoCoreError as exc:
-                raise self._error("read", name, exc) from None
-            try:
-                data = body.read()
-                break
-            except BotoCoreError as exc:
-                body.close()
-                if attempt == BODY_ATTEMPTS:
-                    raise self._error("read", name, exc) from None
-                time.sleep(BODY_RETRY_PAUSE * attempt)
+        try:
+            body = self.client.get_object(**kwargs)["Body"]
+        except ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
+            if not exact and self._code(exc) in ("InvalidRange", "416"):
+                return b""  # the range starts past the end
+            raise self._error("read", name, exc) from None
+        except BotoCoreError as exc:
+            raise self._error("read", name, exc) from None
+        try:
+            data = body.read()
+        except BotoCoreError as exc:
+            # botocore retries a request until its answer begins, not a body cut short
+            # afterwards (a reset connection, a proxy's timeout): backends/retry.py does.
+            body.close()
+            raise TransientBackendError(str(self._error("read", name, exc))) from None
         if exact and length is not None and len(data) != length:
             raise BackendError(f"object {name} is shorter than expected ({len(data)} < {length})")
         return data

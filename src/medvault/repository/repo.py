@@ -16,13 +16,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any, TypeGuard
 
 from medvault import __version__, faults
 from medvault.backends import Backend
-
-if TYPE_CHECKING:
-    from medvault.backends.windows import WindowedReader
 from medvault.errors import (
     BackendError,
     IntegrityError,
@@ -233,12 +230,6 @@ class Repository:
         self._secondary_failed = False
         self._fallback_lock = threading.Lock()
         self.failovers: dict[str, str] = {}  # object -> why the primary's copy was unusable
-        # Remote stores: blob reads go through windows of their packs (backends/windows.py).
-        self._windows: WindowedReader | None = None
-        if backend.local_path is None:
-            from medvault.backends.windows import WindowedReader
-
-            self._windows = WindowedReader(backend)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -732,10 +723,8 @@ class Repository:
         entry = location.entry
         name = pack_name(location.pack_id)
         try:
-            if self._windows is not None:
-                sealed = self._windows.read(name, entry.offset, entry.length)
-            else:
-                sealed = self.backend.load(name, entry.offset, entry.length)
+            # From a remote store, through windows of the pack (backends/windows.py).
+            sealed = self.backend.load(name, entry.offset, entry.length)
         except ObjectNotFound:
             raise IntegrityError(
                 f"pack {location.pack_id[:16]} holding blob {blob_id.hex()[:16]} is missing"
