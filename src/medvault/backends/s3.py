@@ -363,6 +363,8 @@ class S3Backend(Backend):
             if self.options.sse_kms_key_id:
                 extra["SSEKMSKeyId"] = self.options.sse_kms_key_id
         if retain_until is not None and not name.startswith(UNLOCKED_PREFIXES):
+            if not self.lock_enabled:
+                raise NotSupported(self._no_object_lock())
             extra["ObjectLockMode"] = LOCK_MODE
             extra["ObjectLockRetainUntilDate"] = retain_until
             extra["ChecksumAlgorithm"] = "CRC32"  # S3 requires one with lock parameters
@@ -452,12 +454,16 @@ class S3Backend(Backend):
         key = self._key(name)
         try:
             version = self._refuse_if_locked(name, "delete")
-            if version is not None:
-                # On a versioned bucket a plain delete only hides the object behind a marker;
-                # removing the version frees the space (and the store enforces the lock).
-                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
-            else:
+            if version is None:
                 self.client.delete_object(Bucket=self.bucket, Key=key)
+            # On a versioned bucket a plain delete only hides the object behind a marker;
+            # removing the version frees the space (and the store enforces the lock). An
+            # object written more than once (a lock rewritten to stay alive) has older
+            # versions, and the newest of them becomes current again when the current one
+            # goes: they go too, each after its own lock is checked.
+            while version is not None:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+                version = self._refuse_if_locked(name, "delete", absent_ok=True)
         except ClientError as exc:
             if self._code(exc) == "AccessDenied" and self.lock_enabled:
                 raise ObjectLocked(
@@ -467,16 +473,17 @@ class S3Backend(Backend):
         except BotoCoreError as exc:
             raise self._error("delete", name, exc) from None
 
-    def _refuse_if_locked(self, name: str, action: str) -> str | None:
+    def _refuse_if_locked(self, name: str, action: str, *, absent_ok: bool = False) -> str | None:
         """The current version id of `name` (None on an unversioned bucket); ObjectLocked
-        when its retention has not run out; ObjectNotFound when it is absent."""
+        when its retention has not run out; ObjectNotFound when it is absent (None with
+        `absent_ok`)."""
         from botocore.exceptions import ClientError
 
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
         except ClientError as exc:
             if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
-                if action == "overwrite":
+                if action == "overwrite" or absent_ok:
                     return None
                 raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
             raise
@@ -509,6 +516,8 @@ class S3Backend(Backend):
         """Retention only ever grows: COMPLIANCE mode forbids shortening it."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if not self.lock_enabled:
+            raise NotSupported(self._no_object_lock())
         try:
             self.client.put_object_retention(
                 Bucket=self.bucket,
@@ -529,7 +538,8 @@ class S3Backend(Backend):
                 Bucket=self.bucket, Key=self._key(name), LegalHold={"Status": "ON" if on else "OFF"}
             )
         except ClientError as exc:
-            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+            # Some stores answer a missing object with another error (moto with a 500).
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound") or not self.exists(name):
                 raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
             action = "place a legal hold on" if on else "lift the legal hold on"
             raise self._error(action, name, exc) from None
