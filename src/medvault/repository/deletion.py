@@ -3,9 +3,9 @@
 Deleting is the one operation that can lose a backup, so all of it is here, each kind in a
 function of its own that says why it is allowed; nothing else calls `Backend.delete`
 (tests/test_engine.py checks). Each function deletes only within its own folder: the name
-is built here from a typed id, never taken whole from a caller. Whether a deletion is wise
+is built here from an id, or checked to lie in that folder. Whether a deletion is wise
 (which packs no snapshot needs, which WAL no backup needs) is decided by the callers named
-below; here is only what makes the act itself safe.
+below; here each kind is named, confined to its folder, and its reason written down.
 
 The store has the last word: on an append-only repository or under Object Lock it refuses
 (ObjectLocked), and the callers keep the object and say so.
