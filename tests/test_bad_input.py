@@ -696,15 +696,52 @@ def test_recovery_target_for_a_files_snapshot_is_a_usage_error(
     assert not out.exists()
 
 
+# -- optional packages ------------------------------------------------------------------
+
+WITHOUT_BOTO3 = """
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in ("boto3", "botocore"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["medvault", *sys.argv[1:]]
+from medvault.cli.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["snapshots"], 2),
+        (["wal-push", "emr", "000000010000000000000001"], 2),
+        (["wal-fetch", "emr", "000000010000000000000001", "dest"], 126),
+    ],
+    ids=["cli", "wal-push", "wal-fetch"],
+)
+def test_an_s3_repository_without_boto3_installed_names_the_package_and_how_to_install_it(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    (tmp_path / "000000010000000000000001").write_bytes(b"\0" * 1024)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_BOTO3, "--repo", "s3://clinic-backups/emr", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env | {"MEDVAULT_PASSWORD": PASSWORD},
+    )
+    assert done.returncode == code, done.stderr
+    assert "boto3" in done.stderr and "pip install boto3" in done.stderr, done.stderr
+    assert one_line(done.stderr) and "internal error" not in done.stderr
+
+
 # -- the exit-code table -----------------------------------------------------------------
 
 
 def _error_classes() -> list[type[MedvaultError]]:
-    # Imported for the classes they define beside their commands.
-    import medvault.cli.forget
-    import medvault.cli.replication
-    import medvault.verification.drills  # noqa: F401
-
     found, pending = [], [MedvaultError]
     while pending:
         cls = pending.pop()
@@ -725,21 +762,49 @@ def _exit_code_rows() -> dict[int, str]:
 
 
 def test_operations_guide_lists_every_exit_code_with_its_class() -> None:
-    from medvault.cli import backup, main, pg_physical, wal
+    from medvault import errors
 
     rows = _exit_code_rows()
     for cls in _error_classes():
         assert cls.exit_code in rows, f"exit {cls.exit_code} ({cls.__name__}) is not documented"
         assert f"`{cls.__name__}`" in rows[cls.exit_code], cls.__name__
-    set_by_commands = {
-        backup.EXIT_INCOMPLETE,
-        pg_physical.EXIT_INCOMPLETE,
-        wal.EXIT_NOT_ARCHIVED,
-        wal.EXIT_ARCHIVE_UNUSABLE,
-        main.EXIT_INTERRUPTED,
-        main.EXIT_BROKEN_PIPE,
-    }
+    set_by_commands = {getattr(errors, name) for name in dir(errors) if name.startswith("EXIT_")}
     assert set_by_commands <= set(rows)
+
+
+def test_exit_code_for_gives_each_class_its_code_and_wal_fetch_126_for_any_error() -> None:
+    from medvault import errors
+
+    for cls in _error_classes():
+        error = cls.__new__(cls)  # some take more than a message
+        assert errors.exit_code_for(error) == cls.exit_code, cls.__name__
+        assert errors.exit_code_for(error, wal_fetch=True) == 126, cls.__name__
+    assert errors.exit_code_for(RuntimeError("a bug")) == 1
+    assert errors.exit_code_for(RuntimeError("a bug"), wal_fetch=True) == 126
+    assert errors.exit_code_for(BrokenPipeError()) == 141
+    assert errors.exit_code_for(KeyboardInterrupt()) == 130
+
+
+def test_a_terminated_backup_ends_by_its_signal_as_documented_and_commits_nothing(
+    initialized_cli: Cli, tmp_path: Path
+) -> None:
+    """docs/operations.md: 143 (SIGTERM) is the shell's 128 + 15, since medvault sets no
+    handler; an earlier snapshot stays, and nothing of the terminated run is committed."""
+    from tests.faultpoints import Pause, faults_env
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "note.txt").write_text("first\n")
+    initialized_cli("backup", str(data))
+    (data / "note.txt").write_text("second\n")
+    pause = Pause(tmp_path / "pause", "snapshot.before-store")
+    proc = initialized_cli.popen("backup", str(data), env=faults_env(**{pause.name: pause.action}))
+    pause.wait(proc)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -15
+    assert 128 + 15 in _exit_code_rows()
+    assert len(initialized_cli.objects("snapshots")) == 1
 
 
 # -- secrets in DSNs, repository groups ---------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 
@@ -159,3 +160,40 @@ def test_block_wise_chunking_cuts_exactly_where_whole_file_chunking_does(
                 assert list(cutter.chunks(handle)) == whole
     finally:
         chunker_module.READ_BLOCK = original
+
+
+# -- the repository's API is closed ------------------------------------------------------
+
+SOURCE = Path(__file__).resolve().parent.parent / "src" / "medvault"
+
+
+def _attribute_uses(attr: str) -> list[tuple[Path, ast.Attribute]]:
+    found = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == attr:
+                found.append((path.relative_to(SOURCE), node))
+    return found
+
+
+def test_nothing_above_the_repository_reaches_into_its_backend() -> None:
+    """Layers above ask the Repository (and WalArchive); only repository/ and backends/ see
+    the store's objects."""
+    outside = [
+        f"{path}:{node.lineno}"
+        for path, node in _attribute_uses("backend")
+        if path.parts[0] not in ("repository", "backends")
+    ]
+    assert outside == []
+
+
+def test_every_deletion_of_a_stored_object_is_in_deletion_py() -> None:
+    """Deleting is the one dangerous operation: a reader finds all of it in one module."""
+    elsewhere = []
+    for path, node in _attribute_uses("delete"):
+        target = node.value
+        name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+        allowed = path.parts[0] == "backends" or path == Path("repository/deletion.py")
+        if "backend" in name and not allowed:
+            elsewhere.append(f"{path}:{node.lineno}")
+    assert elsewhere == []

@@ -295,3 +295,15 @@ def test_stores_without_object_lock_say_they_cannot_place_legal_holds(
             backend.set_legal_hold("holds/x", True)
         with pytest.raises(NotSupported, match="Object Lock"):
             backend.legal_hold("holds/x")
+
+
+def test_a_prune_on_a_locked_bucket_leaves_no_lock_behind(
+    lock_only: tuple[Cli, str, Path],
+) -> None:
+    """A lock rewritten while its run works has older versions in a versioned bucket; its
+    release removes them too, or the newest would come back as a live lock."""
+    cli, _bucket, data = lock_only
+    cli("backup", str(data))
+    cli("prune", "--young", "0s")
+    assert cli.objects("locks") == []
+    cli("forget", "latest")  # an exclusive lock: no prune lock left in the way

@@ -22,6 +22,7 @@ from tests.test_pg_wal import crafted_segment
 from conftest import PASSWORD, Cli, S3Server, tree_digest
 from medvault.backends import open_backend
 from medvault.backends.s3 import MULTIPART_THRESHOLD
+from medvault.backends.wrapper import BackendWrapper
 
 
 def one_line(text: str) -> bool:
@@ -185,6 +186,8 @@ def _sent_payload_hashes(backend: object) -> list[str]:
         headers = request.headers  # type: ignore[attr-defined]
         seen.append(str(headers.get("X-Amz-Content-SHA256", b""), "ascii"))
 
+    while isinstance(backend, BackendWrapper):  # open_backend wraps the S3 backend
+        backend = backend.inner
     backend.client.meta.events.register("before-send.s3.PutObject", record)  # type: ignore[attr-defined]
     return seen
 

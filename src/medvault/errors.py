@@ -1,7 +1,23 @@
-"""The exception hierarchy. Each error carries a one-line message a DBA can act on and the
-exit code the CLI returns for it (documented in docs/operations.md)."""
+"""The exception hierarchy, every class medvault raises: each error carries a one-line
+message a DBA can act on and the exit code the CLI returns for it. `exit_code_for` turns any
+exception into that code, for the full CLI (cli/main.py) and for the fast wal-push and
+wal-fetch path (cli/entry.py, cli/wal.py) alike. The codes are documented once, in
+docs/operations.md.
+
+Nothing here imports anything: cli/entry.py loads this module on every wal-push.
+"""
 
 from __future__ import annotations
+
+# Codes no exception class carries: set by a command, or by how the process ended.
+EXIT_INTERNAL = 1  # any exception that is not a MedvaultError: a bug
+EXIT_NOT_ARCHIVED = 1  # wal-fetch: the file is not in the archive (recovery ends there)
+EXIT_INCOMPLETE = 3  # backup: the snapshot is saved, but some files or pages were not right
+# wal-fetch: anything but "not archived". PostgreSQL aborts recovery on an exit code above
+# 125 instead of ending it early, at the wrong point, as it would on 1 to 125.
+EXIT_ARCHIVE_UNUSABLE = 126
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as a shell reports it
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away: 128 + SIGPIPE (13), as a shell reports it
 
 
 def first_line(exc: BaseException) -> str:
@@ -22,6 +38,11 @@ class ConfigError(UsageError):
     """medvault.toml is missing, unreadable or invalid."""
 
 
+class MissingPackage(UsageError):
+    """An optional Python package this command needs is not installed (boto3 for s3://): a
+    matter of the host's installation, which no retry cures."""
+
+
 class SnapshotNotFound(MedvaultError):
     exit_code = 4
 
@@ -38,6 +59,11 @@ class ObjectNotFound(BackendError):
 
 class ObjectExists(BackendError):
     pass
+
+
+class TransientBackendError(BackendError):
+    """A request failed in a way that asking again may cure (an answer cut short, a
+    connection reset while a body was read); backends/retry.py asks again."""
 
 
 class NotSupported(BackendError):
@@ -70,6 +96,15 @@ class IntegrityError(MedvaultError):
     """Stored data failed verification: a damaged, missing or forged object."""
 
     exit_code = 13
+
+
+class SlotUnusable(IntegrityError):
+    """A key slot that cannot open anything: damaged, planted, or of a kind this medvault
+    does not know (`unsupported`)."""
+
+    def __init__(self, reason: str, *, unsupported: bool = False) -> None:
+        super().__init__(reason)
+        self.unsupported = unsupported
 
 
 class UnsupportedFormat(MedvaultError):
@@ -125,3 +160,36 @@ class ObjectLocked(BackendError):
     repository is append-only."""
 
     exit_code = 21
+
+
+class ForgetRefused(ObjectLocked):
+    """Some snapshots asked for by id could not be forgotten: they are locked or held."""
+
+
+class ReplicationFailed(MedvaultError):
+    """The primary holds the data; the secondary could not be brought up to date."""
+
+    exit_code = 22
+
+
+class DrillFailed(MedvaultError):
+    """A restore drill could not restore or validate its snapshot, or missed its RTO."""
+
+    exit_code = 23
+
+
+def exit_code_for(exc: BaseException, *, wal_fetch: bool = False) -> int:
+    """The exit code for an exception that ends a command (docs/operations.md).
+
+    `wal_fetch`: PostgreSQL's restore_command, which has codes of its own: any error is 126,
+    so that PostgreSQL aborts recovery instead of taking the error for the end of the archive
+    ("not archived" is not an exception: wal-fetch returns 1 for it itself)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if wal_fetch and isinstance(exc, Exception):
+        return EXIT_ARCHIVE_UNUSABLE
+    if isinstance(exc, MedvaultError):
+        return exc.exit_code
+    if isinstance(exc, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    return EXIT_INTERNAL

@@ -6,18 +6,23 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from medvault.backends.base import Backend, ObjectInfo
-from medvault.errors import UsageError
+from medvault.errors import MissingPackage, UsageError
 
 if TYPE_CHECKING:
     from medvault.config import RepositorySettings
 
 
 def open_backend(url: str, settings: RepositorySettings | None = None) -> Backend:
-    """A local path, file:// URL or s3://bucket/prefix."""
+    """A local path, file:// URL or s3://bucket/prefix. A remote store comes wrapped: reads
+    cut short are asked again (retry.py), and ranged reads go through windows of their object
+    (windows.py), since there every request costs a round trip."""
     if url.startswith("file://"):
         url = url[len("file://") :]
     if url.startswith("s3://"):
+        _require_package("boto3", "botocore", purpose="an s3:// repository", install="boto3")
+        from medvault.backends.retry import RetryingBackend
         from medvault.backends.s3 import S3Backend, S3Options
+        from medvault.backends.windows import WindowedBackend
 
         options = S3Options()
         if settings is not None:
@@ -34,7 +39,7 @@ def open_backend(url: str, settings: RepositorySettings | None = None) -> Backen
             )
             if settings.read_timeout_s is not None:
                 options = replace(options, read_timeout=settings.read_timeout_s)
-        return S3Backend(url, options)
+        return WindowedBackend(RetryingBackend(S3Backend(url, options)))
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise UsageError(
@@ -43,6 +48,24 @@ def open_backend(url: str, settings: RepositorySettings | None = None) -> Backen
     from medvault.backends.local import LocalBackend
 
     return LocalBackend(url, append_only=settings.append_only if settings else False)
+
+
+def _require_package(*modules: str, purpose: str, install: str) -> None:
+    """An optional SDK is imported only where it is used (boto3 would cost every wal-push of a
+    local repository); its absence is said here, before anything else is tried, as
+    Barman's factories do, rather than as an ImportError deep inside the first request."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing; a module blocked
+            found = False
+        if not found:
+            raise MissingPackage(
+                f"{purpose} needs the Python package {module}, which is not installed: "
+                f"install it into medvault's environment (pip install {install})"
+            )
 
 
 __all__ = ["Backend", "ObjectInfo", "open_backend"]

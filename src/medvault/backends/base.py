@@ -69,7 +69,8 @@ class Backend(ABC):
     ) -> None:
         """Write an object durably before returning. ObjectExists unless `overwrite`;
         ObjectLocked when overwriting an immutable object. `retain_until` locks the object
-        against deletion until then where the store can (S3 Object Lock)."""
+        against deletion until then (S3 Object Lock; NotSupported on a store without it;
+        ignored for locks/, which are never locked)."""
 
     @abstractmethod
     def delete(self, name: str) -> None:
@@ -90,8 +91,9 @@ class Backend(ABC):
         return None
 
     def extend_retention(self, name: str, until: dt.datetime) -> None:
-        """Lock `name` until at least `until` (only on stores with lock_enabled)."""
-        raise NotImplementedError
+        """Lock `name` until at least `until`. Only on stores with lock_enabled;
+        NotSupported elsewhere."""
+        raise NotSupported(self._no_object_lock())
 
     def set_legal_hold(self, name: str, on: bool) -> None:
         """Place (on) or lift (off) a legal hold on `name`: while it is on, the store itself
@@ -107,6 +109,12 @@ class Backend(ABC):
         return (
             f"{self.url} cannot place legal holds: that needs an S3 bucket created with "
             "Object Lock enabled"
+        )
+
+    def _no_object_lock(self) -> str:
+        return (
+            f"{self.url} cannot lock objects until a date: that needs an S3 bucket created "
+            "with Object Lock enabled"
         )
 
     @abstractmethod

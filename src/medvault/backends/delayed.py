@@ -8,32 +8,30 @@ import time
 from collections.abc import Iterator
 
 from medvault.backends.base import Backend, ObjectInfo
+from medvault.backends.wrapper import BackendWrapper
 
 
-class DelayedBackend(Backend):
+class DelayedBackend(BackendWrapper):
     def __init__(self, inner: Backend, delay: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.delay = delay
-        self.url = inner.url
-        self.local_path = inner.local_path
-        self.concurrency = inner.concurrency
 
     def _wait(self) -> None:
         time.sleep(self.delay)
 
     def create(self) -> None:
         self._wait()
-        self.inner.create()
+        super().create()
 
     def exists(self, name: str) -> bool:
         self._wait()
-        return self.inner.exists(name)
+        return super().exists(name)
 
     def load(
         self, name: str, offset: int = 0, length: int | None = None, *, exact: bool = True
     ) -> bytes:
         self._wait()
-        return self.inner.load(name, offset, length, exact=exact)
+        return super().load(name, offset, length, exact=exact)
 
     def store(
         self,
@@ -44,31 +42,28 @@ class DelayedBackend(Backend):
         retain_until: dt.datetime | None = None,
     ) -> None:
         self._wait()
-        self.inner.store(name, data, overwrite=overwrite, retain_until=retain_until)
+        super().store(name, data, overwrite=overwrite, retain_until=retain_until)
 
     def delete(self, name: str) -> None:
         self._wait()
-        self.inner.delete(name)
-
-    @property
-    def lock_enabled(self) -> bool:
-        return self.inner.lock_enabled
-
-    @property
-    def immutable(self) -> bool:
-        return self.inner.immutable
+        super().delete(name)
 
     def retention(self, name: str) -> dt.datetime | None:
         self._wait()
-        return self.inner.retention(name)
+        return super().retention(name)
 
     def extend_retention(self, name: str, until: dt.datetime) -> None:
         self._wait()
-        self.inner.extend_retention(name, until)
+        super().extend_retention(name, until)
+
+    def set_legal_hold(self, name: str, on: bool) -> None:
+        self._wait()
+        super().set_legal_hold(name, on)
+
+    def legal_hold(self, name: str) -> bool:
+        self._wait()
+        return super().legal_hold(name)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._wait()
-        yield from self.inner.list(prefix)
-
-    def close(self) -> None:
-        self.inner.close()
+        yield from super().list(prefix)

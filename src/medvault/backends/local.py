@@ -23,6 +23,7 @@ from pathlib import Path
 from medvault.backends.base import Backend, ObjectInfo, is_object_name, validate_name
 from medvault.errors import (
     BackendError,
+    NotSupported,
     ObjectExists,
     ObjectLocked,
     ObjectNotFound,
@@ -163,6 +164,8 @@ class LocalBackend(Backend):
         retain_until: dt.datetime | None = None,
     ) -> None:
         path = self._path(name)
+        if retain_until is not None and not name.startswith(MUTABLE_PREFIXES):
+            raise NotSupported(self._no_object_lock())
         if not overwrite and path.exists():
             raise ObjectExists(f"object {name} already exists")
         if overwrite and path.exists():

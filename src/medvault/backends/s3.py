@@ -8,7 +8,8 @@ refuses deletes, and this backend refuses overwrites that would hide a locked ve
 
 Settings come from the repository's section (endpoint, region, path_style, storage_class,
 sse, sse_kms_key_id, profile) and otherwise from the standard AWS environment and credential
-chain; botocore retries throttling, 5xx and timeouts with backoff.
+chain; botocore retries throttling, 5xx and timeouts with backoff. A body cut short after its
+answer began is reported as TransientBackendError, for backends/retry.py to ask again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import ipaddress
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from medvault.errors import (
     ObjectLocked,
     ObjectNotFound,
     RepositoryExists,
+    TransientBackendError,
     UsageError,
 )
 
@@ -44,10 +45,6 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_PART = 16 * 1024 * 1024
 CONNECTIONS = 32
 READ_TIMEOUT = 120.0
-# botocore retries a request until its answer begins, not the reading of a body that is cut
-# short afterwards (a reset connection, a proxy's timeout): that is retried here.
-BODY_ATTEMPTS = 4
-BODY_RETRY_PAUSE = 0.2
 LOCK_MODE = "COMPLIANCE"
 # Objects that coordinate writers rather than hold backups: never locked, always removable.
 UNLOCKED_PREFIXES = ("locks/",)
@@ -326,25 +323,23 @@ class S3Backend(Backend):
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             kwargs["Range"] = f"bytes={offset}-{end}"
-        for attempt in range(1, BODY_ATTEMPTS + 1):
-            try:
-                body = self.client.get_object(**kwargs)["Body"]
-            except ClientError as exc:
-                if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
-                    raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
-                if not exact and self._code(exc) in ("InvalidRange", "416"):
-                    return b""  # the range starts past the end
-                raise self._error("read", name, exc) from None
-            except BotoCoreError as exc:
-                raise self._error("read", name, exc) from None
-            try:
-                data = body.read()
-                break
-            except BotoCoreError as exc:
-                body.close()
-                if attempt == BODY_ATTEMPTS:
-                    raise self._error("read", name, exc) from None
-                time.sleep(BODY_RETRY_PAUSE * attempt)
+        try:
+            body = self.client.get_object(**kwargs)["Body"]
+        except ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
+            if not exact and self._code(exc) in ("InvalidRange", "416"):
+                return b""  # the range starts past the end
+            raise self._error("read", name, exc) from None
+        except BotoCoreError as exc:
+            raise self._error("read", name, exc) from None
+        try:
+            data = body.read()
+        except BotoCoreError as exc:
+            # botocore retries a request until its answer begins, not a body cut short
+            # afterwards (a reset connection, a proxy's timeout): backends/retry.py does.
+            body.close()
+            raise TransientBackendError(str(self._error("read", name, exc))) from None
         if exact and length is not None and len(data) != length:
             raise BackendError(f"object {name} is shorter than expected ({len(data)} < {length})")
         return data
@@ -368,6 +363,8 @@ class S3Backend(Backend):
             if self.options.sse_kms_key_id:
                 extra["SSEKMSKeyId"] = self.options.sse_kms_key_id
         if retain_until is not None and not name.startswith(UNLOCKED_PREFIXES):
+            if not self.lock_enabled:
+                raise NotSupported(self._no_object_lock())
             extra["ObjectLockMode"] = LOCK_MODE
             extra["ObjectLockRetainUntilDate"] = retain_until
             extra["ChecksumAlgorithm"] = "CRC32"  # S3 requires one with lock parameters
@@ -457,12 +454,16 @@ class S3Backend(Backend):
         key = self._key(name)
         try:
             version = self._refuse_if_locked(name, "delete")
-            if version is not None:
-                # On a versioned bucket a plain delete only hides the object behind a marker;
-                # removing the version frees the space (and the store enforces the lock).
-                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
-            else:
+            if version is None:
                 self.client.delete_object(Bucket=self.bucket, Key=key)
+            # On a versioned bucket a plain delete only hides the object behind a marker;
+            # removing the version frees the space (and the store enforces the lock). An
+            # object written more than once (a lock rewritten to stay alive) has older
+            # versions, and the newest of them becomes current again when the current one
+            # goes: they go too, each after its own lock is checked.
+            while version is not None:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+                version = self._refuse_if_locked(name, "delete", absent_ok=True)
         except ClientError as exc:
             if self._code(exc) == "AccessDenied" and self.lock_enabled:
                 raise ObjectLocked(
@@ -472,16 +473,17 @@ class S3Backend(Backend):
         except BotoCoreError as exc:
             raise self._error("delete", name, exc) from None
 
-    def _refuse_if_locked(self, name: str, action: str) -> str | None:
+    def _refuse_if_locked(self, name: str, action: str, *, absent_ok: bool = False) -> str | None:
         """The current version id of `name` (None on an unversioned bucket); ObjectLocked
-        when its retention has not run out; ObjectNotFound when it is absent."""
+        when its retention has not run out; ObjectNotFound when it is absent (None with
+        `absent_ok`)."""
         from botocore.exceptions import ClientError
 
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
         except ClientError as exc:
             if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
-                if action == "overwrite":
+                if action == "overwrite" or absent_ok:
                     return None
                 raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
             raise
@@ -514,6 +516,8 @@ class S3Backend(Backend):
         """Retention only ever grows: COMPLIANCE mode forbids shortening it."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if not self.lock_enabled:
+            raise NotSupported(self._no_object_lock())
         try:
             self.client.put_object_retention(
                 Bucket=self.bucket,
@@ -534,7 +538,8 @@ class S3Backend(Backend):
                 Bucket=self.bucket, Key=self._key(name), LegalHold={"Status": "ON" if on else "OFF"}
             )
         except ClientError as exc:
-            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+            # Some stores answer a missing object with another error (moto with a 500).
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound") or not self.exists(name):
                 raise ObjectNotFound(f"object {name} is missing from {self.url}") from None
             action = "place a legal hold on" if on else "lift the legal hold on"
             raise self._error(action, name, exc) from None

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
-from medvault.errors import UsageError
+from medvault.errors import EXIT_INCOMPLETE, UsageError
 
 if TYPE_CHECKING:
     from medvault.sources.files import BackupResult
 
-EXIT_INCOMPLETE = 3
 DEFAULT_SOURCE = "files"
 
 
@@ -91,10 +90,10 @@ def backup(
             verify=not no_verify,
         )
     repo = cli.open(options.source)
-    if repo.backend.local_path:
+    if repo.local_path:
         # Backing up / (or any tree holding the repository) must not copy the repository
         # into itself, snapshot after snapshot.
-        options.skip_paths = (*options.skip_paths, repo.backend.local_path)
+        options.skip_paths = (*options.skip_paths, repo.local_path)
     with progress_bar("backing up", None, not as_json) as advance:
         result = backup_files(repo, options, on_progress=advance)
     _report(result, as_json)

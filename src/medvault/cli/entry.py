@@ -95,9 +95,10 @@ def _run_fast(argv: list[str]) -> int | None:
 def _fetch_usage() -> int:
     """Not a plain "not archived": a broken restore_command must stop recovery."""
     from medvault.cli import wal
+    from medvault.errors import EXIT_ARCHIVE_UNUSABLE
 
     wal.warn("medvault: usage: medvault [--config FILE] wal-fetch SOURCE NAME DEST")
-    return wal.EXIT_ARCHIVE_UNUSABLE
+    return EXIT_ARCHIVE_UNUSABLE
 
 
 def forbid_core_dumps() -> None:

@@ -7,7 +7,6 @@ snapshot needs. A snapshot on legal hold is never removed; one the store keeps i
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -15,16 +14,11 @@ import typer
 
 from medvault import faults
 from medvault.cli.context import obtain, print_json
-from medvault.errors import ObjectLocked, UsageError
+from medvault.errors import ForgetRefused, ObjectLocked, UsageError
 
 if TYPE_CHECKING:
     from medvault.cli.context import CliContext
     from medvault.repository.records import Snapshot
-    from medvault.repository.repo import Repository
-
-
-class ForgetRefused(ObjectLocked):
-    """Some snapshots asked for by id could not be forgotten: they are locked or held."""
 
 
 @dataclass
@@ -63,15 +57,6 @@ def _plan_by_policy(
     return plan
 
 
-def _lock_reason(repo: Repository, name: str) -> str | None:
-    if repo.backend.immutable:
-        return "the repository is append-only"
-    until = repo.backend.retention(name)
-    if until is not None and until > dt.datetime.now(dt.UTC):
-        return f"it is locked until {until:%Y-%m-%d %H:%M} UTC"
-    return None
-
-
 def forget(
     ctx: typer.Context,
     snapshot_ids: list[str] = typer.Argument(
@@ -102,17 +87,16 @@ def forget(
         faults.point("forget.after-hold-check")
         for snap, remove, rules in plan:
             entry = Outcome(snap.id, snap.source, snap.time, rules)
-            name = f"snapshots/{snap.id}"
             if not remove:
                 pass
             elif snap.id in holds:
                 entry.action, entry.reason = "kept", f"legal hold: {holds[snap.id].reason}"
             elif dry_run:
-                entry.reason = _lock_reason(repo, name)
+                entry.reason = repo.undeletable_reason(snap.id)
                 entry.action = "kept" if entry.reason else "would remove"
             else:
                 try:
-                    repo.backend.delete(name)
+                    repo.delete_snapshot(snap.id)
                     entry.action = "removed"
                     faults.point("forget.after-delete")
                 except ObjectLocked as exc:

@@ -1,4 +1,5 @@
-"""The `medvault` command. Exit codes (docs/operations.md) are mapped here, in one place."""
+"""The `medvault` command. Exceptions become one line on stderr here, and their exit codes
+come from errors.exit_code_for (docs/operations.md), as on the wal-push/wal-fetch fast path."""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ from medvault.cli import (
 from medvault.cli.context import CliContext, warn
 from medvault.cli.entry import forbid_core_dumps
 from medvault.credentials import CredentialOptions
-from medvault.errors import MedvaultError, UsageError
-
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
+from medvault.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    MedvaultError,
+    UsageError,
+    exit_code_for,
+)
 
 app = typer.Typer(
     name="medvault",
@@ -165,7 +169,7 @@ def main() -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # empty when the help text was shown instead
             warn(f"medvault: {message}")
-        code = 2
+        code = UsageError.exit_code
     except (KeyboardInterrupt, typer.Abort):
         warn(
             "medvault: interrupted; earlier snapshots are intact (data written so far "
@@ -174,11 +178,11 @@ def main() -> None:
         code = EXIT_INTERRUPTED
     except MedvaultError as exc:
         warn(f"medvault: error: {exc}")
-        code = exc.exit_code
-    except BrokenPipeError:
+        code = exit_code_for(exc)
+    except BrokenPipeError as exc:
         # The reader went away (`medvault snapshots | head`): say so the way a shell would.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = EXIT_BROKEN_PIPE
+        code = exit_code_for(exc)
     except Exception as exc:
         if os.environ.get("MEDVAULT_DEBUG"):
             traceback.print_exc()
@@ -186,7 +190,7 @@ def main() -> None:
             f"medvault: internal error: {type(exc).__name__}: {exc} "
             "(set MEDVAULT_DEBUG=1 for details)"
         )
-        code = 1
+        code = exit_code_for(exc)
     try:
         sys.stdout.flush()
     except BrokenPipeError:

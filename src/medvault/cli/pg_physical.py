@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 import typer
 
 from medvault.cli.context import CliContext, human_bytes, print_json, progress_bar, warn
-from medvault.errors import UsageError
+from medvault.errors import EXIT_INCOMPLETE, UsageError
 
 if TYPE_CHECKING:
     from medvault.config import PostgresSourceSettings
 
-EXIT_INCOMPLETE = 3
 METHODS = ("local", "stream")
 
 

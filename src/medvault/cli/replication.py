@@ -13,18 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from medvault.errors import MedvaultError
+from medvault.errors import MedvaultError, ReplicationFailed
 
 if TYPE_CHECKING:
     from medvault.cli.context import CliContext
     from medvault.config import RepositorySettings
     from medvault.repository.repo import Repository
-
-
-class ReplicationFailed(MedvaultError):
-    """The primary holds the data; the secondary could not be brought up to date."""
-
-    exit_code = 22
 
 
 def replication_target(settings: RepositorySettings | None) -> str | None:

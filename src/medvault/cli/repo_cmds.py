@@ -83,7 +83,7 @@ def init(
         if new_key_file:
             os.unlink(new_key_file)  # ours (created exclusively), and it opens nothing
         raise
-    print(f"created repository {repo.config.repo_id} at {repo.backend.url}")
+    print(f"created repository {repo.config.repo_id} at {repo.url}")
     if new_key_file:
         print(
             f"key file written to {new_key_file}: keep a copy offline; without it the data is lost"
@@ -236,10 +236,8 @@ def unlock(
     """Remove locks left by processes that are gone (their process ended on this host, or
     they were not refreshed for their lease by the store's clock) and objects under locks/
     that are not valid locks."""
-    from medvault.repository.locks import remove_stale_locks
-
     repo = obtain(ctx).open()
-    result = remove_stale_locks(repo.backend, remove_all=remove_all)
+    result = repo.unlock(remove_all=remove_all)
     for description in result.removed:
         print(f"removed {description}")
     if not result.removed:

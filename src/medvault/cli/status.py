@@ -171,12 +171,10 @@ def _secondary_lag(
 
 def _lock_problems(repo: Repository) -> list[str]:
     """Locks whose holders' clocks disagree with the store's, and locks that are not locks."""
-    from medvault.repository.locks import read_locks, store_time
-
-    table = read_locks(repo.backend)
+    table = repo.locks()
     problems = [f"{bad.describe()}; `medvault unlock` removes it" for bad in table.malformed]
     if any(lock.clock_skew is not None for lock in table.locks):
-        now = store_time(repo.backend)
+        now = repo.store_time()
         problems += [
             f"clock skew: {lock.describe(now)}"
             for lock in table.locks
@@ -186,7 +184,9 @@ def _lock_problems(repo: Repository) -> list[str]:
 
 
 def _wal_sources(repo: Repository) -> set[str]:
-    return {obj.name.split("/")[1] for obj in repo.backend.list("wal") if obj.name.count("/") >= 2}
+    from medvault.repository.wal import archived_sources
+
+    return set(archived_sources(repo))
 
 
 def _drill_scratch(cli: CliContext) -> list[dict[str, Any]]:
@@ -220,10 +220,10 @@ def status(
     repo = cli.open()
     _, settings = cli.repository_target()
     snaps = repo.list_snapshots()
-    stored = sum(obj.size for obj in repo.backend.list("data"))
+    stored = repo.stored_bytes()
     logical = sum(int(s.stats.get("total_bytes", 0)) for s in snaps)
     report: dict[str, Any] = {
-        "repository": repo.backend.url,
+        "repository": repo.url,
         "snapshots": len(snaps),
         "stored_bytes": stored,
         "snapshot_bytes": logical,

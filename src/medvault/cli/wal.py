@@ -27,7 +27,14 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from medvault.errors import MedvaultError, SourceUnavailable, UsageError, WalMissing
+from medvault.errors import (
+    EXIT_NOT_ARCHIVED,
+    MedvaultError,
+    SourceUnavailable,
+    UsageError,
+    WalMissing,
+    exit_code_for,
+)
 from medvault.sources.postgres.wal import (
     DEFAULT_SEGMENT_SIZE,
     SPOOL_DIR_NAME,
@@ -51,9 +58,6 @@ if TYPE_CHECKING:
     from medvault.config import RepositorySettings, Settings
     from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
-
-EXIT_NOT_ARCHIVED = 1
-EXIT_ARCHIVE_UNUSABLE = 126
 
 # The keys medvault.config's models accept (tests/test_pg_wal.py keeps them in step).
 REPOSITORY_KEYS = frozenset(
@@ -362,14 +366,16 @@ def run_fetch(options: GlobalOptions, source: str, name: str, dest: str) -> int:
         archive = open_archive(wal_settings(options, source), options)
         found = fetch_to(archive, name, dest)
     except MedvaultError as exc:
-        warn(f"medvault: error: {exc} (wal-fetch exits {EXIT_ARCHIVE_UNUSABLE}: recovery stops)")
-        return EXIT_ARCHIVE_UNUSABLE
+        code = exit_code_for(exc, wal_fetch=True)
+        warn(f"medvault: error: {exc} (wal-fetch exits {code}: recovery stops)")
+        return code
     except Exception as exc:
+        code = exit_code_for(exc, wal_fetch=True)
         warn(
             f"medvault: internal error: {type(exc).__name__}: {exc} "
-            f"(wal-fetch exits {EXIT_ARCHIVE_UNUSABLE}: recovery stops)"
+            f"(wal-fetch exits {code}: recovery stops)"
         )
-        return EXIT_ARCHIVE_UNUSABLE
+        return code
     _print_repo_warnings(archive)
     if not found:
         # The normal end of every archive recovery, polled every few seconds by a standby:
@@ -386,7 +392,7 @@ def fast_push(options: GlobalOptions, source: str, path: str, force_async: bool)
         run_push(options, source, path, force_async=force_async)
     except MedvaultError as exc:
         warn(f"medvault: error: {exc}")
-        return exc.exit_code
+        return exit_code_for(exc)
     except Exception as exc:
         if os.environ.get("MEDVAULT_DEBUG"):
             import traceback
@@ -396,7 +402,7 @@ def fast_push(options: GlobalOptions, source: str, path: str, force_async: bool)
             f"medvault: internal error: {type(exc).__name__}: {exc} "
             "(set MEDVAULT_DEBUG=1 for details)"
         )
-        return 1
+        return exit_code_for(exc)
     return 0
 
 

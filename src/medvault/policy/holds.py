@@ -108,7 +108,7 @@ def _needed(repo: Repository, snapshot_id: str) -> set[str] | None:
 def _hold_on_store(repo: Repository, snapshot_id: str) -> None:
     """Where the store has Object Lock, a legal hold on every object the snapshot needs and
     on the hold record: the store itself then refuses to delete them, whoever asks."""
-    if not repo.backend.lock_enabled:
+    if not repo.lock_enabled:
         return
     from medvault.repository.objectlock import set_legal_holds
 
@@ -119,7 +119,7 @@ def _hold_on_store(repo: Repository, snapshot_id: str) -> None:
 def _release_on_store(repo: Repository, snapshot_id: str, others: list[str]) -> None:
     """Lift the legal hold from the objects of a released snapshot that no other held
     snapshot needs (packs are shared between snapshots), and from its hold record."""
-    if not repo.backend.lock_enabled:
+    if not repo.lock_enabled:
         return
     from medvault.repository.objectlock import set_legal_holds
 
@@ -139,13 +139,13 @@ def list_holds(repo: Repository) -> list[Hold]:
     of another hold record (replayed: it holds nothing, and is reported) or is damaged (its
     snapshot stays held, safer than the reverse, and is reported)."""
     holds = []
-    names = [obj.name for obj in repo.backend.list(FOLDER)]
+    names = repo.list_records(FOLDER)
     for name in names:
         parts = name.split("/")
         if len(parts) != 2:
             continue  # release records
         try:
-            data = repo.backend.load(name)
+            data = repo.load_record_bytes(name)
         except ObjectNotFound:
             continue  # released while listing
         try:
@@ -211,12 +211,12 @@ def _remove_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
     record = f"{FOLDER}/released/{snapshot_id}.{stamp}"
     repo.store_record(record, _encode(released), KIND_HOLD)
     _release_on_store(repo, snapshot_id, [other for other in holds if other != snapshot_id])
-    if repo.backend.lock_enabled:
+    if repo.lock_enabled:
         # A hold placed meanwhile may need objects just released: it gets them back.
         for other in held_snapshots(repo):
             if other not in holds:
                 _hold_on_store(repo, other)
-    repo.backend.delete(f"{FOLDER}/{snapshot_id}")
+    repo.delete_hold(snapshot_id)
     return released
 
 

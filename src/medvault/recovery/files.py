@@ -277,7 +277,7 @@ class FileRestore:
         self.root = root
         self.kinds = kinds
         # Enough fetches in flight to hide a remote store's latency, at least one per core.
-        self.workers = workers or max(os.cpu_count() or 2, repo.backend.concurrency)
+        self.workers = workers or max(os.cpu_count() or 2, repo.concurrency)
         self._on_progress = on_progress
         self._chown = os.geteuid() == 0
         self._chunkers = threading.local()  # a Chunker serves one thread (it owns a buffer)

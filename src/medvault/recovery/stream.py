@@ -26,7 +26,7 @@ def stream_node(repo: Repository, snapshot: Snapshot) -> Node:
 def iter_stream(repo: Repository, snapshot: Snapshot) -> Generator[bytes, None, None]:
     """The stream's bytes, in order. Closing the iterator early cancels the prefetching."""
     node = stream_node(repo, snapshot)
-    workers = max(min(8, os.cpu_count() or 2), repo.backend.concurrency)
+    workers = max(min(8, os.cpu_count() or 2), repo.concurrency)
     seen = 0
     with ThreadPoolExecutor(workers, "medvault-stream") as pool:
         prefetch = ordered_prefetch(pool, repo.load_blob, node.content, max(16, workers))

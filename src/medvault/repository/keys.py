@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from medvault.errors import (
     IntegrityError,
     MedvaultError,
+    SlotUnusable,
     UnsupportedFormat,
     UsageError,
     WrongPassphrase,
@@ -197,15 +198,6 @@ WRAPPED_MAX = 64 * 1024
 SLOT_MAX_BYTES = 256 * 1024
 _SLOT_ID = re.compile(r"^[0-9a-f]{32}$")
 _KDF_FIELDS = {"algorithm", "salt", "memory_kib", "iterations", "lanes"}
-
-
-class SlotUnusable(IntegrityError):
-    """A key slot that cannot open anything: damaged, planted, or of a kind this medvault
-    does not know (`unsupported`)."""
-
-    def __init__(self, reason: str, *, unsupported: bool = False) -> None:
-        super().__init__(reason)
-        self.unsupported = unsupported
 
 
 def _whole(value: object) -> bool:

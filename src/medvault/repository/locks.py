@@ -33,6 +33,7 @@ from medvault import faults
 from medvault.backends import Backend
 from medvault.errors import ObjectNotFound, RepositoryLocked
 from medvault.processes import gone, host_namespace, process_start
+from medvault.repository import deletion
 
 FOLDER = "locks"
 LEASE = 30 * 60.0
@@ -254,8 +255,7 @@ def store_time(backend: Backend) -> float | None:
     try:
         return read_locks(backend, clock_from=probe.name).store_now
     finally:
-        with contextlib.suppress(ObjectNotFound):
-            backend.delete(probe.name)
+        deletion.lock(backend, probe.name)
 
 
 class RepositoryLock:
@@ -333,8 +333,7 @@ class RepositoryLock:
             lock for lock in table.live(exclude=[self.name]) if self._info.conflicts_with(lock)
         ]
         if conflicts:
-            with contextlib.suppress(ObjectNotFound):
-                self._backend.delete(self.name)
+            deletion.lock(self._backend, self.name)
             raise self._refuse(conflicts, table.store_now)
         self.notes = [
             f"{lock.describe(table.store_now)}; `medvault unlock` removes it"
@@ -387,8 +386,7 @@ class RepositoryLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with contextlib.suppress(ObjectNotFound):
-            self._backend.delete(self.name)
+        deletion.lock(self._backend, self.name)
 
 
 @dataclass(frozen=True)
@@ -408,14 +406,12 @@ def remove_stale_locks(backend: Backend, *, remove_all: bool = False) -> UnlockR
         if lock.purpose == "reading the store's clock" and lock.stale_reason(store_now) is None:
             continue  # another unlock's probe
         if remove_all or lock.stale_reason(store_now) is not None:
-            with contextlib.suppress(ObjectNotFound):
-                backend.delete(lock.name)
+            deletion.lock(backend, lock.name)
             removed.append(lock.describe(store_now))
             faults.point("unlock.after-remove")
         else:
             remaining.append(lock.describe(store_now))
     for bad in table.malformed:
-        with contextlib.suppress(ObjectNotFound):
-            backend.delete(bad.name)
+        deletion.lock(backend, bad.name)
         removed.append(bad.describe())
     return UnlockResult(removed, remaining)

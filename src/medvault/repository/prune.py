@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from medvault import faults
 from medvault.errors import IntegrityError, ObjectLocked, ObjectNotFound
+from medvault.repository import deletion
 from medvault.repository.records import json_object
 from medvault.repository.repo import pack_name
 
@@ -119,24 +120,24 @@ def decode_waits(plaintext: bytes) -> frozenset[str]:
 
 def read_condemned(repo: Repository) -> list[Condemned]:
     records = []
-    for obj in repo.backend.list(FOLDER):
+    for name in repo.list_records(FOLDER):
         try:
-            records.append(decode_condemned(obj.name, repo.load_record(obj.name, KIND_CONDEMNED)))
+            records.append(decode_condemned(name, repo.load_record(name, KIND_CONDEMNED)))
         except (IntegrityError, ObjectNotFound):
-            repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
+            repo.warnings.append(f"prune record {name} is unreadable; ignored")
     return sorted(records, key=lambda r: r.name)
 
 
 def read_waits(repo: Repository) -> dict[str, frozenset[str]]:
     """Condemned record leaf name -> names of the locks its deletion waits for."""
     waits = {}
-    for obj in repo.backend.list(WAITS_FOLDER):
+    for name in repo.list_records(WAITS_FOLDER):
         try:
-            plaintext = repo.load_record(obj.name, KIND_WAITS)
-            waits[obj.name.rsplit("/", 1)[1]] = decode_waits(plaintext)
+            plaintext = repo.load_record(name, KIND_WAITS)
+            waits[name.rsplit("/", 1)[1]] = decode_waits(plaintext)
         except (IntegrityError, ObjectNotFound):
             # Unreadable: as if absent, so the next run writes it again (conservatively).
-            repo.warnings.append(f"prune record {obj.name} is unreadable; ignored")
+            repo.warnings.append(f"prune record {name} is unreadable; ignored")
     return waits
 
 
@@ -259,7 +260,7 @@ class Pruner:
         self.repo.index.drop_packs(deletable)
         for pack_id in sorted(deletable):
             try:
-                self.repo.backend.delete(pack_name(pack_id))
+                deletion.pack(self.repo, pack_id)
             except ObjectNotFound:
                 continue
             except ObjectLocked:
@@ -267,9 +268,9 @@ class Pruner:
             faults.point("prune.after-pack-delete")
         faults.point("prune.after-delete")
         for record in ripe:
-            self.repo.backend.delete(record.name)
+            deletion.prune_record(self.repo, record.name)
             with contextlib.suppress(ObjectNotFound):
-                self.repo.backend.delete(f"{WAITS_FOLDER}/{record.leaf}")
+                deletion.prune_record(self.repo, f"{WAITS_FOLDER}/{record.leaf}")
 
     def _store_waits(self, leaf: str, lock_names: frozenset[str]) -> None:
         body = json.dumps({"record": f"{FOLDER}/{leaf}", "locks": sorted(lock_names)}).encode()
@@ -284,7 +285,7 @@ class Pruner:
         leaves = {record.leaf for record in records}
         for leaf in waits.keys() - leaves:
             with contextlib.suppress(ObjectNotFound):
-                self.repo.backend.delete(f"{WAITS_FOLDER}/{leaf}")
+                deletion.prune_record(self.repo, f"{WAITS_FOLDER}/{leaf}")
 
     def _rewrite_indexes(self, deletable: set[str]) -> set[str]:
         """Each index object naming a deleted pack is replaced by one without it. An index
@@ -309,7 +310,7 @@ class Pruner:
                 self.repo.write_index(keep, supersedes=(index_id,))
             faults.point("prune.before-index-delete")
             try:
-                self.repo.backend.delete(f"index/{index_id}")
+                deletion.superseded_index(self.repo, index_id)
             except ObjectLocked:
                 named = {pack_id for pack_id, _, _ in packs} & deletable
                 self.result.kept_locked += len(named)

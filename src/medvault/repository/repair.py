@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from medvault import faults
 from medvault.errors import IntegrityError, MedvaultError, ObjectExists, ObjectNotFound
+from medvault.repository import deletion
 from medvault.repository.copy import RepositoryCopier, shares_keys
 from medvault.repository.crypto import storage_id
 from medvault.repository.repo import pack_name
@@ -108,7 +109,10 @@ def _repair_packs(
             return f"unrepaired:pack {pack_id[:16]}: the secondary's copy is damaged too"
         try:
             with contextlib.suppress(ObjectExists):  # written meanwhile by another repair
-                primary.store_object(name, data, overwrite=name in sizes)
+                if name in sizes:
+                    deletion.replace_damaged(primary, name, data)
+                else:
+                    primary.store_object(name, data)
         except MedvaultError as exc:
             return f"unrepaired:pack {pack_id[:16]}: {exc}"
         faults.point("repair.after-pack")
@@ -147,7 +151,7 @@ def _repair_snapshot_objects(
             result.unrepaired.append(f"snapshot {snapshot_id[:12]}: damaged in both")
             continue
         try:
-            primary.store_object(name, data, overwrite=True)
+            deletion.replace_damaged(primary, name, data)
             result.snapshots_replaced.append(snapshot_id)
         except MedvaultError as exc:
             result.unrepaired.append(f"snapshot {snapshot_id[:12]}: {exc}")

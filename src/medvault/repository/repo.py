@@ -16,13 +16,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any, TypeGuard
 
 from medvault import __version__, faults
 from medvault.backends import Backend
-
-if TYPE_CHECKING:
-    from medvault.backends.windows import WindowedReader
 from medvault.errors import (
     BackendError,
     IntegrityError,
@@ -33,6 +30,7 @@ from medvault.errors import (
     RepositoryExists,
     RepositoryLocked,
     RepositoryNotFound,
+    SlotUnusable,
     SnapshotNotFound,
     UnsupportedFormat,
     UsageError,
@@ -57,12 +55,18 @@ from medvault.repository.keys import (
     Credential,
     KeySlot,
     MasterKey,
-    SlotUnusable,
     now_iso,
     open_master_key,
     unusable_warning,
 )
-from medvault.repository.locks import RepositoryLock
+from medvault.repository.locks import (
+    LockTable,
+    RepositoryLock,
+    UnlockResult,
+    read_locks,
+    remove_stale_locks,
+    store_time,
+)
 from medvault.repository.packs import open_blob
 from medvault.repository.records import (
     Node,
@@ -76,6 +80,9 @@ FORMAT_VERSION = 1
 METADATA_ZSTD_LEVEL = 3
 KIND_INDEX = b"medvault index"
 KIND_SNAPSHOT = b"medvault snapshot"
+# Folders of named records (store_record): read and listed through list_records and
+# load_record, never as raw objects by the layers above.
+RECORD_FOLDERS = ("holds", "drills", "prune")
 
 
 @dataclass(frozen=True)
@@ -223,12 +230,6 @@ class Repository:
         self._secondary_failed = False
         self._fallback_lock = threading.Lock()
         self.failovers: dict[str, str] = {}  # object -> why the primary's copy was unusable
-        # Remote stores: blob reads go through windows of their packs (backends/windows.py).
-        self._windows: WindowedReader | None = None
-        if backend.local_path is None:
-            from medvault.backends.windows import WindowedReader
-
-            self._windows = WindowedReader(backend)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -289,9 +290,11 @@ class Repository:
         for folder in ("data", "index", "snapshots", "wal"):
             if next(iter(backend.list(folder)), None) is not None:
                 return False
+        from medvault.repository import deletion
+
         orphans = [obj.name for obj in backend.list("keys")]
         for name in orphans:
-            backend.delete(name)
+            deletion.orphan_key_slot(backend, name)
         return bool(orphans)
 
     @staticmethod
@@ -366,6 +369,53 @@ class Repository:
     def close(self) -> None:
         self.backend.close()
 
+    # -- the store, as the layers above see it ---------------------------------------------
+    # Nothing outside repository/ and backends/ touches `backend`: these are its questions.
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    @property
+    def local_path(self) -> str | None:
+        """The repository's directory when it lies on this host's file system (a backup of a
+        tree holding it leaves it out); None for a remote store."""
+        return self.backend.local_path
+
+    @property
+    def concurrency(self) -> int:
+        """How many reads are worth having in flight at once (Backend.concurrency)."""
+        return self.backend.concurrency
+
+    @property
+    def lock_enabled(self) -> bool:
+        """Whether the store enforces retain-until dates and legal holds (S3 Object Lock)."""
+        return self.backend.lock_enabled
+
+    def stored_bytes(self) -> int:
+        """What the packs (data/) take in the store, as the store counts it."""
+        return sum(obj.size for obj in self.backend.list("data"))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Forget a snapshot: its object goes, its data stays for prune (repository/deletion.py
+        says when that is allowed). ObjectLocked when the store keeps it."""
+        from medvault.repository import deletion
+
+        deletion.forget_snapshot(self, snapshot_id)
+
+    def undeletable_reason(self, snapshot_id: str) -> str | None:
+        """Why the store would refuse to delete this snapshot now (an append-only repository,
+        Object Lock retention); None when it would not."""
+        from medvault.repository import deletion
+
+        return deletion.snapshot_refusal(self, snapshot_id)
+
+    def delete_hold(self, snapshot_id: str) -> None:
+        """Remove the hold record of a snapshot, once its release record is stored."""
+        from medvault.repository import deletion
+
+        deletion.hold_record(self, snapshot_id)
+
     # -- key slots -------------------------------------------------------------------------
 
     def key_slots(self) -> list[KeySlot]:
@@ -397,6 +447,8 @@ class Repository:
         """Delete a key slot, never the last one that opens the repository: the slots are
         read again under the key-change lock, so two removals at once cannot each leave the
         other's slot last."""
+        from medvault.repository import deletion
+
         with self._key_change("key remove") as lock:
             slots = self.key_slots()
             if slot_id not in {s.slot_id for s in slots}:
@@ -408,7 +460,7 @@ class Repository:
                 )
             lock.ensure_held()
             faults.point("key.before-delete")
-            self.backend.delete(f"keys/{slot_id}")
+            deletion.key_slot(self, slot_id)
             faults.point("key.after-delete")
 
     def change_passphrase(self, credential: Credential) -> KeySlot:
@@ -419,10 +471,12 @@ class Repository:
             return self._replace_slot(self.slot, credential)
 
     def _replace_slot(self, old: KeySlot, credential: Credential) -> KeySlot:
+        from medvault.repository import deletion
+
         new = self._store_key_slot(credential, old.label)
         faults.point("key.after-new-slot")
         try:
-            self.backend.delete(f"keys/{old.slot_id}")
+            deletion.key_slot(self, old.slot_id)
             faults.point("key.after-old-slot-delete")
         except ObjectLocked as exc:
             self.warnings.append(
@@ -455,7 +509,24 @@ class Repository:
     def load_record(self, name: str, kind: bytes) -> bytes:
         """The payload of the record stored as `name`; ObjectNotFound when absent,
         IntegrityError when it does not open as a `kind` record of that name."""
-        return self.open_record(name, self.backend.load(name), kind)
+        return self.open_record(name, self.load_record_bytes(name), kind)
+
+    def load_record_bytes(self, name: str) -> bytes:
+        """A record as stored, unopened (ObjectNotFound when absent): for trying it against
+        other names, to tell a record copied from elsewhere from a damaged one."""
+        self._check_record_folder(name)
+        return self.backend.load(name)
+
+    def list_records(self, folder: str) -> list[str]:
+        """The names of the records under `folder` (holds, drills, prune/condemned, …), those
+        in folders below it too, in no particular order."""
+        self._check_record_folder(folder)
+        return [obj.name for obj in self.backend.list(folder)]
+
+    @staticmethod
+    def _check_record_folder(name: str) -> None:
+        if name.split("/", 1)[0] not in RECORD_FOLDERS:
+            raise ValueError(f"{name} is not among the records ({', '.join(RECORD_FOLDERS)})")
 
     def open_record(self, name: str, data: bytes, kind: bytes) -> bytes:
         """`data` opened as the `kind` record named `name`."""
@@ -652,10 +723,8 @@ class Repository:
         entry = location.entry
         name = pack_name(location.pack_id)
         try:
-            if self._windows is not None:
-                sealed = self._windows.read(name, entry.offset, entry.length)
-            else:
-                sealed = self.backend.load(name, entry.offset, entry.length)
+            # From a remote store, through windows of the pack (backends/windows.py).
+            sealed = self.backend.load(name, entry.offset, entry.length)
         except ObjectNotFound:
             raise IntegrityError(
                 f"pack {location.pack_id[:16]} holding blob {blob_id.hex()[:16]} is missing"
@@ -870,3 +939,15 @@ class Repository:
             self.backend, exclusive=exclusive, purpose=purpose, scope=scope, on_acquired=acquired
         )
         return lock
+
+    def locks(self) -> LockTable:
+        """Every lock object now, parsed (malformed ones apart)."""
+        return read_locks(self.backend)
+
+    def store_time(self) -> float | None:
+        """The store's clock now (a lock written and read back for that alone)."""
+        return store_time(self.backend)
+
+    def unlock(self, *, remove_all: bool = False) -> UnlockResult:
+        """Remove stale and malformed locks (every lock with remove_all)."""
+        return remove_stale_locks(self.backend, remove_all=remove_all)

@@ -32,7 +32,7 @@ from medvault.errors import (
     UsageError,
     WalConflict,
 )
-from medvault.repository import compression
+from medvault.repository import compression, deletion
 from medvault.repository.crypto import record_aad, seal_object
 from medvault.repository.keys import now_iso
 from medvault.repository.records import json_object
@@ -47,6 +47,25 @@ KIND_WAL_CLUSTER = b"wal-cluster"
 # .backup file, or NNNNNNNN.history); the rest is checked by the caller.
 _NAME = re.compile(r"^([0-9A-F]{8})[0-9A-Za-z.]{0,64}\Z")
 _SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+@dataclass(frozen=True)
+class ArchivedFile:
+    """A file in the archive, as the store holds it."""
+
+    name: str  # the WAL file's own name (000000010000000000000001, 00000002.history, ...)
+    size: int  # stored bytes (sealed and compressed)
+    archived_at: float | None  # when the store wrote it (seconds since the epoch), if it says
+
+
+def archived_sources(repo: Repository) -> list[str]:
+    """The sources with anything archived under wal/<source>/, sorted."""
+    found = set()
+    for info in repo.backend.list(ROOT):
+        parts = info.name.split("/")
+        if len(parts) >= 3 and _SOURCE.match(parts[1]):
+            found.add(parts[1])
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -141,7 +160,7 @@ class WalArchive:
             stored = self._fetch_here(name)
         except IntegrityError as exc:
             # A copy that fails authentication archives nothing: the bytes in hand replace it.
-            self.repo.store_object(object_name, self._seal(name, data), overwrite=True)
+            deletion.replace_damaged(self.repo, object_name, self._seal(name, data))
             self.repo.warnings.append(f"the archived copy of {name} was damaged ({exc}); replaced")
             return True
         if stored is None:  # removed between the two calls: store it again
@@ -201,8 +220,9 @@ class WalArchive:
     def exists(self, name: str) -> bool:
         return self.repo.backend.exists(self.object_name(name))
 
-    def names(self, timeline: int | None = None) -> list[str]:
-        """Archived file names, sorted; of one timeline when given."""
+    def files(self, timeline: int | None = None) -> list[ArchivedFile]:
+        """The files this repository holds (never its secondary's), in no particular order;
+        of one timeline when given."""
         prefix = f"{ROOT}/{self.source}"
         if timeline is not None:
             prefix += f"/{timeline:08X}"
@@ -212,7 +232,17 @@ class WalArchive:
             # The folder is the name's own timeline, as object_name writes it; anything else
             # under wal/<source>/ (planted, or a name this medvault does not know) is not WAL.
             if len(parts) == 4 and _NAME.match(parts[3]) and parts[2] == parts[3][:8]:
-                found.append(parts[3])
+                found.append(ArchivedFile(parts[3], info.size, info.modified))
+        return found
+
+    def delete(self, name: str) -> None:
+        """Remove an archived file (WAL retention decides which: repository/deletion.py).
+        ObjectNotFound when absent, ObjectLocked when the store keeps it."""
+        deletion.wal_object(self.repo, self.object_name(name))
+
+    def names(self, timeline: int | None = None) -> list[str]:
+        """Archived file names, sorted; of one timeline when given."""
+        found = [archived.name for archived in self.files(timeline)]
         if self.with_secondary and self.repo.fallback is not None:
             other = self.repo.secondary()
             if other is not None:

@@ -81,10 +81,6 @@ class DrillResult:
         return None if self.rto_target_s is None else self.rto_s <= self.rto_target_s
 
 
-class DrillFailed(MedvaultError):
-    exit_code = 23
-
-
 def run_drill(
     repo: Repository,
     snapshot: Snapshot,
@@ -407,9 +403,9 @@ def decode_result(plaintext: bytes) -> DrillResult:
 
 def list_results(repo: Repository) -> list[DrillResult]:
     results = []
-    for obj in repo.backend.list(FOLDER):
+    for name in repo.list_records(FOLDER):
         try:
-            results.append(decode_result(repo.load_record(obj.name, KIND_DRILL)))
+            results.append(decode_result(repo.load_record(name, KIND_DRILL)))
         except (IntegrityError, ObjectNotFound) as exc:
-            repo.warnings.append(f"drill record {obj.name} is unreadable: {exc}")
+            repo.warnings.append(f"drill record {name} is unreadable: {exc}")
     return sorted(results, key=lambda r: r.started)

@@ -248,7 +248,7 @@ class PhysicalBackup:
         return PhysicalResult(result, facts, list(facts.get("checksum_failures", [])))
 
     def _repository_paths(self) -> tuple[str, ...]:
-        local = self.repo.backend.local_path
+        local = self.repo.local_path
         return (local,) if local else ()
 
     def _verifier_factory(

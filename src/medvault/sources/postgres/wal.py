@@ -598,11 +598,12 @@ def prune_wal(
     reads them. With no physical backup retained nothing is removed: a first backup may be
     on its way."""
     from medvault.errors import ObjectLocked, ObjectNotFound
+    from medvault.repository.wal import WalArchive, archived_sources
 
     result = WalPruneResult()
     now = time.time()
     physical = [s for s in repo.list_snapshots() if s.kind == "postgres.physical"]
-    sources = sorted({o.name.split("/")[1] for o in repo.backend.list("wal") if "/" in o.name})
+    sources = archived_sources(repo)
     for source in sources:
         own = [s for s in physical if s.source == source and s.facts.get("start_lsn")]
         if not own:
@@ -611,11 +612,12 @@ def prune_wal(
         cutoff = min(parse_lsn(str(s.facts["start_lsn"])) for s in own)
         size = int(own[0].facts.get("wal_segment_size") or 16 * 1024 * 1024)
         keep_newer = now - max(windows.get(source, dt.timedelta(0)), young).total_seconds()
-        for obj in repo.backend.list(f"wal/{source}"):
-            name = obj.name.rsplit("/", 1)[1]
+        archive = WalArchive(repo, source)
+        for obj in archive.files():
+            name = obj.name
             if not (SEGMENT.match(name) or PARTIAL.match(name)):
                 continue
-            if obj.modified is None or obj.modified > keep_newer:
+            if obj.archived_at is None or obj.archived_at > keep_newer:
                 continue
             if segment_start_lsn(name[:24], size) + size > cutoff:
                 continue
@@ -624,7 +626,7 @@ def prune_wal(
                 result.freed_bytes += obj.size
                 continue
             try:
-                repo.backend.delete(obj.name)
+                archive.delete(name)
             except ObjectNotFound:
                 continue
             except ObjectLocked:
