@@ -35,6 +35,9 @@ from tests.fuzz.world import SOURCE, world
 
 from medvault.errors import IntegrityError, UnsupportedFormat, UsageError, WrongPassphrase
 from medvault.policy import holds
+from medvault.postgres import lsn as pglsn
+from medvault.postgres import timelines as pgtimelines
+from medvault.postgres import walrecords as pgwalrecords
 from medvault.repository import compression, crypto, packs, prune, records
 from medvault.repository.index import MasterIndex, PackRecord, decode_index, encode_index
 from medvault.repository.keys import (
@@ -48,7 +51,6 @@ from medvault.repository.locks import LockInfo, parse_lock, read_locks
 from medvault.repository.records import KIND_DRILL
 from medvault.repository.repo import KIND_INDEX, KIND_SNAPSHOT, RepoConfig
 from medvault.repository.wal import KIND_WAL, KIND_WAL_CLUSTER, ClusterRecord
-from medvault.sources.postgres import wal as pgwal
 from medvault.verification import drills
 
 U32 = 2**32
@@ -1066,9 +1068,9 @@ def fuzz_wal_names(data: bytes) -> None:
 
 
 def _check_wal_name(name: str) -> None:
-    assert 1 <= pgwal.segment_timeline(name) < U32 or name[:8] == "00000000"
-    if pgwal.SEGMENT.match(name):
-        assert 0 <= pgwal.segment_start_lsn(name, pgwal.DEFAULT_SEGMENT_SIZE) < U64
+    assert 1 <= pglsn.segment_timeline(name) < U32 or name[:8] == "00000000"
+    if pglsn.SEGMENT.match(name):
+        assert 0 <= pglsn.segment_start_lsn(name, pglsn.DEFAULT_SEGMENT_SIZE) < U64
 
 
 def _text_seeds() -> list[bytes]:
@@ -1085,7 +1087,7 @@ def _text_seeds() -> list[bytes]:
 
 
 @harness(
-    "sources/postgres/wal.py parse_lsn, parse_history, check_name, timeline_of, segment_number",
+    "postgres/lsn.py and timelines.py: parse_lsn, parse_history, check_name; timeline_of",
     "UsageError (names, LSNs), IntegrityError (history files)",
     80_000,
     _text_seeds,
@@ -1095,24 +1097,24 @@ def fuzz_wal_text(data: bytes) -> None:
 
     text = data.decode("ascii", "replace")
     try:
-        lsn = pgwal.parse_lsn(text)
+        lsn = pglsn.parse_lsn(text)
     except UsageError:
         pass
     else:
         assert _is_int(lsn, 0, U64), lsn
-        assert pgwal.parse_lsn(pgwal.format_lsn(lsn)) == lsn
+        assert pglsn.parse_lsn(pglsn.format_lsn(lsn)) == lsn
     try:
-        history = pgwal.parse_history(text)
+        history = pgtimelines.parse_history(text)
     except IntegrityError:
         pass
     else:
         for timeline, switch in history:
             assert _is_int(timeline, 1, U32) and _is_int(switch, 0, U64), history
-            pgwal.history_name(timeline)
+            pgtimelines.history_name(timeline)
     with suppress(UsageError):
         timeline_of(text)
     try:
-        name = pgwal.check_name(text)
+        name = pglsn.check_name(text)
     except UsageError:
         return
     _check_wal_name(name)
@@ -1135,7 +1137,7 @@ _SEGMENT_NAMES = [
 
 
 @harness(
-    "sources/postgres/wal.py read_segment_header",
+    "postgres/walrecords.py read_segment_header",
     "IntegrityError",
     30_000,
     _segment_seeds,
@@ -1144,7 +1146,7 @@ def fuzz_wal_segment_header(data: bytes) -> None:
     cursor = Cursor(data)
     name = _SEGMENT_NAMES[cursor.byte() % len(_SEGMENT_NAMES)]
     try:
-        header = pgwal.read_segment_header(name, cursor.rest())
+        header = pgwalrecords.read_segment_header(name, cursor.rest())
     except IntegrityError:
         return
     assert header.system_identifier.isdigit()

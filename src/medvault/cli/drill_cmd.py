@@ -44,7 +44,8 @@ def drill(
     tier's RTO, record the result in the repository. Exits 23 when the drill fails."""
     from medvault.config import PostgresSourceSettings
     from medvault.durations import parse_duration
-    from medvault.verification.drills import DrillFailed, dsn_field, run_drill, store_result
+    from medvault.postgres.server import dsn_field
+    from medvault.verification.drills import DrillFailed, run_drill, store_result
     from medvault.verification.physical_drill import DrillOptions
 
     kinds = {"physical": "postgres.physical", "logical": "postgres.logical", "files": "files"}

@@ -28,14 +28,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from medvault.errors import MedvaultError, SourceUnavailable, UsageError, WalMissing
+from medvault.postgres.lsn import DEFAULT_SEGMENT_SIZE, check_name, is_archivable
 from medvault.sources.postgres.wal import (
-    DEFAULT_SEGMENT_SIZE,
     SPOOL_DIR_NAME,
     Spool,
     archiver_stats,
-    check_name,
     fetch_to,
-    is_archivable,
     push_file,
     push_ready,
     ready_count,

@@ -35,26 +35,47 @@ from medvault.errors import (
     WalMissing,
     first_line,
 )
+from medvault.postgres.datadir import (
+    PG_CONTROL,
+    read_control_data,
+    read_system_identifier,
+    running_postmaster,
+)
+from medvault.postgres.facts import KIND_PHYSICAL
+from medvault.postgres.lsn import (
+    SEGMENT,
+    format_lsn,
+    is_lsn,
+    parse_lsn,
+    segment_name,
+    segment_number,
+    segment_timeline,
+)
+from medvault.postgres.timelines import (
+    Period,
+    history_name,
+    missing_segments,
+    period_of,
+    period_segments,
+    timeline_periods,
+)
 from medvault.recovery.files import RestoreResult, restore_files
 
 if TYPE_CHECKING:
+    from medvault.postgres.walrecords import TransactionEnd
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
-    from medvault.sources.postgres.walrecords import TransactionEnd
 
-KIND = "postgres.physical"
 TARGET_KINDS = ("latest", "immediate", "time", "lsn", "xid", "name")
 TARGET_ACTIONS = ("promote", "pause", "shutdown")
 BLOCK_BEGIN = "# medvault recovery settings: begin"
 BLOCK_END = "# medvault recovery settings: end"
 LOG_NAME = "medvault-recovery.log"
-PG_CONTROL = "global/pg_control"
 WAIT_TIMEOUT_S = 3600.0
 POLL_FIRST_S = 0.02
 POLL_MAX_S = 0.3
 NOT_REACHED = "recovery ended before configured recovery target was reached"
-_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 _RESTORE_POINT_MAX = 63  # MAXFNAMELEN - 1 in PostgreSQL
 # How far the store's clock (object times) may lag the server's (commit times).
 CLOCK_SKEW_MARGIN_S = 30
@@ -158,7 +179,7 @@ def make_target(
             )
         value = moment.isoformat(sep=" ")
     elif kind == "lsn":
-        if not _LSN.match(value):
+        if not is_lsn(value):
             raise UsageError(f"--target-lsn {value!r} is not an LSN (like 0/3000028)")
         value = value.upper()
     elif kind == "xid":
@@ -167,12 +188,6 @@ def make_target(
     elif kind == "name" and (not value or len(value.encode()) > _RESTORE_POINT_MAX):
         raise UsageError("--target-name must be 1 to 63 bytes long")
     return RecoveryTarget(kind, value, action, timeline)
-
-
-def _lsn(text: str) -> int:
-    from medvault.sources.postgres.wal import parse_lsn
-
-    return int(parse_lsn(text))
 
 
 def _iso_time(text: str) -> datetime:
@@ -187,7 +202,7 @@ def physical_snapshots(repo: Repository, source: str) -> list[Snapshot]:
     snaps = [
         s
         for s in repo.list_snapshots()
-        if s.kind == KIND and s.source == source and s.facts.get("stop_time")
+        if s.kind == KIND_PHYSICAL and s.source == source and s.facts.get("stop_time")
     ]
     return sorted(snaps, key=lambda s: _iso_time(str(s.facts["stop_time"])))
 
@@ -214,15 +229,15 @@ def choose_base_backup(repo: Repository, source: str, target: RecoveryTarget) ->
             )
         return usable[-1]
     if target.kind == "lsn":
-        wanted = _lsn(target.value)
-        usable = [s for s in snaps if _lsn(str(s.facts["stop_lsn"])) <= wanted]
+        wanted = parse_lsn(target.value)
+        usable = [s for s in snaps if parse_lsn(str(s.facts["stop_lsn"])) <= wanted]
         if not usable:
-            oldest = min(snaps, key=lambda s: _lsn(str(s.facts["stop_lsn"])))
+            oldest = min(snaps, key=lambda s: parse_lsn(str(s.facts["stop_lsn"])))
             raise SnapshotNotFound(
                 f"no backup of {source} reaches back to LSN {target.value}: the oldest usable "
                 f"LSN is {oldest.facts['stop_lsn']} (backup {oldest.short_id})"
             )
-        return max(usable, key=lambda s: _lsn(str(s.facts["stop_lsn"])))
+        return max(usable, key=lambda s: parse_lsn(str(s.facts["stop_lsn"])))
     return snaps[-1]
 
 
@@ -235,7 +250,7 @@ def check_target_reachable(snapshot: Snapshot, target: RecoveryTarget) -> None:
             f"({facts['stop_time']}); restore an older backup, or let `medvault pitr "
             f"{snapshot.source}` choose one"
         )
-    if target.kind == "lsn" and _lsn(target.value) < _lsn(str(facts["stop_lsn"])):
+    if target.kind == "lsn" and parse_lsn(target.value) < parse_lsn(str(facts["stop_lsn"])):
         raise UsageError(
             f"target LSN {target.value} is before backup {snapshot.short_id} became consistent "
             f"(LSN {facts['stop_lsn']}); restore an older backup"
@@ -264,7 +279,7 @@ def _target_timeline(archive: WalArchive, snapshot: Snapshot, target: RecoveryTa
         return int(target.timeline)
     names = set(archive.names())
     timeline = base
-    while f"{timeline + 1:08X}.history" in names:
+    while history_name(timeline + 1) in names:
         timeline += 1
     return timeline
 
@@ -275,11 +290,6 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
     xid or name cannot be placed in WAL without reading it), and at least to the backup's
     own stop LSN. WalMissing names the gap."""
     from medvault.repository.wal import WalArchive
-    from medvault.sources.postgres.wal import (
-        missing_segments,
-        segment_name,
-        timeline_periods,
-    )
 
     facts = snapshot.facts
     size = int(facts["wal_segment_size"])
@@ -288,8 +298,8 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
     # judged on what either holds.
     archive.with_secondary = True
     base = int(facts["timeline"])
-    start = _lsn(str(facts["start_lsn"]))
-    stop = _lsn(str(facts["stop_lsn"]))
+    start = parse_lsn(str(facts["start_lsn"]))
+    stop = parse_lsn(str(facts["stop_lsn"]))
     final = _target_timeline(archive, snapshot, target)
     periods, lacking = timeline_periods(archive, final)
     if lacking:
@@ -303,12 +313,12 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
         )
     if own.end is not None and own.end < stop:
         raise RecoveryFailed(
-            f"timeline {base} branched off to a later timeline at {_fmt(own.end)}, before backup "
-            f"{snapshot.short_id} became consistent ({facts['stop_lsn']}); recover with "
-            "--target-timeline current, or use a newer backup"
+            f"timeline {base} branched off to a later timeline at {format_lsn(own.end)}, "
+            f"before backup {snapshot.short_id} became consistent ({facts['stop_lsn']}); "
+            "recover with --target-timeline current, or use a newer backup"
         )
     if target.kind == "lsn":
-        end: int | None = _lsn(target.value) + 1  # the segment holding the target itself
+        end: int | None = parse_lsn(target.value) + 1  # the segment holding the target itself
     elif target.kind == "immediate":
         end = stop
     else:
@@ -337,13 +347,12 @@ class ArchiveReach:
 
 
 def archive_reach(
-    archive: WalArchive, periods: list[Any], consistent_lsn: int, last: str
+    archive: WalArchive, periods: list[Period], consistent_lsn: int, last: str
 ) -> ArchiveReach:
     """Read the WAL backwards from `last` along the timeline chain, one segment at a time
     (decrypted in memory), until a segment holds a transaction's end after
     `consistent_lsn`. Usually the newest segment does."""
-    from medvault.sources.postgres.wal import segment_name, segment_number
-    from medvault.sources.postgres.walrecords import transaction_ends
+    from medvault.postgres.walrecords import transaction_ends
 
     cluster = archive.cluster()
     if cluster is None:
@@ -353,7 +362,7 @@ def archive_reach(
     lowest = consistent_lsn // size
     following: bytes | None = None
     for number in range(newest, max(lowest, newest - REACH_SEARCH_SEGMENTS + 1) - 1, -1):
-        period = next(p for p in periods if p.end is None or number < p.end // size)
+        period = period_of(periods, number, size)
         name = str(segment_name(period.timeline, number * size, size))
         data = archive.fetch(name)
         if data is None:
@@ -429,21 +438,14 @@ def _check_time_archived(
 
 
 def _last_segment(
-    archive: WalArchive, periods: list[Any], start: int, end: int | None, size: int
+    archive: WalArchive, periods: list[Period], start: int, end: int | None, size: int
 ) -> str:
     """The last segment recovery reads: the one holding the target LSN, else the newest
     archived one along the timeline chain."""
-    from medvault.sources.postgres.wal import (
-        SEGMENT,
-        period_segments,
-        segment_name,
-        segment_number,
-    )
-
     if end is not None:
         # A switch point's segment is read from the newer timeline (it copies the start).
         number = max(start, end - 1) // size
-        where = next(p for p in periods if p.end is None or number < p.end // size)
+        where = period_of(periods, number, size)
         return str(segment_name(where.timeline, number * size, size))
     best: tuple[int, str] | None = None
     for period in periods:
@@ -458,12 +460,6 @@ def _last_segment(
     return best[1] if best else str(segment_name(periods[0].timeline, start, size))
 
 
-def _fmt(lsn: int) -> str:
-    from medvault.sources.postgres.wal import format_lsn
-
-    return str(format_lsn(lsn))
-
-
 def _missing(snapshot: Snapshot, missing: list[str]) -> WalMissing:
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     return WalMissing(
@@ -474,34 +470,6 @@ def _missing(snapshot: Snapshot, missing: list[str]) -> WalMissing:
 
 
 # -- the target directory ---------------------------------------------------------------
-
-
-def read_system_identifier(pgdata: str) -> str | None:
-    """The cluster's identity: the first 8 bytes of global/pg_control (little-endian)."""
-    try:
-        with open(os.path.join(pgdata, "global", "pg_control"), "rb") as handle:
-            raw = handle.read(8)
-    except OSError:
-        return None
-    return str(int.from_bytes(raw, "little")) if len(raw) == 8 else None
-
-
-def running_postmaster(pgdata: str) -> int | None:
-    """The pid of a live server using pgdata, from postmaster.pid."""
-    try:
-        with open(os.path.join(pgdata, "postmaster.pid")) as handle:
-            pid = int(handle.readline().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid  # alive, owned by another user
-    return pid
 
 
 def _entries(path: str) -> list[str]:
@@ -783,7 +751,7 @@ def restore_physical(
     options: PhysicalRestoreOptions,
     on_progress: Callable[[int], None] | None = None,
 ) -> PhysicalRestoreResult:
-    if snapshot.kind != KIND:
+    if snapshot.kind != KIND_PHYSICAL:
         raise RestoreTargetError(
             f"snapshot {snapshot.short_id} is a {snapshot.kind} snapshot, not a physical backup"
         )
@@ -803,7 +771,7 @@ def restore_physical(
             )
         if options.port is None:
             raise UsageError("--start needs --port P: the port the restored server listens on")
-        from medvault.sources.postgres.server import find_program
+        from medvault.postgres.programs import find_program
 
         major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
         pg_ctl = find_program("pg_ctl", options.pg_bin, major)
@@ -828,7 +796,13 @@ def restore_physical(
 
     def restore_tree(target_dir: str, root: str, **how: Any) -> None:
         part = restore_files(
-            repo, snapshot, target_dir, root=root, kinds=(KIND,), on_progress=on_progress, **how
+            repo,
+            snapshot,
+            target_dir,
+            root=root,
+            kinds=(KIND_PHYSICAL,),
+            on_progress=on_progress,
+            **how,
         )
         _add(total, part)
 
@@ -983,10 +957,6 @@ class ServerAccess:
         )
 
 
-def _timeline_from_walfile(name: str | None) -> int | None:
-    return int(name[:8], 16) if name else None
-
-
 _STOP = re.compile(r"LOG:\s+(recovery stopping [^\n]*)")
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _LAST_XACT = re.compile(r"last completed transaction was at log time ([^\n]+)")
@@ -1006,23 +976,9 @@ def _from_log(text: str, reached: Reached) -> None:
 
 def _from_control_data(pgdata: str, pg_ctl: str, reached: Reached) -> None:
     """A server shut down at its target: where it stopped, from pg_control."""
-    program = os.path.join(os.path.dirname(pg_ctl), "pg_controldata")
-    try:
-        done = subprocess.run(
-            [program, "-D", pgdata],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-            env=childenv.for_server() | {"LC_ALL": "C"},
-        )
-    except OSError:
+    fields = read_control_data(pgdata, os.path.dirname(pg_ctl))
+    if fields is None:
         return
-    fields = dict(
-        (key.strip(), value.strip())
-        for key, sep, value in (line.partition(":") for line in done.stdout.splitlines())
-        if sep
-    )
     reached.lsn = fields.get("Minimum recovery ending location") or reached.lsn
     tli = fields.get("Min recovery ending loc's timeline", "")
     reached.timeline = int(tli) if tli.isdigit() else reached.timeline
@@ -1130,7 +1086,7 @@ def _probe(conn: Any, action: str, port: int, log: str) -> Reached | None:
             "promoted",
             replay_lsn or current[0],
             when,
-            _timeline_from_walfile(current[1]),
+            segment_timeline(current[1]),
             port,
             log,
         )
@@ -1159,7 +1115,7 @@ def create_restore_point(dsn: str, name: str, what: str = "PostgreSQL") -> Resto
     rather than when the segment fills."""
     import psycopg
 
-    from medvault.sources.postgres.server import connect
+    from medvault.postgres.server import connect
 
     if not name or len(name.encode()) > _RESTORE_POINT_MAX:
         raise UsageError("a restore point name is 1 to 63 bytes long")

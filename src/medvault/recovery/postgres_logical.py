@@ -39,13 +39,10 @@ from medvault.errors import (
     SnapshotNotFound,
     first_line,
 )
+from medvault.postgres.facts import KIND_LOGICAL
+from medvault.postgres.programs import StderrTail, find_program, program_major
+from medvault.postgres.server import connect
 from medvault.recovery.stream import iter_stream
-from medvault.sources.postgres.logical import (
-    KIND,
-    StderrTail,
-    program_major,
-)
-from medvault.sources.postgres.server import connect, find_program
 
 if TYPE_CHECKING:
     import psycopg
@@ -67,7 +64,7 @@ class LogicalRestoreResult:
 
 
 def _check_kind(snapshot: Snapshot) -> None:
-    if snapshot.kind != KIND:
+    if snapshot.kind != KIND_LOGICAL:
         raise RestoreTargetError(
             f"snapshot {snapshot.short_id} is a {snapshot.kind} snapshot, not a logical dump"
         )

@@ -85,14 +85,9 @@ def wal_plan(repo: Repository, snapshot: Snapshot, wal: WalRange) -> list[str]:
     """The files recovery reads, in order: the history files of the timeline chain, then
     every segment from the backup's first to `wal.last`, each from the timeline that
     supplies it."""
+    from medvault.postgres.lsn import SEGMENT, segment_number
+    from medvault.postgres.timelines import history_name, period_segments, timeline_periods
     from medvault.repository.wal import WalArchive
-    from medvault.sources.postgres.wal import (
-        SEGMENT,
-        history_name,
-        period_segments,
-        segment_number,
-        timeline_periods,
-    )
 
     archive = WalArchive(repo, snapshot.source)
     archive.with_secondary = True
@@ -278,14 +273,13 @@ def _stop_server(pgdata: str, pg_ctl: str | None, access: ServerAccess) -> int |
 def stop_leftover_server(pgdata: str, pg_bin: str | None) -> str | None:
     """Stop the throwaway server a killed drill left running on pgdata, as a drill stops its
     own: pg_ctl as the account running it, then signals. None once it is gone, else why."""
+    from medvault.postgres.datadir import read_major_version
+    from medvault.postgres.programs import find_program
     from medvault.recovery.postgres import ServerAccess
-    from medvault.sources.postgres.server import find_program
 
     try:
         run_as = _server_account(pgdata)[0]
-        with open(os.path.join(pgdata, "PG_VERSION"), encoding="ascii") as handle:
-            major = int(handle.read().strip())
-        pg_ctl: str | None = find_program("pg_ctl", pg_bin, major)
+        pg_ctl: str | None = find_program("pg_ctl", pg_bin, read_major_version(pgdata))
     except (MedvaultError, OSError, ValueError):
         run_as, pg_ctl = None, None  # pg_ctl cannot be run for it: signals alone
     left = _stop_server(pgdata, pg_ctl, ServerAccess(run_as=run_as))
@@ -311,6 +305,7 @@ def run_physical_drill(
     """Restore, recover, validate, appending each check to `result`. The server is gone
     when this returns or raises, and so is the scratch space, or a failed `cleanup` check
     names what is left."""
+    from medvault.postgres.programs import find_program
     from medvault.recovery.postgres import (
         PhysicalRestoreOptions,
         ServerAccess,
@@ -318,7 +313,6 @@ def run_physical_drill(
         restore_physical,
         start_and_wait,
     )
-    from medvault.sources.postgres.server import find_program
     from medvault.verification.drills import Check, cleanup_check, cleanup_timer
     from medvault.verification.scratch import PGDATA, make_scratch, remove_scratch
 

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import re
 import secrets
 import shutil
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from medvault import childenv
 from medvault.errors import MedvaultError, SourceUnavailable
-from medvault.sources.postgres.server import connect, describe_dsn, find_program
+from medvault.postgres.facts import KIND_LOGICAL
+from medvault.postgres.programs import StderrTail, find_program, program_version
+from medvault.postgres.server import connect, describe_dsn
 from medvault.sources.stream import backup_stream
 
 if TYPE_CHECKING:
@@ -43,11 +43,9 @@ if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
 
-KIND = "postgres.logical"
 F_SETPIPE_SZ = 1031  # Linux: a larger pipe means fewer, larger reads of pg_dump's output
 PIPE_SIZE = 1024 * 1024
 STDOUT_BUFFER = 64 * 1024
-STDERR_LINES = 20
 LOCK_POLL_S = 0.02
 
 # The tables whose data pg_dump dumps by default: ordinary tables and partitions (partitioned
@@ -89,50 +87,6 @@ class LogicalBackupResult:
 def table_key(schema: str, table: str) -> str:
     """How a table is named in the snapshot's row_counts."""
     return f"{schema}.{table}"
-
-
-def program_version(program: str) -> str:
-    """`pg_dump --version` as printed, e.g. 'pg_dump (PostgreSQL) 15.8'."""
-    try:
-        done = subprocess.run(
-            [program, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-            env=childenv.minimal(),
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SourceUnavailable(f"cannot run {program}: {exc}") from None
-    return done.stdout.strip()
-
-
-def program_major(version: str) -> int | None:
-    match = re.search(r"\)\s*(\d+)", version)
-    return int(match.group(1)) if match else None
-
-
-class StderrTail:
-    """Reads a child's stderr in a thread, keeping only its last lines (bounded memory)."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.lines: deque[str] = deque(maxlen=STDERR_LINES)
-        self._stream = stream
-        self._thread = threading.Thread(target=self._run, name="medvault-stderr", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for raw in self._stream:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self.lines.append(line)
-
-    def summary(self) -> str:
-        """The line that says what went wrong: the first error line, else the last line."""
-        self._thread.join(timeout=5)
-        errors = [line for line in self.lines if "error:" in line or "FATAL:" in line]
-        line = errors[0] if errors else (self.lines[-1] if self.lines else "no message")
-        return line[:400]
 
 
 def _large_stdout_buffer() -> list[str]:
@@ -310,7 +264,7 @@ def backup_logical(
                 repo,
                 cast("ReadsInto", dump.stdout),  # bufsize=0: a raw FileIO
                 source=source,
-                kind=KIND,
+                kind=KIND_LOGICAL,
                 filename=f"{db.replace('/', '_')}.dump".encode(),
                 facts={**facts, "dump_format": "custom", "dump_compression": "none"},
                 tags=tags,

@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from medvault.config import PostgresSourceSettings
 from medvault.errors import SourceUnavailable, UsageError, WalMissing
+from medvault.postgres.datadir import read_system_identifier
+from medvault.postgres.facts import KIND_PHYSICAL
+from medvault.postgres.lsn import parse_lsn, segment_name, segments_between
+from medvault.postgres.server import ServerFacts, connect, server_facts
 from medvault.sources.files import BackupOptions, BackupResult, BlockVerifier, FileBackup
-from medvault.sources.postgres.server import ServerFacts, connect, server_facts
 
 if TYPE_CHECKING:
     import psycopg
@@ -30,7 +33,6 @@ if TYPE_CHECKING:
     from medvault.repository.chunker import ReadsInto
     from medvault.repository.repo import Repository
 
-KIND = "postgres.physical"
 
 # Directories whose contents PostgreSQL's documentation (and pg_basebackup) leave out; the
 # directories themselves are kept so a restored cluster finds them.
@@ -97,34 +99,6 @@ def _iso(value: Any) -> str:
     return str(value.astimezone(UTC).isoformat(timespec="microseconds"))
 
 
-def _read_system_identifier(pgdata: str) -> str | None:
-    try:
-        with open(os.path.join(pgdata, "global", "pg_control"), "rb") as handle:
-            raw = handle.read(8)
-    except OSError:
-        return None
-    return str(int.from_bytes(raw, "little")) if len(raw) == 8 else None
-
-
-def _lsn(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def segment_for(timeline: int, lsn: int, segment_size: int) -> str:
-    per_id = 0x1_0000_0000 // segment_size
-    number = lsn // segment_size
-    return f"{timeline:08X}{number // per_id:08X}{number % per_id:08X}"
-
-
-def required_segments(timeline: int, start_lsn: int, stop_lsn: int, size: int) -> list[str]:
-    """The WAL a backup needs: from its start to the byte before its stop record's end."""
-    last = max(start_lsn, stop_lsn - 1)
-    return [
-        segment_for(timeline, n * size, size) for n in range(start_lsn // size, last // size + 1)
-    ]
-
-
 class PhysicalBackup:
     def __init__(
         self,
@@ -168,7 +142,7 @@ class PhysicalBackup:
         pgdata = self.settings.pgdata
         if not os.path.isdir(pgdata):
             raise SourceUnavailable(f"data directory {pgdata} of {where} does not exist")
-        local_id = _read_system_identifier(pgdata)
+        local_id = read_system_identifier(pgdata)
         if local_id is None:
             raise SourceUnavailable(
                 f"cannot read {pgdata}/global/pg_control: run medvault as the user owning the "
@@ -207,14 +181,14 @@ class PhysicalBackup:
                 (label, self.settings.checkpoint == "fast"),
             ).fetchone()
             assert row is not None
-            start_lsn = _lsn(str(row[0]))
+            start_lsn = parse_lsn(str(row[0]))
             self._facts = {
                 "pg_version_num": server.version_num,
                 "pg_version": server.version,
                 "system_identifier": server.system_identifier,
                 "timeline": int(row[2]),
                 "start_lsn": str(row[0]),
-                "start_wal": segment_for(int(row[2]), start_lsn, server.wal_segment_size),
+                "start_wal": segment_name(int(row[2]), start_lsn, server.wal_segment_size),
                 "start_time": _iso(row[1]),
                 "data_checksums": server.data_checksums,
                 "wal_segment_size": server.wal_segment_size,
@@ -230,7 +204,7 @@ class PhysicalBackup:
                 backup_type=self.backup_type,
                 tags=self.tags,
                 tier=self.settings.tier,
-                kind=KIND,
+                kind=KIND_PHYSICAL,
                 layout=layout,
                 prune=prune_rules(roots),
                 verifier_for=self._verifier_factory(pgdata, tablespaces, start_lsn, server),
@@ -286,10 +260,10 @@ class PhysicalBackup:
             "SELECT lsn, labelfile, spcmapfile, clock_timestamp() FROM pg_backup_stop(false)"
         ).fetchone()
         assert row is not None
-        stop_lsn = _lsn(str(row[0]))
+        stop_lsn = parse_lsn(str(row[0]))
         size = int(self._facts["wal_segment_size"])
         timeline = int(self._facts["timeline"])
-        needed = required_segments(timeline, _lsn(self._facts["start_lsn"]), stop_lsn, size)
+        needed = segments_between(timeline, parse_lsn(self._facts["start_lsn"]), stop_lsn, size)
         facts = self._facts | {
             "stop_lsn": str(row[0]),
             "stop_wal": needed[-1],
@@ -513,7 +487,7 @@ def backup_streamed(
     import tempfile
 
     from medvault import childenv
-    from medvault.sources.postgres.server import find_program
+    from medvault.postgres.programs import find_program
 
     with connect(settings.dsn, what=f"PostgreSQL source {source}") as conn:
         server = server_facts(conn)
@@ -586,9 +560,9 @@ def backup_streamed(
         label = holder["backup"].special.get("backup_label", b"").decode()
         found = re.search(r"START TIMELINE: (\d+)", label)
         timeline = int(found.group(1)) if found else server.timeline
-        start_lsn, stop_lsn = _lsn(points["start"]), _lsn(points["end"])
+        start_lsn, stop_lsn = parse_lsn(points["start"]), parse_lsn(points["end"])
         size = server.wal_segment_size
-        needed = required_segments(timeline, start_lsn, stop_lsn, size)
+        needed = segments_between(timeline, start_lsn, stop_lsn, size)
         started_at = re.search(r"START TIME: (.+)", label)
         with connect(settings.dsn) as conn2:
             row = conn2.execute("SELECT clock_timestamp()").fetchone()
@@ -630,7 +604,7 @@ def backup_streamed(
             # be torn by concurrent writes and are rebuilt from WAL, so they are not judged.
             label = holder["backup"].special.get("backup_label", b"").decode()
             found = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", label)
-            verifier = PageVerifier(info[1], _lsn(found.group(1)) if found else 0)
+            verifier = PageVerifier(info[1], parse_lsn(found.group(1)) if found else 0)
             verified.append((path, verifier))
             return verifier
 
@@ -641,7 +615,7 @@ def backup_streamed(
         backup_type="full",
         tags=tags,
         tier=settings.tier,
-        kind=KIND,
+        kind=KIND_PHYSICAL,
         layout={"pgdata": "pg_basebackup"},
         volatile=True,
         finalize=finish,

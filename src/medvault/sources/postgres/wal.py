@@ -1,5 +1,6 @@
-"""PostgreSQL's WAL, as the archive sees it: file names, LSN arithmetic, timeline history,
-gaps in the chain, pushing and fetching files, and the asynchronous push spool.
+"""PostgreSQL's WAL, as the archive sees it: waiting for segments, pushing and fetching
+files, the asynchronous push spool, the archive's state per timeline, archiver statistics
+and the retention of archived WAL. Names, LSNs and timelines are medvault.postgres's.
 
 Imports stay light (no repository engine, no psycopg at import time): `wal-push` runs once
 per segment and must start fast; a spooled segment is acknowledged before anything heavy
@@ -12,7 +13,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,201 +20,36 @@ from typing import TYPE_CHECKING, Any
 
 from medvault import faults
 from medvault.errors import (
-    IntegrityError,
     MedvaultError,
     RestoreTargetError,
     SourceUnavailable,
-    UsageError,
     WalConflict,
 )
+from medvault.postgres.lsn import (
+    BACKUP_LABEL,
+    HISTORY,
+    PARTIAL,
+    SEGMENT,
+    check_name,
+    is_archivable,
+    numbered_segment_name,
+    parse_lsn,
+    segment_number,
+    segment_start_lsn,
+    segment_timeline,
+)
+from medvault.postgres.timelines import history_name
+from medvault.postgres.walrecords import SegmentHeader, read_segment_header
 
 if TYPE_CHECKING:
     from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
 
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
-# \Z, not $: a name that ends in a newline is no WAL file name.
-SEGMENT = re.compile(r"^[0-9A-F]{24}\Z")
-PARTIAL = re.compile(r"^[0-9A-F]{24}\.partial\Z")
-BACKUP_LABEL = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup\Z")
-HISTORY = re.compile(r"^[0-9A-F]{8}\.history\Z")
-_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-_TIMELINE = re.compile(r"[0-9]{1,10}")
-MAX_TIMELINE = 0xFFFFFFFF
 SPOOL_DIR_NAME = "medvault-spool"
 ASYNC_BATCH = 64  # files per asynchronous call; the rest wait for the next call
 ASYNC_WORKERS = 4
 
-# XLogLongPageHeaderData (access/xlog_internal.h), little-endian on every supported platform
-XLP_LONG_HEADER = 0x0002
-_OFF_INFO, _OFF_PAGEADDR, _OFF_SYSID, _OFF_SEG_SIZE = 2, 8, 24, 32
-LONG_HEADER_LEN = 40
-
-
-# -- LSNs and names --------------------------------------------------------------------------
-
-
-def parse_lsn(text: str) -> int:
-    """'16/B374D848' -> an integer position."""
-    # A pattern, not int(..., 16) alone: that also takes "-1", "+1" and "1_0".
-    match = _LSN.fullmatch(text.strip())
-    if match is None:
-        raise UsageError(f"{text!r} is not an LSN (expected the form 16/B374D848)")
-    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def _per_xlogid(segment_size: int) -> int:
-    if segment_size <= 0 or segment_size & (segment_size - 1) or segment_size > 1 << 30:
-        raise UsageError(f"{segment_size} is not a WAL segment size (a power of 2, <= 1 GiB)")
-    return 0x100000000 // segment_size
-
-
-def _name_of(timeline: int, segno: int, segment_size: int) -> str:
-    per = _per_xlogid(segment_size)
-    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
-
-
-def segment_name(timeline: int, lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
-    """The segment holding `lsn` (XLByteToSeg), as PostgreSQL names it."""
-    return _name_of(timeline, lsn // segment_size, segment_size)
-
-
-def segment_number(name: str, segment_size: int) -> int:
-    if not SEGMENT.match(name[:24]):
-        raise UsageError(f"{name!r} is not a WAL segment name")
-    return int(name[8:16], 16) * _per_xlogid(segment_size) + int(name[16:24], 16)
-
-
-def segment_start_lsn(name: str, segment_size: int) -> int:
-    return segment_number(name, segment_size) * segment_size
-
-
-def segment_timeline(name: str) -> int:
-    return int(name[:8], 16)
-
-
-def is_archivable(name: str) -> bool:
-    return any(p.match(name) for p in (SEGMENT, PARTIAL, BACKUP_LABEL, HISTORY))
-
-
-def check_name(name: str) -> str:
-    if not is_archivable(name):
-        raise UsageError(
-            f"{name!r} is not a WAL file name (a segment, .partial, .backup or .history file)"
-        )
-    return name
-
-
-def segments_between(timeline: int, start_lsn: int, stop_lsn: int, segment_size: int) -> list[str]:
-    """Segments of one timeline from the one holding start_lsn to the one holding the last
-    byte before stop_lsn (pg_walfile_name's rule for an end position such as
-    pg_backup_stop's lsn); at least the first."""
-    first = start_lsn // segment_size
-    last = max(first, (stop_lsn - 1) // segment_size)
-    return [_name_of(timeline, segno, segment_size) for segno in range(first, last + 1)]
-
-
-# -- timelines ---------------------------------------------------------------------------------
-
-
-def history_name(timeline: int) -> str:
-    return f"{timeline:08X}.history"
-
-
-def parse_history(text: str) -> list[tuple[int, int]]:
-    """A timeline history file: [(parent timeline, LSN where it ended)], oldest first."""
-    entries = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(None, 2)
-        try:
-            if len(fields) < 2 or not _TIMELINE.fullmatch(fields[0]):
-                raise ValueError(line)
-            timeline = int(fields[0])
-            if not 1 <= timeline <= MAX_TIMELINE:
-                raise ValueError(line)
-            entries.append((timeline, parse_lsn(fields[1])))
-        except (ValueError, UsageError):
-            raise IntegrityError(f"timeline history line {number} is malformed: {line!r}") from None
-    return entries
-
-
-@dataclass(frozen=True)
-class Period:
-    """A stretch of WAL that recovery reads from one timeline: [begin, end)."""
-
-    timeline: int
-    begin: int
-    end: int | None  # None: the target timeline, open-ended
-
-
-def timeline_periods(archive: WalArchive, timeline: int) -> tuple[list[Period], list[str]]:
-    """How `timeline` came to be, from its archived history file; and missing files."""
-    if timeline <= 1:
-        return [Period(timeline, 0, None)], []
-    raw = archive.fetch(history_name(timeline))
-    if raw is None:
-        return [Period(timeline, 0, None)], [history_name(timeline)]
-    periods, begin = [], 0
-    for parent, switch in parse_history(raw.decode("ascii", "replace")):
-        periods.append(Period(parent, begin, switch))
-        begin = switch
-    periods.append(Period(timeline, begin, None))
-    return periods, []
-
-
-def period_segments(period: Period, segment_size: int) -> tuple[int, int | None]:
-    """Segment numbers recovery reads from the period's timeline: a timeline switched to at
-    LSN L supplies the segment holding L onwards (PostgreSQL copies that segment's start
-    into the new timeline's file), its parent everything before."""
-    first = period.begin // segment_size
-    last = None if period.end is None else period.end // segment_size - 1
-    return first, last
-
-
-def missing_segments(
-    archive: WalArchive,
-    timeline: int,
-    start_lsn: int,
-    stop_lsn: int | None,
-    segment_size: int,
-) -> list[str]:
-    """Files recovery needs, and the archive lacks, to replay from start_lsn to stop_lsn on
-    `timeline` (up to its newest archived segment when stop_lsn is None), following the
-    timeline switches in the archived history files."""
-    periods, missing = timeline_periods(archive, timeline)
-    first_needed = start_lsn // segment_size
-    archived: dict[int, set[int]] = {}
-    for period in periods:
-        archived[period.timeline] = {
-            segment_number(n, segment_size)
-            for n in archive.names(period.timeline)
-            if SEGMENT.match(n)
-        }
-    if stop_lsn is None:
-        last_needed = first_needed
-        for period in periods:
-            low, high = period_segments(period, segment_size)
-            inside = [
-                s for s in archived[period.timeline] if s >= low and (high is None or s <= high)
-            ]
-            last_needed = max([last_needed, *inside])
-    else:
-        last_needed = max(first_needed, (stop_lsn - 1) // segment_size)
-    for period in periods:
-        low, high = period_segments(period, segment_size)
-        low = max(low, first_needed)
-        high = last_needed if high is None else min(high, last_needed)
-        for segno in range(low, high + 1):
-            if segno not in archived[period.timeline]:
-                missing.append(_name_of(period.timeline, segno, segment_size))
-    return missing
+# -- waiting for the archive ----------------------------------------------------------
 
 
 def wait_for_segments(archive: WalArchive, names: list[str], timeout_s: float) -> list[str]:
@@ -232,40 +67,6 @@ def wait_for_segments(archive: WalArchive, names: list[str], timeout_s: float) -
 
 
 # -- one file ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SegmentHeader:
-    system_identifier: str
-    segment_size: int
-    page_address: int
-
-
-def read_segment_header(name: str, data: bytes) -> SegmentHeader:
-    """The long page header that opens every segment: whose cluster it is, and where."""
-    if len(data) < LONG_HEADER_LEN:
-        raise IntegrityError(f"{name} is too short to be a WAL segment ({len(data)} bytes)")
-    info = int.from_bytes(data[_OFF_INFO : _OFF_INFO + 2], "little")
-    if not info & XLP_LONG_HEADER:
-        raise IntegrityError(f"{name} does not start with a WAL segment header")
-    header = SegmentHeader(
-        system_identifier=str(int.from_bytes(data[_OFF_SYSID : _OFF_SYSID + 8], "little")),
-        segment_size=int.from_bytes(data[_OFF_SEG_SIZE : _OFF_SEG_SIZE + 4], "little"),
-        page_address=int.from_bytes(data[_OFF_PAGEADDR : _OFF_PAGEADDR + 8], "little"),
-    )
-    try:
-        start = segment_start_lsn(name, header.segment_size)
-    except UsageError:
-        raise IntegrityError(
-            f"{name} has a damaged header (segment size {header.segment_size})"
-        ) from None
-    if header.page_address != start or len(data) != header.segment_size:
-        raise IntegrityError(
-            f"{name} is not the segment its name says (it starts at "
-            f"{format_lsn(header.page_address)}, {len(data)} bytes; expected {format_lsn(start)}, "
-            f"{header.segment_size} bytes)"
-        )
-    return header
 
 
 def check_cluster(
@@ -509,7 +310,7 @@ def summarize(archive: WalArchive, segment_size: int) -> list[TimelineSummary]:
         present = set(segnos)
         missing = (
             [
-                _name_of(tli, s, segment_size)
+                numbered_segment_name(tli, s, segment_size)
                 for s in range(segnos[0], segnos[-1] + 1)
                 if s not in present
             ]
@@ -522,8 +323,8 @@ def summarize(archive: WalArchive, segment_size: int) -> list[TimelineSummary]:
         summaries.append(
             TimelineSummary(
                 timeline=tli,
-                first=_name_of(tli, segnos[0], segment_size) if segnos else None,
-                last=_name_of(tli, segnos[-1], segment_size) if segnos else None,
+                first=numbered_segment_name(tli, segnos[0], segment_size) if segnos else None,
+                last=numbered_segment_name(tli, segnos[-1], segment_size) if segnos else None,
                 count=len(segnos),
                 missing=missing,
                 history=has_history,
@@ -546,7 +347,7 @@ ARCHIVER_COLUMNS = (
 
 def archiver_stats(dsn: str) -> dict[str, Any]:
     """pg_stat_archiver, plus whether the archiver is failing now (its last attempt failed)."""
-    from medvault.sources.postgres.server import connect
+    from medvault.postgres.server import connect
 
     with connect(dsn) as conn:
         row = conn.execute(f"SELECT {', '.join(ARCHIVER_COLUMNS)} FROM pg_stat_archiver").fetchone()
