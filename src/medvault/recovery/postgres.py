@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from medvault import childenv
 from medvault.errors import (
+    IntegrityError,
     RecoveryFailed,
     RestoreTargetError,
     SnapshotNotFound,
@@ -41,7 +42,7 @@ from medvault.postgres.datadir import (
     read_system_identifier,
     running_postmaster,
 )
-from medvault.postgres.facts import KIND_PHYSICAL
+from medvault.postgres.facts import KIND_PHYSICAL, PhysicalFacts
 from medvault.postgres.lsn import (
     SEGMENT,
     format_lsn,
@@ -105,6 +106,11 @@ class RecoveryTarget:
         if self.kind != "latest":
             out["recovery_target_action"] = self.action
         return out
+
+    @property
+    def moment(self) -> datetime:
+        """A time target's time, aware, in UTC."""
+        return datetime.fromisoformat(self.value).astimezone(UTC)
 
     def describe(self) -> str:
         if self.kind in ("latest", "immediate"):
@@ -190,70 +196,73 @@ def make_target(
     return RecoveryTarget(kind, value, action, timeline)
 
 
-def _iso_time(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
 # -- choosing a base backup ------------------------------------------------------------------
 
 
 def physical_snapshots(repo: Repository, source: str) -> list[Snapshot]:
     """Complete physical backups of `source`, oldest consistent point first."""
-    snaps = [
-        s
-        for s in repo.list_snapshots()
-        if s.kind == KIND_PHYSICAL and s.source == source and s.facts.get("stop_time")
-    ]
-    return sorted(snaps, key=lambda s: _iso_time(str(s.facts["stop_time"])))
+    return [snap for snap, _facts in _physical_backups(repo, source)]
+
+
+def _physical_backups(repo: Repository, source: str) -> list[tuple[Snapshot, PhysicalFacts]]:
+    found = []
+    for snap in repo.list_snapshots():
+        if snap.kind != KIND_PHYSICAL or snap.source != source:
+            continue
+        try:
+            found.append((snap, PhysicalFacts.of(snap)))
+        except IntegrityError as exc:
+            repo.warnings.append(f"backup {snap.short_id} left out: {exc}")
+    return sorted(found, key=lambda pair: pair[1].consistent_at)
 
 
 def choose_base_backup(repo: Repository, source: str, target: RecoveryTarget) -> Snapshot:
     """The newest backup that can reach the target: for a time, the newest that was
     consistent at or before it; for an LSN, the newest whose stop LSN is at or before it;
     otherwise the newest."""
-    snaps = physical_snapshots(repo, source)
-    if not snaps:
+    backups = _physical_backups(repo, source)
+    if not backups:
         raise SnapshotNotFound(
             f"the repository holds no physical backup of source {source}; "
             f"take one with `medvault backup {source} --type full`"
         )
     if target.kind == "time":
-        moment = _iso_time(target.value)
-        usable = [s for s in snaps if _iso_time(str(s.facts["stop_time"])) <= moment]
+        moment = target.moment
+        usable = [snap for snap, facts in backups if facts.consistent_at <= moment]
         if not usable:
-            oldest = snaps[0]
+            oldest, facts = backups[0]
             raise SnapshotNotFound(
                 f"no backup of {source} reaches back to {target.value}: the oldest usable time "
-                f"is {oldest.facts['stop_time']} (backup {oldest.short_id}); give a later "
+                f"is {facts.stop_time} (backup {oldest.short_id}); give a later "
                 "--target-time"
             )
         return usable[-1]
     if target.kind == "lsn":
         wanted = parse_lsn(target.value)
-        usable = [s for s in snaps if parse_lsn(str(s.facts["stop_lsn"])) <= wanted]
-        if not usable:
-            oldest = min(snaps, key=lambda s: parse_lsn(str(s.facts["stop_lsn"])))
+        reaching = [pair for pair in backups if pair[1].stop_lsn <= wanted]
+        if not reaching:
+            oldest, facts = min(backups, key=lambda pair: pair[1].stop_lsn)
             raise SnapshotNotFound(
                 f"no backup of {source} reaches back to LSN {target.value}: the oldest usable "
-                f"LSN is {oldest.facts['stop_lsn']} (backup {oldest.short_id})"
+                f"LSN is {format_lsn(facts.stop_lsn)} (backup {oldest.short_id})"
             )
-        return max(usable, key=lambda s: parse_lsn(str(s.facts["stop_lsn"])))
-    return snaps[-1]
+        return max(reaching, key=lambda pair: pair[1].stop_lsn)[0]
+    return backups[-1][0]
 
 
 def check_target_reachable(snapshot: Snapshot, target: RecoveryTarget) -> None:
     """A target before the backup was consistent can never be reached from it."""
-    facts = snapshot.facts
-    if target.kind == "time" and _iso_time(target.value) < _iso_time(str(facts["stop_time"])):
+    facts = PhysicalFacts.of(snapshot)
+    if target.kind == "time" and target.moment < facts.consistent_at:
         raise UsageError(
             f"target time {target.value} is before backup {snapshot.short_id} became consistent "
-            f"({facts['stop_time']}); restore an older backup, or let `medvault pitr "
+            f"({facts.stop_time}); restore an older backup, or let `medvault pitr "
             f"{snapshot.source}` choose one"
         )
-    if target.kind == "lsn" and parse_lsn(target.value) < parse_lsn(str(facts["stop_lsn"])):
+    if target.kind == "lsn" and parse_lsn(target.value) < facts.stop_lsn:
         raise UsageError(
             f"target LSN {target.value} is before backup {snapshot.short_id} became consistent "
-            f"(LSN {facts['stop_lsn']}); restore an older backup"
+            f"(LSN {format_lsn(facts.stop_lsn)}); restore an older backup"
         )
 
 
@@ -272,7 +281,7 @@ class WalRange:
 def _target_timeline(archive: WalArchive, snapshot: Snapshot, target: RecoveryTarget) -> int:
     """The timeline recovery will follow: as PostgreSQL resolves 'latest', by probing
     history files upwards from the backup's timeline."""
-    base = int(snapshot.facts["timeline"])
+    base = PhysicalFacts.of(snapshot).timeline
     if target.timeline == "current":
         return base
     if target.timeline.isdigit():
@@ -291,15 +300,15 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
     own stop LSN. WalMissing names the gap."""
     from medvault.repository.wal import WalArchive
 
-    facts = snapshot.facts
-    size = int(facts["wal_segment_size"])
+    facts = PhysicalFacts.of(snapshot)
+    size = facts.wal_segment_size
     archive = WalArchive(repo, snapshot.source)
     # Recovery fetches through the secondary where the primary lacks a file, so the chain is
     # judged on what either holds.
     archive.with_secondary = True
-    base = int(facts["timeline"])
-    start = parse_lsn(str(facts["start_lsn"]))
-    stop = parse_lsn(str(facts["stop_lsn"]))
+    base = facts.timeline
+    start = facts.start_lsn
+    stop = facts.stop_lsn
     final = _target_timeline(archive, snapshot, target)
     periods, lacking = timeline_periods(archive, final)
     if lacking:
@@ -314,7 +323,7 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
     if own.end is not None and own.end < stop:
         raise RecoveryFailed(
             f"timeline {base} branched off to a later timeline at {format_lsn(own.end)}, "
-            f"before backup {snapshot.short_id} became consistent ({facts['stop_lsn']}); "
+            f"before backup {snapshot.short_id} became consistent ({format_lsn(stop)}); "
             "recover with --target-timeline current, or use a newer backup"
         )
     if target.kind == "lsn":
@@ -331,7 +340,7 @@ def check_wal_chain(repo: Repository, snapshot: Snapshot, target: RecoveryTarget
     if target.kind == "time":
         reach = archive_reach(archive, periods, stop, last)
         _check_time_reached(archive, snapshot, target, reach, last)
-    return WalRange(final, str(facts.get("start_wal") or segment_name(base, start, size)), last)
+    return WalRange(final, facts.start_wal, last)
 
 
 @dataclass(frozen=True)
@@ -393,7 +402,7 @@ def _check_time_reached(
     if not reach.known:
         _check_time_archived(archive, snapshot, target, last)
         return
-    if reach.newest is not None and _iso_time(target.value) < reach.newest.time:
+    if reach.newest is not None and target.moment < reach.newest.time:
         return
     newer_wal = (
         "if the server has committed since, archive its WAL first (`SELECT pg_switch_wal()` "
@@ -403,8 +412,8 @@ def _check_time_reached(
         raise WalMissing(
             f"target time {target.value} cannot be reached: the archived WAL of "
             f"{snapshot.source} holds no transaction committed after backup "
-            f"{snapshot.short_id} became consistent ({snapshot.facts['stop_time']}); nothing "
-            f"was restored. Recover with --recovery-target latest, or {newer_wal}"
+            f"{snapshot.short_id} became consistent ({PhysicalFacts.of(snapshot).stop_time}); "
+            f"nothing was restored. Recover with --recovery-target latest, or {newer_wal}"
         )
     when = reach.newest.time.isoformat(sep=" ")
     raise WalMissing(
@@ -426,7 +435,7 @@ def _check_time_archived(
     if stored is None:
         return
     arrived = datetime.fromtimestamp(stored, UTC)
-    if _iso_time(target.value) <= arrived + timedelta(seconds=CLOCK_SKEW_MARGIN_S):
+    if target.moment <= arrived + timedelta(seconds=CLOCK_SKEW_MARGIN_S):
         return
     raise WalMissing(
         f"target time {target.value} is after the newest archived WAL of {snapshot.source} "
@@ -528,7 +537,7 @@ def check_data_directory(pgdata: str, snapshot: Snapshot, *, delta: bool, force:
             "rewrite only what differs (same cluster) or --force to empty it first"
         )
     found = read_system_identifier(pgdata)
-    wanted = str(snapshot.facts["system_identifier"])
+    wanted = PhysicalFacts.of(snapshot).system_identifier
     if found is None and not os.path.exists(os.path.join(pgdata, "PG_VERSION")):
         raise RestoreTargetError(
             f"{pgdata} does not look like a PostgreSQL data directory, so --delta cannot reuse "
@@ -564,7 +573,7 @@ def _empty_directory(path: str) -> None:
 
 def tablespace_locations(snapshot: Snapshot, remap: dict[str, str]) -> dict[str, str]:
     """oid -> directory to restore each tablespace into."""
-    spaces = {str(k): str(v) for k, v in dict(snapshot.facts.get("tablespaces") or {}).items()}
+    spaces = dict(PhysicalFacts.of(snapshot).tablespaces)
     for oid in remap:
         if oid not in spaces:
             known = ", ".join(sorted(spaces)) or "none"
@@ -593,8 +602,9 @@ def parse_tablespace_options(items: tuple[str, ...]) -> dict[str, str]:
 def check_tablespaces(
     snapshot: Snapshot, locations: dict[str, str], pgdata: str, *, delta: bool, force: bool
 ) -> None:
-    original = {str(k): str(v) for k, v in dict(snapshot.facts.get("tablespaces") or {}).items()}
-    source_pgdata = str(snapshot.facts.get("pgdata") or (snapshot.paths or ("",))[0])
+    facts = PhysicalFacts.of(snapshot)
+    original = dict(facts.tablespaces)
+    source_pgdata = facts.pgdata or (snapshot.paths or ("",))[0]
     production_up = bool(source_pgdata) and running_postmaster(source_pgdata) is not None
     for oid, location in locations.items():
         if os.path.realpath(location).startswith(os.path.realpath(pgdata) + os.sep):
@@ -755,7 +765,8 @@ def restore_physical(
         raise RestoreTargetError(
             f"snapshot {snapshot.short_id} is a {snapshot.kind} snapshot, not a physical backup"
         )
-    if not snapshot.facts.get("stop_lsn") or not snapshot.facts.get("backup_label"):
+    facts = PhysicalFacts.of(snapshot)
+    if not facts.backup_label:
         raise RecoveryFailed(
             f"snapshot {snapshot.short_id} lacks its backup label; it is incomplete"
         )
@@ -773,8 +784,7 @@ def restore_physical(
             raise UsageError("--start needs --port P: the port the restored server listens on")
         from medvault.postgres.programs import find_program
 
-        major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
-        pg_ctl = find_program("pg_ctl", options.pg_bin, major)
+        pg_ctl = find_program("pg_ctl", options.pg_bin, facts.major)
     if options.port is not None:
         check_port_free(options.port)
     check_target_reachable(snapshot, target)
@@ -844,11 +854,11 @@ def _prepare_for_recovery(
     block: list[str],
     standby: bool,
 ) -> str:
-    facts = snapshot.facts
+    facts = PhysicalFacts.of(snapshot)
     for sub in ("pg_wal", os.path.join("pg_wal", "archive_status"), "pg_tblspc"):
         os.makedirs(os.path.join(pgdata, sub), mode=0o700, exist_ok=True)
-    write_private_file(os.path.join(pgdata, "backup_label"), str(facts["backup_label"]))
-    spcmap = str(facts.get("tablespace_map") or "")
+    write_private_file(os.path.join(pgdata, "backup_label"), facts.backup_label)
+    spcmap = facts.tablespace_map
     if spcmap:
         write_private_file(
             os.path.join(pgdata, "tablespace_map"), rewrite_tablespace_map(spcmap, locations)

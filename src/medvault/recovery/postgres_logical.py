@@ -39,7 +39,7 @@ from medvault.errors import (
     SnapshotNotFound,
     first_line,
 )
-from medvault.postgres.facts import KIND_LOGICAL
+from medvault.postgres.facts import KIND_LOGICAL, LogicalFacts
 from medvault.postgres.programs import StderrTail, find_program, program_major
 from medvault.postgres.server import connect
 from medvault.recovery.stream import iter_stream
@@ -72,7 +72,7 @@ def _check_kind(snapshot: Snapshot) -> None:
 
 def _pg_restore(snapshot: Snapshot, pg_bin: str | None, server_major: int | None = None) -> str:
     """pg_restore no older than the pg_dump that wrote the archive (older ones refuse it)."""
-    dumped_by = program_major(str(snapshot.facts.get("pg_dump_version", "")))
+    dumped_by = program_major(LogicalFacts.of(snapshot).pg_dump_version)
     majors = [m for m in (dumped_by, server_major) if m is not None]
     return find_program("pg_restore", pg_bin, max(majors) if majors else None)
 
@@ -184,7 +184,7 @@ class Selection:
 
 def selected_counts(snapshot: Snapshot, selection: Selection) -> dict[str, int]:
     """The recorded row counts of the tables a selection restores; unknown names are errors."""
-    recorded: dict[str, int] = dict(snapshot.facts.get("row_counts", {}))
+    recorded = dict(LogicalFacts.of(snapshot).row_counts)
     for wanted in selection.tables:
         if not any(Selection(tables=(wanted,)).matches(key) for key in recorded):
             raise SnapshotNotFound(
@@ -254,20 +254,20 @@ def _database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
     )
 
 
-def _create_database(conn: psycopg.Connection[Any], name: str, facts: dict[str, Any]) -> None:
+def _create_database(conn: psycopg.Connection[Any], name: str, facts: LogicalFacts) -> None:
     """From template0 (a dump restores into an empty database), with the source's encoding
     and locale when it recorded them."""
     import psycopg
     from psycopg import sql
 
     parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
-    for option, key in (
-        ("ENCODING", "encoding"),
-        ("LC_COLLATE", "lc_collate"),
-        ("LC_CTYPE", "lc_ctype"),
+    for option, value in (
+        ("ENCODING", facts.encoding),
+        ("LC_COLLATE", facts.lc_collate),
+        ("LC_CTYPE", facts.lc_ctype),
     ):
-        if facts.get(key):
-            parts.append(sql.SQL(option + " {}").format(sql.Literal(facts[key])))
+        if value:
+            parts.append(sql.SQL(option + " {}").format(sql.Literal(value)))
     try:
         conn.execute(sql.SQL(" ").join(parts))
     except psycopg.Error as exc:
@@ -361,7 +361,7 @@ def restore_logical(
         major = int(maintenance.info.server_version) // 10000
         created = not _database_exists(maintenance, database)
         if created:
-            _create_database(maintenance, database, snapshot.facts)
+            _create_database(maintenance, database, LogicalFacts.of(snapshot))
     target = make_conninfo(dsn, dbname=database)
     pg_restore = _pg_restore(snapshot, pg_bin, major)
     listdir = None

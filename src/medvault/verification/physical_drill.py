@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from medvault import faults
 from medvault.errors import MedvaultError, RecoveryFailed, first_line
+from medvault.postgres.facts import PhysicalFacts
 from medvault.recovery.postgres import write_private_file
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def wal_plan(repo: Repository, snapshot: Snapshot, wal: WalRange) -> list[str]:
 
     archive = WalArchive(repo, snapshot.source)
     archive.with_secondary = True
-    size = int(snapshot.facts["wal_segment_size"])
+    size = PhysicalFacts.of(snapshot).wal_segment_size
     first = segment_number(wal.first, size)
     last = segment_number(wal.last, size)
     periods, _ = timeline_periods(archive, wal.timeline)
@@ -317,8 +318,8 @@ def run_physical_drill(
     from medvault.verification.scratch import PGDATA, make_scratch, remove_scratch
 
     add = result.checks.append
-    major = int(snapshot.facts.get("pg_version_num", 0)) // 10000 or None
-    pg_ctl = find_program("pg_ctl", pg_bin, major)
+    facts = PhysicalFacts.of(snapshot)
+    pg_ctl = find_program("pg_ctl", pg_bin, facts.major)
     scratch = make_scratch(
         scratch_parent, kind="physical", source=snapshot.source, snapshot=snapshot.id
     )
@@ -339,8 +340,7 @@ def run_physical_drill(
         target = make_target(target="latest" if to_latest else "immediate")
         port = _free_port()
         spaces = {
-            str(oid): os.path.join(scratch, "tablespaces", str(oid))
-            for oid in dict(snapshot.facts.get("tablespaces") or {})
+            str(oid): os.path.join(scratch, "tablespaces", str(oid)) for oid in facts.tablespaces
         }
         restored = restore_physical(
             repo,

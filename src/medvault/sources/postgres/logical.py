@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from medvault import childenv
 from medvault.errors import MedvaultError, SourceUnavailable
-from medvault.postgres.facts import KIND_LOGICAL
+from medvault.postgres.facts import KIND_LOGICAL, LogicalFacts
 from medvault.postgres.programs import StderrTail, find_program, program_version
 from medvault.postgres.server import connect, describe_dsn
 from medvault.sources.stream import backup_stream
@@ -153,6 +153,7 @@ class _RowCounter(threading.Thread):
 
 
 def _database_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The facts about the database known before the dump (LogicalFacts' first fields)."""
     row = conn.execute(
         "SELECT current_database(), current_setting('server_version'),"
         " current_setting('server_version_num')::int, now(),"
@@ -213,13 +214,14 @@ def backup_logical(
         # more than it saves on a count) and no parallel workers fanning out beside pg_dump.
         conn.execute("SET LOCAL jit = off")
         conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        facts = _database_facts(conn)
+        database_facts = _database_facts(conn)
+        recorded: list[LogicalFacts] = []
         snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snapshot_row is not None
         tables = [(int(r[0]), r[1], r[2]) for r in conn.execute(TABLES_SQL).fetchall()]
-        db = facts["database"]
+        db = database_facts["database"]
         target = make_conninfo(dsn, dbname=db)
-        pg_dump = find_program("pg_dump", pg_bin, facts["server_version_num"] // 10000)
+        pg_dump = find_program("pg_dump", pg_bin, database_facts["server_version_num"] // 10000)
         dump_version = program_version(pg_dump)
         app_name = f"medvault-pg_dump-{secrets.token_hex(6)}"
         # The passfile (if any) is inherited: pg_dump keeps it open after our copy closes.
@@ -255,7 +257,15 @@ def backup_logical(
             if counter.error is not None:  # it stopped pg_dump, if pg_dump still ran
                 reason = str(counter.error).strip().splitlines() or [type(counter.error).__name__]
                 raise SourceUnavailable(f"cannot count rows in {describe_dsn(target)}: {reason[0]}")
-            return {"pg_dump_version": dump_version, "row_counts": counter.counts}
+            facts = LogicalFacts(
+                **database_facts,
+                dump_format="custom",
+                dump_compression="none",
+                pg_dump_version=dump_version,
+                row_counts=counter.counts,
+            )
+            recorded.append(facts)
+            return facts.to_map()
 
         try:
             if callable(repo):
@@ -266,7 +276,7 @@ def backup_logical(
                 source=source,
                 kind=KIND_LOGICAL,
                 filename=f"{db.replace('/', '_')}.dump".encode(),
-                facts={**facts, "dump_format": "custom", "dump_compression": "none"},
+                facts={},
                 tags=tags,
                 tier=tier,
                 on_progress=on_progress,
@@ -284,7 +294,7 @@ def backup_logical(
                 counter.join()
     finally:
         conn.close()
-    counts = result.snapshot.facts["row_counts"]
+    counts = recorded[-1].row_counts
     return LogicalBackupResult(
         snapshot=result.snapshot,
         database=db,

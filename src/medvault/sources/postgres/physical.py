@@ -15,14 +15,13 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
 from time import time_ns
 from typing import TYPE_CHECKING, Any, cast
 
 from medvault.config import PostgresSourceSettings
-from medvault.errors import SourceUnavailable, UsageError, WalMissing
+from medvault.errors import IntegrityError, SourceUnavailable, UsageError, WalMissing
 from medvault.postgres.datadir import read_system_identifier
-from medvault.postgres.facts import KIND_PHYSICAL
+from medvault.postgres.facts import KIND_PHYSICAL, ChecksumFailure, PhysicalFacts, iso_utc
 from medvault.postgres.lsn import parse_lsn, segment_name, segments_between
 from medvault.postgres.server import ServerFacts, connect, server_facts
 from medvault.sources.files import BackupOptions, BackupResult, BlockVerifier, FileBackup
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from medvault.repository.chunker import ReadsInto
+    from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
 
 
@@ -91,12 +91,20 @@ def prune_rules(
 @dataclass
 class PhysicalResult:
     files: BackupResult
-    facts: dict[str, Any] = field(default_factory=dict)
-    checksum_failures: list[dict[str, Any]] = field(default_factory=list)
+    facts: PhysicalFacts
+    checksum_failures: list[ChecksumFailure] = field(default_factory=list)
 
 
-def _iso(value: Any) -> str:
-    return str(value.astimezone(UTC).isoformat(timespec="microseconds"))
+def of_cluster(system_identifier: str) -> Callable[[Snapshot], bool]:
+    """Which physical snapshots may be an incremental backup's parent: this cluster's."""
+
+    def accept(snapshot: Snapshot) -> bool:
+        try:
+            return PhysicalFacts.of(snapshot).system_identifier == system_identifier
+        except IntegrityError:
+            return False  # never a parent; restoring it says what is wrong
+
+    return accept
 
 
 class PhysicalBackup:
@@ -116,7 +124,8 @@ class PhysicalBackup:
         self.tags = tags
         self.on_progress = on_progress
         self._conn: psycopg.Connection[Any] | None = None
-        self._facts: dict[str, Any] = {}
+        self._start: dict[str, Any] = {}  # the facts known once the backup has started
+        self._facts: PhysicalFacts | None = None
         self._verified: list[tuple[bytes, BlockVerifier]] = []
         self._pgdata = ""
         self._tablespace_dirs: dict[str, str] = {}
@@ -182,14 +191,14 @@ class PhysicalBackup:
             ).fetchone()
             assert row is not None
             start_lsn = parse_lsn(str(row[0]))
-            self._facts = {
+            self._start = {
                 "pg_version_num": server.version_num,
                 "pg_version": server.version,
                 "system_identifier": server.system_identifier,
                 "timeline": int(row[2]),
-                "start_lsn": str(row[0]),
+                "start_lsn": start_lsn,
                 "start_wal": segment_name(int(row[2]), start_lsn, server.wal_segment_size),
-                "start_time": _iso(row[1]),
+                "start_time": iso_utc(row[1]),
                 "data_checksums": server.data_checksums,
                 "wal_segment_size": server.wal_segment_size,
                 "method": "local",
@@ -210,16 +219,15 @@ class PhysicalBackup:
                 verifier_for=self._verifier_factory(pgdata, tablespaces, start_lsn, server),
                 volatile=True,
                 finalize=self._finish,
-                parent_filter=lambda s: (
-                    s.facts.get("system_identifier") == server.system_identifier
-                ),
+                parent_filter=of_cluster(server.system_identifier),
             )
             options.skip_paths = self._repository_paths()
             result = FileBackup(self.repo, options, self.on_progress).run()
         finally:
             conn.close()  # also aborts a backup still in progress on the server
-        facts = result.snapshot.facts
-        return PhysicalResult(result, facts, list(facts.get("checksum_failures", [])))
+        assert self._facts is not None  # a snapshot is saved only once _finish has run
+        failures = list(self._facts.checksum_failures or ())
+        return PhysicalResult(result, self._facts, failures)
 
     def _repository_paths(self) -> tuple[str, ...]:
         local = self.repo.backend.local_path
@@ -261,22 +269,23 @@ class PhysicalBackup:
         ).fetchone()
         assert row is not None
         stop_lsn = parse_lsn(str(row[0]))
-        size = int(self._facts["wal_segment_size"])
-        timeline = int(self._facts["timeline"])
-        needed = segments_between(timeline, parse_lsn(self._facts["start_lsn"]), stop_lsn, size)
-        facts = self._facts | {
-            "stop_lsn": str(row[0]),
-            "stop_wal": needed[-1],
-            "stop_time": _iso(row[3]),
-            "backup_label": str(row[1]),
-            "tablespace_map": str(row[2] or ""),
-        }
+        start = self._start
+        size = start["wal_segment_size"]
+        needed = segments_between(start["timeline"], start["start_lsn"], stop_lsn, size)
         bad = [(os.fsdecode(p), list(v.bad_blocks)) for p, v in self._verified if v.bad_blocks]
         self._verified.clear()
-        if self._facts["data_checksums"]:
-            facts["checksum_failures"] = self._describe_failures(
-                bad, self._pgdata, self._tablespace_dirs
-            )
+        failures = None
+        if start["data_checksums"]:
+            failures = tuple(self._describe_failures(bad, self._pgdata, self._tablespace_dirs))
+        facts = PhysicalFacts(
+            **start,
+            stop_lsn=stop_lsn,
+            stop_wal=needed[-1],
+            stop_time=iso_utc(row[3]),
+            backup_label=str(row[1]),
+            tablespace_map=str(row[2] or ""),
+            checksum_failures=failures,
+        )
         missing = wait_for_segments(
             WalArchive(self.repo, self.source), needed, float(self.settings.archive_timeout_s)
         )
@@ -287,13 +296,14 @@ class PhysicalBackup:
                 f"{self.settings.archive_timeout_s} s; check archive_command and "
                 f"`medvault wal-status {self.source}`"
             )
-        return facts
+        self._facts = facts
+        return facts.to_map()
 
     # -- reporting ------------------------------------------------------------------------
 
     def _describe_failures(
         self, bad: list[tuple[str, list[int]]], pgdata: str, tablespaces: dict[str, str]
-    ) -> list[dict[str, Any]]:
+    ) -> list[ChecksumFailure]:
         """Name each damaged file's relation (schema.table) so a DBA knows what to repair."""
         if not bad:
             return []
@@ -307,13 +317,7 @@ class PhysicalBackup:
                 if path.startswith(location + "/"):
                     rel = f"pg_tblspc/{oid}/{path[len(location) + 1 :]}"
                     tablespace = int(oid)
-            out.append(
-                {
-                    "file": rel,
-                    "relation": self._relation_name(rel, tablespace),
-                    "blocks": blocks,
-                }
-            )
+            out.append(ChecksumFailure(rel, self._relation_name(rel, tablespace), tuple(blocks)))
         return out
 
     def _relation_name(self, rel: str, tablespace: int) -> str:
@@ -525,17 +529,8 @@ def backup_streamed(
             pass_fds=client.pass_fds,
         )
     assert proc.stdout is not None
-    backup_facts: dict[str, Any] = {
-        "pg_version_num": server.version_num,
-        "pg_version": server.version,
-        "system_identifier": server.system_identifier,
-        "data_checksums": server.data_checksums,
-        "wal_segment_size": server.wal_segment_size,
-        "method": "stream",
-        "pgdata": server.data_directory,
-        "tablespaces": {},
-    }
     holder: dict[str, _TarStreamBackup] = {}
+    recorded: list[PhysicalFacts] = []
 
     def finish() -> dict[str, Any]:
         from medvault.repository.wal import WalArchive
@@ -578,18 +573,28 @@ def backup_streamed(
             )
         bad = [(os.fsdecode(p), list(v.bad_blocks)) for p, v in verified if v.bad_blocks]
         failures = PhysicalBackup(repo, source, settings)._describe_failures(bad, "", {})
-        return backup_facts | {
-            "checksum_failures": failures,
-            "timeline": timeline,
-            "start_lsn": points["start"],
-            "stop_lsn": points["end"],
-            "start_wal": needed[0],
-            "stop_wal": needed[-1],
-            "start_time": started_at.group(1).strip() if started_at else "",
-            "stop_time": _iso(row[0]),
-            "backup_label": label,
-            "tablespace_map": holder["backup"].special.get("tablespace_map", b"").decode(),
-        }
+        facts = PhysicalFacts(
+            pg_version_num=server.version_num,
+            pg_version=server.version,
+            system_identifier=server.system_identifier,
+            timeline=timeline,
+            start_lsn=start_lsn,
+            start_wal=needed[0],
+            start_time=started_at.group(1).strip() if started_at else "",
+            data_checksums=server.data_checksums,
+            wal_segment_size=server.wal_segment_size,
+            method="stream",
+            pgdata=server.data_directory,
+            tablespaces={},
+            stop_lsn=stop_lsn,
+            stop_wal=needed[-1],
+            stop_time=iso_utc(row[0]),
+            backup_label=label,
+            tablespace_map=holder["backup"].special.get("tablespace_map", b"").decode(),
+            checksum_failures=tuple(failures),
+        )
+        recorded.append(facts)
+        return facts.to_map()
 
     verified: list[tuple[bytes, BlockVerifier]] = []
     verifier_for = None
@@ -629,5 +634,5 @@ def backup_streamed(
             proc.kill()
         proc.wait()
         errors.close()
-    facts = result.snapshot.facts
-    return PhysicalResult(result, facts, list(facts.get("checksum_failures", [])))
+    facts = recorded[-1]
+    return PhysicalResult(result, facts, list(facts.checksum_failures or ()))

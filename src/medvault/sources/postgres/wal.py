@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from medvault import faults
 from medvault.errors import (
+    IntegrityError,
     MedvaultError,
     RestoreTargetError,
     SourceUnavailable,
     WalConflict,
 )
+from medvault.postgres.facts import KIND_PHYSICAL, PhysicalFacts
 from medvault.postgres.lsn import (
     BACKUP_LABEL,
     HISTORY,
@@ -33,7 +35,6 @@ from medvault.postgres.lsn import (
     check_name,
     is_archivable,
     numbered_segment_name,
-    parse_lsn,
     segment_number,
     segment_start_lsn,
     segment_timeline,
@@ -402,15 +403,25 @@ def prune_wal(
 
     result = WalPruneResult()
     now = time.time()
-    physical = [s for s in repo.list_snapshots() if s.kind == "postgres.physical"]
+    physical: list[tuple[str, PhysicalFacts | None]] = []
+    for snap in repo.list_snapshots():
+        if snap.kind == KIND_PHYSICAL:
+            try:
+                physical.append((snap.source, PhysicalFacts.of(snap)))
+            except IntegrityError as exc:
+                physical.append((snap.source, None))
+                result.notes.append(f"{snap.source}: {exc}; its WAL is kept")
     sources = sorted({o.name.split("/")[1] for o in repo.backend.list("wal") if "/" in o.name})
     for source in sources:
-        own = [s for s in physical if s.source == source and s.facts.get("start_lsn")]
-        if not own:
+        found = [facts for name, facts in physical if name == source]
+        own = [facts for facts in found if facts is not None]
+        if not found:
             result.notes.append(f"{source}: no physical backup retained; its WAL is kept")
             continue
-        cutoff = min(parse_lsn(str(s.facts["start_lsn"])) for s in own)
-        size = int(own[0].facts.get("wal_segment_size") or 16 * 1024 * 1024)
+        if len(own) < len(found):
+            continue  # where a retained backup's WAL starts cannot be told
+        cutoff = min(facts.start_lsn for facts in own)
+        size = own[0].wal_segment_size
         keep_newer = now - max(windows.get(source, dt.timedelta(0)), young).total_seconds()
         for obj in repo.backend.list(f"wal/{source}"):
             name = obj.name.rsplit("/", 1)[1]
