@@ -33,7 +33,8 @@ from medvault.postgres.timelines import missing_segments, parse_history
 from medvault.repository.keys import Credential, read_keyfile
 from medvault.repository.repo import Repository
 from medvault.repository.wal import WalArchive
-from medvault.sources.postgres.wal import push_file, wait_for_segments
+from medvault.sources.postgres.physical import wait_for_segments
+from medvault.sources.postgres.wal import push_file
 
 MiB = 1024 * 1024
 EXIT_CONFLICT = 18

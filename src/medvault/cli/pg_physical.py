@@ -27,7 +27,8 @@ def backup_physical_cmd(
     as_json: bool,
 ) -> None:
     from medvault.postgres.lsn import format_lsn
-    from medvault.sources.postgres.physical import backup_physical, backup_streamed
+    from medvault.sources.postgres.physical_local import backup_physical
+    from medvault.sources.postgres.physical_stream import backup_streamed
 
     if method not in METHODS:
         raise UsageError(f"--method must be local or stream, not {method!r}")

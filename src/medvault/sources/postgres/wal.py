@@ -50,23 +50,6 @@ SPOOL_DIR_NAME = "medvault-spool"
 ASYNC_BATCH = 64  # files per asynchronous call; the rest wait for the next call
 ASYNC_WORKERS = 4
 
-# -- waiting for the archive ----------------------------------------------------------
-
-
-def wait_for_segments(archive: WalArchive, names: list[str], timeout_s: float) -> list[str]:
-    """Poll until every name is archived or the time is up; the names still missing."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.2
-    while True:
-        timelines = {int(n[:8], 16) for n in names}
-        present = {n for t in timelines for n in archive.names(t)}
-        missing = [n for n in names if n not in present]
-        if not missing or time.monotonic() >= deadline:
-            return missing
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 2.0)
-
-
 # -- one file ------------------------------------------------------------------------------
 
 
