@@ -29,17 +29,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from medvault.errors import MedvaultError, SourceUnavailable, UsageError, WalMissing
 from medvault.postgres.lsn import DEFAULT_SEGMENT_SIZE, check_name, is_archivable
-from medvault.sources.postgres.wal import (
-    SPOOL_DIR_NAME,
-    Spool,
-    archiver_stats,
-    fetch_to,
-    push_file,
-    push_ready,
-    ready_count,
-    ready_files,
-    summarize,
-)
+from medvault.sources.postgres.wal import fetch_to, push_file
+from medvault.sources.postgres.walspool import SPOOL_DIR_NAME, Spool, push_ready, ready_files
+from medvault.sources.postgres.walstatus import archiver_stats, ready_count, summarize
 
 if TYPE_CHECKING:
     import datetime as dt
