@@ -262,7 +262,7 @@ def _drill_logical(
 ) -> None:
     from medvault.postgres.server import connect
     from medvault.recovery.postgres_logical import restore_logical
-    from medvault.verification.physical_drill import run_user_checks
+    from medvault.verification.user_checks import run_user_checks
 
     _drop_leftover_databases(dsn, result)
     database = scratch_database_name()
