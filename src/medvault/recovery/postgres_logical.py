@@ -35,13 +35,14 @@ from medvault import childenv
 from medvault.errors import (
     IntegrityError,
     MedvaultError,
+    RecoveryFailed,
     RestoreTargetError,
     SnapshotNotFound,
     first_line,
 )
 from medvault.postgres.facts import KIND_LOGICAL, LogicalFacts
 from medvault.postgres.programs import StderrTail, find_program, program_major
-from medvault.postgres.server import connect
+from medvault.postgres.server import connect, server_errors
 from medvault.recovery.stream import iter_stream
 
 if TYPE_CHECKING:
@@ -286,7 +287,10 @@ def _drop_database(conn: psycopg.Connection[Any], name: str) -> None:
 
 
 def _existing_schemas(dsn: str, database: str) -> set[str]:
-    with connect(dsn, dbname=database, what="the restore target") as conn:
+    with (
+        connect(dsn, dbname=database, what="the restore target") as conn,
+        server_errors(f"reading the schemas of database {database}", RecoveryFailed),
+    ):
         return {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
 
 
@@ -295,7 +299,10 @@ def count_rows(dsn: str, database: str, keys: Iterable[str]) -> dict[str, int | 
     from psycopg import sql
 
     counts: dict[str, int | None] = {}
-    with connect(dsn, dbname=database, what="the restore target") as conn:
+    with (
+        connect(dsn, dbname=database, what="the restore target") as conn,
+        server_errors(f"counting rows in database {database}", RecoveryFailed),
+    ):
         conn.execute("SET row_security = off")
         for key in keys:
             schema, table = _split_key(key)
@@ -357,7 +364,10 @@ def restore_logical(
     started = time.monotonic()
     selection = Selection(tables, schemas)
     expected = selected_counts(snapshot, selection)
-    with connect(dsn, what="the restore target's server") as maintenance:
+    with (
+        connect(dsn, what="the restore target's server") as maintenance,
+        server_errors("the restore target's server", RecoveryFailed),
+    ):
         major = int(maintenance.info.server_version) // 10000
         created = not _database_exists(maintenance, database)
         if created:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medvault.errors import RecoveryFailed, first_line
+from medvault.postgres.server import server_errors
 from medvault.verification.user_checks import run_user_checks
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def _plan_validation(
     for database in databases:
         try:
             jobs += _database_jobs(access, port, database, amcheck, tallies["index"])
-        except psycopg.Error as exc:
+        except (psycopg.Error, RecoveryFailed) as exc:
             tallies["table"].failures.append(f"{database}: cannot be read: {first_line(exc)}")
     jobs.sort(key=lambda job: (-job.size, job.database, job.name))
     return jobs
@@ -159,7 +160,7 @@ def _run_checks(
                     conn.execute("SELECT bt_index_check(%s)", (job.oid,))
                 else:
                     rows = int(conn.execute(f"SELECT count(*) FROM {job.name}").fetchone()[0])
-            except psycopg.Error as exc:
+            except (psycopg.Error, RecoveryFailed) as exc:
                 failure = f"{job.database}: {job.shown()}: {first_line(exc)}"
             with lock:
                 tally = tallies[job.kind]
@@ -183,16 +184,10 @@ def validate(
 ) -> None:
     """Every table counted and every B-tree index checked, by CHECKERS connections sharing
     one largest-first list: validation is most of a drill's own time."""
-    import psycopg
-
     from medvault.verification.drills import Check
 
     began = time.monotonic()
-    try:
-        conn = access.connect(port)
-    except psycopg.Error as exc:
-        raise RecoveryFailed(f"the restored copy took no connection: {first_line(exc)}") from None
-    with conn:
+    with access.connect(port) as conn, server_errors("the restored copy", RecoveryFailed):
         databases = [
             r[0]
             for r in conn.execute(
@@ -246,9 +241,9 @@ def validate(
         database = options.database or "postgres"
         try:
             conn = access.connect(port, database, timeout=10)
-        except psycopg.Error as exc:
+        except RecoveryFailed as exc:
             for query in options.queries:
-                add(Check(f"check: {query}", False, f"{database}: {first_line(exc)}"))
+                add(Check(f"check: {query}", False, f"{database}: {exc}"))
             return
         with conn:
             run_user_checks(conn, options.queries, add)

@@ -17,6 +17,7 @@ from medvault import childenv
 from medvault.errors import RecoveryFailed
 from medvault.postgres.datadir import read_control_data, running_postmaster
 from medvault.postgres.lsn import segment_timeline
+from medvault.postgres.server import connect, server_errors
 
 LOG_NAME = "medvault-recovery.log"
 WAIT_TIMEOUT_S = 3600.0
@@ -59,21 +60,21 @@ class ServerAccess:
     carries: dict[str, str] = field(default_factory=dict)
 
     def connect(self, port: int, dbname: str = "postgres", timeout: int = 3) -> Any:
-        import psycopg
-
+        """A connection to the restored server, or RecoveryFailed saying why not."""
         candidates: tuple[str | None, ...] = self.users or (None,)
         for number, user in enumerate(candidates):
             try:
-                conn = psycopg.connect(
+                conn = connect(
                     host=self.host,
                     port=port,
                     dbname=dbname,
                     user=user,
-                    autocommit=True,
-                    connect_timeout=timeout,
+                    timeout=timeout,
                     application_name="medvault-recovery",
+                    what="the restored server",
+                    fails_as=RecoveryFailed,
                 )
-            except psycopg.OperationalError as exc:
+            except RecoveryFailed as exc:
                 missing_role = f'role "{user}" does not exist' in str(exc)
                 if not missing_role or number == len(candidates) - 1:
                     raise
@@ -155,8 +156,6 @@ def start_and_wait(
     promote (out of recovery), pause (replay paused at the target), shutdown (the server
     stopped at the target), standby (consistent and accepting read-only connections).
     `failed` may report a reason to give up (e.g. WAL that could not be supplied)."""
-    import psycopg
-
     access = access or ServerAccess()
     log = os.path.join(pgdata, "log", LOG_NAME)
     if not os.path.isdir(os.path.dirname(log)):
@@ -201,11 +200,7 @@ def start_and_wait(
                 f"the restored server stopped during recovery; server log:\n{log_tail(log)}"
             )
         if pid is not None:
-            try:
-                with access.connect(port) as conn:
-                    found = _probe(conn, action, port, log)
-            except psycopg.OperationalError:
-                found = None  # starting up, or not yet consistent
+            found = _probe_when_up(access, port, action, log)
             if found is not None:
                 _from_log(_read_log(log), found)
                 return found
@@ -216,6 +211,22 @@ def start_and_wait(
             )
         time.sleep(pause)
         pause = min(pause * 1.5, POLL_MAX_S)
+
+
+def _probe_when_up(access: ServerAccess, port: int, action: str, log: str) -> Reached | None:
+    """What the server has reached; None while it refuses connections or drops them
+    (starting up, not yet consistent, shutting down at the target)."""
+    import psycopg
+
+    try:
+        conn = access.connect(port)
+    except RecoveryFailed:
+        return None
+    with conn, server_errors("the restored server", RecoveryFailed):
+        try:
+            return _probe(conn, action, port, log)
+        except psycopg.OperationalError:
+            return None
 
 
 def _probe(conn: Any, action: str, port: int, log: str) -> Reached | None:

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from medvault import childenv
-from medvault.errors import MedvaultError, SourceUnavailable
+from medvault.errors import MedvaultError, SourceUnavailable, first_line
 from medvault.postgres.facts import KIND_LOGICAL, LogicalFacts
 from medvault.postgres.programs import StderrTail, find_program, program_version
-from medvault.postgres.server import connect, describe_dsn
+from medvault.postgres.server import connect, describe_dsn, server_errors
 from medvault.sources.stream import backup_stream
 
 if TYPE_CHECKING:
@@ -203,6 +203,20 @@ def backup_logical(
 
     `repo` may be a function opening the repository: it is then called once pg_dump runs,
     so that the repository's opening overlaps pg_dump's reading of the catalogs."""
+    with server_errors(f"logical backup of source {source}"):
+        return _backup_logical(repo, source, dsn, database, pg_bin, tags, tier, on_progress)
+
+
+def _backup_logical(
+    repo: Repository | Callable[[], Repository],
+    source: str,
+    dsn: str,
+    database: str | None,
+    pg_bin: str | None,
+    tags: tuple[str, ...],
+    tier: str | None,
+    on_progress: Callable[[int], None] | None,
+) -> LogicalBackupResult:
     from psycopg.conninfo import make_conninfo
 
     conn = connect(dsn, dbname=database)
@@ -255,8 +269,8 @@ def backup_logical(
                 raise _dump_failed(dump, stderr, target)
             counter.join()
             if counter.error is not None:  # it stopped pg_dump, if pg_dump still ran
-                reason = str(counter.error).strip().splitlines() or [type(counter.error).__name__]
-                raise SourceUnavailable(f"cannot count rows in {describe_dsn(target)}: {reason[0]}")
+                reason = first_line(counter.error)
+                raise SourceUnavailable(f"cannot count rows in {describe_dsn(target)}: {reason}")
             facts = LogicalFacts(
                 **database_facts,
                 dump_format="custom",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from medvault.config import PostgresSourceSettings
 from medvault.errors import IntegrityError, SourceUnavailable, WalMissing
 from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
-from medvault.postgres.server import connect
+from medvault.postgres.server import connect, server_errors
 from medvault.sources.files import BackupResult
 
 if TYPE_CHECKING:
@@ -112,19 +112,19 @@ def relation_name(dsn: str, rel: str, tablespace: int) -> str:
         return "?"
     try:
         if parts[0] == "global":
-            with connect(dsn) as conn:
+            with connect(dsn) as conn, server_errors("naming a relation"):
                 row = conn.execute(
                     "SELECT pg_filenode_relation(1664, %s)::text", (int(filenode.group(1)),)
                 ).fetchone()
             return str(row[0]) if row and row[0] else f"global/{filenode.group(1)}"
         dboid = int(parts[-2])
-        with connect(dsn) as conn:
+        with connect(dsn) as conn, server_errors("naming a relation"):
             found = conn.execute(
                 "SELECT datname FROM pg_database WHERE oid = %s", (dboid,)
             ).fetchone()
         if found is None:
             return f"relfilenode {filenode.group(1)} in database oid {dboid}"
-        with connect(dsn, dbname=str(found[0])) as conn:
+        with connect(dsn, dbname=str(found[0])) as conn, server_errors("naming a relation"):
             row = conn.execute(
                 "SELECT n.nspname || '.' || c.relname FROM pg_class c"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace"

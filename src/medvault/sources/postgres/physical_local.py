@@ -19,7 +19,7 @@ from medvault.errors import SourceUnavailable, UsageError
 from medvault.postgres.datadir import read_system_identifier
 from medvault.postgres.facts import KIND_PHYSICAL, PhysicalFacts, iso_utc
 from medvault.postgres.lsn import parse_lsn, segment_name, segments_between
-from medvault.postgres.server import ServerFacts, connect, server_facts
+from medvault.postgres.server import ServerFacts, connect, server_errors, server_facts
 from medvault.sources.files import BackupOptions, BlockVerifier, FileBackup
 from medvault.sources.postgres.physical import (
     PhysicalResult,
@@ -281,4 +281,7 @@ def backup_physical(
     tags: tuple[str, ...] = (),
     on_progress: Callable[[int], None] | None = None,
 ) -> PhysicalResult:
-    return PhysicalBackup(repo, source, settings, backup_type, tags, on_progress).run()
+    # What the server answers to a query (a privilege the role lacks, a statement cancelled)
+    # is said in one line, as a connection failure is.
+    with server_errors(f"physical backup of source {source}"):
+        return PhysicalBackup(repo, source, settings, backup_type, tags, on_progress).run()

@@ -16,7 +16,7 @@ from medvault.config import PostgresSourceSettings
 from medvault.errors import SourceUnavailable
 from medvault.postgres.facts import KIND_PHYSICAL, PhysicalFacts, iso_utc
 from medvault.postgres.lsn import parse_lsn, segments_between
-from medvault.postgres.server import connect, server_facts
+from medvault.postgres.server import connect, server_errors, server_facts
 from medvault.sources.files import BackupOptions, BlockVerifier, FileBackup, TreeBuilder
 from medvault.sources.postgres.physical import (
     PhysicalResult,
@@ -88,6 +88,17 @@ def backup_streamed(
 ) -> PhysicalResult:
     """A full copy through pg_basebackup over the replication protocol: for a server whose
     data directory is not on this machine. WAL still comes from the archive."""
+    with server_errors(f"physical backup of source {source}"):
+        return _backup_streamed(repo, source, settings, tags, on_progress)
+
+
+def _backup_streamed(
+    repo: Repository,
+    source: str,
+    settings: PostgresSourceSettings,
+    tags: tuple[str, ...],
+    on_progress: Callable[[int], None] | None,
+) -> PhysicalResult:
     import subprocess
     import tempfile
 
