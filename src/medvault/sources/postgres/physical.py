@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from medvault.config import PostgresSourceSettings
 from medvault.errors import IntegrityError, SourceUnavailable, WalMissing
 from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
+from medvault.postgres.lsn import segment_timeline
 from medvault.postgres.server import connect, server_errors
 from medvault.sources.files import BackupResult
 
@@ -56,7 +57,7 @@ def wait_for_segments(archive: WalArchive, names: list[str], timeout_s: float) -
     deadline = time.monotonic() + timeout_s
     delay = 0.2
     while True:
-        timelines = {int(n[:8], 16) for n in names}
+        timelines = {segment_timeline(n) for n in names}
         present = {n for t in timelines for n in archive.names(t)}
         missing = [n for n in names if n not in present]
         if not missing or time.monotonic() >= deadline:
