@@ -585,6 +585,74 @@ def fuzz_snapshot(data: bytes) -> None:
     repo.newest([snap])
 
 
+def _facts_seeds() -> list[bytes]:
+    physical = {
+        "pg_version_num": 150008,
+        "pg_version": "15.8",
+        "system_identifier": "7301234567890123456",
+        "timeline": 1,
+        "start_lsn": "0/2000028",
+        "start_wal": "000000010000000000000002",
+        "start_time": "2026-03-02T10:00:00.123456+00:00",
+        "data_checksums": True,
+        "wal_segment_size": 16777216,
+        "method": "local",
+        "pgdata": "/var/lib/postgresql/15/main",
+        "tablespaces": {"16400": "/srv/space1"},
+        "stop_lsn": "0/3000100",
+        "stop_wal": "000000010000000000000003",
+        "stop_time": "2026-03-02T10:00:05.654321+00:00",
+        "backup_label": "START WAL LOCATION: 0/2000028\n",
+        "tablespace_map": "",
+        "checksum_failures": [{"file": "base/5/1", "relation": "r", "blocks": [3]}],
+    }
+    logical = {
+        "database": "emr",
+        "server_version": "15.8",
+        "server_version_num": 150008,
+        "snapshot_time": "2026-03-02T11:00:00+01:00",
+        "encoding": "UTF8",
+        "lc_collate": "C",
+        "lc_ctype": "C",
+        "system_identifier": None,
+        "dump_format": "custom",
+        "dump_compression": "none",
+        "pg_dump_version": "pg_dump (PostgreSQL) 15.8",
+        "row_counts": {"public.t": 2},
+    }
+    return [
+        b"\0" + msgpack.packb(physical),
+        b"\0" + msgpack.packb({**physical, "stop_lsn": "0/-1", "timeline": True}),
+        b"\0" + msgpack.packb({**physical, "checksum_failures": [{"blocks": [-1]}]}),
+        b"\1" + msgpack.packb(logical),
+        b"\1" + msgpack.packb({**logical, "row_counts": {"t": 2.5}}),
+    ]
+
+
+@harness(
+    "postgres/facts.py PhysicalFacts/LogicalFacts.from_map (a decoded snapshot's facts map)",
+    "IntegrityError",
+    30_000,
+    _facts_seeds,
+)
+def fuzz_snapshot_facts(data: bytes) -> None:
+    from medvault.postgres.facts import LogicalFacts, PhysicalFacts
+
+    cursor = Cursor(data)
+    record = PhysicalFacts if cursor.byte() % 2 == 0 else LogicalFacts
+    try:
+        doc = msgpack.unpackb(cursor.rest())
+    except (ValueError, msgpack.UnpackException):
+        return
+    if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
+        return  # decode_snapshot refuses such a facts map before anyone reads it
+    try:
+        facts = record.from_map(doc)
+    except IntegrityError:
+        return
+    assert record.from_map(facts.to_map()) == facts, facts
+
+
 # Locks ---------------------------------------------------------------------------------------
 
 
