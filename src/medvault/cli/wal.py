@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Any, cast
 from medvault.errors import MedvaultError, SourceUnavailable, UsageError, WalMissing
 from medvault.postgres.lsn import DEFAULT_SEGMENT_SIZE, check_name, is_archivable
 from medvault.sources.postgres.wal import fetch_to, push_file
-from medvault.sources.postgres.walspool import SPOOL_DIR_NAME, Spool, push_ready, ready_files
-from medvault.sources.postgres.walstatus import archiver_stats, ready_count, summarize
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -312,6 +310,8 @@ def run_push(options: GlobalOptions, source: str, path: str, *, force_async: boo
     name = check_name(os.path.basename(path))
     settings = wal_settings(options, source)
     if force_async or settings.wal_async:
+        from medvault.sources.postgres.walspool import Spool, push_ready, ready_files
+
         spool = Spool(settings.wal_spool or Spool.default_path(path), source, settings.url)
         if spool.acknowledge(name, path):
             return
@@ -412,6 +412,9 @@ class StatusReport:
 
 
 def status_report(options: GlobalOptions, source: str) -> StatusReport:
+    from medvault.sources.postgres.walspool import SPOOL_DIR_NAME, Spool
+    from medvault.sources.postgres.walstatus import archiver_stats, ready_count, summarize
+
     settings = wal_settings(options, source)
     archive = open_archive(settings, options)
     record = archive.cluster()
