@@ -16,18 +16,28 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from medvault.errors import IntegrityError, UsageError
 from medvault.postgres.lsn import MAX_TIMELINE, SEGMENT, format_lsn, parse_lsn
-
-if TYPE_CHECKING:
-    from medvault.repository.records import Snapshot
 
 KIND_PHYSICAL = "postgres.physical"
 KIND_LOGICAL = "postgres.logical"
 METHODS = ("local", "stream")
 _DECIMAL = re.compile(r"[0-9]{1,20}\Z")
+
+
+class Snapshot(Protocol):
+    """What these records need of a snapshot (the repository's Snapshot)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def short_id(self) -> str: ...
+
+    @property
+    def facts(self) -> Mapping[str, Any]: ...
 
 
 def iso_utc(moment: datetime) -> str:
