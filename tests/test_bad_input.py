@@ -624,6 +624,28 @@ def test_pitr_to_a_time_before_the_last_transaction_is_still_reached(
     assert restored.scalar("SELECT count(*) FROM visits") == 1
 
 
+# -- a server that takes the connection and then refuses a query ---------------------------
+
+
+def test_physical_backup_by_a_role_without_backup_privileges_is_one_line_exit_15(
+    pg_world: PgWorld,
+) -> None:
+    cluster = pg_world.start_archiving_cluster()
+    # A role set up for backups that was never granted the backup API itself.
+    cluster.execute("CREATE ROLE clerk LOGIN IN ROLE pg_read_all_settings")
+    dsn = cluster.dsn.rsplit("user=", 1)[0] + "user=clerk"
+    pg_world.write_config(
+        f'\n[source.emr_clerk]\nkind = "postgres"\ndsn = "{dsn}"\n'
+        f'pgdata = "{cluster.datadir}"\nrepository = "primary"\n'
+    )
+    done = pg_world.cli("backup", "emr_clerk", "--type", "full", check=False)
+    assert done.returncode == 15, done.stderr
+    assert done.stderr.startswith("medvault: error: physical backup of source emr_clerk: ")
+    assert "permission denied for function pg_backup_start" in done.stderr, done.stderr
+    assert one_line(done.stderr)
+    assert not list((pg_world.repo / "snapshots").iterdir())
+
+
 # -- restore --target (a directory) and --recovery-target (immediate, latest) -------------
 
 

@@ -18,6 +18,8 @@ from medvault.backends.base import validate_name
 from medvault.backends.local import LocalBackend
 from medvault.errors import BackendError, IntegrityError, UsageError
 from medvault.policy import holds
+from medvault.postgres import lsn as pglsn
+from medvault.postgres import timelines as pgtimelines
 from medvault.repository import compression, prune, records
 from medvault.repository.crypto import record_aad, seal_object
 from medvault.repository.index import decode_index
@@ -25,7 +27,6 @@ from medvault.repository.keys import Credential
 from medvault.repository.locks import parse_lock
 from medvault.repository.repo import RepoConfig, Repository
 from medvault.repository.wal import WalArchive
-from medvault.sources.postgres import wal as pgwal
 from medvault.verification import drills
 
 
@@ -310,20 +311,20 @@ def test_wal_object_in_a_folder_that_is_not_a_timeline_is_no_wal(
 @pytest.mark.parametrize("text", ["-1/-1", "+1/0", "1_0/0", "\u0661/0"])
 def test_lsn_with_a_sign_underscore_or_foreign_digit_is_refused(text: str) -> None:
     with pytest.raises(UsageError, match="is not an LSN"):
-        pgwal.parse_lsn(text)
+        pglsn.parse_lsn(text)
 
 
 @pytest.mark.parametrize("line", ["-1\t0/1\tr", "+2\t0/1\tr", "1_0\t0/1\tr", "4294967296\t0/1"])
 def test_history_line_with_an_impossible_timeline_is_malformed(line: str) -> None:
     with pytest.raises(IntegrityError, match="line 1 is malformed"):
-        pgwal.parse_history(line)
+        pgtimelines.parse_history(line)
 
 
 @pytest.mark.parametrize(
     "name", ["000000010000000000000003\n", "00000001.history\n", "locks/" + "ab" * 16 + "\n"]
 )
 def test_name_ending_in_a_newline_is_no_object_or_wal_name(name: str) -> None:
-    assert not pgwal.is_archivable(name)
+    assert not pglsn.is_archivable(name)
     with pytest.raises(BackendError):
         validate_name(name)
 

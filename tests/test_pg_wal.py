@@ -22,20 +22,19 @@ from tests.pgcluster import (
 from medvault.backends import open_backend
 from medvault.cli.wal import POSTGRES_SOURCE_KEYS, REPOSITORY_KEYS
 from medvault.config import PostgresSourceSettings, RepositorySettings
-from medvault.repository.keys import Credential, read_keyfile
-from medvault.repository.repo import Repository
-from medvault.repository.wal import WalArchive
-from medvault.sources.postgres.wal import (
+from medvault.postgres.lsn import (
     format_lsn,
-    missing_segments,
-    parse_history,
     parse_lsn,
-    push_file,
     segment_name,
     segment_start_lsn,
     segments_between,
-    wait_for_segments,
 )
+from medvault.postgres.timelines import missing_segments, parse_history
+from medvault.repository.keys import Credential, read_keyfile
+from medvault.repository.repo import Repository
+from medvault.repository.wal import WalArchive
+from medvault.sources.postgres.physical import wait_for_segments
+from medvault.sources.postgres.wal import push_file
 
 MiB = 1024 * 1024
 EXIT_CONFLICT = 18

@@ -11,11 +11,11 @@ from pathlib import Path
 from tests.pgcluster import PgWorld
 
 from medvault.backends import open_backend
+from medvault.postgres.lsn import SEGMENT, parse_lsn, segment_start_lsn
+from medvault.postgres.walrecords import TransactionEnd, transaction_ends
 from medvault.repository.keys import Credential, read_keyfile
 from medvault.repository.repo import Repository
 from medvault.repository.wal import WalArchive
-from medvault.sources.postgres.wal import SEGMENT, parse_lsn, segment_start_lsn
-from medvault.sources.postgres.walrecords import TransactionEnd, transaction_ends
 
 _WALDUMP_LINE = re.compile(
     r"len \(rec/tot\):\s*\d+/\s*(\d+), .*lsn: (\S+), prev \S+, desc: (COMMIT|ABORT) (\S+ \S+ UTC)"

@@ -35,6 +35,9 @@ from tests.fuzz.world import SOURCE, world
 
 from medvault.errors import IntegrityError, UnsupportedFormat, UsageError, WrongPassphrase
 from medvault.policy import holds
+from medvault.postgres import lsn as pglsn
+from medvault.postgres import timelines as pgtimelines
+from medvault.postgres import walrecords as pgwalrecords
 from medvault.repository import compression, crypto, packs, prune, records
 from medvault.repository.index import MasterIndex, PackRecord, decode_index, encode_index
 from medvault.repository.keys import (
@@ -48,7 +51,6 @@ from medvault.repository.locks import LockInfo, parse_lock, read_locks
 from medvault.repository.records import KIND_DRILL
 from medvault.repository.repo import KIND_INDEX, KIND_SNAPSHOT, RepoConfig
 from medvault.repository.wal import KIND_WAL, KIND_WAL_CLUSTER, ClusterRecord
-from medvault.sources.postgres import wal as pgwal
 from medvault.verification import drills
 
 U32 = 2**32
@@ -583,6 +585,74 @@ def fuzz_snapshot(data: bytes) -> None:
     repo.newest([snap])
 
 
+def _facts_seeds() -> list[bytes]:
+    physical = {
+        "pg_version_num": 150008,
+        "pg_version": "15.8",
+        "system_identifier": "7301234567890123456",
+        "timeline": 1,
+        "start_lsn": "0/2000028",
+        "start_wal": "000000010000000000000002",
+        "start_time": "2026-03-02T10:00:00.123456+00:00",
+        "data_checksums": True,
+        "wal_segment_size": 16777216,
+        "method": "local",
+        "pgdata": "/var/lib/postgresql/15/main",
+        "tablespaces": {"16400": "/srv/space1"},
+        "stop_lsn": "0/3000100",
+        "stop_wal": "000000010000000000000003",
+        "stop_time": "2026-03-02T10:00:05.654321+00:00",
+        "backup_label": "START WAL LOCATION: 0/2000028\n",
+        "tablespace_map": "",
+        "checksum_failures": [{"file": "base/5/1", "relation": "r", "blocks": [3]}],
+    }
+    logical = {
+        "database": "emr",
+        "server_version": "15.8",
+        "server_version_num": 150008,
+        "snapshot_time": "2026-03-02T11:00:00+01:00",
+        "encoding": "UTF8",
+        "lc_collate": "C",
+        "lc_ctype": "C",
+        "system_identifier": None,
+        "dump_format": "custom",
+        "dump_compression": "none",
+        "pg_dump_version": "pg_dump (PostgreSQL) 15.8",
+        "row_counts": {"public.t": 2},
+    }
+    return [
+        b"\0" + msgpack.packb(physical),
+        b"\0" + msgpack.packb({**physical, "stop_lsn": "0/-1", "timeline": True}),
+        b"\0" + msgpack.packb({**physical, "checksum_failures": [{"blocks": [-1]}]}),
+        b"\1" + msgpack.packb(logical),
+        b"\1" + msgpack.packb({**logical, "row_counts": {"t": 2.5}}),
+    ]
+
+
+@harness(
+    "postgres/facts.py PhysicalFacts/LogicalFacts.from_map (a decoded snapshot's facts map)",
+    "IntegrityError",
+    30_000,
+    _facts_seeds,
+)
+def fuzz_snapshot_facts(data: bytes) -> None:
+    from medvault.postgres.facts import LogicalFacts, PhysicalFacts
+
+    cursor = Cursor(data)
+    record = PhysicalFacts if cursor.byte() % 2 == 0 else LogicalFacts
+    try:
+        doc = msgpack.unpackb(cursor.rest())
+    except (ValueError, msgpack.UnpackException):
+        return
+    if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
+        return  # decode_snapshot refuses such a facts map before anyone reads it
+    try:
+        facts = record.from_map(doc)
+    except IntegrityError:
+        return
+    assert record.from_map(facts.to_map()) == facts, facts
+
+
 # Locks ---------------------------------------------------------------------------------------
 
 
@@ -1066,9 +1136,9 @@ def fuzz_wal_names(data: bytes) -> None:
 
 
 def _check_wal_name(name: str) -> None:
-    assert 1 <= pgwal.segment_timeline(name) < U32 or name[:8] == "00000000"
-    if pgwal.SEGMENT.match(name):
-        assert 0 <= pgwal.segment_start_lsn(name, pgwal.DEFAULT_SEGMENT_SIZE) < U64
+    assert 1 <= pglsn.segment_timeline(name) < U32 or name[:8] == "00000000"
+    if pglsn.SEGMENT.match(name):
+        assert 0 <= pglsn.segment_start_lsn(name, pglsn.DEFAULT_SEGMENT_SIZE) < U64
 
 
 def _text_seeds() -> list[bytes]:
@@ -1085,7 +1155,7 @@ def _text_seeds() -> list[bytes]:
 
 
 @harness(
-    "sources/postgres/wal.py parse_lsn, parse_history, check_name, timeline_of, segment_number",
+    "postgres/lsn.py and timelines.py: parse_lsn, parse_history, check_name; timeline_of",
     "UsageError (names, LSNs), IntegrityError (history files)",
     80_000,
     _text_seeds,
@@ -1095,24 +1165,24 @@ def fuzz_wal_text(data: bytes) -> None:
 
     text = data.decode("ascii", "replace")
     try:
-        lsn = pgwal.parse_lsn(text)
+        lsn = pglsn.parse_lsn(text)
     except UsageError:
         pass
     else:
         assert _is_int(lsn, 0, U64), lsn
-        assert pgwal.parse_lsn(pgwal.format_lsn(lsn)) == lsn
+        assert pglsn.parse_lsn(pglsn.format_lsn(lsn)) == lsn
     try:
-        history = pgwal.parse_history(text)
+        history = pgtimelines.parse_history(text)
     except IntegrityError:
         pass
     else:
         for timeline, switch in history:
             assert _is_int(timeline, 1, U32) and _is_int(switch, 0, U64), history
-            pgwal.history_name(timeline)
+            pgtimelines.history_name(timeline)
     with suppress(UsageError):
         timeline_of(text)
     try:
-        name = pgwal.check_name(text)
+        name = pglsn.check_name(text)
     except UsageError:
         return
     _check_wal_name(name)
@@ -1135,7 +1205,7 @@ _SEGMENT_NAMES = [
 
 
 @harness(
-    "sources/postgres/wal.py read_segment_header",
+    "postgres/walrecords.py read_segment_header",
     "IntegrityError",
     30_000,
     _segment_seeds,
@@ -1144,7 +1214,7 @@ def fuzz_wal_segment_header(data: bytes) -> None:
     cursor = Cursor(data)
     name = _SEGMENT_NAMES[cursor.byte() % len(_SEGMENT_NAMES)]
     try:
-        header = pgwal.read_segment_header(name, cursor.rest())
+        header = pgwalrecords.read_segment_header(name, cursor.rest())
     except IntegrityError:
         return
     assert header.system_identifier.isdigit()

@@ -45,7 +45,8 @@ def drill(
     from medvault.config import PostgresSourceSettings
     from medvault.durations import parse_duration
     from medvault.errors import DrillFailed
-    from medvault.verification.drills import dsn_field, run_drill, store_result
+    from medvault.postgres.server import dsn_field
+    from medvault.verification.drills import run_drill, store_result
     from medvault.verification.physical_drill import DrillOptions
 
     kinds = {"physical": "postgres.physical", "logical": "postgres.logical", "files": "files"}

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from medvault.cli.context import human_bytes, print_json, progress_bar
 from medvault.errors import UsageError
+from medvault.postgres.facts import LogicalFacts
 
 if TYPE_CHECKING:
     from medvault.cli.context import CliContext
@@ -66,7 +67,7 @@ def _report(result: LogicalBackupResult, as_json: bool) -> None:
                 "bytes_read": result.bytes_read,
                 "bytes_added": result.bytes_added,
                 "duration_s": round(result.duration, 3),
-                "row_counts": snap.facts["row_counts"],
+                "row_counts": dict(LogicalFacts.of(snap).row_counts),
             }
         )
         return
@@ -98,13 +99,14 @@ def _list(cli: CliContext, repo: Repository, snap: Snapshot, as_json: bool) -> N
     if snap.source in cli.configured_sources():
         pg_bin = getattr(cli.settings.source[snap.source], "pg_bin", None)
     toc = list_logical(repo, snap, pg_bin=pg_bin)
-    counts: dict[str, int] = snap.facts.get("row_counts", {})
+    facts = LogicalFacts.of(snap)
+    counts = dict(facts.row_counts)
     if as_json:
         print_json(
             {
                 "snapshot": snap.id,
-                "database": snap.facts.get("database"),
-                "snapshot_time": snap.facts.get("snapshot_time"),
+                "database": facts.database,
+                "snapshot_time": facts.snapshot_time,
                 "toc": toc,
                 "row_counts": counts,
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import typer
@@ -24,7 +25,9 @@ def backup_physical_cmd(
     tags: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    from medvault.sources.postgres.physical import backup_physical, backup_streamed
+    from medvault.postgres.lsn import format_lsn
+    from medvault.sources.postgres.physical_local import backup_physical
+    from medvault.sources.postgres.physical_stream import backup_streamed
 
     if method not in METHODS:
         raise UsageError(f"--method must be local or stream, not {method!r}")
@@ -48,20 +51,20 @@ def backup_physical_cmd(
                 "kind": snap.kind,
                 "type": snap.backup_type,
                 "parent": snap.parent,
-                "method": facts.get("method"),
-                "start_lsn": facts.get("start_lsn"),
-                "stop_lsn": facts.get("stop_lsn"),
-                "start_wal": facts.get("start_wal"),
-                "stop_wal": facts.get("stop_wal"),
-                "timeline": facts.get("timeline"),
+                "method": facts.method,
+                "start_lsn": format_lsn(facts.start_lsn),
+                "stop_lsn": format_lsn(facts.stop_lsn),
+                "start_wal": facts.start_wal,
+                "stop_wal": facts.stop_wal,
+                "timeline": facts.timeline,
                 "files_new": result.files.files_new,
                 "files_changed": result.files.files_changed,
                 "files_unchanged": result.files.files_unchanged,
                 "bytes_read": result.files.bytes_read,
                 "bytes_added": result.files.bytes_added,
                 "duration_s": round(result.files.duration, 3),
-                "data_checksums": facts.get("data_checksums"),
-                "checksum_failures": failures,
+                "data_checksums": facts.data_checksums,
+                "checksum_failures": [asdict(failure) for failure in failures],
                 "complete": not failures and result.files.complete,
             }
         )
@@ -69,17 +72,17 @@ def backup_physical_cmd(
         for problem in result.files.unreadable:
             warn(f"warning: could not read {problem.path}: {problem.reason}")
         for failure in failures:
-            blocks = ", ".join(str(b) for b in failure["blocks"][:10])
-            more = " …" if len(failure["blocks"]) > 10 else ""
+            blocks = ", ".join(str(b) for b in failure.blocks[:10])
+            more = " …" if len(failure.blocks) > 10 else ""
             warn(
-                f"warning: page checksum failure in {failure['relation']} "
-                f"({failure['file']}) block(s) {blocks}{more}"
+                f"warning: page checksum failure in {failure.relation} "
+                f"({failure.file}) block(s) {blocks}{more}"
             )
         parent = f", parent {snap.parent[:12]}" if snap.parent else ""
         print(
             f"snapshot {snap.short_id} saved (physical {snap.backup_type}{parent}): "
-            f"WAL {facts.get('start_lsn')} to {facts.get('stop_lsn')} on timeline "
-            f"{facts.get('timeline')}; read {human_bytes(result.files.bytes_read)}, "
+            f"WAL {format_lsn(facts.start_lsn)} to {format_lsn(facts.stop_lsn)} on timeline "
+            f"{facts.timeline}; read {human_bytes(result.files.bytes_read)}, "
             f"added {human_bytes(result.files.bytes_added)} in {result.files.duration:.1f} s"
         )
     if failures:

@@ -15,6 +15,7 @@ import typer
 from medvault.cli.context import CliContext, human_bytes, obtain, print_json, progress_bar
 from medvault.configfile import find_config
 from medvault.errors import UsageError
+from medvault.postgres.facts import PhysicalFacts
 
 if TYPE_CHECKING:
     from medvault.cli.restore import PhysicalRestoreRequest
@@ -205,7 +206,7 @@ def _report(
     unchanged = f", {files.files_unchanged} unchanged" if files.files_unchanged else ""
     removed = f", {files.removed} removed" if files.removed else ""
     print(
-        f"restored snapshot {snap.short_id} ({snap.facts.get('pg_version', 'PostgreSQL')}) to "
+        f"restored snapshot {snap.short_id} ({PhysicalFacts.of(snap).pg_version}) to "
         f"{result.pgdata}: {files.files} files written{unchanged}{removed}, "
         f"{human_bytes(files.bytes_written)} in {files.duration:.1f} s"
     )
@@ -296,7 +297,7 @@ def pitr(
     repo = cli.open(source)
     snap = choose_base_backup(repo, source, recovery)
     if not as_json:
-        print(f"base backup: {snap.short_id} (consistent at {snap.facts.get('stop_time')})")
+        print(f"base backup: {snap.short_id} (consistent at {PhysicalFacts.of(snap).stop_time})")
     req = PhysicalRestoreRequest(
         pgdata=pgdata,
         target=target,

@@ -62,7 +62,7 @@ def prune(
         ).run()
         wal_result = None
         if wal:
-            from medvault.sources.postgres.wal import prune_wal
+            from medvault.sources.postgres.walretention import prune_wal
 
             wal_result = prune_wal(repo, _pitr_windows(cli), young=margin, dry_run=dry_run)
     if as_json:

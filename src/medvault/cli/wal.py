@@ -35,20 +35,8 @@ from medvault.errors import (
     WalMissing,
     exit_code_for,
 )
-from medvault.sources.postgres.wal import (
-    DEFAULT_SEGMENT_SIZE,
-    SPOOL_DIR_NAME,
-    Spool,
-    archiver_stats,
-    check_name,
-    fetch_to,
-    is_archivable,
-    push_file,
-    push_ready,
-    ready_count,
-    ready_files,
-    summarize,
-)
+from medvault.postgres.lsn import DEFAULT_SEGMENT_SIZE, check_name, is_archivable
+from medvault.sources.postgres.wal import fetch_to, push_file
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -326,6 +314,8 @@ def run_push(options: GlobalOptions, source: str, path: str, *, force_async: boo
     name = check_name(os.path.basename(path))
     settings = wal_settings(options, source)
     if force_async or settings.wal_async:
+        from medvault.sources.postgres.walspool import Spool, push_ready, ready_files
+
         spool = Spool(settings.wal_spool or Spool.default_path(path), source, settings.url)
         if spool.acknowledge(name, path):
             return
@@ -428,6 +418,9 @@ class StatusReport:
 
 
 def status_report(options: GlobalOptions, source: str) -> StatusReport:
+    from medvault.sources.postgres.walspool import SPOOL_DIR_NAME, Spool
+    from medvault.sources.postgres.walstatus import archiver_stats, ready_count, summarize
+
     settings = wal_settings(options, source)
     archive = open_archive(settings, options)
     record = archive.cluster()

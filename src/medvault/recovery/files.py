@@ -22,12 +22,10 @@ import secrets
 import stat
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from medvault import faults
 from medvault.dirpath import DirPath, remove_tree
@@ -40,11 +38,10 @@ from medvault.errors import (
     UsageError,
 )
 from medvault.repository.chunker import Chunker
+from medvault.repository.readahead import PREFETCH_BLOBS, ordered_prefetch
 from medvault.repository.records import DIR, FILE, SYMLINK, Node, Snapshot, check_name, display_path
 from medvault.repository.repo import Repository
 
-PREFETCH_BLOBS = 16
-Fetched = TypeVar("Fetched")
 WRITERS = 4
 TEMP_PREFIX = b".medvault-restore-"
 TEMP_RANDOM = 6  # bytes, shown as hex after TEMP_PREFIX
@@ -199,26 +196,6 @@ def _plan_tree(
         if node.subtree is not None:
             levels.append(iter(repo.load_tree(node.subtree)))
             parents.append(entry)
-
-
-def ordered_prefetch(
-    pool: ThreadPoolExecutor,
-    fetch: Callable[[bytes], Fetched],
-    blob_ids: Iterable[bytes],
-    ahead: int = PREFETCH_BLOBS,
-) -> Generator[Fetched, None, None]:
-    """fetch() over blob_ids on the pool, results in order, at most `ahead` blobs ahead."""
-    window: deque[Future[Fetched]] = deque()
-    try:
-        for blob_id in blob_ids:
-            window.append(pool.submit(fetch, blob_id))
-            if len(window) >= ahead:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-    finally:
-        for future in window:
-            future.cancel()
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:

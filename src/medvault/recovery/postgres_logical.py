@@ -35,17 +35,15 @@ from medvault import childenv
 from medvault.errors import (
     IntegrityError,
     MedvaultError,
+    RecoveryFailed,
     RestoreTargetError,
     SnapshotNotFound,
     first_line,
 )
+from medvault.postgres.facts import KIND_LOGICAL, LogicalFacts
+from medvault.postgres.programs import StderrTail, find_program, program_major
+from medvault.postgres.server import connect, server_errors
 from medvault.recovery.stream import iter_stream
-from medvault.sources.postgres.logical import (
-    KIND,
-    StderrTail,
-    program_major,
-)
-from medvault.sources.postgres.server import connect, find_program
 
 if TYPE_CHECKING:
     import psycopg
@@ -67,7 +65,7 @@ class LogicalRestoreResult:
 
 
 def _check_kind(snapshot: Snapshot) -> None:
-    if snapshot.kind != KIND:
+    if snapshot.kind != KIND_LOGICAL:
         raise RestoreTargetError(
             f"snapshot {snapshot.short_id} is a {snapshot.kind} snapshot, not a logical dump"
         )
@@ -75,7 +73,7 @@ def _check_kind(snapshot: Snapshot) -> None:
 
 def _pg_restore(snapshot: Snapshot, pg_bin: str | None, server_major: int | None = None) -> str:
     """pg_restore no older than the pg_dump that wrote the archive (older ones refuse it)."""
-    dumped_by = program_major(str(snapshot.facts.get("pg_dump_version", "")))
+    dumped_by = program_major(LogicalFacts.of(snapshot).pg_dump_version)
     majors = [m for m in (dumped_by, server_major) if m is not None]
     return find_program("pg_restore", pg_bin, max(majors) if majors else None)
 
@@ -187,7 +185,7 @@ class Selection:
 
 def selected_counts(snapshot: Snapshot, selection: Selection) -> dict[str, int]:
     """The recorded row counts of the tables a selection restores; unknown names are errors."""
-    recorded: dict[str, int] = dict(snapshot.facts.get("row_counts", {}))
+    recorded = dict(LogicalFacts.of(snapshot).row_counts)
     for wanted in selection.tables:
         if not any(Selection(tables=(wanted,)).matches(key) for key in recorded):
             raise SnapshotNotFound(
@@ -257,20 +255,20 @@ def _database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
     )
 
 
-def _create_database(conn: psycopg.Connection[Any], name: str, facts: dict[str, Any]) -> None:
+def _create_database(conn: psycopg.Connection[Any], name: str, facts: LogicalFacts) -> None:
     """From template0 (a dump restores into an empty database), with the source's encoding
     and locale when it recorded them."""
     import psycopg
     from psycopg import sql
 
     parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
-    for option, key in (
-        ("ENCODING", "encoding"),
-        ("LC_COLLATE", "lc_collate"),
-        ("LC_CTYPE", "lc_ctype"),
+    for option, value in (
+        ("ENCODING", facts.encoding),
+        ("LC_COLLATE", facts.lc_collate),
+        ("LC_CTYPE", facts.lc_ctype),
     ):
-        if facts.get(key):
-            parts.append(sql.SQL(option + " {}").format(sql.Literal(facts[key])))
+        if value:
+            parts.append(sql.SQL(option + " {}").format(sql.Literal(value)))
     try:
         conn.execute(sql.SQL(" ").join(parts))
     except psycopg.Error as exc:
@@ -289,7 +287,10 @@ def _drop_database(conn: psycopg.Connection[Any], name: str) -> None:
 
 
 def _existing_schemas(dsn: str, database: str) -> set[str]:
-    with connect(dsn, dbname=database, what="the restore target") as conn:
+    with (
+        connect(dsn, dbname=database, what="the restore target") as conn,
+        server_errors(f"reading the schemas of database {database}", RecoveryFailed),
+    ):
         return {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
 
 
@@ -298,7 +299,10 @@ def count_rows(dsn: str, database: str, keys: Iterable[str]) -> dict[str, int | 
     from psycopg import sql
 
     counts: dict[str, int | None] = {}
-    with connect(dsn, dbname=database, what="the restore target") as conn:
+    with (
+        connect(dsn, dbname=database, what="the restore target") as conn,
+        server_errors(f"counting rows in database {database}", RecoveryFailed),
+    ):
         conn.execute("SET row_security = off")
         for key in keys:
             schema, table = _split_key(key)
@@ -360,11 +364,14 @@ def restore_logical(
     started = time.monotonic()
     selection = Selection(tables, schemas)
     expected = selected_counts(snapshot, selection)
-    with connect(dsn, what="the restore target's server") as maintenance:
+    with (
+        connect(dsn, what="the restore target's server") as maintenance,
+        server_errors("the restore target's server", RecoveryFailed),
+    ):
         major = int(maintenance.info.server_version) // 10000
         created = not _database_exists(maintenance, database)
         if created:
-            _create_database(maintenance, database, snapshot.facts)
+            _create_database(maintenance, database, LogicalFacts.of(snapshot))
     target = make_conninfo(dsn, dbname=database)
     pg_restore = _pg_restore(snapshot, pg_bin, major)
     listdir = None

@@ -8,7 +8,7 @@ from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 
 from medvault.errors import IntegrityError
-from medvault.recovery.files import ordered_prefetch
+from medvault.repository.readahead import ordered_prefetch
 from medvault.repository.records import FILE, Node, Snapshot
 from medvault.repository.repo import Repository
 

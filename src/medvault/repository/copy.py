@@ -244,7 +244,7 @@ class RepositoryCopier:
     def _translate_node(
         self, node: Node, subtree: bytes | None, sink: BlobSink, pool: ThreadPoolExecutor
     ) -> Node:
-        from medvault.recovery.files import ordered_prefetch
+        from medvault.repository.readahead import ordered_prefetch
 
         content: list[bytes | Future[bytes]] = []
         todo = [b for b in node.content if b not in self._translated]

@@ -206,6 +206,8 @@ class Snapshot:
     parent: str | None = None
     tier: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    # As stored: the repository keeps and copies any kind's facts without reading them
+    # (PostgreSQL's are read through medvault.postgres.facts).
     facts: dict[str, Any] = field(default_factory=dict)
     program: str = ""
     origin: str | None = None  # "<repository id>:<snapshot id>" of the snapshot this copies

@@ -10,7 +10,7 @@
 An object is written whole and durably (Backend.store) before `push` returns, and never
 overwritten with different content: the first copy of a name is the archive's truth. This
 layer knows object names, sealing and durability; what a WAL file means (names, headers,
-timelines) is sources/postgres/wal.py's business. It never touches the blob index.
+timelines) is medvault.postgres's business. It never touches the blob index.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def decode_cluster_record(plaintext: bytes) -> ClusterRecord:
     )
     if not isinstance(system_identifier, str) or not re.fullmatch("[0-9]{1,20}", system_identifier):
         raise IntegrityError(f"system identifier {system_identifier!r} is not a number")
-    # PostgreSQL's segment sizes: a power of 2, at most 1 GiB (as sources/postgres/wal.py reads).
+    # PostgreSQL's segment sizes: a power of 2, at most 1 GiB (as postgres/walrecords.py reads).
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 1 << 30:
         raise IntegrityError(f"segment size {size!r} is out of range")
     if size & (size - 1):

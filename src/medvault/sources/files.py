@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from medvault import __version__
 from medvault.dirpath import DirPath
 from medvault.errors import MedvaultError, SourceUnavailable, UsageError
-from medvault.repository.chunker import Chunker
+from medvault.repository.chunker import Chunker, ReadsInto
 from medvault.repository.keys import now_iso
 from medvault.repository.packs import DATA_BLOB, TREE_BLOB
 from medvault.repository.records import (
@@ -62,6 +62,14 @@ class BlockVerifier(Protocol):
 
 # prune(directory, entry names) -> (names to leave out, directories to keep but empty)
 Pruner = Callable[[bytes, list[bytes]], tuple[set[bytes], set[bytes]]]
+# verifier_for(path) -> what checks the file's bytes as they are read, or None
+VerifierFactory = Callable[[bytes], "BlockVerifier | None"]
+# Called after the data is stored and before the snapshot is written: the facts to record,
+# or an exception that abandons the snapshot.
+Finalizer = Callable[[], dict[str, Any]]
+# Fills the tree from something other than a directory on this host (pg_basebackup's tar
+# stream), entry by entry through a TreeBuilder.
+TreeFeed = Callable[["TreeBuilder"], None]
 
 
 @dataclass
@@ -80,14 +88,15 @@ class BackupOptions:
     # (e.g. pgdata/, tablespaces/16400/) rather than mirroring absolute paths.
     layout: dict[str, str] | None = None
     prune: Pruner | None = None
-    verifier_for: Callable[[bytes], BlockVerifier | None] | None = None
+    verifier_for: VerifierFactory | None = None
     # A live database directory: files change and vanish while read, and that is expected
     # (WAL replay repairs it), so it is neither reported nor a reason to call it incomplete.
     volatile: bool = False
-    # Called after the data is stored and before the snapshot is written; returns facts to
-    # record, or raises to abandon the snapshot.
-    finalize: Callable[[], dict[str, Any]] | None = None
+    finalize: Finalizer | None = None
     parent_filter: Callable[[Snapshot], bool] | None = None  # which snapshots may be parents
+    # With a feed, the layout's one entry names the root the feed fills (and what the
+    # snapshot records as its path), and nothing is walked.
+    feed: TreeFeed | None = None
 
 
 @dataclass(frozen=True)
@@ -344,6 +353,8 @@ class FileBackup:
     def _walk_roots(self, roots: list[bytes], parent_tree: bytes | None) -> _PendingDir:
         """The snapshot's root mirrors absolute paths: /app/uploads is stored as app/uploads,
         each intermediate directory with its own metadata."""
+        if self.options.feed is not None:
+            return self._take_feed(self.options.feed)
         if self.options.layout is not None:
             return self._walk_layout(self.options.layout, parent_tree)
         if b"/" in roots:
@@ -437,6 +448,13 @@ class FileBackup:
             self._counts["dirs"] += 1
         self._enqueue(pending)
         return pending
+
+    def _take_feed(self, feed: TreeFeed) -> _PendingDir:
+        if self.options.layout is None or len(self.options.layout) != 1:
+            raise UsageError("a fed backup needs a layout of exactly one root")
+        tree = TreeBuilder(self, os.fsencode(next(iter(self.options.layout))))
+        feed(tree)
+        return tree._finish()
 
     def _excluded(self, dirs: DirPath, name: bytes) -> bool:
         # The whole path is built only when a rule needs it: it costs the depth.
@@ -682,6 +700,85 @@ class FileBackup:
                 nodes.append(node)
         pending.entries = []
         pending.tree = self._sink.submit(encode_tree(nodes), TREE_BLOB)
+
+
+class TreeBuilder:
+    """A backup's tree handed over entry by entry (by path below the root, in any order)
+    instead of walked. Each file is chunked and stored as it arrives; a directory the feed
+    names only as a parent is made (0700, now) and takes the feed's metadata if it comes
+    later; the trees are built when the feed ends, children before parents."""
+
+    def __init__(self, backup: FileBackup, root_name: bytes) -> None:
+        self._backup = backup
+        self._now = time.time_ns()
+        self._root = Node(name=root_name, type=DIR, mode=0o700, mtime_ns=self._now)
+        self._dirs: dict[bytes, Node] = {b"": self._root}
+        # directory -> its entries: a node with its blob futures (files), None (symlinks)
+        # or the path of a subdirectory
+        self._children: dict[bytes, list[tuple[Node, list[Future[bytes]] | bytes | None]]] = {
+            b"": []
+        }
+
+    def add_directory(self, path: bytes, node: Node) -> None:
+        parent = self._parent_of(path)
+        if path not in self._children:
+            self._children[path] = []
+            self._children[parent].append((node, path))
+        self._dirs[path] = node
+
+    def add_symlink(self, path: bytes, node: Node) -> None:
+        self._children[self._parent_of(path)].append((node, None))
+
+    def add_file(self, path: bytes, node: Node, content: ReadsInto) -> None:
+        """Read `content` to its end into the backup; `node` gets the size read."""
+        backup = self._backup
+        parent = self._parent_of(path)
+        verifier = backup.options.verifier_for(path) if backup.options.verifier_for else None
+        futures = []
+        total = 0
+        on_block = verifier.feed if verifier is not None else None
+        for chunk in backup._chunker.chunks(content, on_block):
+            total += len(chunk)
+            futures.append(backup._sink.submit(chunk, DATA_BLOB))
+        if verifier is not None:
+            verifier.finish()
+        backup._counts["new"] += 1
+        backup._counts["read"] += total
+        backup._counts["total"] += total
+        self._children[parent].append((Node(**{**node.__dict__, "size": total}), futures))
+
+    def _parent_of(self, path: bytes) -> bytes:
+        parent = path.rpartition(b"/")[0]
+        if parent not in self._children:
+            self._make_dir(parent)
+        return parent
+
+    def _make_dir(self, path: bytes) -> None:
+        parent, _, name = path.rpartition(b"/")
+        if parent not in self._children:
+            self._make_dir(parent)
+        self._dirs[path] = Node(name=name, type=DIR, mode=0o700, mtime_ns=self._now)
+        self._children[path] = []
+        self._children[parent].append((self._dirs[path], path))
+
+    def _finish(self) -> _PendingDir:
+        backup = self._backup
+
+        def build(key: bytes) -> _PendingDir:
+            pending = _PendingDir()
+            for node, work in self._children[key]:
+                if isinstance(work, bytes):
+                    pending.entries.append((self._dirs[work], build(work)))
+                    backup._counts["dirs"] += 1
+                else:
+                    pending.entries.append((node, work))
+            backup._enqueue(pending)
+            return pending
+
+        root = _PendingDir()
+        root.entries.append((self._root, build(b"")))
+        backup._enqueue(root)
+        return root
 
 
 def backup_files(

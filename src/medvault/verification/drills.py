@@ -111,6 +111,7 @@ def run_drill(
                 )
             _drill_logical(repo, snapshot, dsn, pg_bin, options, result)
         elif snapshot.kind == "postgres.physical":
+            from medvault.postgres.server import dsn_field
             from medvault.verification.physical_drill import run_physical_drill
 
             run_physical_drill(
@@ -247,16 +248,6 @@ def _count(root: str) -> tuple[int, int]:
     return files, size
 
 
-def dsn_field(dsn: str | None, key: str) -> str | None:
-    """One connection parameter as libpq resolves it (dsn, then PG* environment)."""
-    if dsn is None:
-        return None
-    from psycopg.conninfo import conninfo_to_dict
-
-    value = conninfo_to_dict(dsn).get(key) or os.environ.get(f"PG{key.upper()}")
-    return str(value) if value else None
-
-
 def _drill_logical(
     repo: Repository,
     snapshot: Snapshot,
@@ -265,9 +256,9 @@ def _drill_logical(
     options: DrillOptions,
     result: DrillResult,
 ) -> None:
+    from medvault.postgres.server import connect
     from medvault.recovery.postgres_logical import restore_logical
-    from medvault.sources.postgres.server import connect
-    from medvault.verification.physical_drill import run_user_checks
+    from medvault.verification.user_checks import run_user_checks
 
     _drop_leftover_databases(dsn, result)
     database = scratch_database_name()
@@ -309,7 +300,7 @@ def _drop_leftover_databases(dsn: str, result: DrillResult) -> None:
     before they could drop them: copies of patient data no drill would remove otherwise."""
     import psycopg
 
-    from medvault.sources.postgres.server import connect
+    from medvault.postgres.server import connect
 
     try:
         with connect(dsn, what="the drill's server") as conn:
@@ -332,7 +323,7 @@ def _drop_database(dsn: str, database: str) -> str | None:
     """None once the database is gone, else why not."""
     import psycopg
 
-    from medvault.sources.postgres.server import connect
+    from medvault.postgres.server import connect
 
     try:
         with connect(dsn, what="the drill's server") as conn:

@@ -198,7 +198,7 @@ def sweep(roots: list[str], pg_bin: str | None = None) -> list[Swept]:
             continue
         problem = None
         if leftover.server is not None:
-            from medvault.verification.physical_drill import stop_leftover_server
+            from medvault.verification.drill_cluster import stop_leftover_server
 
             problem = stop_leftover_server(os.path.join(leftover.path, PGDATA), pg_bin)
         swept.append(Swept(leftover, problem or remove_scratch(leftover.path)))

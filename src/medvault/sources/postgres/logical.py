@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import re
 import secrets
 import shutil
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from medvault import childenv
-from medvault.errors import MedvaultError, SourceUnavailable
-from medvault.sources.postgres.server import connect, describe_dsn, find_program
+from medvault.errors import MedvaultError, SourceUnavailable, first_line
+from medvault.postgres.facts import KIND_LOGICAL, LogicalFacts
+from medvault.postgres.programs import StderrTail, find_program, program_version
+from medvault.postgres.server import connect, describe_dsn, server_errors
 from medvault.sources.stream import backup_stream
 
 if TYPE_CHECKING:
@@ -43,11 +43,9 @@ if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
 
-KIND = "postgres.logical"
 F_SETPIPE_SZ = 1031  # Linux: a larger pipe means fewer, larger reads of pg_dump's output
 PIPE_SIZE = 1024 * 1024
 STDOUT_BUFFER = 64 * 1024
-STDERR_LINES = 20
 LOCK_POLL_S = 0.02
 
 # The tables whose data pg_dump dumps by default: ordinary tables and partitions (partitioned
@@ -89,50 +87,6 @@ class LogicalBackupResult:
 def table_key(schema: str, table: str) -> str:
     """How a table is named in the snapshot's row_counts."""
     return f"{schema}.{table}"
-
-
-def program_version(program: str) -> str:
-    """`pg_dump --version` as printed, e.g. 'pg_dump (PostgreSQL) 15.8'."""
-    try:
-        done = subprocess.run(
-            [program, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-            env=childenv.minimal(),
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SourceUnavailable(f"cannot run {program}: {exc}") from None
-    return done.stdout.strip()
-
-
-def program_major(version: str) -> int | None:
-    match = re.search(r"\)\s*(\d+)", version)
-    return int(match.group(1)) if match else None
-
-
-class StderrTail:
-    """Reads a child's stderr in a thread, keeping only its last lines (bounded memory)."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.lines: deque[str] = deque(maxlen=STDERR_LINES)
-        self._stream = stream
-        self._thread = threading.Thread(target=self._run, name="medvault-stderr", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for raw in self._stream:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self.lines.append(line)
-
-    def summary(self) -> str:
-        """The line that says what went wrong: the first error line, else the last line."""
-        self._thread.join(timeout=5)
-        errors = [line for line in self.lines if "error:" in line or "FATAL:" in line]
-        line = errors[0] if errors else (self.lines[-1] if self.lines else "no message")
-        return line[:400]
 
 
 def _large_stdout_buffer() -> list[str]:
@@ -199,6 +153,7 @@ class _RowCounter(threading.Thread):
 
 
 def _database_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The facts about the database known before the dump (LogicalFacts' first fields)."""
     row = conn.execute(
         "SELECT current_database(), current_setting('server_version'),"
         " current_setting('server_version_num')::int, now(),"
@@ -248,6 +203,20 @@ def backup_logical(
 
     `repo` may be a function opening the repository: it is then called once pg_dump runs,
     so that the repository's opening overlaps pg_dump's reading of the catalogs."""
+    with server_errors(f"logical backup of source {source}"):
+        return _backup_logical(repo, source, dsn, database, pg_bin, tags, tier, on_progress)
+
+
+def _backup_logical(
+    repo: Repository | Callable[[], Repository],
+    source: str,
+    dsn: str,
+    database: str | None,
+    pg_bin: str | None,
+    tags: tuple[str, ...],
+    tier: str | None,
+    on_progress: Callable[[int], None] | None,
+) -> LogicalBackupResult:
     from psycopg.conninfo import make_conninfo
 
     conn = connect(dsn, dbname=database)
@@ -259,13 +228,14 @@ def backup_logical(
         # more than it saves on a count) and no parallel workers fanning out beside pg_dump.
         conn.execute("SET LOCAL jit = off")
         conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        facts = _database_facts(conn)
+        database_facts = _database_facts(conn)
+        recorded: list[LogicalFacts] = []
         snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snapshot_row is not None
         tables = [(int(r[0]), r[1], r[2]) for r in conn.execute(TABLES_SQL).fetchall()]
-        db = facts["database"]
+        db = database_facts["database"]
         target = make_conninfo(dsn, dbname=db)
-        pg_dump = find_program("pg_dump", pg_bin, facts["server_version_num"] // 10000)
+        pg_dump = find_program("pg_dump", pg_bin, database_facts["server_version_num"] // 10000)
         dump_version = program_version(pg_dump)
         app_name = f"medvault-pg_dump-{secrets.token_hex(6)}"
         # The passfile (if any) is inherited: pg_dump keeps it open after our copy closes.
@@ -299,9 +269,17 @@ def backup_logical(
                 raise _dump_failed(dump, stderr, target)
             counter.join()
             if counter.error is not None:  # it stopped pg_dump, if pg_dump still ran
-                reason = str(counter.error).strip().splitlines() or [type(counter.error).__name__]
-                raise SourceUnavailable(f"cannot count rows in {describe_dsn(target)}: {reason[0]}")
-            return {"pg_dump_version": dump_version, "row_counts": counter.counts}
+                reason = first_line(counter.error)
+                raise SourceUnavailable(f"cannot count rows in {describe_dsn(target)}: {reason}")
+            facts = LogicalFacts(
+                **database_facts,
+                dump_format="custom",
+                dump_compression="none",
+                pg_dump_version=dump_version,
+                row_counts=counter.counts,
+            )
+            recorded.append(facts)
+            return facts.to_map()
 
         try:
             if callable(repo):
@@ -310,9 +288,9 @@ def backup_logical(
                 repo,
                 cast("ReadsInto", dump.stdout),  # bufsize=0: a raw FileIO
                 source=source,
-                kind=KIND,
+                kind=KIND_LOGICAL,
                 filename=f"{db.replace('/', '_')}.dump".encode(),
-                facts={**facts, "dump_format": "custom", "dump_compression": "none"},
+                facts={},
                 tags=tags,
                 tier=tier,
                 on_progress=on_progress,
@@ -330,7 +308,7 @@ def backup_logical(
                 counter.join()
     finally:
         conn.close()
-    counts = result.snapshot.facts["row_counts"]
+    counts = recorded[-1].row_counts
     return LogicalBackupResult(
         snapshot=result.snapshot,
         database=db,

@@ -1,5 +1,6 @@
-"""The records inside a WAL segment, read only as far as recovery to a time needs: where each
-transaction commit or abort is, and when it happened.
+"""What a WAL segment holds: the long page header that opens it (whose cluster, which
+segment, how large), and the records inside, read only as far as recovery to a time needs:
+where each transaction commit or abort is, and when it happened.
 
 Recovery to a time stops before the first commit or abort record stamped later than the
 target; when the WAL holds none, PostgreSQL ends recovery with "recovery ended before
@@ -23,10 +24,16 @@ import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from medvault.errors import IntegrityError, UsageError
+from medvault.postgres.lsn import format_lsn, segment_start_lsn
+
 _PAGE_HEADER = struct.Struct("<HHIQI")  # magic, info, timeline, page address, remaining length
 _LONG_PAGE_HEADER_LEN = 40
 _SHORT_PAGE_HEADER_LEN = 24
 _OFF_PAGE_SIZE = 36  # xlp_xlog_blcksz in the long header
+# XLogLongPageHeaderData (access/xlog_internal.h): where the fields whose values say which
+# cluster and which segment this is sit.
+_OFF_INFO, _OFF_PAGEADDR, _OFF_SYSID, _OFF_SEG_SIZE = 2, 8, 24, 32
 XLP_FIRST_IS_CONTRECORD = 0x0001
 XLP_LONG_HEADER = 0x0002
 _RECORD_HEADER = struct.Struct("<IIQBB")  # total length, xid, previous record, info, rmgr
@@ -42,6 +49,40 @@ _BLOCK_ID_DATA_LONG = 254
 _BLOCK_ID_ORIGIN = 253
 _BLOCK_ID_TOPLEVEL_XID = 252
 POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    system_identifier: str
+    segment_size: int
+    page_address: int
+
+
+def read_segment_header(name: str, data: bytes) -> SegmentHeader:
+    """The long page header that opens every segment: whose cluster it is, and where."""
+    if len(data) < _LONG_PAGE_HEADER_LEN:
+        raise IntegrityError(f"{name} is too short to be a WAL segment ({len(data)} bytes)")
+    info = int.from_bytes(data[_OFF_INFO : _OFF_INFO + 2], "little")
+    if not info & XLP_LONG_HEADER:
+        raise IntegrityError(f"{name} does not start with a WAL segment header")
+    header = SegmentHeader(
+        system_identifier=str(int.from_bytes(data[_OFF_SYSID : _OFF_SYSID + 8], "little")),
+        segment_size=int.from_bytes(data[_OFF_SEG_SIZE : _OFF_SEG_SIZE + 4], "little"),
+        page_address=int.from_bytes(data[_OFF_PAGEADDR : _OFF_PAGEADDR + 8], "little"),
+    )
+    try:
+        start = segment_start_lsn(name, header.segment_size)
+    except UsageError:
+        raise IntegrityError(
+            f"{name} has a damaged header (segment size {header.segment_size})"
+        ) from None
+    if header.page_address != start or len(data) != header.segment_size:
+        raise IntegrityError(
+            f"{name} is not the segment its name says (it starts at "
+            f"{format_lsn(header.page_address)}, {len(data)} bytes; expected {format_lsn(start)}, "
+            f"{header.segment_size} bytes)"
+        )
+    return header
 
 
 @dataclass(frozen=True)

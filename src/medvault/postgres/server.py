@@ -1,15 +1,21 @@
-"""Talking to a PostgreSQL server: connections with clear errors, facts about the cluster,
-and the client programs (pg_dump, pg_restore, pg_basebackup, pg_ctl) matching its version."""
+"""Talking to a PostgreSQL server: one `connect`, queries whose failures are medvault's
+errors, and facts about the cluster.
+
+Every error the server answers with becomes a one-line medvault error carrying the server's
+own words, never a traceback: the caller says which error (`fails_as`): SourceUnavailable
+where medvault reads from a server it backs up (the default), RecoveryFailed where it
+checks a copy it restored. psycopg is imported only when a connection is made.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medvault.errors import ConfigError, SourceUnavailable
+from medvault.errors import MedvaultError, SourceUnavailable, first_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -43,21 +49,65 @@ def _reason(exc: Exception) -> str:
     return text.rpartition("FATAL:")[2].strip() if "FATAL:" in text else text
 
 
+def dsn_field(dsn: str | None, key: str) -> str | None:
+    """One connection parameter as libpq resolves it (dsn, then PG* environment)."""
+    if dsn is None:
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    value = conninfo_to_dict(dsn).get(key) or os.environ.get(f"PG{key.upper()}")
+    return str(value) if value else None
+
+
+def _where(dsn: str, params: dict[str, Any]) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        return describe_dsn(make_conninfo(dsn, **params) if params else dsn)
+    except Exception:
+        return "the configured server"
+
+
 def connect(
-    dsn: str, *, dbname: str | None = None, autocommit: bool = True, what: str = "PostgreSQL"
+    dsn: str = "",
+    *,
+    dbname: str | None = None,
+    autocommit: bool = True,
+    what: str = "PostgreSQL",
+    fails_as: type[MedvaultError] = SourceUnavailable,
+    timeout: int = 10,
+    application_name: str = "medvault",
+    **params: Any,
 ) -> psycopg.Connection[Any]:
-    """A connection, or SourceUnavailable naming the server and the reason in one line."""
+    """A connection (to `dsn`, with libpq parameters such as host, port and user added), or
+    `fails_as` naming the server and the reason in one line."""
     import psycopg
 
-    kwargs: dict[str, Any] = {"autocommit": autocommit, "connect_timeout": 10}
     if dbname is not None:
-        kwargs["dbname"] = dbname
-    kwargs.setdefault("application_name", "medvault")
+        params["dbname"] = dbname
     try:
-        return psycopg.connect(dsn, **kwargs)
+        return psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            connect_timeout=timeout,
+            application_name=application_name,
+            **params,
+        )
     except psycopg.Error as exc:
-        where = describe_dsn(dsn) if dbname is None else describe_dsn(f"{dsn} dbname={dbname}")
-        raise SourceUnavailable(f"cannot connect to {what} at {where}: {_reason(exc)}") from None
+        where = _where(dsn, params)
+        raise fails_as(f"cannot connect to {what} at {where}: {_reason(exc)}") from None
+
+
+@contextlib.contextmanager
+def server_errors(what: str, fails_as: type[MedvaultError] = SourceUnavailable) -> Iterator[None]:
+    """Queries inside: an error the server answers with (a privilege refused, a statement
+    cancelled, the connection lost) becomes `fails_as`: '{what}: {its first line}'."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise fails_as(f"{what}: {first_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -102,28 +152,3 @@ def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
         data_directory=row[8],
         in_recovery=bool(row[9]),
     )
-
-
-def find_program(name: str, pg_bin: str | None = None, major: int | None = None) -> str:
-    """A PostgreSQL client program: from pg_bin when configured, else the one matching the
-    server's major version (a pg_dump older than the server refuses to run), else PATH."""
-    if pg_bin:
-        candidate = Path(pg_bin) / name
-        if not os.access(candidate, os.X_OK):
-            raise ConfigError(f"pg_bin: {candidate} is not an executable program")
-        return str(candidate)
-    majors = [str(major)] if major else []
-    base = Path("/usr/lib/postgresql")
-    if base.is_dir():
-        installed = [p.name for p in base.iterdir() if p.name.isdigit()]
-        majors += sorted(installed, key=int, reverse=True)
-    for candidate_major in majors:
-        candidate = base / candidate_major / "bin" / name
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise SourceUnavailable(
-            f"{name} is not installed; install PostgreSQL's client programs or set pg_bin"
-        )
-    return found
