@@ -66,15 +66,21 @@ def for_password_command() -> dict[str, str]:
     return minimal() | _picked(_SESSION, os.environ)
 
 
-def store_access(url: str, profile: str | None, keys_in_config: bool) -> dict[str, str]:
+def store_access(
+    url: str,
+    profile: str | None,
+    keys_in_config: bool,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The AWS variables a restored server's `medvault wal-fetch` needs to reach the
     repository at `url`: none for a local one; for S3 where the store is (endpoint, region,
     CA bundle, credential files, profile), and the access keys themselves only when they are
     where medvault found its own, in its environment: not when medvault.toml holds them or a
-    profile names them (then the credential file serves)."""
+    profile names them (then the credential file serves). `environ`: the environment medvault
+    was started with, as the shell hands it to the service (default: this process's)."""
     if not url.startswith("s3://"):
         return {}
-    environ = os.environ
+    environ = os.environ if environ is None else environ
     carried = _picked(_S3_LOCATION, environ)
     from_files = keys_in_config or profile is not None or bool(environ.get("AWS_PROFILE"))
     if not from_files and environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):

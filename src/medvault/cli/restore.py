@@ -3,67 +3,14 @@ backup into a data directory (with point-in-time recovery). The snapshot's kind 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import typer
 
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
-from medvault.errors import UsageError
+from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
 
-RECOVERY_TARGETS = ("immediate", "latest")
-
-
-@dataclass(frozen=True)
-class LogicalRestoreRequest:
-    database: str | None
-    tables: tuple[str, ...]
-    schemas: tuple[str, ...]
-    clean: bool
-    list_only: bool
-    as_json: bool
-
-
-@dataclass(frozen=True)
-class PhysicalRestoreRequest:
-    pgdata: str
-    target: str | None  # immediate | latest | None (latest unless a target_* is given)
-    target_time: str | None
-    target_lsn: str | None
-    target_xid: str | None
-    target_name: str | None
-    target_action: str
-    standby: bool
-    start: bool
-    port: int | None
-    delta: bool
-    force: bool
-    keep_archiving: bool
-    tablespace_map: tuple[str, ...]  # OID=DIR
-    as_json: bool
-
-
-def recovery_target_option(recovery_target: str | None, old_spelling: str | None) -> str | None:
-    """--recovery-target, or --target immediate|latest as older versions spelled it (a
-    warning says so: --target is the directory a files snapshot is restored into)."""
-    if old_spelling is not None:
-        if recovery_target is not None:
-            raise UsageError(
-                "--target names the directory for a files snapshot; a physical snapshot's "
-                "recovery target is --recovery-target alone"
-            )
-        if old_spelling not in RECOVERY_TARGETS:
-            raise UsageError(
-                f"--target {old_spelling!r}: a physical snapshot is restored into --pgdata DIR, "
-                "and its recovery target is --recovery-target immediate|latest"
-            )
-        warn(
-            f"medvault: warning: --target {old_spelling} is spelled --recovery-target "
-            f"{old_spelling} now (--target names the directory a files snapshot is restored into)"
-        )
-        recovery_target = old_spelling
-    if recovery_target is not None and recovery_target not in RECOVERY_TARGETS:
-        raise UsageError("--recovery-target is immediate or latest")
-    return recovery_target
+if TYPE_CHECKING:
+    from medvault.service.restore import FilesRestoreResult
 
 
 def restore(
@@ -137,45 +84,35 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a snapshot: files, a logical dump, or a physical backup with PITR."""
-    from medvault.recovery.files import include_parts
+    from medvault.cli.pg_recovery import recovery_setup
+    from medvault.service.pitr import PhysicalRestoreResult
+    from medvault.service.restore import FilesRestoreResult, RestoreOptions
+    from medvault.service.restore import restore as restore_snapshot
 
-    for path in includes:
-        include_parts(path)  # a bad one is refused before any passphrase is asked for
     cli = obtain(ctx)
-    repo = cli.open()
-    snap = repo.find_snapshot(snapshot)
-    if recovery_target is not None and snap.kind != "postgres.physical":
-        raise UsageError("--recovery-target applies to physical PostgreSQL snapshots only")
-    if snap.kind == "postgres.logical":
-        from medvault.cli.pg_logical import restore_logical_cmd
-
-        restore_logical_cmd(
-            cli,
-            repo,
-            snap,
-            LogicalRestoreRequest(
-                database, tuple(tables), tuple(schemas), clean, list_only, as_json
-            ),
-        )
-        return
-    if snap.kind == "postgres.physical":
-        if pgdata is None:
-            raise UsageError("a physical PostgreSQL snapshot is restored with --pgdata DIR")
-        recovery_target = recovery_target_option(recovery_target, target)
-        from medvault.cli.pg_recovery import restore_physical_cmd
-
-        restore_physical_cmd(
-            cli,
-            repo,
-            snap,
-            PhysicalRestoreRequest(
-                pgdata=pgdata,
-                target=recovery_target,
+    result = restore_snapshot(
+        cli.session,
+        RestoreOptions(
+            snapshot=snapshot,
+            target=target,
+            includes=tuple(includes),
+            overwrite=overwrite,
+            keep_setuid=keep_setuid,
+            database=database,
+            tables=tuple(tables),
+            schemas=tuple(schemas),
+            clean=clean,
+            list_only=list_only,
+            pgdata=pgdata,
+            recovery=recovery_setup(
+                cli,
+                recovery_target=recovery_target,
                 target_time=target_time,
                 target_lsn=target_lsn,
                 target_xid=target_xid,
                 target_name=target_name,
                 target_action=target_action,
+                target_timeline=target_timeline,
                 standby=standby,
                 start=start,
                 port=port,
@@ -183,51 +120,43 @@ def restore(
                 force=force,
                 keep_archiving=keep_archiving,
                 tablespace_map=tuple(tablespace_map),
-                as_json=as_json,
             ),
-            target_timeline,
-        )
-        return
-    if target is None:
-        raise UsageError("give the directory to restore into with --target DIR")
-    from medvault.recovery.files import restore_files
+        ),
+        progress=lambda total: progress_bar("restoring", total, not as_json),
+    )
+    if isinstance(result, PhysicalRestoreResult):
+        from medvault.cli.pg_recovery import report_physical
 
-    total = int(snap.stats.get("total_bytes", 0)) or None
-    with progress_bar("restoring", total if not includes else None, not as_json) as advance:
-        result = restore_files(
-            repo,
-            snap,
-            target,
-            includes=includes,
-            overwrite=overwrite,
-            on_progress=advance,
-            keep_setuid=keep_setuid,
-        )
-    if result.setid_cleared:
-        repo.warnings.append(
-            f"{result.setid_cleared} file(s) restored without their setuid/setgid bits; "
-            "restore them with --keep-setuid if you trust every client that writes this "
-            "repository"
-        )
+        report_physical(result, as_json)
+    elif isinstance(result, FilesRestoreResult):
+        _report_files(result, as_json)
+    else:
+        from medvault.cli.pg_logical import restore_logical_cmd
+
+        restore_logical_cmd(result, as_json)
+
+
+def _report_files(result: FilesRestoreResult, as_json: bool) -> None:
+    written = result.written
     if as_json:
         print_json(
             {
-                "snapshot": snap.id,
-                "target": target,
-                "files": result.files,
-                "dirs": result.dirs,
-                "symlinks": result.symlinks,
-                "bytes_written": result.bytes_written,
-                "duration_s": round(result.duration, 3),
-                "skipped": result.skipped,
-                "setid_cleared": result.setid_cleared,
+                "snapshot": result.snapshot_id,
+                "target": result.target,
+                "files": written.files,
+                "dirs": written.dirs,
+                "symlinks": written.symlinks,
+                "bytes_written": written.bytes_written,
+                "duration_s": round(written.duration, 3),
+                "skipped": list(written.skipped),
+                "setid_cleared": written.setid_cleared,
             }
         )
         return
     print(
-        f"restored snapshot {snap.short_id} to {target}: {result.files} files, "
-        f"{result.dirs} directories, {result.symlinks} symlinks, "
-        f"{human_bytes(result.bytes_written)} in {result.duration:.1f} s"
+        f"restored snapshot {result.short_id} to {result.target}: {written.files} files, "
+        f"{written.dirs} directories, {written.symlinks} symlinks, "
+        f"{human_bytes(written.bytes_written)} in {written.duration:.1f} s"
     )
 
 
