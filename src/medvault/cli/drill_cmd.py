@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 import typer
 
 from medvault.cli.context import obtain, print_json
-from medvault.errors import SnapshotNotFound, UsageError
+from medvault.errors import DrillFailed
 
 if TYPE_CHECKING:
-    from medvault.repository.records import Snapshot
-    from medvault.repository.repo import Repository
+    from medvault.service.drill import DrillRun
 
 
 def drill(
@@ -42,91 +41,42 @@ def drill(
 ) -> None:
     """Restore a snapshot into scratch space, validate it, measure the time against the
     tier's RTO, record the result in the repository. Exits 23 when the drill fails."""
-    from medvault.config import PostgresSourceSettings
-    from medvault.durations import parse_duration
-    from medvault.errors import DrillFailed
-    from medvault.postgres.server import dsn_field
-    from medvault.verification.drills import run_drill, store_result
-    from medvault.verification.physical_drill import DrillOptions
+    from medvault.service.drill import DrillOptions, DrillRun
+    from medvault.service.drill import drill as run_drill
 
-    kinds = {"physical": "postgres.physical", "logical": "postgres.logical", "files": "files"}
-    if kind is not None and kind not in kinds:
-        raise UsageError("--kind is physical, logical or files")
-    if snapshot is not None and kind is not None:
-        raise UsageError("give --snapshot or --kind, not both")
-    if to_latest and kind not in (None, "physical"):
-        raise UsageError("--to-latest replays WAL: it drills physical backups only")
-    cli = obtain(ctx)
-    repo = cli.open(source)
-    if snapshot is not None:
-        snap = repo.find_snapshot(snapshot)
-    elif kind is None and not to_latest:
-        snap = repo.find_snapshot(f"latest:{source}")
-    else:
-        snap = _newest(repo, source, kind or "physical", kinds[kind or "physical"])
-    settings = cli.settings.source.get(source) if cli.configured_sources() else None
-    tier = cli.settings.tier.get(settings.tier) if settings and settings.tier else None
-    rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
-    postgres = settings if isinstance(settings, PostgresSourceSettings) else None
-    options = DrillOptions()
-    if postgres is not None:
-        options = DrillOptions(
-            tuple(postgres.drill.checks),
-            postgres.drill.database or dsn_field(postgres.dsn, "dbname") or "postgres",
-            postgres.drill.shared_buffers,
-        )
-    result = run_drill(
-        repo,
-        snap,
-        rto=rto,
-        scratch=scratch or cli.settings.drill.scratch,
-        dsn=postgres.dsn if postgres else None,
-        pg_bin=postgres.pg_bin if postgres else None,
-        to_latest=to_latest,
-        options=options,
-    )
-    store_result(repo, result)
+    options = DrillOptions(source, snapshot, scratch, to_latest, kind)
+    try:
+        done = run_drill(obtain(ctx).session, options)
+    except DrillFailed as failed:
+        # The failed drill is recorded: show what it found, then the error and its exit code.
+        if isinstance(failed.result, DrillRun):
+            _show(failed.result, as_json)
+        raise
+    _show(done, as_json)
+
+
+def _show(done: DrillRun, as_json: bool) -> None:
+    result, snap = done.result, done.snapshot
     if as_json:
         print_json(asdict(result) | {"within_rto": result.within_rto})
-    else:
-        state = "PASSED" if result.ok else "FAILED"
-        target = f" (RTO {tier.rto})" if tier is not None and tier.rto else ""
-        print(
-            f"drill {state}: snapshot {snap.short_id} of {snap.source} ({snap.kind}) restored "
-            f"and validated in {result.rto_s:.1f} s{target}"
-        )
-        for check in result.checks:
-            print(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
-        if result.error:
-            print(f"  error: {result.error}")
-    if not result.ok:
-        reason = result.error or next(
-            (f"{c.name}: {c.detail}" for c in result.checks if not c.ok), ""
-        )
-        raise DrillFailed(f"drill of snapshot {snap.short_id} failed: {reason}")
-
-
-def _newest(repo: Repository, source: str, kind: str, snapshot_kind: str) -> Snapshot:
-    from medvault.recovery.postgres import physical_snapshots
-
-    if snapshot_kind == "postgres.physical":
-        found = physical_snapshots(repo, source)  # complete ones, by consistency point
-    else:
-        found = sorted(
-            (s for s in repo.list_snapshots() if s.source == source and s.kind == snapshot_kind),
-            key=lambda s: s.taken,
-        )
-    newest = repo.newest(found)
-    if newest is None:
-        raise SnapshotNotFound(f"the repository holds no {kind} snapshot of {source}")
-    return newest
+        return
+    state = "PASSED" if result.ok else "FAILED"
+    target = f" (RTO {done.rto})" if done.rto else ""
+    print(
+        f"drill {state}: snapshot {snap.short_id} of {snap.source} ({snap.kind}) restored "
+        f"and validated in {result.rto_s:.1f} s{target}"
+    )
+    for check in result.checks:
+        print(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if result.error:
+        print(f"  error: {result.error}")
 
 
 def drills(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Past drill results, oldest first."""
-    from medvault.verification.drills import list_results
+    from medvault.service.drill import drills as drill_history
 
-    results = list_results(obtain(ctx).open())
+    results = drill_history(obtain(ctx).session).results
     if as_json:
         print_json([asdict(r) | {"within_rto": r.within_rto} for r in results])
         return

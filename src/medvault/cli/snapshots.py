@@ -12,12 +12,7 @@ from medvault.cli.context import human_bytes, obtain, print_json
 
 if TYPE_CHECKING:
     from medvault.repository.records import Node, Snapshot
-
-
-def _snapshot_doc(snap: Snapshot) -> dict[str, object]:
-    from medvault.repository.records import snapshot_fields
-
-    return {"id": snap.id, **snapshot_fields(snap), "tree": snap.tree.hex()}
+    from medvault.service.snapshots import Entry
 
 
 def _type_label(snap: Snapshot) -> str:
@@ -34,10 +29,12 @@ def snapshots(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List snapshots, oldest first."""
-    repo = obtain(ctx).open(source)
-    snaps = [s for s in repo.list_snapshots() if source is None or s.source == source]
+    from medvault.service.snapshots import snapshot_doc
+    from medvault.service.snapshots import snapshots as listed
+
+    snaps = listed(obtain(ctx).session, source=source).snapshots
     if as_json:
-        print_json([_snapshot_doc(s) for s in snaps])
+        print_json([snapshot_doc(s) for s in snaps])
         return
     print(f"{'ID':<12}  {'TIME (UTC)':<19}  {'SOURCE':<12}  {'TYPE':<16}  {'SIZE':>10}  PATHS")
     for s in snaps:
@@ -61,39 +58,42 @@ def ls(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the files in a snapshot."""
-    from medvault.repository.browse import list_entries
+    from medvault.service.snapshots import LsOptions
+    from medvault.service.snapshots import ls as list_files
 
-    repo = obtain(ctx).open()
-    snap = repo.find_snapshot(snapshot)
-    entries = list_entries(repo, snap, path, recursive=recursive)
+    options = LsOptions(snapshot, path, recursive=recursive)
     if as_json:
-        print_json(
-            [
-                {
-                    "path": p,
-                    "type": n.type,
-                    "mode": oct(n.mode),
-                    "size": n.size,
-                    "uid": n.uid,
-                    "gid": n.gid,
-                    "user": n.user,
-                    "group": n.group,
-                    "mtime_ns": n.mtime_ns,
-                    **(
-                        {"target": n.target.decode("utf-8", "backslashreplace")} if n.target else {}
-                    ),
-                }
-                for p, n in entries
-            ]
-        )
+        listing = list_files(obtain(ctx).session, options)
+        print_json([_entry_doc(entry) for entry in listing.entries])
         return
-    for entry_path, node in entries:
-        kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(node.type, stat.S_IFREG)
-        link = f" -> {node.target.decode('utf-8', 'backslashreplace')}" if node.target else ""
-        print(
-            f"{stat.filemode(kind | node.mode)}  {node.user or node.uid:<8}  "
-            f"{node.size:>12}  {_mtime(node)}  {entry_path}{link}"
-        )
+    # Printed as they are read: a snapshot may hold millions of files.
+    list_files(obtain(ctx).session, options, on_entry=_print_entry)
+
+
+def _entry_doc(entry: Entry) -> dict[str, object]:
+    n = entry.node
+    return {
+        "path": entry.path,
+        "type": n.type,
+        "mode": oct(n.mode),
+        "size": n.size,
+        "uid": n.uid,
+        "gid": n.gid,
+        "user": n.user,
+        "group": n.group,
+        "mtime_ns": n.mtime_ns,
+        **({"target": n.target.decode("utf-8", "backslashreplace")} if n.target else {}),
+    }
+
+
+def _print_entry(entry: Entry) -> None:
+    node = entry.node
+    kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(node.type, stat.S_IFREG)
+    link = f" -> {node.target.decode('utf-8', 'backslashreplace')}" if node.target else ""
+    print(
+        f"{stat.filemode(kind | node.mode)}  {node.user or node.uid:<8}  "
+        f"{node.size:>12}  {_mtime(node)}  {entry.path}{link}"
+    )
 
 
 def diff(
@@ -104,20 +104,18 @@ def diff(
 ) -> None:
     """Show what changed between two snapshots (+ added, - removed, M content, U metadata,
     T type)."""
-    from medvault.repository.browse import diff_snapshots
+    from medvault.service.snapshots import diff as compare
 
-    repo = obtain(ctx).open()
-    old, new = repo.find_snapshot(first), repo.find_snapshot(second)
-    changes = diff_snapshots(repo, old, new)
+    result = compare(obtain(ctx).session, first=first, second=second)
+    changes = result.changes
     if as_json:
         print_json([{"change": c.kind, "path": c.path} for c in changes])
         return
     for change in changes:
         print(f"{change.kind}  {change.path}")
-    counts = {k: sum(1 for c in changes if c.kind == k) for k in "+-MUT"}
     print(
-        f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
-        f"{counts['U']} metadata only, {counts['T']} type changed"
+        f"{result.count('+')} added, {result.count('-')} removed, {result.count('M')} modified, "
+        f"{result.count('U')} metadata only, {result.count('T')} type changed"
     )
 
 

@@ -1,0 +1,145 @@
+"""drill and drills: restore tests with validation and measured RTO, and their history.
+
+A drill restores a snapshot into scratch space, validates it, measures the time against the
+tier's RTO and records the result in the repository (verification/drills.py does the work).
+A drill that fails is recorded, then raises DrillFailed carrying the result, so the run is
+"failed" in run history and the shell can still show every check before the error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from medvault.errors import DrillFailed, SnapshotNotFound, UsageError
+
+if TYPE_CHECKING:
+    from medvault.repository.records import Snapshot
+    from medvault.repository.repo import Repository
+    from medvault.service.session import Session
+    from medvault.verification.drills import DrillResult
+
+# --kind names, and the snapshot kind each drills.
+KINDS = {"physical": "postgres.physical", "logical": "postgres.logical", "files": "files"}
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    source: str  # a source from medvault.toml, or a source name
+    snapshot: str | None = None  # default: the newest of the source
+    scratch: str | None = None  # default: [drill] scratch, else the temporary directory
+    to_latest: bool = False  # physical: replay to the newest archived WAL
+    kind: str | None = None  # "physical", "logical" or "files": the newest of that kind
+
+
+@dataclass(frozen=True)
+class DrillRun:
+    snapshot: Snapshot
+    result: DrillResult  # as stored in the repository
+    rto: str | None  # the tier's RTO as configured ("4h"), if it has one
+
+
+@dataclass(frozen=True)
+class DrillHistory:
+    results: tuple[DrillResult, ...]  # oldest first
+
+
+def drill(session: Session, options: DrillOptions) -> DrillRun:
+    """Run, validate and record one drill. Raises DrillFailed (with `.result`, the DrillRun)
+    when it failed, after recording it."""
+    from medvault.config import PostgresSourceSettings
+    from medvault.durations import parse_duration
+    from medvault.postgres.server import dsn_field
+    from medvault.verification.drills import run_drill, store_result
+    from medvault.verification.physical_drill import DrillOptions as CheckOptions
+
+    with session.run("drill", source=options.source) as run:
+        _validate(options)
+        source = options.source
+        repo = session.open(source)
+        run.repository = repo.url
+        snap = _chosen(repo, options)
+        run.touched(snap.id)
+        settings = session.settings.source.get(source) if session.configured_sources() else None
+        tier = session.settings.tier.get(settings.tier) if settings and settings.tier else None
+        rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
+        postgres = settings if isinstance(settings, PostgresSourceSettings) else None
+        checks = CheckOptions()
+        if postgres is not None:
+            checks = CheckOptions(
+                tuple(postgres.drill.checks),
+                postgres.drill.database or dsn_field(postgres.dsn, "dbname") or "postgres",
+                postgres.drill.shared_buffers,
+            )
+        result = run_drill(
+            repo,
+            snap,
+            rto=rto,
+            scratch=options.scratch or session.settings.drill.scratch,
+            dsn=postgres.dsn if postgres else None,
+            pg_bin=postgres.pg_bin if postgres else None,
+            to_latest=options.to_latest,
+            options=checks,
+        )
+        store_result(repo, result)
+        run.details.update(
+            drill=result.id,
+            kind=snap.kind,
+            passed=result.ok,
+            rto_s=result.rto_s,
+            rto_target_s=result.rto_target_s,
+            within_rto=result.within_rto,
+            failed_checks=[c.name for c in result.checks if not c.ok],
+        )
+        done = DrillRun(snap, result, tier.rto if tier is not None and tier.rto else None)
+        if not result.ok:
+            reason = result.error or next(
+                (f"{c.name}: {c.detail}" for c in result.checks if not c.ok), ""
+            )
+            raise DrillFailed(f"drill of snapshot {snap.short_id} failed: {reason}", result=done)
+        return done
+
+
+def _validate(options: DrillOptions) -> None:
+    if options.kind is not None and options.kind not in KINDS:
+        raise UsageError("--kind is physical, logical or files")
+    if options.snapshot is not None and options.kind is not None:
+        raise UsageError("give --snapshot or --kind, not both")
+    if options.to_latest and options.kind not in (None, "physical"):
+        raise UsageError("--to-latest replays WAL: it drills physical backups only")
+
+
+def _chosen(repo: Repository, options: DrillOptions) -> Snapshot:
+    if options.snapshot is not None:
+        return repo.find_snapshot(options.snapshot)
+    if options.kind is None and not options.to_latest:
+        return repo.find_snapshot(f"latest:{options.source}")
+    kind = options.kind or "physical"
+    return _newest(repo, options.source, kind, KINDS[kind])
+
+
+def _newest(repo: Repository, source: str, kind: str, snapshot_kind: str) -> Snapshot:
+    from medvault.recovery.postgres import physical_snapshots
+
+    if snapshot_kind == "postgres.physical":
+        found = physical_snapshots(repo, source)  # complete ones, by consistency point
+    else:
+        found = sorted(
+            (s for s in repo.list_snapshots() if s.source == source and s.kind == snapshot_kind),
+            key=lambda s: s.taken,
+        )
+    newest = repo.newest(found)
+    if newest is None:
+        raise SnapshotNotFound(f"the repository holds no {kind} snapshot of {source}")
+    return newest
+
+
+def drills(session: Session) -> DrillHistory:
+    """Past drill results, oldest first."""
+    from medvault.verification.drills import list_results
+
+    with session.run("drills") as run:
+        repo = session.open()
+        run.repository = repo.url
+        results = tuple(list_results(repo))
+        run.details["drills"] = len(results)
+        return DrillHistory(results)
