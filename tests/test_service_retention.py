@@ -92,6 +92,8 @@ def test_forget_by_policy_removes_what_it_no_longer_keeps_but_never_a_held_snaps
     oldest, second, third, newest = world.ids
     placed = hold_add(world.session, snapshot=oldest[:10], reason="  litigation 2026-114 ")
     assert placed.snapshot.id == oldest and placed.hold.reason == "litigation 2026-114"
+    # The hold names the shell's caller (an API user later), not the service's OS account.
+    assert (placed.hold.user, placed.hold.host) == (NIGHT_SHIFT.user, NIGHT_SHIFT.host)
     record = world.record
     assert (record.operation, record.status, record.source) == ("hold-add", "ok", "charts")
     assert record.snapshots == (oldest,) and record.details == {"reason": "litigation 2026-114"}
@@ -176,6 +178,7 @@ def test_hold_list_and_remove_are_recorded_with_their_reasons(world: World) -> N
     released = hold_remove(world.session, snapshot=newest[:8], reason="request answered")
     assert released.snapshot.id == newest
     assert released.hold.release_reason == "request answered" and released.hold.released
+    assert released.hold.released_by == f"{NIGHT_SHIFT.user}@{NIGHT_SHIFT.host}"
     record = world.record
     assert (record.operation, record.status, record.snapshots) == ("hold-remove", "ok", (newest,))
     assert record.details == {

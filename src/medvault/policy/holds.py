@@ -63,10 +63,14 @@ def _need_reason(reason: str) -> str:
     return reason
 
 
-def add_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
+def add_hold(
+    repo: Repository, snapshot_id: str, reason: str, by: tuple[str, str] | None = None
+) -> Hold:
+    """Place a hold; `by` is (user, host) of whoever asked (the shell's caller), else this
+    process's OS user on this host."""
     reason = _need_reason(reason)
     with _hold_change(repo, "hold add"):
-        return _add_hold(repo, snapshot_id, reason)
+        return _add_hold(repo, snapshot_id, reason, by or _who())
 
 
 def _hold_change(repo: Repository, purpose: str) -> RepositoryLock:
@@ -76,8 +80,8 @@ def _hold_change(repo: Repository, purpose: str) -> RepositoryLock:
     return repo.lock(exclusive=False, scope="holds", purpose=purpose)
 
 
-def _add_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
-    user, host = _who()
+def _add_hold(repo: Repository, snapshot_id: str, reason: str, by: tuple[str, str]) -> Hold:
+    user, host = by
     hold = Hold(snapshot_id, reason, user, host, now_iso())
     try:
         repo.store_record(f"{FOLDER}/{snapshot_id}", _encode(hold), KIND_HOLD)
@@ -187,17 +191,20 @@ def held_snapshots(repo: Repository) -> dict[str, Hold]:
     return {hold.snapshot: hold for hold in list_holds(repo)}
 
 
-def remove_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
+def remove_hold(
+    repo: Repository, snapshot_id: str, reason: str, by: tuple[str, str] | None = None
+) -> Hold:
+    """Release a hold; `by` as for add_hold."""
     reason = _need_reason(reason)
     with _hold_change(repo, "hold remove"):
-        return _remove_hold(repo, snapshot_id, reason)
+        return _remove_hold(repo, snapshot_id, reason, by or _who())
 
 
-def _remove_hold(repo: Repository, snapshot_id: str, reason: str) -> Hold:
+def _remove_hold(repo: Repository, snapshot_id: str, reason: str, by: tuple[str, str]) -> Hold:
     holds = held_snapshots(repo)
     if snapshot_id not in holds:
         raise UsageError(f"snapshot {snapshot_id[:12]} is not on hold")
-    user, host = _who()
+    user, host = by
     released = Hold(
         **{
             **asdict(holds[snapshot_id]),

@@ -36,7 +36,7 @@ def hold_add(session: Session, *, snapshot: str, reason: str) -> HoldChange:
         run.source = snap.source
         run.touched(snap.id)
         run.details["reason"] = reason
-        hold = add_hold(repo, snap.id, reason)
+        hold = add_hold(repo, snap.id, reason, by=_who(session))
         run.details["reason"] = hold.reason
         return HoldChange(snap, hold)
 
@@ -52,7 +52,7 @@ def hold_remove(session: Session, *, snapshot: str, reason: str) -> HoldChange:
         run.source = snap.source
         run.touched(snap.id)
         run.details["reason"] = reason
-        released = remove_hold(repo, snap.id, reason)
+        released = remove_hold(repo, snap.id, reason, by=_who(session))
         run.details.update(reason=released.release_reason, held_for=released.reason)
         return HoldChange(snap, released)
 
@@ -66,3 +66,9 @@ def hold_list(session: Session) -> HoldList:
         holds = tuple(list_holds(repo))
         run.details["holds"] = len(holds)
         return HoldList(holds)
+
+
+def _who(session: Session) -> tuple[str, str]:
+    """A hold names who placed or lifted it: the shell's caller (an API user, not the
+    service's OS account)."""
+    return session.caller.user, session.caller.host
