@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from medvault.cli.context import CliContext, human_bytes, obtain, print_json, progress_bar
-from medvault.errors import UsageError
+from medvault.cli.context import human_bytes, obtain, print_json
 
 
 def copy(
@@ -23,32 +22,19 @@ def copy(
     """Copy snapshots and WAL the target lacks. The source is only read; a killed copy is
     resumed by running it again. With shared keys (`init --copy-keys-from`) packs move as
     stored; otherwise every blob is re-encrypted for the target."""
-    from medvault.repository.copy import RepositoryCopier
+    from medvault.cli.progress import progress_once_started
+    from medvault.service.copy import CopyOptions
+    from medvault.service.copy import copy as copy_snapshots
 
-    cli = obtain(ctx)
-    _warm_s3_client(cli, from_repo, to_repo)
-    origin = cli.open(selector=from_repo, other=True)
-    target = cli.open(selector=to_repo, sharing=origin)
-    if origin.config.repo_id == target.config.repo_id:
-        raise UsageError(f"--from and --to are the same repository ({origin.config.repo_id})")
-    if snapshot_ids:
-        snapshots = [origin.find_snapshot(selector) for selector in snapshot_ids]
-    else:
-        snapshots = origin.list_snapshots()
-    if source is not None:
-        snapshots = [s for s in snapshots if s.source == source]
-    with (
-        target.lock(exclusive=False, purpose="copy") as lock,
-        progress_bar("copying", None, not as_json) as advance,
-    ):
-        copier = RepositoryCopier(
-            origin, target, retention_for=cli.retention_period, on_progress=advance
-        )
-        copier.lock = lock
-        copier.copy_snapshots(snapshots)
-        if wal:
-            copier.copy_wal([source] if source else None)
-    result = copier.result
+    options = CopyOptions(
+        from_repo=from_repo,
+        to_repo=to_repo,
+        snapshots=tuple(snapshot_ids),
+        source=source,
+        wal=wal,
+    )
+    with progress_once_started("copying", not as_json) as advance:
+        result = copy_snapshots(obtain(ctx).session, options, on_progress=advance)
     if as_json:
         print_json(
             {
@@ -71,23 +57,6 @@ def copy(
     )
 
 
-def _warm_s3_client(cli: CliContext, *selectors: str) -> None:
-    """Import boto3 on a thread while the first repository's key is derived (Argon2 runs
-    without the GIL): a copy's fixed cost, paid once per run."""
-    import threading
-
-    urls = [cli.repository_target(selector=s)[0] for s in selectors]
-    if any(url.startswith("s3://") for url in urls):
-        threading.Thread(target=_import_boto3, name="medvault-boto3-import", daemon=True).start()
-
-
-def _import_boto3() -> None:
-    import contextlib
-
-    with contextlib.suppress(ImportError):
-        import boto3  # noqa: F401
-
-
 def repair(
     ctx: typer.Context,
     from_repo: str = typer.Option(..., "--from", metavar="REPO", help="The second site."),
@@ -100,18 +69,12 @@ def repair(
     copies at a second site, and bring over what it lacks. Exits 13 when something could
     not be repaired."""
     from medvault.errors import IntegrityError
-    from medvault.repository.repair import repair_from
+    from medvault.service.copy import RepairOptions
+    from medvault.service.copy import repair as repair_from
 
-    cli = obtain(ctx)
-    primary = cli.open()
-    secondary = cli.open(selector=from_repo, other=True, sharing=primary)
-    if primary.config.repo_id == secondary.config.repo_id:
-        raise UsageError(f"--from names this repository itself ({primary.config.repo_id})")
-    primary.fallback = None  # judge and mend the primary's own objects
-    with primary.lock(exclusive=False, purpose="repair"):
-        result = repair_from(
-            primary, secondary, read_data=read_data, retention_for=cli.retention_period
-        )
+    result = repair_from(
+        obtain(ctx).session, RepairOptions(from_repo=from_repo, read_data=read_data)
+    )
     if as_json:
         print_json(
             {

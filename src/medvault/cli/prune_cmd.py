@@ -3,17 +3,9 @@ depend on it is running (see repository/prune.py for why this is safe beside bac
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import asdict
-from typing import TYPE_CHECKING
-
 import typer
 
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar
-from medvault.errors import UsageError
-
-if TYPE_CHECKING:
-    from medvault.cli.context import CliContext
+from medvault.cli.context import human_bytes, obtain, print_json
 
 
 def prune(
@@ -37,39 +29,17 @@ def prune(
     mostly-unused packs (repacking what is still used), and deletes condemned packs once
     every backup older than their condemnation has ended: at once on a quiet repository,
     otherwise in a later run."""
-    from medvault.durations import parse_duration
-    from medvault.repository.prune import Pruner
+    from medvault.cli.progress import progress_once_started
+    from medvault.service.prune import PruneOptions
+    from medvault.service.prune import prune as prune_repository
 
-    if not 0 < repack_threshold <= 1:
-        raise UsageError("--repack-threshold must be above 0 and at most 1")
-    try:
-        margin = parse_duration(young)
-    except ValueError as exc:
-        raise UsageError(f"--young: {exc}") from None
-    cli = obtain(ctx)
-    repo = cli.open()
-    with (
-        repo.lock(exclusive=False, scope="prune", purpose="prune") as lock,
-        progress_bar("repacking", None, not as_json) as advance,
-    ):
-        result = Pruner(
-            repo,
-            lock,
-            dry_run=dry_run,
-            repack_unused=repack_threshold,
-            young=margin,
-            on_progress=advance,
-        ).run()
-        wal_result = None
-        if wal:
-            from medvault.sources.postgres.walretention import prune_wal
-
-            wal_result = prune_wal(repo, _pitr_windows(cli), young=margin, dry_run=dry_run)
+    options = PruneOptions(dry_run=dry_run, repack_threshold=repack_threshold, young=young, wal=wal)
+    with progress_once_started("repacking", not as_json) as advance:
+        pruned = prune_repository(obtain(ctx).session, options, on_progress=advance)
     if as_json:
-        print_json(
-            asdict(result) | {"dry_run": dry_run, "wal": asdict(wal_result) if wal_result else None}
-        )
+        print_json(pruned.as_dict())
         return
+    result, wal_result = pruned.packs, pruned.wal
     verb = "would " if dry_run else ""
     print(
         f"{verb}condemn {result.condemned_packs} pack(s) ({human_bytes(result.condemned_bytes)}"
@@ -94,19 +64,6 @@ def prune(
             print(f"note: {note}")
         if wal_result.kept_locked:
             print(f"kept {wal_result.kept_locked} WAL file(s) locked against deletion")
-
-
-def _pitr_windows(cli: CliContext) -> dict[str, dt.timedelta]:
-    from medvault.config import PostgresSourceSettings
-    from medvault.durations import parse_duration
-
-    if not cli.configured_sources():
-        return {}
-    return {
-        name: parse_duration(section.pitr_window)
-        for name, section in cli.settings.source.items()
-        if isinstance(section, PostgresSourceSettings) and section.pitr_window
-    }
 
 
 def register(app: typer.Typer) -> None:

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
 import typer
 
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
+from medvault.cli.context import human_bytes, obtain, print_json, warn
 from medvault.credentials import get_credential, get_new_passphrase
-from medvault.errors import IntegrityError, RepositoryExists, UsageError
-from medvault.repository.keys import Credential, write_keyfile
+from medvault.errors import IntegrityError, UsageError
+
+if TYPE_CHECKING:
+    from medvault.service.keys import NewCredential
 
 key_app = typer.Typer(help="Manage key slots: passphrases and key files.", no_args_is_help=True)
 
 
-def _new_keyfile(path: str) -> Credential:
-    if os.path.exists(path):
-        raise UsageError(f"{path} already exists; refusing to overwrite a key file")
-    try:
-        return Credential(keyfile_secret=write_keyfile(path), origin="new key file")
-    except OSError as exc:
-        raise UsageError(f"cannot write key file {path}: {exc.strerror}") from None
+def _new_passphrase(password_file: str | None) -> NewCredential:
+    """Asked for only when the service needs it (after the checks that could refuse)."""
+    return lambda _settings: get_new_passphrase(password_file)
 
 
 def init(
@@ -47,43 +45,21 @@ def init(
     ),
 ) -> None:
     """Create a new, empty repository."""
-    from medvault.backends import open_backend
-    from medvault.backends.local import LocalBackend
-    from medvault.repository.repo import Repository
+    from medvault.service.admin import InitOptions
+    from medvault.service.admin import init as init_repository
 
     cli = obtain(ctx)
-    url, repo_settings = cli.repository_target()
-    backend = open_backend(url, repo_settings)
-    if group is not None:
-        if not isinstance(backend, LocalBackend):
-            raise UsageError("--group applies to local repositories; on S3 use bucket policies")
-        backend.share_with_group(group)
-    shared = cli.open(selector=copy_keys_from, other=True) if copy_keys_from else None
-    # Before a passphrase is asked for or a key file written: neither could serve a
-    # repository that is already there, and a key file left behind would belong to nothing.
-    if new_key_file and os.path.exists(new_key_file):
-        raise UsageError(f"{new_key_file} already exists; refusing to overwrite a key file")
-    if backend.exists("config"):
-        raise RepositoryExists(
-            f"{backend.url} already exists and is not empty: it holds a medvault repository"
-        )
-    if new_key_file:
-        credential = _new_keyfile(new_key_file)
-    else:
-        credential = get_credential(cli.credentials, repo_settings, confirm=True)
-    try:
-        repo = Repository.init(
-            backend,
-            credential,
+    created = init_repository(
+        cli.session,
+        InitOptions(
+            credential=lambda settings: get_credential(cli.credentials, settings, confirm=True),
+            new_key_file=new_key_file,
             label=label,
-            retention_period=cli.retention_period(None),
-            like=shared,
-        )
-    except BaseException:
-        if new_key_file:
-            os.unlink(new_key_file)  # ours (created exclusively), and it opens nothing
-        raise
-    print(f"created repository {repo.config.repo_id} at {repo.url}")
+            copy_keys_from=copy_keys_from,
+            group=group,
+        ),
+    )
+    print(f"created repository {created.repo_id} at {created.url}")
     if new_key_file:
         print(
             f"key file written to {new_key_file}: keep a copy offline; without it the data is lost"
@@ -93,8 +69,9 @@ def init(
 @key_app.command("list")
 def key_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show the key slots."""
-    repo = obtain(ctx).open()
-    slots = repo.key_slots()
+    from medvault.service.keys import key_list as list_slots
+
+    slots = list_slots(obtain(ctx).session).slots
     if as_json:
         print_json(
             [
@@ -105,18 +82,18 @@ def key_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
                     "host": s.host,
                     "user": s.user,
                     "label": s.label,
-                    "current": repo.slot is not None and s.slot_id == repo.slot.slot_id,
+                    "current": s.current,
                     "usable": s.usable,
-                    "problem": s.describe_problem() if not s.usable else None,
+                    "problem": s.problem,
                 }
                 for s in slots
             ]
         )
         return
     for s in slots:
-        mark = "*" if repo.slot is not None and s.slot_id == repo.slot.slot_id else " "
+        mark = "*" if s.current else " "
         line = f"{mark} {s.slot_id}  {s.kind:<10}  {s.created[:19]}  {s.user}@{s.host}  {s.label}"
-        print(line if s.usable else f"{line}  UNUSABLE ({s.describe_problem()})")
+        print(line if s.usable else f"{line}  UNUSABLE ({s.problem})")
 
 
 @key_app.command("add")
@@ -131,21 +108,23 @@ def key_add(
     label: str = typer.Option("", "--label"),
 ) -> None:
     """Add a key slot (a new passphrase, or a new key file)."""
-    repo = obtain(ctx).open()
-    credential = (
-        _new_keyfile(new_key_file) if new_key_file else get_new_passphrase(new_password_file)
+    from medvault.service.keys import KeyAddOptions
+    from medvault.service.keys import key_add as add_slot
+
+    options = KeyAddOptions(
+        credential=_new_passphrase(new_password_file), new_key_file=new_key_file, label=label
     )
-    slot = repo.add_key(credential, label)
+    slot = add_slot(obtain(ctx).session, options)
     print(f"added {slot.kind} key slot {slot.slot_id}")
 
 
 @key_app.command("remove")
 def key_remove(ctx: typer.Context, slot_id: str = typer.Argument(..., metavar="ID")) -> None:
     """Remove a key slot (never the last one)."""
-    repo = obtain(ctx).open()
-    slot = repo.find_key(slot_id)
-    repo.remove_key(slot.slot_id)
-    print(f"removed key slot {slot.slot_id}")
+    from medvault.service.keys import key_remove as remove_slot
+
+    removed = remove_slot(obtain(ctx).session, slot_id)
+    print(f"removed key slot {removed.slot_id}")
 
 
 @key_app.command("passwd")
@@ -156,11 +135,10 @@ def key_passwd(
     ),
 ) -> None:
     """Change the passphrase of the slot used to open the repository."""
-    repo = obtain(ctx).open()
-    if repo.slot is None or repo.slot.kind != "passphrase":
-        raise UsageError("this repository was opened with a key file; open it with a passphrase")
-    slot = repo.change_passphrase(get_new_passphrase(new_password_file))
-    print(f"passphrase changed; key slot is now {slot.slot_id}")
+    from medvault.service.keys import key_passwd as change_passphrase
+
+    changed = change_passphrase(obtain(ctx).session, _new_passphrase(new_password_file))
+    print(f"passphrase changed; key slot is now {changed.slot_id}")
 
 
 def check(
@@ -182,16 +160,13 @@ def check(
             raise UsageError(
                 f"--read-data-subset takes a percentage like 10%, not {subset!r}"
             ) from None
-        if not 0 < fraction <= 100:
-            raise UsageError("--read-data-subset must be between 0% and 100%")
-    from medvault.repository.check import check_repository
+    from medvault.cli.progress import progress_once_started
+    from medvault.service.check import CheckOptions
+    from medvault.service.check import check as check_repository
 
-    repo = obtain(ctx).open()
-    with (
-        repo.lock(exclusive=False, purpose="check"),
-        progress_bar("verifying", None, not as_json) as advance,
-    ):
-        report = check_repository(repo, read_data=read_data, subset=fraction, on_progress=advance)
+    options = CheckOptions(read_data=read_data, subset=fraction)
+    with progress_once_started("verifying", not as_json) as advance:
+        report = check_repository(obtain(ctx).session, options, on_progress=advance)
     if as_json:
         print_json(
             {
@@ -236,8 +211,9 @@ def unlock(
     """Remove locks left by processes that are gone (their process ended on this host, or
     they were not refreshed for their lease by the store's clock) and objects under locks/
     that are not valid locks."""
-    repo = obtain(ctx).open()
-    result = repo.unlock(remove_all=remove_all)
+    from medvault.service.admin import unlock as remove_locks
+
+    result = remove_locks(obtain(ctx).session, remove_all=remove_all)
     for description in result.removed:
         print(f"removed {description}")
     if not result.removed:

@@ -53,6 +53,9 @@ class CopyResult:
     packs: int = 0
     blobs: int = 0
     bytes_read: int = 0
+    # Packs and WAL objects stored in the target now: as stored in the source (raw), or
+    # the re-encrypted blobs as packed (re-encrypt; a WAL file there counts its own size).
+    bytes_stored: int = 0
     wal_copied: int = 0
     wal_present: int = 0
 
@@ -179,6 +182,7 @@ class RepositoryCopier:
         # Present already when a killed run stored it but did not index it.
         with contextlib.suppress(ObjectExists):
             self.target.store_object(name, data)
+            self.result.bytes_stored += len(data)
         self.result.packs += 1
         self.result.bytes_read += len(data)
         if self._on_progress is not None:
@@ -194,6 +198,8 @@ class RepositoryCopier:
         except BaseException:
             sink.abort()
             raise
+        finally:
+            self.result.bytes_stored += sink.stats.bytes_stored
         copy = dataclasses.replace(
             snap,
             tree=tree,
@@ -316,6 +322,7 @@ class RepositoryCopier:
                 return False
             with contextlib.suppress(ObjectExists):
                 self.target.store_object(object_name, data)
+                self.result.bytes_stored += len(data)
         elif object_name.count("/") == 2:  # wal/<source>/cluster
             record = WalArchive(self.source, source).cluster()
             if record is None:
@@ -329,7 +336,8 @@ class RepositoryCopier:
             wal = WalArchive(self.source, source).fetch(name)
             if wal is None:
                 return False
-            WalArchive(self.target, source).push(name, wal)
+            if WalArchive(self.target, source).push(name, wal):
+                self.result.bytes_stored += len(wal)
             data = wal
         self.result.wal_copied += 1
         self.result.bytes_read += len(data)
