@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import typer
 
 from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
-from medvault.errors import EXIT_INCOMPLETE, UsageError
+from medvault.errors import EXIT_INCOMPLETE, ReplicationFailed
 
 if TYPE_CHECKING:
-    from medvault.sources.files import BackupResult
-
-DEFAULT_SOURCE = "files"
+    from medvault.service.backup import FilesBackupResult
 
 
 def backup(
@@ -44,67 +46,69 @@ def backup(
     no_verify: bool = typer.Option(False, "--no-verify-blobs", hidden=True),
 ) -> None:
     """Back up files and directories, or a configured source (files or PostgreSQL)."""
-    from medvault.config import PostgresSourceSettings
-    from medvault.sources.files import BACKUP_TYPES, BackupOptions, backup_files
+    from medvault.service.backup import (
+        BackupOptions,
+        LogicalBackupResult,
+        PhysicalBackupResult,
+    )
+    from medvault.service.backup import backup as back_up
 
     cli = obtain(ctx)
-    if backup_type not in BACKUP_TYPES:
-        raise UsageError(f"--type must be one of {', '.join(BACKUP_TYPES)}, not {backup_type!r}")
-    targets = list(targets or [])
-    configured = cli.configured_sources()
-    name = source
-    if len(targets) == 1 and source is None and targets[0] in configured:
-        name, targets = targets[0], []
-    if name is not None and name in configured and not targets:
-        settings = cli.settings.source[name]
-        if isinstance(settings, PostgresSourceSettings):
-            if logical:
-                from medvault.cli.pg_logical import backup_logical_cmd
+    options = BackupOptions(
+        targets=tuple(targets or ()),
+        source=source,
+        backup_type=backup_type,
+        tags=tuple(tags),
+        excludes=tuple(excludes),
+        logical=logical,
+        database=database,
+        method=method,
+        verify_blobs=not no_verify,
+        # On a terminal a passphrase may be prompted for: before pg_dump starts, not while
+        # it holds its snapshot open.
+        open_repository_first=sys.stdin.isatty(),
+    )
+    with progress_from_first_bytes("dumping" if logical else "backing up", not as_json) as advance:
+        result = back_up(cli.session, options, on_progress=advance)
+    if isinstance(result, PhysicalBackupResult):
+        from medvault.cli.pg_physical import report_physical_backup
 
-                backup_logical_cmd(cli, name, settings, database, tuple(tags), as_json)
-            else:
-                from medvault.cli.pg_physical import backup_physical_cmd
+        report_physical_backup(result, as_json)
+    elif isinstance(result, LogicalBackupResult):
+        from medvault.cli.pg_logical import report_logical_backup
 
-                backup_physical_cmd(cli, name, settings, backup_type, method, tuple(tags), as_json)
-            return
-        options = BackupOptions(
-            source=name,
-            paths=list(settings.paths),
-            backup_type=backup_type,
-            tags=tuple(dict.fromkeys([*settings.tags, *tags])),
-            excludes=tuple([*settings.exclude, *excludes]),
-            tier=settings.tier,
-            verify=not no_verify,
-        )
+        report_logical_backup(result, as_json)
     else:
-        if logical or database:
-            raise UsageError("--logical and --database need a PostgreSQL source from medvault.toml")
-        if not targets:
-            raise UsageError("nothing to back up: give paths, or a source from medvault.toml")
-        options = BackupOptions(
-            source=name or DEFAULT_SOURCE,
-            paths=targets,
-            backup_type=backup_type,
-            tags=tuple(tags),
-            excludes=tuple(excludes),
-            verify=not no_verify,
-        )
-    repo = cli.open(options.source)
-    if repo.local_path:
-        # Backing up / (or any tree holding the repository) must not copy the repository
-        # into itself, snapshot after snapshot.
-        options.skip_paths = (*options.skip_paths, repo.local_path)
-    with progress_bar("backing up", None, not as_json) as advance:
-        result = backup_files(repo, options, on_progress=advance)
-    _report(result, as_json)
-    from medvault.cli.replication import replicate_snapshot
-
-    replicate_snapshot(cli, repo, result.snapshot.id, options.source)
+        _report(result, as_json)
+    if result.replication.error is not None:
+        raise ReplicationFailed(result.replication.error)
     if not result.complete:
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
-def _report(result: BackupResult, as_json: bool) -> None:
+@contextlib.contextmanager
+def progress_from_first_bytes(label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar that appears with the first bytes backed up. The service opens the
+    repository inside the call and may prompt for its passphrase there: a bar already on the
+    terminal would draw over the prompt. Progress comes from the pipeline's threads."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    with contextlib.ExitStack() as stack:
+        started: list[Callable[[int], None]] = []
+        lock = threading.Lock()
+
+        def advance(count: int) -> None:
+            if not started:
+                with lock:
+                    if not started:
+                        started.append(stack.enter_context(progress_bar(label, None, True)))
+            started[0](count)
+
+        yield advance
+
+
+def _report(result: FilesBackupResult, as_json: bool) -> None:
     snap = result.snapshot
     if as_json:
         print_json(

@@ -1,56 +1,22 @@
-"""`medvault backup SOURCE --logical` and `medvault restore SNAP` of a logical snapshot."""
+"""`medvault backup SOURCE --logical` (its report; the work is service/backup.py's) and
+`medvault restore SNAP` of a logical snapshot."""
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
-from medvault.cli.context import human_bytes, print_json, progress_bar
-from medvault.postgres.facts import LogicalFacts
+from medvault.cli.context import human_bytes, print_json
 
 if TYPE_CHECKING:
-    from medvault.cli.context import CliContext
-    from medvault.config import PostgresSourceSettings
+    from medvault.service.backup import LogicalBackupResult
     from medvault.service.restore import LogicalListing, LogicalRestoreResult
-    from medvault.sources.postgres.logical import LogicalBackupResult
 
 
 def _tables(count: int) -> str:
     return f"{count} table" if count == 1 else f"{count} tables"
 
 
-def backup_logical_cmd(
-    cli: CliContext,
-    name: str,
-    settings: PostgresSourceSettings,
-    database: str | None,
-    tags: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    from medvault.sources.postgres.logical import backup_logical
-
-    # The repository is opened once pg_dump runs, overlapping its catalog reads; but first
-    # when a passphrase may be prompted for, so the prompt never fights the progress bar.
-    opener = cli.open(name) if sys.stdin.isatty() else lambda: cli.open(name)
-    with progress_bar("dumping", None, not as_json) as advance:
-        result = backup_logical(
-            opener,
-            source=name,
-            dsn=settings.dsn,
-            database=database,
-            pg_bin=settings.pg_bin,
-            tags=tuple(dict.fromkeys([*settings.tags, *tags])),
-            tier=settings.tier,
-            on_progress=advance,
-        )
-    snap = result.snapshot
-    _report(result, as_json)
-    from medvault.cli.replication import replicate_snapshot
-
-    replicate_snapshot(cli, cli.last_opened(), snap.id, name)
-
-
-def _report(result: LogicalBackupResult, as_json: bool) -> None:
+def report_logical_backup(result: LogicalBackupResult, as_json: bool) -> None:
     snap = result.snapshot
     if as_json:
         print_json(
@@ -64,7 +30,7 @@ def _report(result: LogicalBackupResult, as_json: bool) -> None:
                 "bytes_read": result.bytes_read,
                 "bytes_added": result.bytes_added,
                 "duration_s": round(result.duration, 3),
-                "row_counts": dict(LogicalFacts.of(snap).row_counts),
+                "row_counts": dict(result.row_counts),
             }
         )
         return

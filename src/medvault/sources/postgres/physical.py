@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from medvault.config import PostgresSourceSettings
 from medvault.errors import IntegrityError, SourceUnavailable, WalMissing
 from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
 from medvault.postgres.lsn import segment_timeline
@@ -28,6 +27,19 @@ if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
     from medvault.repository.wal import WalArchive
+
+
+@dataclass(frozen=True)
+class PhysicalSource:
+    """What a physical backup reads of a PostgreSQL source's settings. The service builds
+    it from medvault.toml; sources know nothing of the configuration file."""
+
+    dsn: str
+    pgdata: str | None = None  # the data directory: needed by the local method only
+    pg_bin: str | None = None  # directory of pg_basebackup & co; default: matches the server
+    checkpoint: str = "fast"  # "fast" or "spread": how pg_backup_start's checkpoint runs
+    tier: str | None = None
+    archive_timeout_s: int = 300  # bounded wait for the WAL a backup needs
 
 
 @dataclass
@@ -67,7 +79,7 @@ def wait_for_segments(archive: WalArchive, names: list[str], timeout_s: float) -
 
 
 def require_archived(
-    repo: Repository, source: str, settings: PostgresSourceSettings, needed: list[str]
+    repo: Repository, source: str, settings: PhysicalSource, needed: list[str]
 ) -> None:
     """Wait until the archive holds the WAL the backup needs; WalMissing (and no snapshot)
     when it does not arrive in time."""

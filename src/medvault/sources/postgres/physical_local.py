@@ -14,7 +14,6 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from medvault.config import PostgresSourceSettings
 from medvault.errors import SourceUnavailable, UsageError
 from medvault.postgres.datadir import read_system_identifier
 from medvault.postgres.facts import KIND_PHYSICAL, PhysicalFacts, iso_utc
@@ -23,6 +22,7 @@ from medvault.postgres.server import ServerFacts, connect, server_errors, server
 from medvault.sources.files import BackupOptions, BlockVerifier, FileBackup
 from medvault.sources.postgres.physical import (
     PhysicalResult,
+    PhysicalSource,
     describe_failures,
     of_cluster,
     require_archived,
@@ -95,7 +95,7 @@ class PhysicalBackup:
         self,
         repo: Repository,
         source: str,
-        settings: PostgresSourceSettings,
+        settings: PhysicalSource,
         backup_type: str = "incremental",
         tags: tuple[str, ...] = (),
         on_progress: Callable[[int], None] | None = None,
@@ -276,7 +276,7 @@ class PhysicalBackup:
 def backup_physical(
     repo: Repository,
     source: str,
-    settings: PostgresSourceSettings,
+    settings: PhysicalSource,
     backup_type: str = "incremental",
     tags: tuple[str, ...] = (),
     on_progress: Callable[[int], None] | None = None,

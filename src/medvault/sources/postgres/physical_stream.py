@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from medvault.config import PostgresSourceSettings
 from medvault.errors import SourceUnavailable
 from medvault.postgres.facts import KIND_PHYSICAL, PhysicalFacts, iso_utc
 from medvault.postgres.lsn import parse_lsn, segments_between
@@ -20,6 +19,7 @@ from medvault.postgres.server import connect, server_errors, server_facts
 from medvault.sources.files import BackupOptions, BlockVerifier, FileBackup, TreeBuilder
 from medvault.sources.postgres.physical import (
     PhysicalResult,
+    PhysicalSource,
     describe_failures,
     require_archived,
 )
@@ -82,7 +82,7 @@ class TarFeed:
 def backup_streamed(
     repo: Repository,
     source: str,
-    settings: PostgresSourceSettings,
+    settings: PhysicalSource,
     tags: tuple[str, ...] = (),
     on_progress: Callable[[int], None] | None = None,
 ) -> PhysicalResult:
@@ -95,7 +95,7 @@ def backup_streamed(
 def _backup_streamed(
     repo: Repository,
     source: str,
-    settings: PostgresSourceSettings,
+    settings: PhysicalSource,
     tags: tuple[str, ...],
     on_progress: Callable[[int], None] | None,
 ) -> PhysicalResult:

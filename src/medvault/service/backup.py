@@ -1,0 +1,454 @@
+"""Backups: files and directories, a PostgreSQL cluster (physical), one PostgreSQL database
+(logical).
+
+`backup()` takes what a shell was asked ("back up these paths", "back up source emr with type
+full") and chooses: a configured PostgreSQL source gets a physical backup (or a logical one of
+one database), anything else the files pipeline. `backup_files`, `backup_physical` and
+`backup_logical` are the same operations for a caller that knows the kind already. Each runs as
+one "backup" run, and replicates its new snapshot to the repository's secondary when
+medvault.toml says `replicate = true` (service/replication.py).
+
+A snapshot saved with problems (unreadable files, damaged pages, a secondary that did not get
+the copy) is returned, not raised: the run is recorded as incomplete and the shell decides how
+to end (the CLI exits 3, or 22 when replication failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
+
+from medvault.errors import ReplicationFailed, UsageError
+
+if TYPE_CHECKING:
+    from medvault.config import PostgresSourceSettings
+    from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
+    from medvault.repository.records import Snapshot
+    from medvault.repository.repo import Repository
+    from medvault.service.runs import Run
+    from medvault.service.session import Session
+    from medvault.sources.files import BackupOptions as WalkOptions
+    from medvault.sources.files import BackupResult as WalkResult
+    from medvault.sources.files import Problem
+
+Progress: TypeAlias = Callable[[int], None] | None
+
+# The same as sources.files.BACKUP_TYPES, which a shell need not import to check an option.
+BACKUP_TYPES = ("full", "incremental", "differential")
+METHODS = ("local", "stream")
+DEFAULT_SOURCE = "files"  # the source name recorded for paths given without one
+
+
+# -- options and results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    """What `medvault backup` is asked; see `backup()` for how it is read."""
+
+    targets: tuple[str, ...] = ()  # paths, or the name of one source in medvault.toml
+    source: str | None = None  # the source recorded (or a configured one)
+    backup_type: str = "incremental"
+    tags: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    logical: bool = False  # PostgreSQL: a pg_dump of one database instead of the cluster
+    database: str | None = None  # PostgreSQL logical: the database (default: the DSN's)
+    method: str = "local"  # PostgreSQL physical: local or stream
+    verify_blobs: bool = True
+    # PostgreSQL logical: open the repository before pg_dump starts rather than while it
+    # reads its catalogs (a shell that may prompt for a passphrase wants the prompt first).
+    open_repository_first: bool = False
+
+
+@dataclass(frozen=True)
+class FilesBackupOptions:
+    paths: tuple[str, ...] = ()  # none: the paths of the configured files source `source`
+    source: str | None = None  # recorded name (default "files"), or a configured source
+    backup_type: str = "incremental"
+    tags: tuple[str, ...] = ()  # added to a configured source's own
+    excludes: tuple[str, ...] = ()  # added to a configured source's own
+    verify_blobs: bool = True
+
+
+@dataclass(frozen=True)
+class PhysicalBackupOptions:
+    source: str  # a PostgreSQL source in medvault.toml
+    backup_type: str = "incremental"
+    method: str = "local"
+    tags: tuple[str, ...] = ()  # added to the source's own
+
+
+@dataclass(frozen=True)
+class LogicalBackupOptions:
+    source: str  # a PostgreSQL source in medvault.toml
+    database: str | None = None
+    tags: tuple[str, ...] = ()  # added to the source's own
+    open_repository_first: bool = False
+
+
+@dataclass(frozen=True)
+class Replication:
+    """What became of a new snapshot's copy to the repository's secondary."""
+
+    replicated_to: str | None = None  # the secondary that holds it now, if any
+    error: str | None = None  # why it did not get there (the primary holds it)
+
+
+@dataclass(frozen=True)
+class FilesBackupResult:
+    snapshot: Snapshot
+    files_new: int
+    files_changed: int
+    files_unchanged: int
+    dirs: int
+    bytes_read: int
+    bytes_added: int
+    duration: float
+    unreadable: tuple[Problem, ...] = ()
+    changed_while_read: tuple[Problem, ...] = ()
+    skipped: tuple[Problem, ...] = ()
+    replication: Replication = Replication()
+
+    @property
+    def complete(self) -> bool:
+        return not self.unreadable and not self.changed_while_read
+
+    @classmethod
+    def of(cls, walked: WalkResult, replication: Replication) -> FilesBackupResult:
+        return cls(
+            snapshot=walked.snapshot,
+            files_new=walked.files_new,
+            files_changed=walked.files_changed,
+            files_unchanged=walked.files_unchanged,
+            dirs=walked.dirs,
+            bytes_read=walked.bytes_read,
+            bytes_added=walked.bytes_added,
+            duration=walked.duration,
+            unreadable=tuple(walked.unreadable),
+            changed_while_read=tuple(walked.changed_while_read),
+            skipped=tuple(walked.skipped),
+            replication=replication,
+        )
+
+
+@dataclass(frozen=True)
+class PhysicalBackupResult:
+    files: FilesBackupResult  # the walk of the data directory (or pg_basebackup's stream)
+    facts: PhysicalFacts
+    start_lsn: str  # as PostgreSQL writes them (0/2000028)
+    stop_lsn: str
+    checksum_failures: tuple[ChecksumFailure, ...] = ()
+    # Said about the request itself, before the backup's own lines ("note: ...").
+    notes: tuple[str, ...] = ()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.files.snapshot
+
+    @property
+    def replication(self) -> Replication:
+        return self.files.replication
+
+    @property
+    def complete(self) -> bool:
+        return not self.checksum_failures and self.files.complete
+
+
+@dataclass(frozen=True)
+class LogicalBackupResult:
+    snapshot: Snapshot
+    database: str
+    tables: int
+    rows: int
+    bytes_read: int
+    bytes_added: int
+    duration: float
+    row_counts: dict[str, int] = field(default_factory=dict)  # as recorded with the dump
+    replication: Replication = Replication()
+
+    @property
+    def complete(self) -> bool:
+        return True
+
+
+BackupResult: TypeAlias = FilesBackupResult | PhysicalBackupResult | LogicalBackupResult
+
+
+# -- the operations ------------------------------------------------------------------------
+
+
+def backup(session: Session, options: BackupOptions, on_progress: Progress = None) -> BackupResult:
+    """Back up what a shell names: a source of medvault.toml (one target, or `source` and no
+    targets) by its kind, else the paths given, recorded under `source` (default "files")."""
+    with session.run("backup", source=options.source) as run:
+        check_backup_type(options.backup_type)
+        name = options.source
+        targets = options.targets
+        configured = session.configured_sources()
+        if len(targets) == 1 and name is None and targets[0] in configured:
+            name, targets = targets[0], ()
+        run.source = name
+        if name is not None and name in configured and not targets:
+            settings = _postgres_settings_or_none(session, name)
+            if settings is not None and options.logical:
+                logical = LogicalBackupOptions(
+                    name, options.database, options.tags, options.open_repository_first
+                )
+                return _logical(session, run, logical, on_progress)
+            if settings is not None:
+                physical = PhysicalBackupOptions(
+                    name, options.backup_type, options.method, options.tags
+                )
+                return _physical(session, run, physical, on_progress)
+        elif options.logical or options.database:
+            raise UsageError("--logical and --database need a PostgreSQL source from medvault.toml")
+        files = FilesBackupOptions(
+            paths=targets,
+            source=name,
+            backup_type=options.backup_type,
+            tags=options.tags,
+            excludes=options.excludes,
+            verify_blobs=options.verify_blobs,
+        )
+        return _files(session, run, files, on_progress)
+
+
+def backup_files(
+    session: Session, options: FilesBackupOptions, on_progress: Progress = None
+) -> FilesBackupResult:
+    """Back up paths, or a configured files source, into a new snapshot."""
+    with session.run("backup", source=options.source) as run:
+        return _files(session, run, options, on_progress)
+
+
+def backup_physical(
+    session: Session, options: PhysicalBackupOptions, on_progress: Progress = None
+) -> PhysicalBackupResult:
+    """A physical backup of a configured PostgreSQL source's cluster."""
+    with session.run("backup", source=options.source) as run:
+        return _physical(session, run, options, on_progress)
+
+
+def backup_logical(
+    session: Session, options: LogicalBackupOptions, on_progress: Progress = None
+) -> LogicalBackupResult:
+    """A pg_dump of one database of a configured PostgreSQL source."""
+    with session.run("backup", source=options.source) as run:
+        return _logical(session, run, options, on_progress)
+
+
+def check_backup_type(backup_type: str) -> None:
+    if backup_type not in BACKUP_TYPES:
+        raise UsageError(f"--type must be one of {', '.join(BACKUP_TYPES)}, not {backup_type!r}")
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def _files(
+    session: Session, run: Run, options: FilesBackupOptions, on_progress: Progress
+) -> FilesBackupResult:
+    from medvault.sources.files import backup_files as walk
+
+    check_backup_type(options.backup_type)
+    plan = _walk_options(session, options)
+    run.source = plan.source
+    repo = session.open(plan.source)
+    run.repository = repo.url
+    if repo.local_path:
+        # Backing up / (or any tree holding the repository) must not copy the repository
+        # into itself, snapshot after snapshot.
+        plan.skip_paths = (*plan.skip_paths, repo.local_path)
+    walked = walk(repo, plan, on_progress=on_progress)
+    snap = walked.snapshot
+    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+    problems = [_unread(len(walked.unreadable) + len(walked.changed_while_read))]
+    replication = _replicate(session, run, repo, snap.id, plan.source, problems)
+    return FilesBackupResult.of(walked, replication)
+
+
+def _walk_options(session: Session, options: FilesBackupOptions) -> WalkOptions:
+    """The files pipeline's options: the paths given, or those of a configured source."""
+    from medvault.config import FilesSourceSettings
+    from medvault.sources.files import BackupOptions as WalkOptions
+
+    verify = options.verify_blobs
+    if options.paths:
+        return WalkOptions(
+            source=options.source or DEFAULT_SOURCE,
+            paths=list(options.paths),
+            backup_type=options.backup_type,
+            tags=options.tags,
+            excludes=options.excludes,
+            verify=verify,
+        )
+    name = options.source
+    if name is None or name not in session.configured_sources():
+        raise UsageError("nothing to back up: give paths, or a source from medvault.toml")
+    settings = session.settings.source[name]
+    if not isinstance(settings, FilesSourceSettings):
+        raise UsageError(
+            f"source {name} is a PostgreSQL source: take a physical or logical backup of it"
+        )
+    return WalkOptions(
+        source=name,
+        paths=list(settings.paths),
+        backup_type=options.backup_type,
+        tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
+        excludes=tuple([*settings.exclude, *options.excludes]),
+        tier=settings.tier,
+        verify=verify,
+    )
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def _physical(
+    session: Session, run: Run, options: PhysicalBackupOptions, on_progress: Progress
+) -> PhysicalBackupResult:
+    from medvault.postgres.lsn import format_lsn
+    from medvault.sources.postgres.physical import PhysicalSource
+    from medvault.sources.postgres.physical_local import backup_physical as copy_locally
+    from medvault.sources.postgres.physical_stream import backup_streamed
+
+    name = options.source
+    settings = _postgres_settings(session, name)
+    check_backup_type(options.backup_type)
+    if options.method not in METHODS:
+        raise UsageError(f"--method must be local or stream, not {options.method!r}")
+    repo = session.open(name)
+    run.repository = repo.url
+    tags = tuple(dict.fromkeys([*settings.tags, *options.tags]))
+    # Sources read plain values, never medvault.toml's settings.
+    source = PhysicalSource(
+        dsn=settings.dsn,
+        pgdata=settings.pgdata,
+        pg_bin=settings.pg_bin,
+        checkpoint=settings.checkpoint,
+        tier=settings.tier,
+        archive_timeout_s=settings.archive_timeout_s,
+    )
+    notes: list[str] = []
+    if options.method == "local":
+        result = copy_locally(repo, name, source, options.backup_type, tags, on_progress)
+    else:
+        if options.backup_type != "full":
+            notes.append("note: --method stream always takes a full copy")
+        result = backup_streamed(repo, name, source, tags, on_progress)
+    walked, failures = result.files, tuple(result.checksum_failures)
+    snap = walked.snapshot
+    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+    run.details["method"] = result.facts.method
+    problems = [
+        _unread(len(walked.unreadable) + len(walked.changed_while_read)),
+        f"{len(failures)} relation file(s) have damaged pages" if failures else None,
+    ]
+    replication = _replicate(session, run, repo, snap.id, name, problems)
+    return PhysicalBackupResult(
+        files=FilesBackupResult.of(walked, replication),
+        facts=result.facts,
+        start_lsn=format_lsn(result.facts.start_lsn),
+        stop_lsn=format_lsn(result.facts.stop_lsn),
+        checksum_failures=failures,
+        notes=tuple(notes),
+    )
+
+
+def _logical(
+    session: Session, run: Run, options: LogicalBackupOptions, on_progress: Progress
+) -> LogicalBackupResult:
+    from medvault.postgres.facts import LogicalFacts
+    from medvault.sources.postgres.logical import backup_logical as dump
+
+    name = options.source
+    settings = _postgres_settings(session, name)
+    opened: list[Repository] = []
+
+    def open_repository() -> Repository:
+        repo = session.open(name)
+        opened.append(repo)
+        run.repository = repo.url
+        return repo
+
+    # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
+    result = dump(
+        open_repository() if options.open_repository_first else open_repository,
+        source=name,
+        dsn=settings.dsn,
+        database=options.database,
+        pg_bin=settings.pg_bin,
+        tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
+        tier=settings.tier,
+        on_progress=on_progress,
+    )
+    snap = result.snapshot
+    _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
+    run.details["database"] = result.database
+    replication = _replicate(session, run, opened[-1], snap.id, name, [])
+    return LogicalBackupResult(
+        snapshot=snap,
+        database=result.database,
+        tables=result.tables,
+        rows=result.rows,
+        bytes_read=result.bytes_read,
+        bytes_added=result.bytes_added,
+        duration=result.duration,
+        row_counts=dict(LogicalFacts.of(snap).row_counts),
+        replication=replication,
+    )
+
+
+def _postgres_settings_or_none(session: Session, name: str) -> PostgresSourceSettings | None:
+    from medvault.config import PostgresSourceSettings
+
+    settings = session.settings.source.get(name)
+    return settings if isinstance(settings, PostgresSourceSettings) else None
+
+
+def _postgres_settings(session: Session, name: str) -> PostgresSourceSettings:
+    settings = (
+        _postgres_settings_or_none(session, name) if name in session.configured_sources() else None
+    )
+    if settings is None:
+        raise UsageError(f"source {name} is not a PostgreSQL source of medvault.toml")
+    return settings
+
+
+# -- what every backup records -------------------------------------------------------------
+
+
+def _record(run: Run, snap: Snapshot, *, read: int, stored: int) -> None:
+    run.touched(snap.id)
+    run.add_bytes(read=read, stored=stored)
+    run.details.update(kind=snap.kind, type=snap.backup_type, parent=snap.parent)
+
+
+def _unread(count: int) -> str | None:
+    return f"{count} file(s) could not be read consistently" if count else None
+
+
+def _replicate(
+    session: Session,
+    run: Run,
+    repo: Repository,
+    snapshot_id: str,
+    source: str,
+    problems: list[str | None],
+) -> Replication:
+    """Replicate the new snapshot; then the run is incomplete for every problem met (those of
+    the backup, and a replication that failed)."""
+    from medvault.service.replication import replicate_snapshot
+
+    try:
+        secondary = replicate_snapshot(session, repo, snapshot_id, source)
+        replication = Replication(replicated_to=secondary)
+    except ReplicationFailed as exc:
+        replication = Replication(error=str(exc))
+    if replication.replicated_to is not None:
+        run.details["replicated_to"] = replication.replicated_to
+    met = [problem for problem in [*problems, replication.error] if problem]
+    if met:
+        run.incomplete("; ".join(met))
+    return replication
