@@ -772,6 +772,34 @@ def _error_classes() -> list[type[MedvaultError]]:
     return found
 
 
+def test_every_exception_class_lives_in_errors_py() -> None:
+    """One place to read every error a shell can meet (and the exit-code table checks them
+    all only if they are all there)."""
+    import ast
+    import builtins
+
+    root = Path(__file__).parent.parent / "src" / "medvault"
+    from medvault import errors
+
+    exception_names = {
+        name
+        for name, value in {**vars(builtins), **vars(errors)}.items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
+    elsewhere = []
+    for path in root.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {
+                    b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
+                }
+                if bases & exception_names:
+                    elsewhere.append(f"{path.relative_to(root)}: {node.name}")
+    assert not elsewhere
+
+
 def _exit_code_rows() -> dict[int, str]:
     guide = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
     section = guide.split("## Exit codes", 1)[1].split("\n## ", 1)[0]

@@ -100,6 +100,15 @@ def test_an_incomplete_run_says_why() -> None:
     assert kept.records[0].error == "2 files could not be read"
 
 
+def test_a_run_that_found_damage_is_failed_though_it_returns_its_result() -> None:
+    kept = Kept()
+    with session(kept).run("check") as run:
+        run.incomplete("one pack unreadable on the secondary")
+        run.fail("2 error(s) found: pack 1f2e… is damaged")
+    assert kept.records[0].status == "failed"
+    assert kept.records[0].error == "2 error(s) found: pack 1f2e… is damaged"
+
+
 def test_an_observer_that_fails_costs_a_warning_not_the_result() -> None:
     kept = Kept()
     current = session(kept, Broken())

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from medvault.errors import IntegrityError, UsageError
+from medvault.errors import UsageError
 
 if TYPE_CHECKING:
     from medvault.service.session import Session
@@ -36,14 +36,6 @@ class CheckResult:
         return not self.errors
 
 
-class _DamageFound(IntegrityError):
-    """Ends a check's run as failed; the caller still gets the whole result to show."""
-
-    def __init__(self, result: CheckResult) -> None:
-        super().__init__(f"{len(result.errors)} error(s) found: {result.errors[0]}")
-        self.result = result
-
-
 def check(
     session: Session,
     options: CheckOptions,
@@ -54,45 +46,42 @@ def check(
     code); its run is recorded as failed, with the count and the first error."""
     from medvault.repository.check import check_repository
 
-    try:
-        with session.run("check") as run:
-            if options.subset is not None and not 0 < options.subset <= 100:
-                raise UsageError("--read-data-subset must be between 0% and 100%")
-            repo = session.open()
-            run.repository = repo.url
-            with repo.lock(exclusive=False, purpose="check"):
-                report = check_repository(
-                    repo,
-                    read_data=options.read_data,
-                    subset=options.subset,
-                    on_progress=on_progress,
-                )
-            result = CheckResult(
-                errors=tuple(report.errors),
-                notes=tuple(report.notes),
-                affected={snap: tuple(paths) for snap, paths in report.affected.items()},
-                snapshots=report.snapshots,
-                packs=report.packs,
-                packs_read=report.packs_read,
-                blobs_read=report.blobs_read,
-                bytes_read=report.bytes_read,
-                wal_files=report.wal_files,
-                wal_read=report.wal_read,
-            )
-            run.add_bytes(read=report.bytes_read)
-            run.details.update(
+    with session.run("check") as run:
+        if options.subset is not None and not 0 < options.subset <= 100:
+            raise UsageError("--read-data-subset must be between 0% and 100%")
+        repo = session.open()
+        run.repository = repo.url
+        with repo.lock(exclusive=False, purpose="check"):
+            report = check_repository(
+                repo,
                 read_data=options.read_data,
                 subset=options.subset,
-                snapshots=report.snapshots,
-                packs=report.packs,
-                packs_read=report.packs_read,
-                wal_files=report.wal_files,
-                wal_read=report.wal_read,
-                errors=len(report.errors),
-                damaged_snapshots=sorted(report.affected),
+                on_progress=on_progress,
             )
-            if not result.ok:
-                raise _DamageFound(result)
-            return result
-    except _DamageFound as found:
-        return found.result
+        result = CheckResult(
+            errors=tuple(report.errors),
+            notes=tuple(report.notes),
+            affected={snap: tuple(paths) for snap, paths in report.affected.items()},
+            snapshots=report.snapshots,
+            packs=report.packs,
+            packs_read=report.packs_read,
+            blobs_read=report.blobs_read,
+            bytes_read=report.bytes_read,
+            wal_files=report.wal_files,
+            wal_read=report.wal_read,
+        )
+        run.add_bytes(read=report.bytes_read)
+        run.details.update(
+            read_data=options.read_data,
+            subset=options.subset,
+            snapshots=report.snapshots,
+            packs=report.packs,
+            packs_read=report.packs_read,
+            wal_files=report.wal_files,
+            wal_read=report.wal_read,
+            errors=len(report.errors),
+            damaged_snapshots=sorted(report.affected),
+        )
+        if not result.ok:
+            run.fail(f"{len(result.errors)} error(s) found: {result.errors[0]}")
+        return result

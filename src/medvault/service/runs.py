@@ -94,6 +94,7 @@ class Run:
     snapshots: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     incomplete_because: str | None = None
+    failed_because: str | None = None
 
     def add_bytes(self, *, read: int = 0, stored: int = 0, restored: int = 0) -> None:
         self.bytes_read += read
@@ -107,6 +108,11 @@ class Run:
     def incomplete(self, reason: str) -> None:
         """It ended and kept what it did, but not all it was asked (unreadable files)."""
         self.incomplete_because = reason
+
+    def fail(self, reason: str) -> None:
+        """It ran to its end and found what it exists to find: damage (a check, a drill).
+        The shell still gets the whole result to show; the record says failed."""
+        self.failed_because = reason
 
     def record(self, started: float, status: Status, error: str | None) -> RunRecord:
         ended = time.time()
@@ -123,7 +129,7 @@ class Run:
             bytes_stored=self.bytes_stored,
             bytes_restored=self.bytes_restored,
             snapshots=tuple(self.snapshots),
-            error=error if error is not None else self.incomplete_because,
+            error=error if error is not None else self.failed_because or self.incomplete_because,
             user=self.caller.user,
             host=self.caller.host,
             shell=self.caller.shell,
@@ -139,6 +145,8 @@ def status_of(exc: BaseException | None, run: Run) -> Status:
     """`refused`: the operation did not start its work, for a reason it names (bad input, a
     lock, an immutable object); `failed`: anything else that stopped it."""
     if exc is None:
+        if run.failed_because is not None:
+            return "failed"
         return "incomplete" if run.incomplete_because is not None else "ok"
     if isinstance(exc, UsageError | RepositoryLocked | ObjectLocked):
         return "refused"
