@@ -173,16 +173,9 @@ class ReplicationFailed(MedvaultError):
 
 
 class DrillFailed(MedvaultError):
-    """A restore drill could not restore or validate its snapshot, or missed its RTO.
-
-    `result`: what the drill found (service.drill.DrillRun), for a shell to show before the
-    error; None where the drill did not get that far."""
+    """A restore drill could not restore or validate its snapshot, or missed its RTO."""
 
     exit_code = 23
-
-    def __init__(self, message: str, *, result: object = None) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 def exit_code_for(exc: BaseException, *, wal_fetch: bool = False) -> int:

@@ -41,18 +41,15 @@ def drill(
 ) -> None:
     """Restore a snapshot into scratch space, validate it, measure the time against the
     tier's RTO, record the result in the repository. Exits 23 when the drill fails."""
-    from medvault.service.drill import DrillOptions, DrillRun
+    from medvault.service.drill import DrillOptions
     from medvault.service.drill import drill as run_drill
 
     options = DrillOptions(source, snapshot, scratch, to_latest, kind)
-    try:
-        done = run_drill(obtain(ctx).session, options)
-    except DrillFailed as failed:
-        # The failed drill is recorded: show what it found, then the error and its exit code.
-        if isinstance(failed.result, DrillRun):
-            _show(failed.result, as_json)
-        raise
+    done = run_drill(obtain(ctx).session, options)
     _show(done, as_json)
+    if done.failure is not None:
+        # Recorded already: what it found is above, then the error and its exit code.
+        raise DrillFailed(done.failure)
 
 
 def _show(done: DrillRun, as_json: bool) -> None:

@@ -2,15 +2,16 @@
 
 A drill restores a snapshot into scratch space, validates it, measures the time against the
 tier's RTO and records the result in the repository (verification/drills.py does the work).
-A drill that fails is recorded, then raises DrillFailed carrying the result, so the run is
-"failed" in run history and the shell can still show every check before the error."""
+A drill that fails is stored and returned like one that passed, with `failure` saying why;
+its run is recorded as failed (Run.fail). The shell shows every check, then ends with the
+drill's exit code (DrillFailed)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from medvault.errors import DrillFailed, SnapshotNotFound, UsageError
+from medvault.errors import SnapshotNotFound, UsageError
 
 if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
@@ -36,6 +37,7 @@ class DrillRun:
     snapshot: Snapshot
     result: DrillResult  # as stored in the repository
     rto: str | None  # the tier's RTO as configured ("4h"), if it has one
+    failure: str | None = None  # one line, when the drill failed
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,7 @@ class DrillHistory:
 
 
 def drill(session: Session, options: DrillOptions) -> DrillRun:
-    """Run, validate and record one drill. Raises DrillFailed (with `.result`, the DrillRun)
-    when it failed, after recording it."""
+    """Run, validate and record one drill; a failed drill is returned with `failure` set."""
     from medvault.config import PostgresSourceSettings
     from medvault.durations import parse_duration
     from medvault.postgres.server import dsn_field
@@ -90,13 +91,15 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
             within_rto=result.within_rto,
             failed_checks=[c.name for c in result.checks if not c.ok],
         )
-        done = DrillRun(snap, result, tier.rto if tier is not None and tier.rto else None)
-        if not result.ok:
-            reason = result.error or next(
-                (f"{c.name}: {c.detail}" for c in result.checks if not c.ok), ""
-            )
-            raise DrillFailed(f"drill of snapshot {snap.short_id} failed: {reason}", result=done)
-        return done
+        rto_text = tier.rto if tier is not None and tier.rto else None
+        if result.ok:
+            return DrillRun(snap, result, rto_text)
+        reason = result.error or next(
+            (f"{c.name}: {c.detail}" for c in result.checks if not c.ok), ""
+        )
+        failure = f"drill of snapshot {snap.short_id} failed: {reason}"
+        run.fail(failure)
+        return DrillRun(snap, result, rto_text, failure)
 
 
 def _validate(options: DrillOptions) -> None:
