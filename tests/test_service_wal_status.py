@@ -14,7 +14,8 @@ from medvault.config import load_settings
 from medvault.errors import RepositoryNotFound, UsageError, WalConflict
 from medvault.service.session import Session
 from medvault.service.status import CRITICAL, OK, WARN, status
-from medvault.service.wal import PushOptions, fetch, push, wal_status
+from medvault.service.wal import PushOptions, fetch, push
+from medvault.service.walstatus import wal_status
 from medvault.walconfig import full_wal_settings, light_wal_settings
 
 MiB = 1024 * 1024

@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from medvault.configfile import find_config
 from medvault.service.runs import Caller, Run, RunObserver, running
@@ -37,9 +37,9 @@ class CredentialSource(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class RepositoryTarget:
-    """A repository chosen (Session.target), with what opening it needs."""
+class RepositoryTarget(NamedTuple):
+    """A repository chosen (Session.target), with what opening it needs. A NamedTuple rather
+    than a frozen dataclass: its class is built on every wal-push, at a tenth of the cost."""
 
     url: str
     settings: RepositorySettings | None = None  # its [repository.NAME], when named there

@@ -1,40 +1,37 @@
-"""The WAL archive as operations: push (archive_command), fetch (restore_command) and the
-archive's health (wal-status).
+"""The WAL archive as operations: push (archive_command) and fetch (restore_command); the
+archive's health is in walstatus.py.
 
 push and fetch run once per WAL file, so this module imports nothing heavy at module level,
 reads medvault.toml through medvault.walconfig (tomllib alone for a plain setup) and opens the
 repository through Session.open_target with the target that reader resolved: no pydantic,
-no Typer. A push is a run like any other ("wal-push"): a failure reaches the session's
-observers; an observer that keeps history should not keep one record per 16 MiB of WAL
-pushed successfully.
+no Typer. Options and results are NamedTuples rather than frozen dataclasses: as immutable
+and typed, and their classes, built on every wal-push, cost a tenth. A push is a run like any
+other ("wal-push"): a failure reaches the session's observers; an observer that keeps
+history should not keep a record of each of the pushes that succeed (one per 16 MiB of WAL).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
-from medvault.errors import MedvaultError, SourceUnavailable
-from medvault.postgres.lsn import DEFAULT_SEGMENT_SIZE, check_name, is_archivable
+from medvault.errors import MedvaultError
+from medvault.postgres.lsn import check_name
 
 if TYPE_CHECKING:
     from medvault.config import RepositorySettings
     from medvault.repository.wal import WalArchive
     from medvault.service.session import Session
-    from medvault.sources.postgres.walstatus import TimelineSummary
     from medvault.walconfig import WalSettings
 
 
-@dataclass(frozen=True)
-class PushOptions:
+class PushOptions(NamedTuple):
     source: str  # the PostgreSQL source in medvault.toml
     path: str  # the WAL file (archive_command's %p)
     force_async: bool = False  # push every ready file in one batch (as wal_async = true)
 
 
-@dataclass(frozen=True)
-class PushResult:
+class PushResult(NamedTuple):
     name: str  # the file PostgreSQL asked for: durable in the archive
     # Acknowledged from the spool: an earlier asynchronous call had pushed it ahead.
     from_spool: bool = False
@@ -43,27 +40,9 @@ class PushResult:
     not_replicated: str | None = None
 
 
-@dataclass(frozen=True)
-class FetchResult:
+class FetchResult(NamedTuple):
     name: str
     found: bool  # False: not in the archive (the normal end of an archive recovery)
-
-
-@dataclass(frozen=True)
-class WalStatusReport:
-    source: str
-    system_identifier: str | None
-    segment_size: int
-    archiver: dict[str, Any] | None  # pg_stat_archiver and archive_mode, when asked
-    archiver_error: str | None  # why the server could not be asked
-    ready: int | None  # files marked ready to archive in pg_wal
-    spooled: int | None  # pushed ahead, awaiting acknowledgement
-    timelines: tuple[TimelineSummary, ...]
-    problems: tuple[str, ...]
-
-    @property
-    def healthy(self) -> bool:
-        return not self.problems
 
 
 # -- settings and the archive ----------------------------------------------------------------
@@ -164,69 +143,3 @@ def fetch(session: Session, source: str, name: str, dest: str) -> FetchResult:
         found = fetch_to(open_archive(session, wal), name, dest)
         run.details["found"] = found
         return FetchResult(name, found)
-
-
-def wal_status(session: Session, source: str) -> WalStatusReport:
-    """The archiver's health and the archive's segments per timeline, with any gaps."""
-    from medvault.sources.postgres.walspool import SPOOL_DIR_NAME, Spool
-    from medvault.sources.postgres.walstatus import archiver_stats, ready_count, summarize
-
-    with session.run("wal-status", source=source) as run:
-        wal = wal_settings(session, source)
-        run.repository = wal.url
-        archive = open_archive(session, wal)
-        record = archive.cluster()
-        segment_size = record.segment_size if record else DEFAULT_SEGMENT_SIZE
-        timelines = tuple(summarize(archive, segment_size))
-        archiver, archiver_error = None, None
-        if wal.dsn:
-            try:
-                archiver = archiver_stats(wal.dsn)
-            except SourceUnavailable as exc:
-                archiver_error = str(exc)
-        spool_path = wal.wal_spool or (
-            os.path.join(wal.pgdata, "pg_wal", SPOOL_DIR_NAME) if wal.pgdata else None
-        )
-        problems = _problems(source, archive, timelines, archiver, archiver_error)
-        run.details["problems"] = len(problems)
-        return WalStatusReport(
-            source=source,
-            system_identifier=record.system_identifier if record else None,
-            segment_size=segment_size,
-            archiver=archiver,
-            archiver_error=archiver_error,
-            ready=ready_count(wal.pgdata),
-            spooled=len(Spool(spool_path, source, wal.url).markers()) if spool_path else None,
-            timelines=timelines,
-            problems=tuple(problems),
-        )
-
-
-def _problems(
-    source: str,
-    archive: WalArchive,
-    timelines: tuple[TimelineSummary, ...],
-    archiver: dict[str, Any] | None,
-    archiver_error: str | None,
-) -> list[str]:
-    problems = []
-    for t in timelines:
-        if t.missing:
-            shown = ", ".join(t.missing[:5]) + (" ..." if len(t.missing) > 5 else "")
-            problems.append(f"timeline {t.timeline}: {len(t.missing)} missing: {shown}")
-    if archiver is not None and archiver["failing"]:
-        problems.append(
-            f"the archiver is failing: {archiver['last_failed_wal']} failed at "
-            f"{archiver['last_failed_time']}; see the server log for wal-push's message"
-        )
-    last = archiver["last_archived_wal"] if archiver is not None else None
-    if last is not None and is_archivable(last) and not archive.exists(last):
-        problems.append(
-            f"the server reports {last} archived but the archive of source {source} lacks it: "
-            "does its archive_command name another source or repository?"
-        )
-    if archiver is not None and archiver["archive_mode"] == "off":
-        problems.append("archive_mode is off: no WAL reaches the archive")
-    if archiver_error is not None:
-        problems.append(archiver_error)
-    return problems
