@@ -59,7 +59,7 @@ ALLOWED: dict[str, set[str]] = {
         "credentials",
         "walconfig",
     },
-    "cli": {"service", "config", "credentials"},
+    "cli": {"service", "config", "walconfig", "credentials"},
 }
 # Arrows that stand for a reason of their own, each said here: (importing module, node), the
 # module named below its top-level part (`cli.wal` is src/medvault/cli/wal.py) so that an

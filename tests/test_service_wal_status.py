@@ -14,7 +14,7 @@ from medvault.config import load_settings
 from medvault.errors import RepositoryNotFound, UsageError, WalConflict
 from medvault.service.session import Session
 from medvault.service.status import CRITICAL, OK, WARN, status
-from medvault.service.wal import PushOptions, fetch, push
+from medvault.service.wal import PushOptions, acknowledged, fetch, push
 from medvault.service.walstatus import wal_status
 from medvault.walconfig import full_wal_settings, light_wal_settings
 
@@ -158,6 +158,29 @@ def test_a_push_that_is_refused_or_fails_leaves_its_record(tmp_path: Path) -> No
     assert conflict.status == "failed" and conflict.error is not None
     assert f"holds cluster {CLUSTER}" in conflict.error
     assert refused.status == "refused" and "not a WAL file name" in (refused.error or "")
+
+
+def test_an_asynchronous_push_takes_the_ready_files_and_they_are_acknowledged_without_a_session(
+    tmp_path: Path,
+) -> None:
+    config = wal_world(tmp_path)
+    pg_wal = tmp_path / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    first, second = segment(pg_wal, 1), segment(pg_wal, 2)
+    for path in (first, second):
+        (pg_wal / "archive_status" / f"{path.name}.ready").touch()
+    kept = Kept()
+
+    result = push(session(kept, config), PushOptions("emr", str(first), force_async=True))
+    assert (result.name, result.pushed_ahead) == (first.name, (second.name,))
+    (record,) = kept.records
+    assert (record.operation, record.status) == ("wal-push", "ok")
+
+    wal = light_wal_settings(str(config), None, "emr")
+    assert wal is not None
+    assert acknowledged(wal, PushOptions("emr", str(second), force_async=True))
+    assert not acknowledged(wal, PushOptions("emr", str(second), force_async=True)), "once"
+    assert not acknowledged(wal, PushOptions("emr", str(first), force_async=False))
 
 
 def test_wal_status_reports_a_gap_and_an_unreachable_server(tmp_path: Path) -> None:

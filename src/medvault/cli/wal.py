@@ -36,6 +36,9 @@ from medvault.errors import (
 if TYPE_CHECKING:
     import typer
 
+    from medvault.config import RepositorySettings
+    from medvault.credentials import ShellCredentials
+    from medvault.repository.keys import Credential
     from medvault.service.session import Session
     from medvault.service.walstatus import WalStatusReport
 
@@ -56,19 +59,42 @@ class GlobalOptions(NamedTuple):
     key_file: str | None = None
 
 
+class _ShellCredentials:
+    """medvault.credentials' ShellCredentials, imported when a repository is first opened (it
+    brings the key machinery): an asynchronous push acknowledged from its marker opens none."""
+
+    def __init__(self, options: GlobalOptions) -> None:
+        self.options = options
+
+    def _shell(self) -> "ShellCredentials":
+        from medvault.credentials import CredentialOptions, ShellCredentials
+
+        given = self.options
+        return ShellCredentials(
+            CredentialOptions(given.password_file, given.password_command, given.key_file)
+        )
+
+    def primary(self, settings: "RepositorySettings | None") -> "Credential":
+        return self._shell().primary(settings)
+
+    def other(self, settings: "RepositorySettings | None") -> "Credential":
+        return self._shell().other(settings)
+
+
+def _repository(options: GlobalOptions) -> str | None:
+    """--repo, else MEDVAULT_REPOSITORY (as Typer reads it for the other commands)."""
+    return options.repo or os.environ.get("MEDVAULT_REPOSITORY")
+
+
 def session_of(options: GlobalOptions) -> "Session":
     """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer)."""
-    from medvault.credentials import CredentialOptions, ShellCredentials
     from medvault.service.runs import Caller
     from medvault.service.session import Session
 
-    credentials = CredentialOptions(
-        options.password_file, options.password_command, options.key_file
-    )
     return Session(
-        credentials=ShellCredentials(credentials),
+        credentials=_ShellCredentials(options),
         caller=Caller.this_process("cli"),
-        repository=options.repo or os.environ.get("MEDVAULT_REPOSITORY"),
+        repository=_repository(options),
         config=options.config,
     )
 
@@ -83,10 +109,16 @@ def _print_warnings(session: "Session") -> None:
 
 def run_push(options: GlobalOptions, source: str, path: str, *, force_async: bool) -> None:
     """archive_command: returns once the file is durable; raises MedvaultError otherwise."""
-    from medvault.service.wal import PushOptions, push
+    from medvault.service.wal import PushOptions, acknowledged, push
+    from medvault.walconfig import light_wal_settings
 
+    asked = PushOptions(source, path, force_async)
+    # Acknowledged from the spool (most calls with wal_async) before a session is made.
+    light = light_wal_settings(options.config, _repository(options), source)
+    if light is not None and acknowledged(light, asked):
+        return
     session = session_of(options)
-    result = push(session, PushOptions(source, path, force_async))
+    result = push(session, asked, wal=light)
     if result.from_spool:
         return
     _print_warnings(session)

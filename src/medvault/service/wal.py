@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 from medvault.errors import MedvaultError
-from medvault.postgres.lsn import check_name
+from medvault.postgres.lsn import check_name, is_archivable
 
 if TYPE_CHECKING:
     from medvault.config import RepositorySettings
@@ -78,13 +78,30 @@ def open_archive(session: Session, wal: WalSettings, *, compress_threads: int = 
 # -- the operations ----------------------------------------------------------------------------
 
 
-def push(session: Session, options: PushOptions) -> PushResult:
-    """archive_command: returns once the file is durable; raises MedvaultError otherwise."""
+def acknowledged(wal: WalSettings, options: PushOptions) -> bool:
+    """True when an earlier asynchronous call pushed this very file ahead (its marker in the
+    spool matches): it is durable, and nothing else is to be done. Needs no session: with
+    wal_async most calls end here, so they load neither the session nor the repository
+    machinery (and leave no record: they succeed). False, changing nothing, when not so."""
+    if not (options.force_async or wal.wal_async):
+        return False
+    from medvault.sources.postgres.walspool import Spool
+
+    name = os.path.basename(options.path)
+    if not is_archivable(name):
+        return False  # push() refuses it, and its run records why
+    spool = Spool(wal.wal_spool or Spool.default_path(options.path), options.source, wal.url)
+    return spool.acknowledge(name, options.path)
+
+
+def push(session: Session, options: PushOptions, *, wal: WalSettings | None = None) -> PushResult:
+    """archive_command: returns once the file is durable; raises MedvaultError otherwise.
+    `wal`: the settings, when the shell read them already (to ask `acknowledged` first)."""
     from medvault.sources.postgres.wal import push_file
 
     with session.run("wal-push", source=options.source) as run:
         name = check_name(os.path.basename(options.path))
-        wal = wal_settings(session, options.source)
+        wal = wal or wal_settings(session, options.source)
         run.repository = wal.url
         ahead: list[str] = []
         if options.force_async or wal.wal_async:
