@@ -20,7 +20,6 @@ from tests.pgcluster import (
 )
 
 from medvault.backends import open_backend
-from medvault.cli.wal import POSTGRES_SOURCE_KEYS, REPOSITORY_KEYS
 from medvault.config import PostgresSourceSettings, RepositorySettings
 from medvault.postgres.lsn import (
     format_lsn,
@@ -35,6 +34,7 @@ from medvault.repository.repo import Repository
 from medvault.repository.wal import WalArchive
 from medvault.sources.postgres.physical import wait_for_segments
 from medvault.sources.postgres.wal import push_file
+from medvault.walconfig import POSTGRES_SOURCE_KEYS, REPOSITORY_KEYS
 
 MiB = 1024 * 1024
 EXIT_CONFLICT = 18

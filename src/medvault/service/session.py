@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from medvault.configfile import find_config
 from medvault.service.runs import Caller, Run, RunObserver, running
@@ -35,6 +35,19 @@ class CredentialSource(Protocol):
     def other(self, settings: RepositorySettings | None) -> Credential:
         """For a second repository in one operation (copy's source, a secondary)."""
         ...
+
+
+class RepositoryTarget(NamedTuple):
+    """A repository chosen (Session.target), with what opening it needs. A NamedTuple rather
+    than a frozen dataclass: its class is built on every wal-push, at a tenth of the cost."""
+
+    url: str
+    settings: RepositorySettings | None = None  # its [repository.NAME], when named there
+    retention: dt.timedelta | None = None  # how long what is written stays undeletable
+    secondary: str | None = None  # the [repository.NAME] reads fail over to
+    # Where the credential is configured when `settings` was not loaded: the WAL path reads
+    # key_file, password_file and password_command without pydantic (medvault.walconfig).
+    credential_keys: RepositorySettings | None = None
 
 
 @dataclass
@@ -85,6 +98,17 @@ class Session:
 
     # -- repositories ----------------------------------------------------------------------
 
+    def target(self, source: str | None = None, selector: str | None = None) -> RepositoryTarget:
+        """The repository chosen as repository_target says, with its retention period and
+        its secondary."""
+        url, repo_settings = self.repository_target(source, selector)
+        return RepositoryTarget(
+            url,
+            repo_settings,
+            retention=self.retention_period(source),
+            secondary=repo_settings.secondary if repo_settings is not None else None,
+        )
+
     def open(
         self,
         source: str | None = None,
@@ -97,11 +121,24 @@ class Session:
         credential is asked of `credentials.other`. With `sharing`, an open repository whose
         keys this one may share: then no credential is needed. A repository with a
         secondary fails over to it on read."""
+        return self.open_target(
+            self.target(source, selector), source=source, other=other, sharing=sharing
+        )
+
+    def open_target(
+        self,
+        target: RepositoryTarget,
+        *,
+        source: str | None = None,
+        other: bool = False,
+        sharing: Repository | None = None,
+    ) -> Repository:
+        """Open a repository already chosen: by `target`, or by a shell that resolved it
+        without loading the settings (wal-push reads a few keys of medvault.toml itself)."""
         from medvault.backends import open_backend
         from medvault.repository.repo import Repository
 
-        url, repo_settings = self.repository_target(source, selector)
-        backend = open_backend(url, repo_settings)
+        backend = open_backend(target.url, target.settings)
         # "No repository here" before asking for a credential that could not help.
         probed = Repository.probe(backend)
         repo = (
@@ -110,18 +147,14 @@ class Session:
             else None
         )
         if repo is None:
-            credential = (
-                self.credentials.other(repo_settings)
-                if other
-                else self.credentials.primary(repo_settings)
-            )
+            about = target.settings if target.settings is not None else target.credential_keys
+            credential = self.credentials.other(about) if other else self.credentials.primary(about)
             repo = Repository.open(backend, credential, probed)
-        repo.retention_period = self.retention_period(source)
-        secondary = repo_settings.secondary if repo_settings is not None else None
-        if secondary is not None:
-            name = secondary
+        repo.retention_period = target.retention
+        if target.secondary is not None:
+            name = target.secondary
             repo.fallback = lambda: self.open(source, selector=name, other=True, sharing=repo)
-            repo.fallback_name = secondary
+            repo.fallback_name = name
         self._opened.append(repo)
         return repo
 
