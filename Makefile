@@ -19,6 +19,7 @@ PYDIRS := $(wildcard src tests bench demo)
 lint: install
 	$(BIN)/ruff check $(PYDIRS)
 	$(BIN)/ruff format --check $(PYDIRS)
+	$(BIN)/python scripts/import_graph.py --check
 
 typecheck: install
 	$(BIN)/mypy
