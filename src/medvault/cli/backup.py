@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import typer
 
-from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
+from medvault.cli.context import human_bytes, obtain, print_json, warn
+from medvault.cli.progress import progress_once_started
 from medvault.errors import EXIT_INCOMPLETE, ReplicationFailed
 
 if TYPE_CHECKING:
@@ -68,7 +66,7 @@ def backup(
         # it holds its snapshot open.
         open_repository_first=sys.stdin.isatty(),
     )
-    with progress_from_first_bytes("dumping" if logical else "backing up", not as_json) as advance:
+    with progress_once_started("dumping" if logical else "backing up", not as_json) as advance:
         result = back_up(cli.session, options, on_progress=advance)
     if isinstance(result, PhysicalBackupResult):
         from medvault.cli.pg_physical import report_physical_backup
@@ -84,28 +82,6 @@ def backup(
         raise ReplicationFailed(result.replication.error)
     if not result.complete:
         raise typer.Exit(EXIT_INCOMPLETE)
-
-
-@contextlib.contextmanager
-def progress_from_first_bytes(label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar that appears with the first bytes backed up. The service opens the
-    repository inside the call and may prompt for its passphrase there: a bar already on the
-    terminal would draw over the prompt. Progress comes from the pipeline's threads."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda _n: None
-        return
-    with contextlib.ExitStack() as stack:
-        started: list[Callable[[int], None]] = []
-        lock = threading.Lock()
-
-        def advance(count: int) -> None:
-            if not started:
-                with lock:
-                    if not started:
-                        started.append(stack.enter_context(progress_bar(label, None, True)))
-            started[0](count)
-
-        yield advance
 
 
 def _report(result: FilesBackupResult, as_json: bool) -> None:

@@ -1,4 +1,4 @@
-"""State shared by all commands: global options, settings, and opening the repository.
+"""State shared by all commands: the root options, and the Session built from them.
 
 Heavy modules (pydantic, rich's progress, the repository engine) are imported only by the
 commands that use them, so a command starts in a fraction of a second.
@@ -7,7 +7,6 @@ commands that use them, so a command starts in a fraction of a second.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -19,8 +18,6 @@ import typer
 from medvault.credentials import CredentialOptions
 
 if TYPE_CHECKING:
-    from medvault.config import RepositorySettings, Settings
-    from medvault.repository.repo import Repository
     from medvault.service.session import Session
 
 
@@ -54,34 +51,6 @@ class CliContext:
                 config=self.config_option,
             )
         return self._session
-
-    @property
-    def settings(self) -> Settings:
-        return self.session.settings
-
-    def configured_sources(self) -> set[str]:
-        return self.session.configured_sources()
-
-    def repository_target(
-        self, source: str | None = None, selector: str | None = None
-    ) -> tuple[str, RepositorySettings | None]:
-        return self.session.repository_target(source, selector)
-
-    def open(
-        self,
-        source: str | None = None,
-        selector: str | None = None,
-        *,
-        other: bool = False,
-        sharing: Repository | None = None,
-    ) -> Repository:
-        return self.session.open(source, selector, other=other, sharing=sharing)
-
-    def last_opened(self) -> Repository:
-        return self.session.last_opened()
-
-    def retention_period(self, source: str | None) -> dt.timedelta | None:
-        return self.session.retention_period(source)
 
     def print_warnings(self) -> None:
         if self._session is None:
