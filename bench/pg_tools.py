@@ -112,7 +112,10 @@ class MedvaultPg:
 
     name = "medvault"
 
-    def __init__(self, home: Path, cluster: PgCluster, *, shim: bool = False) -> None:
+    def __init__(
+        self, home: Path, cluster: PgCluster, *, shim: bool = False, binary: str = MEDVAULT
+    ) -> None:
+        self.binary = binary  # another checkout's medvault, for bench/ab_trees.py
         self.home = pg_dir(home)
         self.cluster = cluster
         self.repo = home / "repo"
@@ -127,12 +130,12 @@ class MedvaultPg:
         return done.stdout.strip()
 
     def run(self, *args: str, ok: tuple[int, ...] = (0,), config: Path | None = None) -> Measured:
-        argv = [MEDVAULT, "--config", str(config or self.config), *args]
+        argv = [self.binary, "--config", str(config or self.config), *args]
         return run_pg_measured(argv, self.home, ok=ok)
 
     def init(self) -> None:
         run_pg_measured(
-            [MEDVAULT, "--repo", str(self.repo), "init", "--new-key-file", str(self.key_file)],
+            [self.binary, "--repo", str(self.repo), "init", "--new-key-file", str(self.key_file)],
             self.home,
         )
         for path, extra in ((self.config, ""), (self.async_config, "wal_async = true\n")):
@@ -149,7 +152,7 @@ class MedvaultPg:
         config = self.async_config if async_ else self.config
         if self.shim:
             return f"{PYTHON} {BENCH_DIR / 'pg_tools.py'} wal-push {config} {SOURCE} %p"
-        return f"{MEDVAULT} --config {config} wal-push {SOURCE} %p"
+        return f"{self.binary} --config {config} wal-push {SOURCE} %p"
 
     def backup(self, backup_type: str) -> tuple[Measured, dict[str, Any]]:
         result = self.run("backup", SOURCE, "--type", backup_type, "--json")
