@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import secrets
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ class Caller:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = str(os.getuid())
-        return cls(user=user, shell=shell, host=socket.gethostname())
+        return cls(user=user, shell=shell, host=os.uname().nodename)
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,8 @@ class Run:
     caller: Caller
     source: str | None = None
     repository: str | None = None
-    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    # os.urandom rather than secrets/socket: every wal-push makes a Run, and imports cost.
+    run_id: str = field(default_factory=lambda: os.urandom(8).hex())
     bytes_read: int = 0
     bytes_stored: int = 0
     bytes_restored: int = 0
