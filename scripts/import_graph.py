@@ -32,6 +32,7 @@ COMMON = {
     "configfile",
     "childenv",
     "dirpath",
+    "statedir",
     "__init__",
 }
 ALLOWED: dict[str, set[str]] = {

@@ -139,3 +139,66 @@ def test_a_drill_section_with_bad_memory_or_unknown_keys_is_refused(
         (tmp_path / "medvault.toml").write_text(head + body)
         done = cli("snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
         assert done.returncode == 2 and key in done.stderr, done.stderr
+
+
+def test_classification_compliance_and_audit_retention_come_from_source_or_tier(
+    tmp_path: Path,
+) -> None:
+    import datetime as dt
+
+    from medvault.config import load_settings
+    from medvault.statedir import SYSTEM_STATE_DIR, default_state_dir
+
+    path = tmp_path / "medvault.toml"
+    path.write_text(
+        f"""
+[repository.primary]
+url = "{tmp_path / "repo"}"
+
+[tier.medical]
+floor = "7y"
+classification = "phi"
+compliance = ["hipaa", "gdpr"]
+
+[tier.ops]
+floor = "30d"
+
+[source.emr]
+kind = "postgres"
+dsn = "host=/run/postgresql dbname=emr"
+tier = "medical"
+
+[source.letters]
+kind = "files"
+paths = ["/srv/letters"]
+tier = "medical"
+classification = "pii"
+compliance = ["gdpr"]
+
+[source.logs]
+kind = "files"
+paths = ["/var/log/app"]
+tier = "ops"
+
+[catalog]
+url = "sqlite:////var/lib/medvault/catalog.db"
+"""
+    )
+    settings = load_settings(str(path))
+    assert settings.data_classification("emr") == "phi"
+    assert settings.compliance_flags("emr") == ["hipaa", "gdpr"]
+    assert settings.data_classification("letters") == "pii"
+    assert settings.compliance_flags("letters") == ["gdpr"]
+    assert (settings.data_classification("logs"), settings.compliance_flags("logs")) == (None, [])
+    assert settings.data_classification(None) is None
+    # No [audit] retention: the longest tier floor.
+    assert settings.audit_retention() == dt.timedelta(days=7 * 365)
+    assert settings.catalog.url == "sqlite:////var/lib/medvault/catalog.db"
+    path.write_text(path.read_text() + '\n[audit]\nretention = "10y"\n')
+    assert load_settings(str(path)).audit_retention() == dt.timedelta(days=10 * 365)
+
+    assert default_state_dir({}, 0) == SYSTEM_STATE_DIR
+    assert default_state_dir({"XDG_STATE_HOME": "/x/state"}, 1000) == Path("/x/state/medvault")
+    assert default_state_dir({"HOME": "/home/nurse"}, 1000) == Path(
+        "/home/nurse/.local/state/medvault"
+    )

@@ -103,6 +103,8 @@ class FilesSourceSettings(_Section):
     tags: list[str] = []
     tier: str | None = None
     retention: RetentionSettings | None = None  # overrides the tier's
+    classification: str | None = None  # overrides the tier's (audit records)
+    compliance: list[str] | None = None  # overrides the tier's
 
 
 class DrillSettings(_Section):
@@ -136,6 +138,8 @@ class PostgresSourceSettings(_Section):
     tags: list[str] = []
     tier: str | None = None
     retention: RetentionSettings | None = None  # overrides the tier's
+    classification: str | None = None  # overrides the tier's (audit records)
+    compliance: list[str] | None = None  # overrides the tier's
     pg_bin: str | None = None  # directory of pg_dump & co; default: matches the server
     wal_async: bool = False
     wal_spool: str | None = None  # async push markers; default <directory of %p>/medvault-spool
@@ -222,6 +226,10 @@ class TierSettings(_Section):
     # drill is older, or there is none.
     drill_every: str | None = None
     retention: RetentionSettings | None = None
+    # What the data is, for audit records and reports: e.g. "phi" (protected health
+    # information), "pii", "internal"; and the regimes it falls under ("hipaa", "gdpr").
+    classification: str | None = None
+    compliance: list[str] = []
 
     @field_validator("rpo", "rto", "floor", "drill_every")
     @classmethod
@@ -241,11 +249,34 @@ SourceSettings = Annotated[
 ]
 
 
+class AuditSettings(_Section):
+    """`[audit]`: how long audit records are kept at least (default: the longest tier
+    floor); prune never removes a younger one."""
+
+    retention: str | None = None
+
+    @field_validator("retention")
+    @classmethod
+    def _is_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+class CatalogSettings(_Section):
+    """`[catalog]`: the queryable index of run and audit records (SQLAlchemy URL; default
+    SQLite in the state directory). Several hosts share one by a PostgreSQL URL."""
+
+    url: str | None = None
+
+
 class Settings(_Section):
     repository: dict[str, RepositorySettings] = {}
     source: dict[str, SourceSettings] = {}
     tier: dict[str, TierSettings] = {}
     drill: DrillDefaults = DrillDefaults()
+    audit: AuditSettings = AuditSettings()
+    catalog: CatalogSettings = CatalogSettings()
     path: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -284,6 +315,31 @@ class Settings(_Section):
             retention = self.tier[section.tier].retention
             return retention.policy() if retention is not None else None
         return None
+
+    def data_classification(self, source: str | None) -> str | None:
+        """The source's classification, else its tier's."""
+        section = self.source.get(source) if source else None
+        if section is None:
+            return None
+        if section.classification is not None:
+            return section.classification
+        return self.tier[section.tier].classification if section.tier is not None else None
+
+    def compliance_flags(self, source: str | None) -> list[str]:
+        """The source's compliance regimes, else its tier's."""
+        section = self.source.get(source) if source else None
+        if section is None:
+            return []
+        if section.compliance is not None:
+            return list(section.compliance)
+        return list(self.tier[section.tier].compliance) if section.tier is not None else []
+
+    def audit_retention(self) -> dt.timedelta | None:
+        """How long audit records are kept at least: [audit] retention, else the longest
+        tier floor (None: no tier has one, and audit records are never removed)."""
+        if self.audit.retention is not None:
+            return parse_duration(self.audit.retention)
+        return self.retention_period(None)
 
     def retention_period(self, source: str | None) -> dt.timedelta | None:
         """How long new objects must stay undeletable: the source's tier floor, or for

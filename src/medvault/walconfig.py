@@ -64,6 +64,8 @@ POSTGRES_SOURCE_KEYS = frozenset(
         "archive_timeout_s",
         "checkpoint",
         "drill",
+        "classification",
+        "compliance",
     }
 )
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
