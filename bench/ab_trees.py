@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pg_tools
-from pg_run import make_cluster, pgbench
+from pg_run import make_cluster, pgbench, set_archive_command, use_archiver
 from pg_tools import MedvaultPg, pg_dir
 from run import data_dir, prepare_data, settle
 from tools import Measured, Medvault
@@ -76,7 +76,7 @@ class Samples:
 
     def table(self) -> list[str]:
         lines = [
-            f"{'step':<22} {'n':>3} {'base wall':>10} {'head wall':>10} {'ratio':>6}"
+            f"{'step':<24} {'n':>3} {'base wall':>10} {'head wall':>10} {'ratio':>6}"
             f" {'base cpu':>9} {'head cpu':>9} {'ratio':>6}"
         ]
         for step, trees in self.data.items():
@@ -86,7 +86,7 @@ class Samples:
             bw, hw = (statistics.median(w for w, _ in s) for s in (base, head))
             bc, hc = (statistics.median(c for _, c in s) for s in (base, head))
             lines.append(
-                f"{step:<22} {min(len(base), len(head)):>3} {bw:>9.3f}s {hw:>9.3f}s "
+                f"{step:<24} {min(len(base), len(head)):>3} {bw:>9.3f}s {hw:>9.3f}s "
                 f"{hw / bw:>6.3f} {bc:>8.3f}s {hc:>8.3f}s {hc / bc if bc else 0:>6.3f}"
             )
         return lines
@@ -131,6 +131,7 @@ def pg_phases(trees: dict[str, str], work: Path, args: argparse.Namespace, out: 
         }
         for tool in tools.values():
             tool.init()
+        set_archive_command(cluster, "true")
         segments = wal_segments(cluster, base, args.wal_pushes)
         log(f"wal: {len(segments)} real segments, pushed by each tree")
         for index, segment in enumerate(segments):
@@ -139,6 +140,9 @@ def pg_phases(trees: dict[str, str], work: Path, args: argparse.Namespace, out: 
         for round_no in range(args.rounds):
             for name, _ in ordered(trees, round_no):
                 tool = tools[name]
+                # Each tree archives while it backs up, so its repository has the WAL the
+                # backup and its drill need.
+                use_archiver(cluster, tool.archive_command())
                 settle()
                 result, _facts = tool.backup("full")
                 out.add("physical backup full", name, result)

@@ -85,6 +85,35 @@ def test_a_files_restore_returns_what_it_wrote_and_records_target_reason_and_byt
     assert record.details["kind"] == "files"
 
 
+def test_a_restore_record_answers_the_auditor_from_the_record_itself(
+    backed_up: tuple[str, str], tmp_path: Path
+) -> None:
+    """Who restored which data of what classification, from when, to where, and why."""
+    url, snapshot = backed_up
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f'[repository.main]\nurl = "{url}"\n'
+        '[tier.medical]\nfloor = "7y"\nclassification = "phi"\ncompliance = ["hipaa"]\n'
+        "[tier.medical.retention]\nkeep_daily = 7\nkeep_yearly = 7\n"
+        f'[source.charts]\nkind = "files"\npaths = ["{tmp_path}"]\ntier = "medical"\n'
+    )
+    kept = Kept()
+    session = Session(
+        credentials=Given(PASSWORD), caller=NIGHT_SHIFT, config=str(config), observers=[kept]
+    )
+    out = tmp_path / "out"
+    restore(session, RestoreOptions(snapshot="latest", target=str(out), reason="INC-2231"))
+    (record,) = kept.records
+    assert (record.user, record.host, record.shell) == ("dr.smith", "backup-1", "scheduler")
+    assert record.snapshots == (snapshot,) and record.source == "charts"
+    assert record.destination == str(out) and record.justification == "INC-2231"
+    assert record.recovery_point is not None and record.recovery_point.startswith("20")
+    assert record.data_classification == "phi" and record.compliance_flags == ("hipaa",)
+    assert record.retention_policy == "tier medical, floor 7y; keep daily 7, yearly 7"
+    assert record.encryption is not None and "AES-256-GCM" in record.encryption
+    assert record.approver is None and record.timestamp == record.ended
+
+
 def test_a_restore_over_existing_files_without_overwrite_fails_and_keeps_them(
     backed_up: tuple[str, str], tmp_path: Path
 ) -> None:

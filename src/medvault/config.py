@@ -334,6 +334,27 @@ class Settings(_Section):
             return list(section.compliance)
         return list(self.tier[section.tier].compliance) if section.tier is not None else []
 
+    def retention_description(self, source: str | None) -> str | None:
+        """The source's retention in an auditor's words: its tier, floor and keep rules."""
+        section = self.source.get(source) if source else None
+        if section is None:
+            return None
+        parts = []
+        if section.tier is not None:
+            tier = self.tier[section.tier]
+            parts.append(f"tier {section.tier}" + (f", floor {tier.floor}" if tier.floor else ""))
+        rules = section.retention or (
+            self.tier[section.tier].retention if section.tier is not None else None
+        )
+        if rules is not None:
+            kept = [
+                f"{name.removeprefix('keep_').replace('_', ' ')} {value}"
+                for name, value in rules.model_dump().items()
+                if value
+            ]
+            parts.append("keep " + ", ".join(kept) if kept else "keep everything")
+        return "; ".join(parts) or "none"
+
     def audit_retention(self) -> dt.timedelta | None:
         """How long audit records are kept at least: [audit] retention, else the longest
         tier floor (None: no tier has one, and audit records are never removed)."""

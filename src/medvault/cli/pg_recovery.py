@@ -204,6 +204,9 @@ def pitr(
     tablespace_map: list[str] = typer.Option(
         [], "--tablespace", help="Restore tablespace OID into DIR (OID=DIR)."
     ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Why (a ticket, an incident): kept in the run's audit record."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Point-in-time recovery of SOURCE: the base backup is chosen for the target."""
@@ -224,6 +227,7 @@ def pitr(
         PitrOptions(
             source=source,
             pgdata=pgdata,
+            reason=reason,
             recovery=recovery_setup(
                 cli,
                 recovery_target=recovery_target,

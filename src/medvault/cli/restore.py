@@ -81,6 +81,9 @@ def restore(
     tablespace_map: list[str] = typer.Option(
         [], "--tablespace", help="Physical: restore tablespace OID into DIR (OID=DIR)."
     ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Why (a ticket, an incident): kept in the run's audit record."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a snapshot: files, a logical dump, or a physical backup with PITR."""
@@ -94,6 +97,7 @@ def restore(
         cli.session,
         RestoreOptions(
             snapshot=snapshot,
+            reason=reason,
             target=target,
             includes=tuple(includes),
             overwrite=overwrite,

@@ -14,6 +14,8 @@ from medvault.errors import IntegrityError
 
 KEY_BLOCK_MAGIC = b"MVK\x01"
 ALG_AES256GCM = 1
+# How a repository protects data at rest, in an auditor's words (audit records).
+ENCRYPTION = "AES-256-GCM (per-object keys wrapped by the master key; Argon2id key slots)"
 KEY_ID_LEN = 16
 KEY_BLOCK_LEN = 4 + 1 + KEY_ID_LEN + 12 + 32 + 16  # 81
 HEADER_NONCE = b"\xff" * 12

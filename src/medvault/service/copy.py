@@ -74,6 +74,7 @@ def copy(
         origin = session.open(selector=options.from_repo, other=True)
         target = session.open(selector=options.to_repo, sharing=origin)
         run.repository = target.url
+        run.destination = target.url
         run.details["from"] = origin.url
         if origin.config.repo_id == target.config.repo_id:
             raise UsageError(f"--from and --to are the same repository ({origin.config.repo_id})")

@@ -266,6 +266,12 @@ def restore_found(
     from medvault.recovery.postgres import restore_physical as restore_cluster
 
     target = target or _target(setup)
+    run.destination = pgdata
+    run.recovery_point = (
+        f"end of base backup {snap.short_id} ({snap.end_time})"
+        if target.kind == "immediate"
+        else target.describe()
+    )
     run.details.update(
         pgdata=pgdata,
         recovery_target=target.describe(),

@@ -223,6 +223,7 @@ def restore(
 def note_reason(run: Run, reason: str | None) -> None:
     if reason:
         run.details["reason"] = reason
+        run.justification = reason
 
 
 def _check_includes(includes: tuple[str, ...]) -> None:
@@ -239,6 +240,7 @@ def _find(session: Session, run: Run, snapshot: str) -> tuple[Repository, Snapsh
     run.source = snap.source
     run.touched(snap.id)
     run.details["kind"] = snap.kind
+    run.recovery_point = snap.time  # a physical restore says more once its target is known
     return repo, snap
 
 
@@ -256,6 +258,7 @@ def _files(
     from medvault.recovery.files import restore_files as restore_tree
 
     run.details["target"] = options.target
+    run.destination = options.target
     if options.includes:
         run.details["includes"] = list(options.includes)
     with progress(total_bytes(snap) if not options.includes else None) as advance:
@@ -297,6 +300,7 @@ def _logical(
     from medvault.recovery.postgres_logical import restore_logical as restore_dump
 
     run.details["database"] = options.database
+    run.destination = f"database {options.database}"
     if options.tables:
         run.details["tables"] = list(options.tables)
     if options.schemas:

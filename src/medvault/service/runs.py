@@ -13,7 +13,7 @@ import contextlib
 import getpass
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -71,6 +71,20 @@ class RunRecord:
     # What an auditor asks of this kind of operation (a restore's target and reason, a
     # prune's counts): plain JSON values.
     details: dict[str, Any] = field(default_factory=dict)
+    # The audit fields (HIPAA §164.312(b)): answered from the record itself.
+    destination: str | None = None  # where data went: a restore's target, a copy's repository
+    data_classification: str | None = None  # of the source (or its tier): "phi", "pii", …
+    encryption: str | None = None  # how the repository it touched protects data at rest
+    retention_policy: str | None = None  # the source's tier and rules
+    compliance_flags: tuple[str, ...] = ()  # regimes of the source or tier: "hipaa", "gdpr"
+    recovery_point: str | None = None  # restores: the moment restored (snapshot time, target)
+    justification: str | None = None  # restores: why (`--reason`)
+    approver: str | None = None  # restores: who approved (the approval flow fills it)
+
+    @property
+    def timestamp(self) -> str:
+        """When it happened, for an auditor: when it ended."""
+        return self.ended
 
 
 class RunObserver(Protocol):
@@ -94,6 +108,9 @@ class Run:
     details: dict[str, Any] = field(default_factory=dict)
     incomplete_because: str | None = None
     failed_because: str | None = None
+    destination: str | None = None
+    recovery_point: str | None = None
+    justification: str | None = None
 
     def add_bytes(self, *, read: int = 0, stored: int = 0, restored: int = 0) -> None:
         self.bytes_read += read
@@ -113,7 +130,15 @@ class Run:
         The shell still gets the whole result to show; the record says failed."""
         self.failed_because = reason
 
-    def record(self, started: float, status: Status, error: str | None) -> RunRecord:
+    def record(
+        self,
+        started: float,
+        status: Status,
+        error: str | None,
+        audit: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """`audit`: the fields the session knows from the configuration (classification,
+        compliance flags, retention policy, encryption)."""
         ended = time.time()
         return RunRecord(
             run_id=self.run_id,
@@ -133,6 +158,10 @@ class Run:
             host=self.caller.host,
             shell=self.caller.shell,
             details=dict(self.details),
+            destination=self.destination,
+            recovery_point=self.recovery_point,
+            justification=self.justification,
+            **(audit or {}),
         )
 
 
@@ -169,17 +198,28 @@ def running(
     *,
     source: str | None = None,
     repository: str | None = None,
+    audit_fields: Callable[[Run, Status], dict[str, Any]] | None = None,
 ) -> Iterator[Run]:
     """Run an operation; its record goes to every observer however it ends. An observer that
-    fails costs a warning, never the operation's own result."""
+    fails costs a warning, never the operation's own result. `audit_fields` gives the audit
+    fields the caller knows (from the configuration) for the run as it ended."""
     run = Run(operation, caller, source=source, repository=repository)
     started = time.time()
+
+    def finish(status: Status, error: str | None) -> RunRecord:
+        try:
+            audit = audit_fields(run, status) if audit_fields is not None else None
+        except Exception as exc:  # a broken configuration must not lose the record
+            warnings.append(f"the audit fields of this {operation} are missing: {first_line(exc)}")
+            audit = None
+        return run.record(started, status, error, audit)
+
     try:
         yield run
     except BaseException as exc:
-        _tell(observers, run.record(started, status_of(exc, run), _error_line(exc)), warnings)
+        _tell(observers, finish(status_of(exc, run), _error_line(exc)), warnings)
         raise
-    _tell(observers, run.record(started, status_of(None, run), None), warnings)
+    _tell(observers, finish(status_of(None, run), None), warnings)
 
 
 def _tell(observers: list[RunObserver], record: RunRecord, warnings: list[str]) -> None:

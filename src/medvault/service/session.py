@@ -14,10 +14,11 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from medvault.configfile import find_config
-from medvault.service.runs import Caller, Run, RunObserver, running
+from medvault.errors import MedvaultError
+from medvault.service.runs import Caller, Run, RunObserver, Status, running
 
 if TYPE_CHECKING:
     from medvault.config import RepositorySettings, Settings
@@ -184,5 +185,28 @@ class Session:
             self.notes,
             source=source,
             repository=repository,
+            audit_fields=self._audit_fields,
         ) as current:
             yield current
+
+    def _audit_fields(self, run: Run, status: Status) -> dict[str, Any]:
+        """What the configuration says of the run's data: its classification, compliance
+        regimes and retention, and the repository's encryption when it touched one."""
+        fields: dict[str, Any] = {}
+        if run.repository is not None:
+            from medvault.repository.crypto import ENCRYPTION
+
+            fields["encryption"] = ENCRYPTION
+        # A successful wal-push on the light path has not loaded the settings (pydantic costs
+        # more than the push): it is counted, not recorded one by one.
+        light = self._settings is None and status == "ok" and run.operation.startswith("wal-")
+        if light or not self.configured:
+            return fields
+        try:
+            settings = self.settings
+        except MedvaultError:  # a broken medvault.toml: the run's own error says so
+            return fields
+        fields["data_classification"] = settings.data_classification(run.source)
+        fields["compliance_flags"] = tuple(settings.compliance_flags(run.source))
+        fields["retention_policy"] = settings.retention_description(run.source)
+        return fields
