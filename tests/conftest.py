@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,10 @@ from tests.s3server import S3Server
 from medvault.backends import Backend, open_backend
 from medvault.repository.keys import Credential
 from medvault.repository.repo import Repository
+
+# Whatever a test runs keeps medvault's host state (catalog, records in waiting) in a directory
+# of this test run, never in /var/lib/medvault or the user's home.
+os.environ.setdefault("MEDVAULT_STATE_DIR", tempfile.mkdtemp(prefix="medvault-state-"))
 
 PASSWORD = "correct horse battery staple"
 MEDVAULT = str(Path(sys.executable).parent / "medvault")
@@ -78,6 +83,8 @@ class Cli:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")} | {
             "MEDVAULT_PASSWORD": PASSWORD,
             "MEDVAULT_REPOSITORY": self.url,
+            # Each test's own catalog and records in waiting, never the host's.
+            "MEDVAULT_STATE_DIR": str(cwd / "medvault-state"),
         }
 
     @property

@@ -198,6 +198,7 @@ url = "sqlite:////var/lib/medvault/catalog.db"
     assert load_settings(str(path)).audit_retention() == dt.timedelta(days=10 * 365)
 
     assert default_state_dir({}, 0) == SYSTEM_STATE_DIR
+    assert default_state_dir({"MEDVAULT_STATE_DIR": "/srv/mv"}, 0) == Path("/srv/mv")
     assert default_state_dir({"XDG_STATE_HOME": "/x/state"}, 1000) == Path("/x/state/medvault")
     assert default_state_dir({"HOME": "/home/nurse"}, 1000) == Path(
         "/home/nurse/.local/state/medvault"

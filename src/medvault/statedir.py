@@ -2,9 +2,10 @@
 repositories' records, rebuilt from them at will) and audit records waiting for a
 repository to take them.
 
-Root (a cron job, the service) uses /var/lib/medvault, as daemons do; anyone else
-$XDG_STATE_HOME/medvault, by default ~/.local/state/medvault. The shell reads its environment
-and passes it in: nothing here reads os.environ on its own.
+MEDVAULT_STATE_DIR names it outright; otherwise root (a cron job, the service) uses
+/var/lib/medvault, as daemons do, and anyone else $XDG_STATE_HOME/medvault, by default
+~/.local/state/medvault. The shell reads its environment and passes it in: nothing here reads
+os.environ on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ SYSTEM_STATE_DIR = Path("/var/lib/medvault")
 
 
 def default_state_dir(environ: Mapping[str, str], uid: int) -> Path:
+    explicit = environ.get("MEDVAULT_STATE_DIR")
+    if explicit:
+        return Path(explicit)
     if uid == 0:
         return SYSTEM_STATE_DIR
     xdg = environ.get("XDG_STATE_HOME")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,12 +44,14 @@ class CliContext:
             from medvault.credentials import ShellCredentials
             from medvault.service.runs import Caller
             from medvault.service.session import Session
+            from medvault.statedir import default_state_dir
 
             self._session = Session(
                 credentials=ShellCredentials(self.credentials),
                 caller=Caller.this_process("cli"),
                 repository=self.repo_option,
                 config=self.config_option,
+                state_dir=default_state_dir(os.environ, os.getuid()),
             )
         return self._session
 

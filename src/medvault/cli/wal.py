@@ -90,12 +90,14 @@ def session_of(options: GlobalOptions) -> "Session":
     """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer)."""
     from medvault.service.runs import Caller
     from medvault.service.session import Session
+    from medvault.statedir import default_state_dir
 
     return Session(
         credentials=_ShellCredentials(options),
         caller=Caller.this_process("cli"),
         repository=_repository(options),
         config=options.config,
+        state_dir=default_state_dir(os.environ, os.getuid()),
     )
 
 

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from medvault.configfile import find_config
@@ -58,6 +59,9 @@ class Session:
     repository: str | None = None  # a name from medvault.toml, or a path/URL
     config: str | None = None  # medvault.toml to use (else the usual places)
     observers: list[RunObserver] = field(default_factory=list)
+    # This host's state of medvault (catalog, records waiting for a repository); None: keep
+    # none (statedir.py says where the shells put it).
+    state_dir: Path | None = None
     # Damage and notes met on the way that did not stop an operation: the shell shows them.
     notes: list[str] = field(default_factory=list)
     _settings: Settings | None = None
