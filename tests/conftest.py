@@ -7,6 +7,7 @@ repository (the `repo`, `cli` or `repo_url` fixtures) once per backend.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import shutil
@@ -29,7 +30,9 @@ from medvault.repository.repo import Repository
 
 # Whatever a test runs keeps medvault's host state (catalog, records in waiting) in a directory
 # of this test run, never in /var/lib/medvault or the user's home.
-os.environ.setdefault("MEDVAULT_STATE_DIR", tempfile.mkdtemp(prefix="medvault-state-"))
+if "MEDVAULT_STATE_DIR" not in os.environ:
+    os.environ["MEDVAULT_STATE_DIR"] = tempfile.mkdtemp(prefix="medvault-state-")
+    atexit.register(shutil.rmtree, os.environ["MEDVAULT_STATE_DIR"], ignore_errors=True)
 
 PASSWORD = "correct horse battery staple"
 MEDVAULT = str(Path(sys.executable).parent / "medvault")
