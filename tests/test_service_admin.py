@@ -4,7 +4,6 @@ and never a passphrase."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -44,7 +43,7 @@ def kept() -> Iterator[Kept]:
     records = Kept()
     yield records
     for record in records.records:
-        shown = repr(record) + json.dumps(dataclasses.asdict(record), default=str)
+        shown = repr(record) + json.dumps(record._asdict(), default=str)
         assert PASSWORD not in shown and NEW_PASSPHRASE not in shown
 
 

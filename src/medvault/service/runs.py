@@ -5,18 +5,20 @@ A shell (the CLI, later the HTTP API and the scheduler) says who runs an operati
 and which snapshots it touched on its `Run`; when it ends, successfully or not, one
 `RunRecord` goes to every `RunObserver` of the session. Run history, audit, metrics and
 alerts attach there as observers, never inside a command.
+
+Every wal-push makes a Run, and its start-up is what a push costs: the records are NamedTuples
+and `Run` a plain slotted class, because a dataclass costs ten times more to define on import
+(measured: `python bench/ab_trees.py`, wal-push).
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from medvault.errors import (
     MedvaultError,
@@ -30,8 +32,7 @@ Status = Literal["ok", "failed", "incomplete", "refused"]
 SHELLS = ("cli", "api", "scheduler")
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(NamedTuple):
     """Who runs an operation, from which shell, on which host."""
 
     user: str
@@ -41,6 +42,8 @@ class Caller:
     @classmethod
     def this_process(cls, shell: str) -> Caller:
         """The OS user of this process, on this host."""
+        import getpass
+
         try:
             user = getpass.getuser()
         except (KeyError, OSError):
@@ -48,8 +51,7 @@ class Caller:
         return cls(user=user, shell=shell, host=os.uname().nodename)
 
 
-@dataclass(frozen=True)
-class RunRecord:
+class RunRecord(NamedTuple):
     """One operation as it ran: what, by whom, when, with what result."""
 
     run_id: str
@@ -70,7 +72,7 @@ class RunRecord:
     shell: str
     # What an auditor asks of this kind of operation (a restore's target and reason, a
     # prune's counts): plain JSON values.
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any]
     # The audit fields (HIPAA §164.312(b)): answered from the record itself.
     destination: str | None = None  # where data went: a restore's target, a copy's repository
     data_classification: str | None = None  # of the source (or its tier): "phi", "pii", …
@@ -91,26 +93,49 @@ class RunObserver(Protocol):
     def run_ended(self, record: RunRecord) -> None: ...
 
 
-@dataclass
 class Run:
     """The record an operation fills in while it runs."""
 
-    operation: str
-    caller: Caller
-    source: str | None = None
-    repository: str | None = None
-    # os.urandom rather than secrets/socket: every wal-push makes a Run, and imports cost.
-    run_id: str = field(default_factory=lambda: os.urandom(8).hex())
-    bytes_read: int = 0
-    bytes_stored: int = 0
-    bytes_restored: int = 0
-    snapshots: list[str] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-    incomplete_because: str | None = None
-    failed_because: str | None = None
-    destination: str | None = None
-    recovery_point: str | None = None
-    justification: str | None = None
+    __slots__ = (
+        "bytes_read",
+        "bytes_restored",
+        "bytes_stored",
+        "caller",
+        "destination",
+        "details",
+        "failed_because",
+        "incomplete_because",
+        "justification",
+        "operation",
+        "recovery_point",
+        "repository",
+        "run_id",
+        "snapshots",
+        "source",
+    )
+
+    def __init__(
+        self,
+        operation: str,
+        caller: Caller,
+        source: str | None = None,
+        repository: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.caller = caller
+        self.source = source
+        self.repository = repository
+        self.run_id = os.urandom(8).hex()  # not secrets/socket: imports cost on every push
+        self.bytes_read = 0
+        self.bytes_stored = 0
+        self.bytes_restored = 0
+        self.snapshots: list[str] = []
+        self.details: dict[str, Any] = {}
+        self.incomplete_because: str | None = None
+        self.failed_because: str | None = None
+        self.destination: str | None = None
+        self.recovery_point: str | None = None
+        self.justification: str | None = None
 
     def add_bytes(self, *, read: int = 0, stored: int = 0, restored: int = 0) -> None:
         self.bytes_read += read

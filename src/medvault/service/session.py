@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -52,20 +51,32 @@ class RepositoryTarget(NamedTuple):
     credential_keys: RepositorySettings | None = None
 
 
-@dataclass
 class Session:
-    credentials: CredentialSource
-    caller: Caller
-    repository: str | None = None  # a name from medvault.toml, or a path/URL
-    config: str | None = None  # medvault.toml to use (else the usual places)
-    observers: list[RunObserver] = field(default_factory=list)
-    # This host's state of medvault (catalog, records waiting for a repository); None: keep
-    # none (statedir.py says where the shells put it).
-    state_dir: Path | None = None
-    # Damage and notes met on the way that did not stop an operation: the shell shows them.
-    notes: list[str] = field(default_factory=list)
-    _settings: Settings | None = None
-    _opened: list[Repository] = field(default_factory=list)
+    """What one shell's request runs with. A plain class, not a dataclass: wal-push builds one
+    for every segment, and defining a dataclass costs a millisecond on import."""
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        caller: Caller,
+        repository: str | None = None,  # a name from medvault.toml, or a path/URL
+        config: str | None = None,  # medvault.toml to use (else the usual places)
+        observers: list[RunObserver] | None = None,
+        # This host's state of medvault (catalog, records waiting for a repository); None:
+        # keep none (statedir.py says where the shells put it).
+        state_dir: Path | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.caller = caller
+        self.repository = repository
+        self.config = config
+        self.observers: list[RunObserver] = list(observers or [])
+        self.state_dir = state_dir
+        # Damage and notes met on the way that did not stop an operation: the shell shows
+        # them.
+        self.notes: list[str] = []
+        self._settings: Settings | None = None
+        self._opened: list[Repository] = []
 
     # -- configuration ---------------------------------------------------------------------
 
