@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from medvault.cli.context import CliContext, human_bytes, obtain, print_json, progress_bar, warn
+from medvault.cli.context import human_bytes, obtain, print_json, progress_bar, warn
 
 if TYPE_CHECKING:
     from medvault.service.pitr import BaseBackup, PhysicalRestoreResult, RecoverySetup
@@ -33,31 +33,16 @@ def _medvault_executable() -> str | None:
     return None if on_path is None else os.path.abspath(on_path)
 
 
-def recovery_setup(
-    cli: CliContext,
-    *,
-    recovery_target: str | None,
-    target_time: str | None,
-    target_lsn: str | None,
-    target_xid: str | None,
-    target_name: str | None,
-    target_action: str,
-    target_timeline: str,
-    standby: bool,
-    start: bool,
-    port: int | None,
-    delta: bool,
-    force: bool,
-    keep_archiving: bool,
-    tablespace_map: tuple[str, ...],
-) -> RecoverySetup:
-    """The recovery options of `restore` and `pitr`, with what the restored server's
-    `medvault wal-fetch` needs from this shell: this program's path, the credential it was
-    given (by option, else by environment) and the environment (an S3 store's variables)."""
+def recovery_setup(ctx: typer.Context, recovery_target: str | None) -> RecoverySetup:
+    """The recovery options of `restore` and `pitr` (the same names in both commands), with
+    what the restored server's `medvault wal-fetch` needs from this shell: this program's
+    path, the credential it was given (by option, else by environment) and the environment
+    (an S3 store's variables)."""
     from medvault.credentials import CredentialOptions
     from medvault.service.pitr import RecoverySetup, WalFetchAccess
 
-    given = cli.credentials
+    given = obtain(ctx).credentials
+    params = ctx.params
     environ = os.environ
     access = WalFetchAccess(
         program=_medvault_executable(),
@@ -70,19 +55,19 @@ def recovery_setup(
     )
     return RecoverySetup(
         recovery_target=recovery_target,
-        target_time=target_time,
-        target_lsn=target_lsn,
-        target_xid=target_xid,
-        target_name=target_name,
-        target_action=target_action,
-        target_timeline=target_timeline,
-        standby=standby,
-        start=start,
-        port=port,
-        delta=delta,
-        force=force,
-        keep_archiving=keep_archiving,
-        tablespaces=tablespace_map,
+        target_time=params["target_time"],
+        target_lsn=params["target_lsn"],
+        target_xid=params["target_xid"],
+        target_name=params["target_name"],
+        target_action=params["target_action"],
+        target_timeline=params["target_timeline"],
+        standby=params["standby"],
+        start=params["start"],
+        port=params["port"],
+        delta=params["delta"],
+        force=params["force"],
+        keep_archiving=params["keep_archiving"],
+        tablespaces=tuple(params["tablespace_map"]),
         wal_fetch=access,
     )
 
@@ -228,23 +213,8 @@ def pitr(
             source=source,
             pgdata=pgdata,
             reason=reason,
-            recovery=recovery_setup(
-                cli,
-                recovery_target=recovery_target,
-                target_time=target_time,
-                target_lsn=target_lsn,
-                target_xid=target_xid,
-                target_name=target_name,
-                target_action=target_action,
-                target_timeline=target_timeline,
-                standby=standby,
-                start=start,
-                port=port,
-                delta=delta,
-                force=force,
-                keep_archiving=keep_archiving,
-                tablespace_map=tuple(tablespace_map),
-            ),
+            # The recovery options above, by name from ctx.params.
+            recovery=recovery_setup(ctx, recovery_target),
         ),
         on_chosen=chosen,
         progress=lambda total: progress_bar("restoring", total, not as_json),
