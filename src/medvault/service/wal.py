@@ -123,6 +123,7 @@ def push(session: Session, options: PushOptions, *, wal: WalSettings | None = No
             archive = open_archive(session, wal)
             push_file(archive, options.path)
             pushed = [name]
+        run.details["pushed"] = len(pushed)  # counted per hour by the audit observer
         not_replicated = _replicate(session, wal, archive, pushed)
         if not_replicated is not None:
             run.incomplete(not_replicated)
