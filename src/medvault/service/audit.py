@@ -95,7 +95,9 @@ class AuditObserver:
         state = self.session.state_dir
         if state is None or record.repository is None or record.source is None:
             return
-        count_push(state, record.repository, record.source, int(record.details.get("pushed", 1)))
+        pushed = int(record.details.get("pushed", 1))
+        if pushed:
+            count_push(state, record.repository, record.source, pushed)
         repo = self.session.opened_repository(record.repository)
         if repo is not None and (counts_due(state) or outbox_waiting(state)):
             seal_pending(self.session, repo)
@@ -211,7 +213,7 @@ def count_push(
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, b"." * max(pushed, 1))
+        os.write(fd, b"." * pushed)
     finally:
         os.close(fd)
     meta = folder / f"{key}.json"
