@@ -23,12 +23,9 @@ import datetime as dt
 import hmac
 import json
 import os
-import random
 import re
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -120,8 +117,7 @@ class Head(NamedTuple):
 EMPTY = Head(-1, "")
 
 
-@dataclass(frozen=True)
-class ChainSummary:
+class ChainSummary(NamedTuple):
     chain: str
     records: int  # records that verified
     head: int  # the highest sequence number present (-1: none)
@@ -129,13 +125,15 @@ class ChainSummary:
     hosts: tuple[str, ...]  # the hosts its records name
 
 
-@dataclass(frozen=True)
-class AuditReport:
+class AuditReport(NamedTuple):
+    """(NamedTuples, not dataclasses, here: this module is imported by the run that seals a
+    record, and a dataclass costs a millisecond to define.)"""
+
     chains: tuple[ChainSummary, ...] = ()
     problems: tuple[str, ...] = ()  # one line each, naming the object and what is wrong
     records: int = 0  # records that verified, in every chain
     # Chains that were checked against an anchor (a head that must be present).
-    anchored: tuple[str, ...] = field(default=())
+    anchored: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -197,7 +195,8 @@ class AuditLog:
                 )
             except ObjectExists:
                 head = None
-                time.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+                # A little jitter, so that racing processes do not collide again in step.
+                time.sleep(os.urandom(1)[0] / 255 * 0.005 * min(attempt + 1, 10))
                 continue
             self._cache_head(chain, Head(entry.seq, entry.mac))
             return entry
@@ -341,6 +340,8 @@ class AuditLog:
         if workers == 1 or len(names) < 8:
             yield from map(one, names)
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(workers, "medvault-audit") as pool:
             yield from pool.map(one, names)
 

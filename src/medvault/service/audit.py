@@ -21,9 +21,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from medvault.errors import AuditTrailBroken, MedvaultError, UsageError
 
@@ -307,8 +306,9 @@ def seal_pending(session: Session, repo: Repository) -> None:
 # -- `medvault audit verify` and `audit export` ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VerifyResult:
+# Options and results are NamedTuples, not frozen dataclasses: this module is imported on
+# every wal-push, and defining a dataclass costs a millisecond.
+class VerifyResult(NamedTuple):
     report: AuditReport
     # Heads this host wrote (its state directory's cache), checked as anchors.
     anchors: dict[str, int]
@@ -377,15 +377,13 @@ CSV_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class ExportOptions:
+class ExportOptions(NamedTuple):
     since: str  # an ISO date or time (UTC unless it says), or a duration back from now: "30d"
     until: str | None = None
     format: str = "jsonl"
 
 
-@dataclass(frozen=True)
-class ExportResult:
+class ExportResult(NamedTuple):
     records: int  # written
     skipped: int  # damaged records left out (`audit verify` names them)
 
