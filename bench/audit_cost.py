@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -57,6 +58,7 @@ class Tree:
             f'[repository.vault]\nurl = "{self.repo}"\n'
             '[source.emr]\nkind = "postgres"\ndsn = "host=/nowhere dbname=emr"\n'
         )
+        self.cpu: list[float] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")} | {
             "MEDVAULT_PASSWORD": PASSWORD,
             "MEDVAULT_CONFIG": str(self.config),
@@ -70,21 +72,27 @@ class Tree:
         self.run("init")
 
     def run(self, *args: str) -> float:
+        """Wall time of one process; its CPU time (user + system) goes to self.cpu, steadier
+        than wall time on a busy machine."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run([self.exe, *args], env=self.env, capture_output=True, text=True)
         took = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         if done.returncode != 0:
             sys.exit(f"{self.name}: medvault {' '.join(args)}: {done.stderr}")
         return took
 
 
-def report(step: str, samples: dict[str, list[float]]) -> None:
+def report(step: str, samples: dict[str, list[float]], trees: list[Tree]) -> None:
     base, head = samples["base"], samples["head"]
     bm, hm = statistics.median(base), statistics.median(head)
+    bc, hc = (statistics.median(t.cpu[-len(head) :]) for t in trees)
     print(
-        f"{step:<12} n={len(head):>3}  base median {bm * 1000:7.1f} ms  head median "
-        f"{hm * 1000:7.1f} ms  difference {(hm - bm) * 1000:+6.1f} ms  (means "
-        f"{statistics.mean(base) * 1000:.1f} / {statistics.mean(head) * 1000:.1f} ms)"
+        f"{step:<12} n={len(head):>3}  wall median base {bm * 1000:7.1f} ms, head "
+        f"{hm * 1000:7.1f} ms ({(hm - bm) * 1000:+6.1f});  cpu median base {bc * 1000:7.1f} ms, "
+        f"head {hc * 1000:7.1f} ms ({(hc - bc) * 1000:+6.1f})"
     )
 
 
@@ -107,7 +115,7 @@ def main() -> None:
             for tree in trees if n % 2 else trees[::-1]:
                 pushes[tree.name].append(tree.run("wal-push", "emr", str(path)))
             path.unlink()
-        report("wal-push", pushes)
+        report("wal-push", pushes, trees)
 
         data = work / "data"
         data.mkdir()
@@ -120,7 +128,7 @@ def main() -> None:
             (data / "note-0.txt").write_bytes(os.urandom(20_000))
             for tree in trees if n % 2 else trees[::-1]:
                 backups[tree.name].append(tree.run("backup", str(data)))
-        report("backup", backups)
+        report("backup", backups, trees)
 
         head = trees[1]
         counts = head.home / "state" / "wal-push-counts"

@@ -220,7 +220,11 @@ def count_push(
         import json
 
         tmp = folder / f".{key}.{os.getpid()}"
-        tmp.write_text(json.dumps({"repository": url, "source": source}))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps({"repository": url, "source": source}).encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, meta)
 
 
