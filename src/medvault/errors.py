@@ -178,6 +178,12 @@ class DrillFailed(MedvaultError):
     exit_code = 23
 
 
+class AuditTrailBroken(IntegrityError):
+    """`audit verify` found an audit record edited, deleted, reordered, moved or cut off."""
+
+    exit_code = 24
+
+
 def exit_code_for(exc: BaseException, *, wal_fetch: bool = False) -> int:
     """The exit code for an exception that ends a command (docs/operations.md).
 

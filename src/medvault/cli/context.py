@@ -42,6 +42,7 @@ class CliContext:
     def session(self) -> Session:
         if self._session is None:
             from medvault.credentials import ShellCredentials
+            from medvault.service.audit import AuditObserver
             from medvault.service.runs import Caller
             from medvault.service.session import Session
             from medvault.statedir import default_state_dir
@@ -53,6 +54,8 @@ class CliContext:
                 config=self.config_option,
                 state_dir=default_state_dir(os.environ, os.getuid()),
             )
+            # Every run, whatever it did, is sealed into the audit trail.
+            self._session.observers.append(AuditObserver(self._session))
         return self._session
 
     def print_warnings(self) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from medvault import __version__
 from medvault.cli import (
+    audit_cmd,
     backup,
     copy_cmd,
     drill_cmd,
@@ -104,6 +105,7 @@ snapshots.register(app)
 restore.register(app)
 wal.register(app)
 pg_recovery.register(app)
+audit_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as

@@ -88,17 +88,21 @@ def _repository(options: GlobalOptions) -> str | None:
 
 def session_of(options: GlobalOptions) -> "Session":
     """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer)."""
+    from medvault.service.audit import AuditObserver
     from medvault.service.runs import Caller
     from medvault.service.session import Session
     from medvault.statedir import default_state_dir
 
-    return Session(
+    session = Session(
         credentials=_ShellCredentials(options),
         caller=Caller.this_process("cli"),
         repository=_repository(options),
         config=options.config,
         state_dir=default_state_dir(os.environ, os.getuid()),
     )
+    # Failures are sealed into the audit trail; successful pushes are counted per hour.
+    session.observers.append(AuditObserver(session))
+    return session
 
 
 def _print_warnings(session: "Session") -> None:

@@ -92,12 +92,20 @@ class Checker:
         return self.report
 
     def _check_records(self) -> None:
-        """Every hold, drill and prune record opens under its own name (a copy under another
-        name does not), and every held snapshot is still there."""
+        """Every hold, drill, prune and audit record opens under its own name (a copy under
+        another name does not), and every held snapshot is still there. (Audit chains are
+        verified link by link by `medvault audit verify`.)"""
+        from medvault.repository.audit import FOLDER as AUDIT
+        from medvault.repository.audit import KIND_AUDIT
         from medvault.repository.prune import FOLDER as CONDEMNED
         from medvault.repository.prune import KIND_CONDEMNED
 
-        for folder, kind in ((HOLDS, KIND_HOLD), (DRILLS, KIND_DRILL), (CONDEMNED, KIND_CONDEMNED)):
+        for folder, kind in (
+            (HOLDS, KIND_HOLD),
+            (DRILLS, KIND_DRILL),
+            (CONDEMNED, KIND_CONDEMNED),
+            (AUDIT, KIND_AUDIT),
+        ):
             for obj in self.repo.backend.list(folder):
                 try:
                     self.repo.load_record(obj.name, kind)

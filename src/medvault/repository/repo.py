@@ -82,7 +82,7 @@ KIND_INDEX = b"medvault index"
 KIND_SNAPSHOT = b"medvault snapshot"
 # Folders of named records (store_record): read and listed through list_records and
 # load_record, never as raw objects by the layers above.
-RECORD_FOLDERS = ("holds", "drills", "prune")
+RECORD_FOLDERS = ("holds", "drills", "prune", "audit")
 
 
 @dataclass(frozen=True)
@@ -498,13 +498,21 @@ class Repository:
         return compression.decode(open_object(self.master.keks, data, kind))
 
     def store_record(
-        self, name: str, payload: bytes, kind: bytes, *, overwrite: bool = False
+        self,
+        name: str,
+        payload: bytes,
+        kind: bytes,
+        *,
+        overwrite: bool = False,
+        retention: dt.timedelta | None = None,
     ) -> None:
         """Seal `payload` bound to its kind and to `name`, and store it there (ObjectExists
-        when the name is taken, unless `overwrite`)."""
+        when the name is taken, unless `overwrite`). `retention`: how long it stays
+        undeletable where the store can lock it, when not the repository's own period (audit
+        records keep the audit retention)."""
         encoded = compression.encode(payload, METADATA_ZSTD_LEVEL)
         sealed = seal_object(self.master.current, encoded, record_aad(kind, name))
-        self.store_object(name, sealed, overwrite=overwrite)
+        self.store_object(name, sealed, overwrite=overwrite, retention=retention)
 
     def load_record(self, name: str, kind: bytes) -> bytes:
         """The payload of the record stored as `name`; ObjectNotFound when absent,
@@ -544,20 +552,29 @@ class Repository:
         self.store_object(f"{folder}/{object_id}", data)
         return object_id
 
-    def retain_until(self) -> dt.datetime | None:
-        """The retain-until date for an object written now: the retention period plus a
-        margin (objectlock.slack), so that packs written early in a long backup still outlast
-        the snapshot's period. None where the store has no Object Lock or no retention is set."""
-        if self.retention_period is None or not self.backend.lock_enabled:
+    def retain_until(self, period: dt.timedelta | None = None) -> dt.datetime | None:
+        """The retain-until date for an object written now: the retention period (`period`,
+        else the repository's) plus a margin (objectlock.slack), so that packs written early
+        in a long backup still outlast the snapshot's period. None where the store has no
+        Object Lock or no retention is set."""
+        period = period if period is not None else self.retention_period
+        if period is None or not self.backend.lock_enabled:
             return None
         from medvault.repository.objectlock import slack
 
-        period = self.retention_period
         return dt.datetime.now(dt.UTC) + period + slack(period)
 
-    def store_object(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
-        """Store a new object, locked for the retention period where the store can."""
-        until = self.retain_until()
+    def store_object(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        overwrite: bool = False,
+        retention: dt.timedelta | None = None,
+    ) -> None:
+        """Store a new object, locked for the retention period (`retention`, else the
+        repository's) where the store can."""
+        until = self.retain_until(retention)
         self.backend.store(name, data, overwrite=overwrite, retain_until=until)
         if until is not None:
             self.retained[name] = until

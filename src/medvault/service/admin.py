@@ -83,6 +83,7 @@ def init(session: Session, options: InitOptions) -> InitResult:
             if new_key_file:
                 os.unlink(new_key_file)  # ours (created exclusively), and it opens nothing
             raise
+        session.adopt(repo)  # its first audit record is this init's
         slot_id = repo.slot.slot_id if repo.slot is not None else ""
         run.details.update(repo_id=repo.config.repo_id, added_slot=slot_id)
         if shared is not None:

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from medvault.repository.repo import Repository
 
 
+def _local_form(url: str) -> str:
+    """A local repository's location as its backend names it (an absolute path)."""
+    path = url.removeprefix("file://")
+    return str(Path(path).absolute()) if "://" not in path else url
+
+
 class CredentialSource(Protocol):
     """Where a repository's passphrase or key file comes from: the shell's business."""
 
@@ -176,6 +182,24 @@ class Session:
 
     def last_opened(self) -> Repository:
         return self._opened[-1]
+
+    def adopt(self, repo: Repository) -> None:
+        """A repository this session made (init) counts as opened by it."""
+        self._opened.append(repo)
+
+    def opened_repository(self, url: str) -> Repository | None:
+        """The repository at `url` if this session has opened it (the latest such), else
+        None: where an observer seals what a run did there."""
+        wanted = {url, _local_form(url)}
+        for repo in reversed(self._opened):
+            if repo.url in wanted:
+                return repo
+        return None
+
+    def audit_retention(self) -> dt.timedelta | None:
+        """How long audit records stay undeletable ([audit] retention, else the longest tier
+        floor); None when nothing is configured."""
+        return self.settings.audit_retention() if self.configured else None
 
     def warnings(self) -> list[str]:
         """What the session's repositories met on the way (damage skipped, reads served by

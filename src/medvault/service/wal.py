@@ -111,6 +111,7 @@ def push(session: Session, options: PushOptions, *, wal: WalSettings | None = No
                 wal.wal_spool or Spool.default_path(options.path), options.source, wal.url
             )
             if spool.acknowledge(name, options.path):
+                run.details["pushed"] = 0  # counted when it was pushed ahead
                 return PushResult(name, from_spool=True)
             # Several files go in parallel, each compressed on one thread; a lone one uses all.
             alone = len(ready_files(os.path.dirname(os.path.abspath(options.path)))) <= 1
@@ -123,6 +124,8 @@ def push(session: Session, options: PushOptions, *, wal: WalSettings | None = No
             archive = open_archive(session, wal)
             push_file(archive, options.path)
             pushed = [name]
+        # Files stored by this call, counted per hour by the audit observer.
+        run.details["pushed"] = len(pushed) + len(ahead)
         not_replicated = _replicate(session, wal, archive, pushed)
         if not_replicated is not None:
             run.incomplete(not_replicated)
