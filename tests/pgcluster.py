@@ -209,8 +209,11 @@ class PgCli:
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")} | (
-            env or {}
+        self.env = (
+            {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")}
+            # The world's own run history, written by the postgres user.
+            | {"MEDVAULT_STATE_DIR": str(config.parent / "medvault-state")}
+            | (env or {})
         )
 
     def __call__(
