@@ -178,6 +178,14 @@ class DrillFailed(MedvaultError):
     exit_code = 23
 
 
+class CatalogUnavailable(MedvaultError):
+    """The catalog (the index behind `runs` and `stats`) cannot be opened or read: a
+    PostgreSQL catalog unreachable, a SQLite file unwritable. The repositories are untouched;
+    `medvault catalog rebuild` makes it anew from them."""
+
+    exit_code = 24
+
+
 def exit_code_for(exc: BaseException, *, wal_fetch: bool = False) -> int:
     """The exit code for an exception that ends a command (docs/operations.md).
 

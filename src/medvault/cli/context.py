@@ -42,17 +42,21 @@ class CliContext:
     def session(self) -> Session:
         if self._session is None:
             from medvault.credentials import ShellCredentials
+            from medvault.service.recording import CatalogObserver
             from medvault.service.runs import Caller
             from medvault.service.session import Session
             from medvault.statedir import default_state_dir
 
-            self._session = Session(
+            session = Session(
                 credentials=ShellCredentials(self.credentials),
                 caller=Caller.this_process("cli"),
                 repository=self.repo_option,
                 config=self.config_option,
                 state_dir=default_state_dir(os.environ, os.getuid()),
             )
+            # Every run this command makes goes into the catalog (`medvault runs`).
+            session.observers.append(CatalogObserver(session))
+            self._session = session
         return self._session
 
     def print_warnings(self) -> None:

@@ -15,6 +15,7 @@ import typer
 from medvault import __version__
 from medvault.cli import (
     backup,
+    catalog_cmd,
     copy_cmd,
     drill_cmd,
     forget,
@@ -104,6 +105,7 @@ snapshots.register(app)
 restore.register(app)
 wal.register(app)
 pg_recovery.register(app)
+catalog_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as

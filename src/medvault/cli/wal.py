@@ -86,19 +86,26 @@ def _repository(options: GlobalOptions) -> str | None:
     return options.repo or os.environ.get("MEDVAULT_REPOSITORY")
 
 
-def session_of(options: GlobalOptions) -> "Session":
-    """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer)."""
+def session_of(options: GlobalOptions, *, every_run: bool = False) -> "Session":
+    """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer).
+    Their failures go into the catalog, their successes (one per segment) do not: the
+    catalog, and SQLAlchemy with it, is loaded only for a failure. `every_run`: wal-status,
+    whose runs are kept like any command's."""
+    from medvault.service.recording import CatalogObserver, FailuresObserver
     from medvault.service.runs import Caller
     from medvault.service.session import Session
     from medvault.statedir import default_state_dir
 
-    return Session(
+    session = Session(
         credentials=_ShellCredentials(options),
         caller=Caller.this_process("cli"),
         repository=_repository(options),
         config=options.config,
         state_dir=default_state_dir(os.environ, os.getuid()),
     )
+    kind = CatalogObserver if every_run else FailuresObserver
+    session.observers.append(kind(session))
+    return session
 
 
 def _print_warnings(session: "Session") -> None:
@@ -262,7 +269,7 @@ def register(app: "typer.Typer") -> None:
         Exits 19 on a gap or a failing archiver, 15 when the server cannot be asked."""
         from medvault.service.walstatus import wal_status
 
-        session = session_of(options_of(obtain(ctx)))
+        session = session_of(options_of(obtain(ctx)), every_run=True)
         report = wal_status(session, source)
         _print_warnings(session)
         code = status_exit_code(report)
