@@ -49,10 +49,23 @@ class RunRow(Base):
     approver: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
-        # `runs` newest first; `stats` over a period.
-        Index("ix_runs_started", "started"),
-        # `runs --source S --operation OP`; stats' successful backups of a source.
-        Index("ix_runs_source_operation_started", "source", "operation", "started"),
+        # `runs` newest first; `stats` over a period, from the index alone (a lookup of each
+        # row in the table took ten times longer than the aggregation).
+        Index(
+            "ix_runs_started",
+            "started",
+            "source",
+            "operation",
+            "status",
+            "duration_s",
+            "bytes_read",
+            "bytes_stored",
+            "bytes_restored",
+        ),
+        # `runs --source S --operation OP`; stats' successful backups of a source (covered).
+        Index(
+            "ix_runs_source_operation_started", "source", "operation", "started", "status", "ended"
+        ),
         # `runs --failed`.
         Index("ix_runs_status_started", "status", "started"),
     )

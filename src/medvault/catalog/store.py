@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -19,15 +20,15 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     Engine,
     Row,
+    Select,
     and_,
-    case,
     create_engine,
     delete,
     event,
-    func,
     inspect,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -51,7 +52,8 @@ COLUMNS = tuple(c.name for c in RUNS.columns)
 
 class OperationTotals(NamedTuple):
     """One source and operation over a period. p95 is the nearest-rank percentile: the
-    duration at rank ceil(0.95 n) of n, in ascending order."""
+    duration at rank ceil(0.95 n) of n, in ascending order; the mean and p95 are of all its
+    runs, whatever their status."""
 
     source: str | None
     operation: str
@@ -62,6 +64,20 @@ class OperationTotals(NamedTuple):
     bytes_read: int
     bytes_stored: int
     bytes_restored: int
+
+
+class _Group:
+    __slots__ = ("durations", "ok", "read", "restored", "stored")
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self.ok = self.read = self.stored = self.restored = 0
+
+
+def nearest_rank(values: list[float], share: float) -> float:
+    """The nearest-rank percentile: the ceil(share * n)-th smallest of n values."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(share * len(ordered)), 1) - 1]
 
 
 class BackupTimes(NamedTuple):
@@ -162,74 +178,76 @@ class Catalog:
         limit: int | None = 50,
     ) -> list[dict[str, Any]]:
         """Run records, newest first."""
-        query = select(RUNS)
-        if source is not None:
-            query = query.where(RUNS.c.source == source)
-        if operation is not None:
-            query = query.where(RUNS.c.operation == operation)
+
+        def newest(*statuses: str) -> Select[Any]:
+            query = select(RUNS)
+            if source is not None:
+                query = query.where(RUNS.c.source == source)
+            if operation is not None:
+                query = query.where(RUNS.c.operation == operation)
+            if statuses:
+                query = query.where(RUNS.c.status.in_(statuses))
+            if since is not None:
+                query = query.where(RUNS.c.started >= naive_utc(since))
+            return query.order_by(RUNS.c.started.desc(), RUNS.c.run_id.desc()).limit(limit)
+
         if failed:
-            query = query.where(RUNS.c.status.in_(NOT_OK))
-        if since is not None:
-            query = query.where(RUNS.c.started >= naive_utc(since))
-        query = query.order_by(RUNS.c.started.desc(), RUNS.c.run_id.desc()).limit(limit)
+            # The newest of each status apart, then merged: each walks its own index range
+            # backwards and stops at `limit`, however rare or common failures are (one query
+            # with IN sorted every failure first).
+            parts = union_all(*(newest(status).subquery().select() for status in NOT_OK))
+            merged = parts.subquery()
+            query = (
+                select(merged)
+                .order_by(merged.c.started.desc(), merged.c.run_id.desc())
+                .limit(limit)
+            )
+        else:
+            query = newest()
         with self._errors("read"), self.engine.connect() as conn:
             return [record_of(row) for row in conn.execute(query)]
 
     def operation_totals(self, since: dt.datetime, until: dt.datetime) -> list[OperationTotals]:
-        """Runs started in [since, until), per source and operation, in one pass: the p95
-        comes from a window function (SQLite and PostgreSQL alike), not from every row."""
-        group = (RUNS.c.source, RUNS.c.operation)
-        ranked = (
-            select(
-                RUNS.c.source,
-                RUNS.c.operation,
-                RUNS.c.status,
-                RUNS.c.duration_s,
-                RUNS.c.bytes_read,
-                RUNS.c.bytes_stored,
-                RUNS.c.bytes_restored,
-                func.row_number()
-                .over(partition_by=group, order_by=RUNS.c.duration_s)
-                .label("rank"),
-                func.count().over(partition_by=group).label("n"),
-            )
-            .where(RUNS.c.started >= naive_utc(since), RUNS.c.started < naive_utc(until))
-            .subquery()
-        )
-        # Nearest rank, ceil(0.95 n), in integer arithmetic both databases share.
-        p95_rank = (ranked.c.n * 95 + 99) // 100
-        query = (
-            select(
-                ranked.c.source,
-                ranked.c.operation,
-                func.count(),
-                func.sum(case((ranked.c.status == "ok", 1), else_=0)),
-                func.avg(ranked.c.duration_s),
-                func.max(case((ranked.c.rank == p95_rank, ranked.c.duration_s))),
-                func.sum(ranked.c.bytes_read),
-                func.sum(ranked.c.bytes_stored),
-                func.sum(ranked.c.bytes_restored),
-            )
-            .group_by(ranked.c.source, ranked.c.operation)
-            .order_by(ranked.c.source, ranked.c.operation)
-        )
+        """Runs started in [since, until), per source and operation. The columns come from
+        one range of the index on `started`, which holds them all (no row of the table is
+        read), and are summed here: SQLite grouped them through another index and read every
+        row of the table, ten times slower than this."""
+        query = select(
+            RUNS.c.source,
+            RUNS.c.operation,
+            RUNS.c.status,
+            RUNS.c.duration_s,
+            RUNS.c.bytes_read,
+            RUNS.c.bytes_stored,
+            RUNS.c.bytes_restored,
+        ).where(RUNS.c.started >= naive_utc(since), RUNS.c.started < naive_utc(until))
+        groups: dict[tuple[str | None, str], _Group] = {}
         with self._errors("read"), self.engine.connect() as conn:
-            return [
-                OperationTotals(
-                    source,
-                    operation,
-                    int(n),
-                    int(ok),
-                    float(mean),
-                    float(p95),
-                    int(read),
-                    int(stored),
-                    int(restored),
-                )
-                for source, operation, n, ok, mean, p95, read, stored, restored in conn.execute(
-                    query
-                )
-            ]
+            for source, operation, status, duration, read, stored, restored in conn.execute(query):
+                group = groups.get((source, operation))
+                if group is None:
+                    group = groups[(source, operation)] = _Group()
+                group.durations.append(duration)
+                group.ok += status == "ok"
+                group.read += read
+                group.stored += stored
+                group.restored += restored
+        return [
+            OperationTotals(
+                source,
+                operation,
+                len(g.durations),
+                g.ok,
+                math.fsum(g.durations) / len(g.durations),
+                nearest_rank(g.durations, 0.95),
+                g.read,
+                g.stored,
+                g.restored,
+            )
+            for (source, operation), g in sorted(
+                groups.items(), key=lambda item: (item[0][0] is None, item[0][0] or "", item[0][1])
+            )
+        ]
 
     def successful_backups(
         self, source: str, since: dt.datetime, until: dt.datetime

@@ -18,11 +18,20 @@ if TYPE_CHECKING:
 CATALOG_FILE = "catalog.db"
 
 
-def catalog_url(session: Session) -> str | None:
+def catalog_url(session: Session, *, broken_config_ok: bool = False) -> str | None:
     """`[catalog] url` of medvault.toml, else SQLite in the session's state directory; None
-    when there is neither (a shell that keeps no state)."""
+    when there is neither (a shell that keeps no state). `broken_config_ok`: a medvault.toml
+    that cannot be read (the run's own error says so) sends the record to the state
+    directory's catalog rather than losing it, and adds no second message."""
+    from medvault.errors import MedvaultError
+
     if session.configured:
-        configured = session.settings.catalog.url
+        try:
+            configured = session.settings.catalog.url
+        except MedvaultError:
+            if not broken_config_ok:
+                raise
+            configured = None
         if configured:
             return configured
     if session.state_dir is None:
@@ -50,7 +59,7 @@ class CatalogObserver:
             catalog.add([record._asdict()])
 
     def catalog(self) -> Catalog | None:
-        url = catalog_url(self.session)
+        url = catalog_url(self.session, broken_config_ok=True)
         if url is None:
             return None
         if self._catalog is None or url != self._url:

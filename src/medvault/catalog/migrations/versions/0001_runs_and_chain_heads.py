@@ -45,8 +45,25 @@ def upgrade() -> None:
         sa.Column("justification", sa.Text(), nullable=True),
         sa.Column("approver", sa.String(255), nullable=True),
     )
-    op.create_index("ix_runs_started", "runs", ["started"])
-    op.create_index("ix_runs_source_operation_started", "runs", ["source", "operation", "started"])
+    op.create_index(
+        "ix_runs_started",
+        "runs",
+        [
+            "started",
+            "source",
+            "operation",
+            "status",
+            "duration_s",
+            "bytes_read",
+            "bytes_stored",
+            "bytes_restored",
+        ],
+    )
+    op.create_index(
+        "ix_runs_source_operation_started",
+        "runs",
+        ["source", "operation", "started", "status", "ended"],
+    )
     op.create_index("ix_runs_status_started", "runs", ["status", "started"])
     op.create_table(
         "chain_heads",
