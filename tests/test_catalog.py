@@ -1,6 +1,7 @@
-"""The catalog: every run a shell makes is kept, `runs` shows it (failures with their error),
-`stats` counts it; SQLite in the state directory by default, PostgreSQL by URL (several
-hosts sharing one), the schema migrated on open."""
+"""The catalog: every run a shell makes is spooled in the state directory and reaches the
+catalog when it is next opened; `runs` shows it (failures with their error), `stats` counts
+it; SQLite in the state directory by default, PostgreSQL by URL (several hosts sharing one),
+the schema migrated on open."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.test_service_runs import NIGHT_SHIFT, Given
 from conftest import PASSWORD, Cli
 from medvault.backends import open_backend
 from medvault.catalog.store import HEAD, MIGRATIONS, Catalog
-from medvault.errors import SourceUnavailable, UnsupportedFormat
+from medvault.errors import CatalogUnavailable, SourceUnavailable, UnsupportedFormat
 from medvault.repository.keys import Credential
 from medvault.repository.repo import Repository
 from medvault.service.backup import FilesBackupOptions, backup_files
@@ -31,7 +32,7 @@ from medvault.service.history import (
     runs,
     stats,
 )
-from medvault.service.recording import CatalogObserver
+from medvault.service.recording import SpoolObserver, ingest_spool, spool, spool_dir
 from medvault.service.restore import RestoreOptions, restore
 from medvault.service.runs import Caller, RunRecord
 from medvault.service.session import Session
@@ -88,16 +89,21 @@ def make_session(
     state_dir: Path | None = None,
     caller: Caller = NIGHT_SHIFT,
 ) -> Session:
-    """A session as a shell builds it: the catalog observer attached."""
+    """A session as a shell builds it: the spool observer attached; the state directory
+    beside medvault.toml unless given."""
     session = Session(
         credentials=Given(PASSWORD),
         caller=caller,
         repository=repository,
         config=str(config),
-        state_dir=state_dir,
+        state_dir=state_dir or config.parent / "state",
     )
-    session.observers.append(CatalogObserver(session))
+    session.observers.append(SpoolObserver(session))
     return session
+
+
+def spooled(state_dir: Path) -> list[str]:
+    return sorted(p.name for p in spool_dir(state_dir).iterdir())
 
 
 def new_repository(path: Path) -> str:
@@ -169,26 +175,58 @@ def test_the_default_catalog_is_sqlite_in_the_state_directory_private_to_its_own
         new_repository(tmp_path / "repo"), write_config(tmp_path / "medvault.toml"), state
     )
     backup_files(session, FilesBackupOptions(paths=(str(data),)))
+    (record,) = runs(session, RunsOptions()).runs  # the catalog is made when first opened
     assert (state.stat().st_mode & 0o777, (state / "catalog.db").stat().st_mode & 0o777) == (
         0o700,
         0o600,
     )
-    (record,) = runs(session, RunsOptions()).runs
     assert (record.operation, record.status, record.source) == ("backup", "ok", "files")
 
 
-def test_a_catalog_that_cannot_be_opened_costs_a_warning_not_the_backup(tmp_path: Path) -> None:
+def test_a_spooled_record_survives_a_catalog_that_could_not_be_opened(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "a").write_bytes(b"a")
+    state = tmp_path / "state"
     unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
-    session = make_session(
-        new_repository(tmp_path / "repo"), write_config(tmp_path / "medvault.toml", unreachable)
-    )
+    config = write_config(tmp_path / "medvault.toml", unreachable)
+    session = make_session(new_repository(tmp_path / "repo"), config, state)
     result = backup_files(session, FilesBackupOptions(paths=(str(data),)))
-    assert result.snapshot is not None
-    (warning,) = session.warnings()
-    assert "could not be kept by CatalogObserver" in warning and "127.0.0.1:1" in warning
+    assert result.snapshot is not None and session.warnings() == []
+    (name,) = spooled(state)
+    assert (spool_dir(state).stat().st_mode & 0o777, (spool_dir(state) / name).stat().st_mode) == (
+        0o700,
+        0o100600,
+    )
+    with pytest.raises(CatalogUnavailable):
+        runs(session, RunsOptions())
+    assert spooled(state) == [name]  # kept for the next catalog that opens
+
+    reachable = make_session(None, write_config(tmp_path / "medvault.toml"), state)
+    (record,) = runs(reachable, RunsOptions()).runs
+    assert f"{record.run_id}.json" == name and record.snapshots == (result.snapshot.id,)
+    assert spooled(state) == []
+
+
+def test_ingesting_the_spool_is_idempotent(tmp_path: Path, catalog_url: str) -> None:
+    state = tmp_path / "state"
+    spool_dir(state).mkdir(parents=True)
+    first = constructed("backup", "emr", at(1), 5.0)
+    second = constructed("restore", "emr", at(2), 7.0, restored=10)
+    path = spool(spool_dir(state), first._asdict())
+    kept = path.read_bytes()
+    spool(spool_dir(state), second._asdict())
+    (spool_dir(state) / "junk.json").write_text("{not json")
+    (spool_dir(state) / ".half-written.json.123.tmp").write_text("{")
+    with Catalog.open(catalog_url) as catalog:
+        done = ingest_spool(catalog, state)
+        assert (done.ingested, done.unreadable) == (2, ["junk.json"])
+        assert spooled(state) == [".half-written.json.123.tmp", "junk.bad"]
+        # A process that died between the insert and the delete: the file comes again.
+        path.write_bytes(kept)
+        assert ingest_spool(catalog, state).ingested == 1
+        assert [RunRecord(**r) for r in catalog.runs()] == [second, first]
+        assert ingest_spool(catalog, state).ingested == 0
 
 
 def test_runs_keeps_each_record_once(tmp_path: Path, catalog_url: str) -> None:
@@ -253,11 +291,18 @@ def test_wal_push_keeps_its_failures_and_loads_no_catalog_for_a_success(
     segment.write_bytes(crafted_segment(name, 7_000_000_000_000_000_001, 16 * MiB))
     fast = [sys.executable, "-X", "importtime", "-m", "medvault.cli.entry", "wal-push", "emr"]
     env = initialized_cli.env
+    state = Path(env["MEDVAULT_STATE_DIR"])
+    initialized_cli("runs")  # the init's record, out of the spool
     pushed = subprocess.run([*fast, str(segment)], env=env, capture_output=True, text=True)
     assert pushed.returncode == 0, pushed.stderr
-    assert "sqlalchemy" not in pushed.stderr
-    failed = initialized_cli("wal-push", "emr", str(tmp_path / "pg_wal" / "nothing"), check=False)
-    assert failed.returncode != 0 and "warning" not in failed.stderr
+    assert "sqlalchemy" not in pushed.stderr and spooled(state) == []
+    # A failure is spooled, and loads no catalog either.
+    failed = subprocess.run(
+        [*fast, str(tmp_path / "pg_wal" / "nothing")], env=env, capture_output=True, text=True
+    )
+    said = [line for line in failed.stderr.splitlines() if not line.startswith("import time")]
+    assert failed.returncode != 0 and not any("warning" in line for line in said)
+    assert "sqlalchemy" not in failed.stderr and len(spooled(state)) == 1
 
     listed = json.loads(initialized_cli("runs", "--json").stdout)
     assert [(r["operation"], r["status"]) for r in listed] == [
@@ -465,7 +510,6 @@ def test_two_hosts_share_one_postgresql_catalog(tmp_path: Path, pg_catalog: str)
         thread.join()
     assert opened == [None, None]
 
-    ids = []
     for host in ("ward-a", "ward-b"):
         data = tmp_path / host
         data.mkdir()
@@ -473,11 +517,14 @@ def test_two_hosts_share_one_postgresql_catalog(tmp_path: Path, pg_catalog: str)
         session = make_session(
             new_repository(tmp_path / f"repo-{host}"),
             config,
+            tmp_path / f"state-{host}",
             caller=Caller(user="dr.smith", shell="cli", host=host),
         )
-        ids.append(backup_files(session, FilesBackupOptions(paths=(str(data),))).snapshot)
+        backup_files(session, FilesBackupOptions(paths=(str(data),)))
         assert session.warnings() == []
-    listed = runs(make_session(None, config), RunsOptions()).runs
+        # The host's spool reaches the shared catalog when the host next opens it.
+        runs(session, RunsOptions())
+    listed = runs(make_session(None, config, tmp_path / "state-reader"), RunsOptions()).runs
     assert [(r.host, r.operation, r.status) for r in listed] == [
         ("ward-b", "backup", "ok"),
         ("ward-a", "backup", "ok"),

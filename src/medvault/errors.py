@@ -180,8 +180,8 @@ class DrillFailed(MedvaultError):
 
 class CatalogUnavailable(MedvaultError):
     """The catalog (the index behind `runs` and `stats`) cannot be opened or read: a
-    PostgreSQL catalog unreachable, a SQLite file unwritable. The repositories are untouched;
-    `medvault catalog rebuild` makes it anew from them."""
+    PostgreSQL catalog unreachable, a SQLite file unwritable. The repositories are untouched,
+    and the runs spooled on this host wait for the next catalog that opens."""
 
     exit_code = 24
 

@@ -42,7 +42,7 @@ class CliContext:
     def session(self) -> Session:
         if self._session is None:
             from medvault.credentials import ShellCredentials
-            from medvault.service.recording import CatalogObserver
+            from medvault.service.recording import SpoolObserver
             from medvault.service.runs import Caller
             from medvault.service.session import Session
             from medvault.statedir import default_state_dir
@@ -54,8 +54,8 @@ class CliContext:
                 config=self.config_option,
                 state_dir=default_state_dir(os.environ, os.getuid()),
             )
-            # Every run this command makes goes into the catalog (`medvault runs`).
-            session.observers.append(CatalogObserver(session))
+            # Every run this command makes is spooled for the catalog (`medvault runs`).
+            session.observers.append(SpoolObserver(session))
             self._session = session
         return self._session
 

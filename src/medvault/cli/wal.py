@@ -88,10 +88,9 @@ def _repository(options: GlobalOptions) -> str | None:
 
 def session_of(options: GlobalOptions, *, every_run: bool = False) -> "Session":
     """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer).
-    Their failures go into the catalog, their successes (one per segment) do not: the
-    catalog, and SQLAlchemy with it, is loaded only for a failure. `every_run`: wal-status,
-    whose runs are kept like any command's."""
-    from medvault.service.recording import CatalogObserver, FailuresObserver
+    Their failures are spooled for the catalog, their successes (one per segment) are not.
+    `every_run`: wal-status, whose runs are kept like any command's."""
+    from medvault.service.recording import SpoolObserver
     from medvault.service.runs import Caller
     from medvault.service.session import Session
     from medvault.statedir import default_state_dir
@@ -103,8 +102,7 @@ def session_of(options: GlobalOptions, *, every_run: bool = False) -> "Session":
         config=options.config,
         state_dir=default_state_dir(os.environ, os.getuid()),
     )
-    kind = CatalogObserver if every_run else FailuresObserver
-    session.observers.append(kind(session))
+    session.observers.append(SpoolObserver(session, only_failures=not every_run))
     return session
 
 

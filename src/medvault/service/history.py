@@ -2,24 +2,24 @@
 and operation: success rate, durations, bytes; per source: the share of the period within its
 tier's RPO, and drills within RTO).
 
-These read the host's catalog only, no repository and no patient data, so they are not runs
-of their own: a history that listed its own readings would bury what it exists to show.
+These read the host's catalog only (after moving the runs this host has spooled into it), no
+repository and no patient data, so they are not runs of their own: a history that listed its
+own readings would bury what it exists to show.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from medvault.durations import parse_duration
 from medvault.errors import UsageError
-from medvault.service.recording import catalog_url
+from medvault.service.recording import catalog_url, ingest_spool
 from medvault.service.runs import RunRecord
 
 if TYPE_CHECKING:
-    from medvault.catalog.store import BackupTimes, Catalog
+    from medvault.catalog.store import Catalog
     from medvault.service.session import Session
 
 DEFAULT_LIMIT = 50
@@ -27,7 +27,8 @@ MAX_DAYS = 36600
 
 
 def open_catalog(session: Session) -> Catalog:
-    """The session's catalog, brought to the newest schema."""
+    """The session's catalog, brought to the newest schema and caught up with the runs this
+    host has spooled since it was last opened."""
     from medvault.catalog.store import Catalog
 
     url = catalog_url(session)
@@ -36,7 +37,18 @@ def open_catalog(session: Session) -> Catalog:
             "no catalog: set [catalog] url in medvault.toml, or MEDVAULT_STATE_DIR for the "
             "SQLite catalog"
         )
-    return Catalog.open(url)
+    catalog = Catalog.open(url)
+    try:
+        caught_up = ingest_spool(catalog, session.state_dir)
+    except BaseException:
+        catalog.close()
+        raise
+    if caught_up.unreadable:
+        session.notes.append(
+            f"{len(caught_up.unreadable)} spooled run record(s) could not be read and were "
+            f"set aside as *.bad in {session.state_dir}/spool (first: {caught_up.unreadable[0]})"
+        )
+    return catalog
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -138,6 +150,8 @@ def stats(session: Session, options: StatsOptions) -> StatsResult:
     until = options.until or dt.datetime.now(dt.UTC)
     since = until - dt.timedelta(days=options.days)
     rpos = _configured_rpos(session)
+    from medvault.catalog.store import DrillCounts
+
     with open_catalog(session) as catalog:
         totals = catalog.operation_totals(since, until)
         operations = tuple(
@@ -155,32 +169,27 @@ def stats(session: Session, options: StatsOptions) -> StatsResult:
             )
             for t in totals
         )
-        drilled = {t.source for t in totals if t.operation == "drill"}
+        drills = catalog.drill_counts(since, until)
         sources = []
-        for source in sorted(set(rpos) | drilled, key=lambda s: (s is None, s or "")):
+        for source in sorted(set(rpos) | set(drills), key=lambda s: (s is None, s or "")):
             tier, rpo = rpos.get(source, (None, None)) if source is not None else (None, None)
             within = None
             if rpo is not None and source is not None:
                 period = parse_duration(rpo)
-                backups = catalog.successful_backups(source, since - period, until)
-                within = within_rpo_share(backups, period, since, until)
-            details = catalog.drill_details(source, since, until) if source in drilled else []
+                within = catalog.within_rpo(source, period, since, until)
+            counted = drills.get(source, DrillCounts(0, 0, 0))
             sources.append(
                 SourceStats(
                     source=source,
                     tier=tier,
                     rpo=rpo,
                     within_rpo=within,
-                    drills=len(details),
-                    drills_passed=sum(1 for d in details if d.get("passed") is True),
-                    drills_within_rto=sum(1 for d in details if _within_rto(d)),
+                    drills=counted.drills,
+                    drills_passed=counted.passed,
+                    drills_within_rto=counted.within_rto,
                 )
             )
         return StatsResult(since, until, operations, tuple(sources), catalog.url)
-
-
-def _within_rto(details: Mapping[str, Any]) -> bool:
-    return details.get("passed") is True and details.get("within_rto") is True
 
 
 def _configured_rpos(session: Session) -> dict[str, tuple[str | None, str | None]]:
@@ -193,23 +202,3 @@ def _configured_rpos(session: Session) -> dict[str, tuple[str | None, str | None
         if section.tier is not None and settings.tier[section.tier].rpo is not None:
             found[name] = (section.tier, settings.tier[section.tier].rpo)
     return found
-
-
-def within_rpo_share(
-    backups: Iterable[BackupTimes], rpo: dt.timedelta, since: dt.datetime, until: dt.datetime
-) -> float:
-    """The share of [since, until) in which a recovery point no older than `rpo` existed.
-    A successful backup is a recovery point of the moment it started, usable from the
-    moment it ended: it covers [ended, started + rpo]."""
-    from medvault.catalog.store import naive_utc
-
-    start, end = naive_utc(since), naive_utc(until)
-    covered = dt.timedelta(0)
-    reach = start  # covered so far, up to here
-    for backup in sorted(backups, key=lambda b: b.ended):
-        lo = max(backup.ended, reach)
-        hi = min(backup.started + rpo, end)
-        if hi > lo:
-            covered += hi - lo
-            reach = hi
-    return covered / (end - start)
