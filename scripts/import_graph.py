@@ -48,7 +48,10 @@ ALLOWED: dict[str, set[str]] = {
     # medvault.toml's layout for the WAL path, read without pydantic; medvault.config when
     # anything is unusual.
     "walconfig": {"config"},
+    # The index of run records (SQLAlchemy): repository for catching up from the audit chains.
+    "catalog": {"config", "repository"},
     "service": {
+        "catalog",
         "sources",
         "recovery",
         "verification",

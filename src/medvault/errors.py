@@ -184,6 +184,14 @@ class AuditTrailBroken(IntegrityError):
     exit_code = 24
 
 
+class CatalogUnavailable(MedvaultError):
+    """The catalog (the index behind `runs` and `stats`) cannot be opened or read: a
+    PostgreSQL catalog unreachable, a SQLite file unwritable. The repositories are untouched,
+    and the runs spooled on this host wait for the next catalog that opens."""
+
+    exit_code = 25
+
+
 def exit_code_for(exc: BaseException, *, wal_fetch: bool = False) -> int:
     """The exit code for an exception that ends a command (docs/operations.md).
 

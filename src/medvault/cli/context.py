@@ -43,19 +43,22 @@ class CliContext:
         if self._session is None:
             from medvault.credentials import ShellCredentials
             from medvault.service.audit import AuditObserver
+            from medvault.service.recording import SpoolObserver
             from medvault.service.runs import Caller
             from medvault.service.session import Session
             from medvault.statedir import default_state_dir
 
-            self._session = Session(
+            session = Session(
                 credentials=ShellCredentials(self.credentials),
                 caller=Caller.this_process("cli"),
                 repository=self.repo_option,
                 config=self.config_option,
                 state_dir=default_state_dir(os.environ, os.getuid()),
             )
-            # Every run, whatever it did, is sealed into the audit trail.
-            self._session.observers.append(AuditObserver(self._session))
+            # Every run, whatever it did, is sealed into the audit trail, and spooled for
+            # the catalog (`medvault runs`).
+            session.observers += [AuditObserver(session), SpoolObserver(session)]
+            self._session = session
         return self._session
 
     def print_warnings(self) -> None:

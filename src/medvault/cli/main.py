@@ -16,6 +16,7 @@ from medvault import __version__
 from medvault.cli import (
     audit_cmd,
     backup,
+    catalog_cmd,
     copy_cmd,
     drill_cmd,
     forget,
@@ -106,6 +107,7 @@ restore.register(app)
 wal.register(app)
 pg_recovery.register(app)
 audit_cmd.register(app)
+catalog_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as

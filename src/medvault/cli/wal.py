@@ -86,9 +86,13 @@ def _repository(options: GlobalOptions) -> str | None:
     return options.repo or os.environ.get("MEDVAULT_REPOSITORY")
 
 
-def session_of(options: GlobalOptions) -> "Session":
-    """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer)."""
+def session_of(options: GlobalOptions, *, every_run: bool = False) -> "Session":
+    """The session wal-push and wal-fetch run in, on either path (cli/entry.py or Typer).
+    Their failures are sealed into the audit trail and spooled for the catalog; successful
+    pushes are counted per hour, successful fetches not recorded. `every_run`: wal-status,
+    whose runs are kept like any command's."""
     from medvault.service.audit import AuditObserver
+    from medvault.service.recording import SpoolObserver
     from medvault.service.runs import Caller
     from medvault.service.session import Session
     from medvault.statedir import default_state_dir
@@ -100,8 +104,10 @@ def session_of(options: GlobalOptions) -> "Session":
         config=options.config,
         state_dir=default_state_dir(os.environ, os.getuid()),
     )
-    # Failures are sealed into the audit trail; successful pushes are counted per hour.
-    session.observers.append(AuditObserver(session))
+    session.observers += [
+        AuditObserver(session),
+        SpoolObserver(session, only_failures=not every_run),
+    ]
     return session
 
 
@@ -266,7 +272,7 @@ def register(app: "typer.Typer") -> None:
         Exits 19 on a gap or a failing archiver, 15 when the server cannot be asked."""
         from medvault.service.walstatus import wal_status
 
-        session = session_of(options_of(obtain(ctx)))
+        session = session_of(options_of(obtain(ctx)), every_run=True)
         report = wal_status(session, source)
         _print_warnings(session)
         code = status_exit_code(report)
