@@ -28,6 +28,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    make_url,
     select,
     text,
     union_all,
@@ -162,6 +163,15 @@ class Catalog:
             )
 
     # -- reading ---------------------------------------------------------------------------
+
+    def count_runs(self) -> int:
+        with self._errors("read"), self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(RUNS)).scalar_one())
+
+    @staticmethod
+    def shown_url(url: str) -> str:
+        """A catalog URL as messages show it: the password hidden."""
+        return make_url(url).render_as_string(hide_password=True)
 
     def runs(
         self,
@@ -409,6 +419,14 @@ def _insert_ignoring_duplicates(dialect: str) -> Any:
 
 
 # -- opening and migrating -----------------------------------------------------------------
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite catalog (None: PostgreSQL, or SQLite in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _engine(url: str) -> Engine:
