@@ -140,6 +140,25 @@ class Catalog:
                     _insert_ignoring_duplicates(conn.dialect.name), rows[start : start + _BATCH]
                 )
 
+    def replace(
+        self, records: Iterable[Mapping[str, Any]], heads: Iterable[tuple[str, str, int, str]]
+    ) -> None:
+        """Every run and chain head replaced by these, in one transaction: a reader sees the
+        catalog before or after, never half of it. `heads`: (repository id, chain, seq, mac)."""
+        rows = [row_of(record) for record in records]
+        with self._errors("written"), self.engine.begin() as conn:
+            conn.execute(delete(RUNS))
+            conn.execute(delete(HEADS))
+            insert = _insert_ignoring_duplicates(conn.dialect.name)
+            for start in range(0, len(rows), _BATCH):
+                conn.execute(insert, rows[start : start + _BATCH])
+            for repository_id, chain, seq, mac in heads:
+                conn.execute(
+                    HEADS.insert().values(
+                        repository_id=repository_id, chain=chain, seq=seq, mac=mac
+                    )
+                )
+
     def clear(self) -> None:
         """Forget every run and chain head (a rebuild starts here)."""
         with self._errors("cleared"), self.engine.begin() as conn:

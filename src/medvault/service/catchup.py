@@ -109,20 +109,18 @@ class ImportCounts:
     skipped: int = 0  # audit records the catalog could not take (named in a note)
 
 
-def _import_chains(
+def _read_chains(
     session: Session,
-    catalog: Catalog,
     repo: Repository,
     counts: ImportCounts,
     known: dict[str, tuple[int, str]],
-) -> list[tuple[str, int, str]]:
-    """Insert the run records of every chain past `known` (chain -> (seq, mac)); return the
-    new heads (chain, seq, mac) for the caller to keep once the records are in."""
+) -> Iterator[tuple[str, list[dict[str, Any]], AuditEntry | None]]:
+    """Per chain: the run records past `known` (chain -> (seq, mac)) and the last audit
+    record read (None: nothing new), for the caller to keep the head once they are in."""
     from medvault.catalog.store import row_of
     from medvault.repository.audit import AuditLog
 
     log = AuditLog(repo, session.caller.host)
-    heads = []
     for chain in log.chains():
         counts.chains += 1
         after = known.get(chain, (-1, ""))[0]
@@ -141,10 +139,7 @@ def _import_chains(
                     f"audit record {entry.name} in {repo.url} has no run record the catalog "
                     "can keep; left out"
                 )
-        catalog.add(records)
-        if last is not None:
-            heads.append((chain, last.seq, last.mac))
-    return heads
+        yield chain, records, last
 
 
 def catch_up(session: Session, catalog: Catalog) -> ImportCounts:
@@ -155,10 +150,10 @@ def catch_up(session: Session, catalog: Catalog) -> ImportCounts:
     for repo in _open_each(session, catch_up_targets(session), skip_failures=True):
         counts.repositories += 1
         repo_id = repo.config.repo_id
-        for chain, seq, mac in _import_chains(
-            session, catalog, repo, counts, catalog.heads(repo_id)
-        ):
-            catalog.set_head(repo_id, chain, seq, mac)
+        for chain, records, last in _read_chains(session, repo, counts, catalog.heads(repo_id)):
+            catalog.add(records)
+            if last is not None:
+                catalog.set_head(repo_id, chain, last.seq, last.mac)
     return counts
 
 
@@ -180,7 +175,8 @@ def rebuild(session: Session) -> RebuildResult:
     """Recreate the catalog from the repositories' audit chains alone (and this host's
     spool). Every repository is opened first: one that cannot be is an error, and the
     catalog is left as it was. SQLite: a fresh file, renamed over the old one. PostgreSQL:
-    the rows replaced in one transaction."""
+    every row of `runs` and `chain_heads` replaced in one transaction (the tables and their
+    Alembic revision stay; a reader sees the old catalog or the new one)."""
     from medvault.catalog.store import Catalog, sqlite_path
 
     url = catalog_url(session)
@@ -207,12 +203,14 @@ def rebuild(session: Session) -> RebuildResult:
         catalog = Catalog.open(url)
     try:
         try:
-            if fresh_path is None:
-                catalog.clear()
+            records: list[dict[str, Any]] = []
+            heads: list[tuple[str, str, int, str]] = []
             for repo in repos:
-                repo_id = repo.config.repo_id
-                for chain, seq, mac in _import_chains(session, catalog, repo, counts, {}):
-                    catalog.set_head(repo_id, chain, seq, mac)
+                for chain, found, last in _read_chains(session, repo, counts, {}):
+                    records += found
+                    if last is not None:
+                        heads.append((repo.config.repo_id, chain, last.seq, last.mac))
+            catalog.replace(records, heads)
             spooled = ingest_spool(catalog, session.state_dir).ingested
             total = catalog.count_runs()
             shown = catalog.url if fresh_path is None else Catalog.shown_url(url)
