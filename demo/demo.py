@@ -134,6 +134,9 @@ def main() -> None:
         fields = ("user", "host", "destination", "recovery_point", "justification", "status")
         print(f"-> {len(records)} records exported; the restore's answers an auditor:")
         print("   " + json.dumps({k: restore[k] for k in fields}))
+        say("Run history: the catalog, caught up from the repository's audit records")
+        medvault("runs", "--limit", "5", env=env)
+        medvault("stats", "--days", "1", env=env)
         say("Files demo finished")
     finally:
         shutil.rmtree(work, ignore_errors=True)

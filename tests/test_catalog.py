@@ -529,3 +529,168 @@ def test_two_hosts_share_one_postgresql_catalog(tmp_path: Path, pg_catalog: str)
         ("ward-b", "backup", "ok"),
         ("ward-a", "backup", "ok"),
     ]
+
+
+# -- catch-up from the repository's audit chains, and rebuild --------------------------------
+
+WARD_2 = Caller(user="dr.jones", shell="cli", host="ward-2")
+
+
+def other_host(repository: str, state_dir: Path) -> Session:
+    """A second host: it writes its runs to the repository only (its own state directory,
+    no catalog of ours)."""
+    from medvault.service.audit import AuditObserver
+
+    session = Session(
+        credentials=Given(PASSWORD),
+        caller=WARD_2,
+        repository=repository,
+        state_dir=state_dir,
+    )
+    session.observers += [AuditObserver(session), SpoolObserver(session)]
+    return session
+
+
+def runs_table(url: str) -> list[tuple[object, ...]]:
+    """Every column of every row of `runs`, by run_id."""
+    from sqlalchemy import select
+
+    from medvault.catalog.store import RUNS
+
+    with Catalog.open(url) as catalog, catalog.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(select(RUNS).order_by(RUNS.c.run_id))]
+
+
+def test_the_rebuilt_catalog_equals_the_live_one(
+    tmp_path: Path, make_tree, catalog_url: str
+) -> None:
+    write_config(tmp_path / "medvault.toml", catalog_url)
+    data = make_tree({"chart.txt": b"chart " * 500, "scan.dcm": b"s" * 4000})
+    repository = str(tmp_path / "repo")
+    cli = Cli(repository, tmp_path)
+    cli("init")
+    first = json.loads(cli("backup", str(data), "--json").stdout)["snapshot"]
+    second = json.loads(cli("backup", str(data), "--tag", "nightly", "--json").stdout)["snapshot"]
+    assert cli("backup", str(tmp_path / "gone"), check=False).returncode != 0
+    cli("restore", first, "--target", str(tmp_path / "out"), "--reason", "INC-12: chart review")
+    cli("hold", "add", first, "--reason", "litigation 12")
+    cli("forget", second)
+    # Host B backs up into the same repository, and seals an hour of wal-push counts.
+    ward = other_host(repository, tmp_path / "state-b")
+    backup_files(ward, FilesBackupOptions(paths=(str(data),)))
+    from medvault.repository.audit import AuditLog
+
+    log = AuditLog(ward.last_opened(), WARD_2.host)
+    log.append(
+        "wal-push-count",
+        {
+            "operation": "wal-push",
+            "status": "ok",
+            "repository": repository,
+            "source": "emr",
+            "host": WARD_2.host,
+            "started": "2026-03-01T02:00:00+00:00",
+            "ended": "2026-03-01T02:59:59.999+00:00",
+            "timestamp": "2026-03-01T02:59:59.999+00:00",
+            "count": 37,
+        },
+    )
+
+    listed = json.loads(cli("runs", "--json", "--limit", "100").stdout)  # spool + catch-up
+    live = runs_table(catalog_url)
+    assert sorted((r["operation"], r["status"], r["host"]) for r in listed) == sorted(
+        [
+            ("init", "ok", os.uname().nodename),
+            ("backup", "ok", os.uname().nodename),
+            ("backup", "ok", os.uname().nodename),
+            ("backup", "failed", os.uname().nodename),
+            ("restore", "ok", os.uname().nodename),
+            ("hold-add", "ok", os.uname().nodename),
+            ("forget", "ok", os.uname().nodename),
+            ("backup", "ok", "ward-2"),
+            ("wal-push", "ok", "ward-2"),
+        ]
+    )
+    assert len(live) == 9
+    (restored,) = [r for r in listed if r["operation"] == "restore"]
+    assert restored["justification"] == "INC-12: chart review"
+    (pushes,) = [r for r in listed if r["operation"] == "wal-push"]
+    assert (pushes["source"], pushes["details"]) == ("emr", {"count": 37})
+
+    rebuilt = json.loads(cli("catalog", "rebuild", "--json").stdout)
+    assert (rebuilt["repositories"], rebuilt["chains"]) == (1, 2)
+    assert (rebuilt["records"], rebuilt["runs"], rebuilt["spooled"]) == (9, 9, 0)
+    assert runs_table(catalog_url) == live
+    # Rebuilt, the catalog holds the chains' heads: a catch-up after it adds nothing.
+    assert cli("runs").stderr == ""
+    assert runs_table(catalog_url) == live
+    text = cli("catalog", "rebuild").stdout
+    assert "rebuilt: 9 run(s); 9 audit record(s) read from 2 chain(s) of 1 repository" in text
+
+
+def test_another_hosts_runs_reach_this_catalog_by_catch_up_alone(tmp_path: Path, make_tree) -> None:
+    data = make_tree({"chart.txt": b"chart " * 500})
+    repository = new_repository(tmp_path / "repo")
+    cli = Cli(repository, tmp_path)
+    ward = other_host(repository, tmp_path / "state-b")
+    backup_files(ward, FilesBackupOptions(paths=(str(data),)))
+    assert not (tmp_path / "medvault-state" / "spool").exists()  # host A was told nothing
+
+    assert json.loads(cli("runs", "--json", "--no-catch-up").stdout) == []
+    (found,) = json.loads(cli("runs", "--json").stdout)
+    assert (found["operation"], found["status"], found["host"], found["user"]) == (
+        "backup",
+        "ok",
+        "ward-2",
+        "dr.jones",
+    )
+    stats_doc = json.loads(cli("stats", "--json").stdout)
+    assert [(o["operation"], o["runs"]) for o in stats_doc["operations"]] == [("backup", 1)]
+    # The head advanced: the next catch-up reads only what came after.
+    backup_files(ward, FilesBackupOptions(paths=(str(data),)))
+    assert len(json.loads(cli("runs", "--json").stdout)) == 2
+    state = tmp_path / "medvault-state"
+    with Catalog.open(f"sqlite:///{state / 'catalog.db'}") as catalog:
+        repo_id = Repository.probe(open_backend(repository))[0].repo_id
+        assert [seq for seq, _mac in catalog.heads(repo_id).values()] == [1]
+
+
+def test_a_repository_without_a_credential_is_skipped_with_a_note_never_a_prompt(
+    tmp_path: Path, make_tree
+) -> None:
+    data = make_tree({"chart.txt": b"chart " * 500})
+    repository = new_repository(tmp_path / "repo")
+    cli = Cli(repository, tmp_path)
+    cli("backup", str(data))
+    done = cli("runs", "--json", env={"MEDVAULT_PASSWORD": ""})
+    assert len(json.loads(done.stdout)) == 1  # this host's own run, from the spool
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"medvault: warning: catalog catch-up skipped {repository}: ")
+    assert "no passphrase given" in line
+
+
+def test_shell_credentials_that_may_not_prompt_raise_instead_even_on_a_terminal() -> None:
+    """stdin a terminal: a prompt would wait there (and the run time out); the catch-up's
+    credentials raise NoCredential instead."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")}
+    code = (
+        "import sys\n"
+        "assert sys.stdin.isatty()\n"
+        "from medvault.credentials import CredentialOptions, ShellCredentials\n"
+        "from medvault.errors import NoCredential\n"
+        "try:\n"
+        "    ShellCredentials(CredentialOptions(), interactive=False).primary(None)\n"
+        "except NoCredential:\n"
+        "    sys.exit(3)\n"
+    )
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], stdin=terminal, env=env, check=False, timeout=60
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert done.returncode == 3

@@ -90,8 +90,8 @@ def _from_command(command: str, option: str) -> bytes:
     return secret
 
 
-def _prompt(text: str, confirm: bool) -> bytes:
-    if not sys.stdin.isatty():
+def _prompt(text: str, confirm: bool, interactive: bool = True) -> bytes:
+    if not interactive or not sys.stdin.isatty():
         raise NoCredential(
             "no passphrase given: set MEDVAULT_PASSWORD, or pass --password-file, "
             "--password-command or --key-file"
@@ -111,8 +111,10 @@ def get_credential(
     repo_settings: RepositorySettings | None = None,
     *,
     confirm: bool = False,
+    interactive: bool = True,
 ) -> Credential:
-    """Command-line options first, then the environment, then the config file, then a prompt."""
+    """Command-line options first, then the environment, then the config file, then a prompt
+    (unless not `interactive`: then NoCredential)."""
     if options.key_file:
         return Credential(keyfile_secret=_keyfile(options.key_file), origin="--key-file")
     if options.password_file:
@@ -126,7 +128,8 @@ def get_credential(
     configured = _from_settings(repo_settings)
     if configured is not None:
         return configured
-    return Credential(passphrase=_prompt("repository passphrase: ", confirm), origin="prompt")
+    secret = _prompt("repository passphrase: ", confirm, interactive)
+    return Credential(passphrase=secret, origin="prompt")
 
 
 def _from_environment(prefix: str) -> Credential | None:
@@ -161,7 +164,9 @@ def _from_settings(repo_settings: RepositorySettings | None) -> Credential | Non
     return None
 
 
-def get_other_credential(repo_settings: RepositorySettings | None) -> Credential:
+def get_other_credential(
+    repo_settings: RepositorySettings | None, *, interactive: bool = True
+) -> Credential:
     """For a second repository in one command (copy's --from, init's --copy-keys-from): its
     own section's key file or password settings, then MEDVAULT_FROM_PASSWORD,
     MEDVAULT_FROM_PASSWORD_FILE, MEDVAULT_FROM_PASSWORD_COMMAND or MEDVAULT_FROM_KEY_FILE,
@@ -173,22 +178,24 @@ def get_other_credential(repo_settings: RepositorySettings | None) -> Credential
     from_environment = _from_environment("MEDVAULT_FROM_")
     if from_environment is not None:
         return from_environment
-    return get_credential(CredentialOptions(), None)
+    return get_credential(CredentialOptions(), None, interactive=interactive)
 
 
 @dataclass(frozen=True)
 class ShellCredentials:
     """The CLI's (and cron's) credential source for a session: options first, then the
     environment, the repository's section of medvault.toml, and last a prompt on a
-    terminal (see get_credential and get_other_credential)."""
+    terminal (see get_credential and get_other_credential), unless not `interactive`
+    (what a query reading repositories on the side uses: it must never wait on a prompt)."""
 
     options: CredentialOptions
+    interactive: bool = True
 
     def primary(self, settings: RepositorySettings | None) -> Credential:
-        return get_credential(self.options, settings)
+        return get_credential(self.options, settings, interactive=self.interactive)
 
     def other(self, settings: RepositorySettings | None) -> Credential:
-        return get_other_credential(settings)
+        return get_other_credential(settings, interactive=self.interactive)
 
 
 def get_new_passphrase(password_file: str | None) -> Credential:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    make_url,
     select,
     text,
     union_all,
@@ -139,6 +140,25 @@ class Catalog:
                     _insert_ignoring_duplicates(conn.dialect.name), rows[start : start + _BATCH]
                 )
 
+    def replace(
+        self, records: Iterable[Mapping[str, Any]], heads: Iterable[tuple[str, str, int, str]]
+    ) -> None:
+        """Every run and chain head replaced by these, in one transaction: a reader sees the
+        catalog before or after, never half of it. `heads`: (repository id, chain, seq, mac)."""
+        rows = [row_of(record) for record in records]
+        with self._errors("written"), self.engine.begin() as conn:
+            conn.execute(delete(RUNS))
+            conn.execute(delete(HEADS))
+            insert = _insert_ignoring_duplicates(conn.dialect.name)
+            for start in range(0, len(rows), _BATCH):
+                conn.execute(insert, rows[start : start + _BATCH])
+            for repository_id, chain, seq, mac in heads:
+                conn.execute(
+                    HEADS.insert().values(
+                        repository_id=repository_id, chain=chain, seq=seq, mac=mac
+                    )
+                )
+
     def clear(self) -> None:
         """Forget every run and chain head (a rebuild starts here)."""
         with self._errors("cleared"), self.engine.begin() as conn:
@@ -162,6 +182,15 @@ class Catalog:
             )
 
     # -- reading ---------------------------------------------------------------------------
+
+    def count_runs(self) -> int:
+        with self._errors("read"), self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(RUNS)).scalar_one())
+
+    @staticmethod
+    def shown_url(url: str) -> str:
+        """A catalog URL as messages show it: the password hidden."""
+        return make_url(url).render_as_string(hide_password=True)
 
     def runs(
         self,
@@ -409,6 +438,14 @@ def _insert_ignoring_duplicates(dialect: str) -> Any:
 
 
 # -- opening and migrating -----------------------------------------------------------------
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite catalog (None: PostgreSQL, or SQLite in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _engine(url: str) -> Engine:

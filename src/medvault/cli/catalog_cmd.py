@@ -13,6 +13,7 @@ from medvault.cli.context import human_bytes, obtain, print_json
 if TYPE_CHECKING:
     from medvault.service.history import StatsResult
     from medvault.service.runs import RunRecord
+    from medvault.service.session import Session
 
 
 def runs(
@@ -28,15 +29,19 @@ def runs(
         None, "--since", help="Runs started since a date or time (UTC), or a duration: 7d."
     ),
     limit: int = typer.Option(50, "--limit", "-n", help="At most this many, newest first."),
+    no_catch_up: bool = typer.Option(
+        False, "--no-catch-up", help="Read the catalog only (offline): no repository opened."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The history of runs on this host's catalog, newest first; failures with their error."""
+    """The history of runs on this host's catalog, newest first; failures with their error.
+    The catalog is first caught up with the repository's audit records (every host's)."""
     from medvault.service.history import RunsOptions, parse_since
     from medvault.service.history import runs as history
 
     start = parse_since(since, dt.datetime.now(dt.UTC)) if since is not None else None
-    options = RunsOptions(source, operation, failed, start, limit)
-    found = history(obtain(ctx).session, options).runs
+    options = RunsOptions(source, operation, failed, start, limit, catch_up=not no_catch_up)
+    found = history(_unattended(ctx), options).runs
     if as_json:
         print_json([_run_doc(record) for record in found])
         return
@@ -57,6 +62,9 @@ def runs(
 def stats(
     ctx: typer.Context,
     days: int = typer.Option(30, "--days", "-d", help="The period: this many days to now."),
+    no_catch_up: bool = typer.Option(
+        False, "--no-catch-up", help="Read the catalog only (offline): no repository opened."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Per source and operation: runs, success rate, mean and p95 duration, bytes; per
@@ -64,11 +72,42 @@ def stats(
     from medvault.service.history import StatsOptions
     from medvault.service.history import stats as compute
 
-    result = compute(obtain(ctx).session, StatsOptions(days=days))
+    result = compute(_unattended(ctx), StatsOptions(days=days, catch_up=not no_catch_up))
     if as_json:
         print_json(_stats_doc(result))
         return
     _print_stats(result)
+
+
+def _unattended(ctx: typer.Context) -> Session:
+    """The session, its credentials never prompting: a repository with no credential
+    configured is skipped by the catch-up, with a note."""
+    cli = obtain(ctx)
+    cli.interactive = False
+    return cli.session
+
+
+catalog_app = typer.Typer(
+    help="The catalog of runs: rebuild it from the repository.", no_args_is_help=True
+)
+
+
+@catalog_app.command("rebuild")
+def rebuild(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Recreate the catalog from the repository's audit records alone (every chain, every
+    host), and this host's spooled runs; report what it holds."""
+    from medvault.service.catchup import rebuild as recreate
+
+    result = recreate(obtain(ctx).session)
+    if as_json:
+        print_json(dataclasses.asdict(result))
+        return
+    print(
+        f"catalog {result.catalog} rebuilt: {result.runs} run(s); {result.records} audit "
+        f"record(s) read from {result.chains} chain(s) of {result.repositories} "
+        f"repositor{'y' if result.repositories == 1 else 'ies'}, {result.spooled} spooled"
+        + (f", {result.skipped} left out" if result.skipped else "")
+    )
 
 
 def _run_doc(record: RunRecord) -> dict[str, Any]:
@@ -128,3 +167,4 @@ def _print_stats(result: StatsResult) -> None:
 def register(app: typer.Typer) -> None:
     app.command("runs")(runs)
     app.command("stats")(stats)
+    app.add_typer(catalog_app, name="catalog")

@@ -36,6 +36,8 @@ class CliContext:
     repo_option: str | None = None
     config_option: str | None = None
     credentials: CredentialOptions = field(default_factory=CredentialOptions)
+    # False: no passphrase prompt (runs and stats open repositories only to catch up).
+    interactive: bool = True
     _session: Session | None = None
 
     @property
@@ -49,7 +51,7 @@ class CliContext:
             from medvault.statedir import default_state_dir
 
             session = Session(
-                credentials=ShellCredentials(self.credentials),
+                credentials=ShellCredentials(self.credentials, self.interactive),
                 caller=Caller.this_process("cli"),
                 repository=self.repo_option,
                 config=self.config_option,

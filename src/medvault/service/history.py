@@ -2,9 +2,10 @@
 and operation: success rate, durations, bytes; per source: the share of the period within its
 tier's RPO, and drills within RTO).
 
-These read the host's catalog only (after moving the runs this host has spooled into it), no
-repository and no patient data, so they are not runs of their own: a history that listed its
-own readings would bury what it exists to show.
+These read the host's catalog, after moving the runs this host has spooled into it and
+catching it up from the audit chains of the session's repositories (service/catchup.py;
+skipped with `catch_up=False`). They read no patient data, so they are not runs of their own:
+a history that listed its own readings would bury what it exists to show.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ DEFAULT_LIMIT = 50
 MAX_DAYS = 36600
 
 
-def open_catalog(session: Session) -> Catalog:
+def open_catalog(session: Session, *, catch_up: bool = False) -> Catalog:
     """The session's catalog, brought to the newest schema and caught up with the runs this
-    host has spooled since it was last opened."""
+    host has spooled since it was last opened; with `catch_up`, also with the audit records
+    of the session's repositories past the heads it has read."""
     from medvault.catalog.store import Catalog
 
     url = catalog_url(session)
@@ -48,6 +50,14 @@ def open_catalog(session: Session) -> Catalog:
             f"{len(caught_up.unreadable)} spooled run record(s) could not be read and were "
             f"set aside as *.bad in {session.state_dir}/spool (first: {caught_up.unreadable[0]})"
         )
+    if catch_up:
+        from medvault.service.catchup import catch_up as from_repositories
+
+        try:
+            from_repositories(session, catalog)
+        except BaseException:
+            catalog.close()
+            raise
     return catalog
 
 
@@ -61,6 +71,8 @@ class RunsOptions:
     failed: bool = False  # only runs that did not end ok (failed, incomplete, refused)
     since: dt.datetime | None = None  # runs started at or after
     limit: int = DEFAULT_LIMIT
+    # Read the session's repositories' audit chains past what the catalog holds first.
+    catch_up: bool = True
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ class RunsResult:
 def runs(session: Session, options: RunsOptions) -> RunsResult:
     if options.limit < 1:
         raise UsageError("--limit must be at least 1")
-    with open_catalog(session) as catalog:
+    with open_catalog(session, catch_up=options.catch_up) as catalog:
         found = catalog.runs(
             source=options.source,
             operation=options.operation,
@@ -106,6 +118,7 @@ def parse_since(text: str, now: dt.datetime) -> dt.datetime:
 class StatsOptions:
     days: int = 30
     until: dt.datetime | None = None  # the end of the period; now when None
+    catch_up: bool = True  # as RunsOptions.catch_up
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,7 @@ def stats(session: Session, options: StatsOptions) -> StatsResult:
     rpos = _configured_rpos(session)
     from medvault.catalog.store import DrillCounts
 
-    with open_catalog(session) as catalog:
+    with open_catalog(session, catch_up=options.catch_up) as catalog:
         totals = catalog.operation_totals(since, until)
         operations = tuple(
             OperationStats(
