@@ -38,6 +38,7 @@ from medvault.repository.crypto import (
     record_aad,
     unwrap_content_key,
 )
+from medvault.repository.records import AuditHead
 
 if TYPE_CHECKING:
     from medvault.repository.repo import Repository
@@ -205,6 +206,13 @@ class AuditLog:
             "this host came first"
         )
 
+    def current_head(self) -> AuditHead:
+        """The head of this host's chain, as a snapshot names it (the cached head when this
+        host keeps one: no round trip; else listed)."""
+        chain = self.chain
+        head = self._cached_head(chain) or self.head(chain)
+        return AuditHead(chain, head.seq, head.mac)
+
     def head(self, chain: str) -> Head:
         """The last record of a chain as the store holds it (listed, then read)."""
         seqs = sorted(self._seqs(chain))
@@ -347,14 +355,21 @@ class AuditLog:
 
     # -- verifying ---------------------------------------------------------------------------
 
-    def verify(self, expected_heads: Mapping[str, int | Head] | None = None) -> AuditReport:
+    def verify(
+        self,
+        expected_heads: Mapping[str, int | Head] | None = None,
+        *,
+        collect: list[AuditEntry] | None = None,
+    ) -> AuditReport:
         """Every chain, record by record: each opens under its own name (an edited record
         fails here; one moved, copied or swapped in from another name too, and is named as
         such), its MAC holds, its `prev` is the MAC of the record before, and no sequence
         number is missing from 0 to the head. `expected_heads` (chain -> a sequence number,
         or a Head with its MAC): anchors from outside the chain; a chain that ends before
         one, or holds another record there, was truncated or rewritten. Without an anchor a
-        truncated tail cannot be told from a chain that was always that short."""
+        truncated tail cannot be told from a chain that was always that short. `collect`:
+        receives every record that verified, chain by chain in order (read once, for a
+        caller that needs them too)."""
         anchors = dict(expected_heads or {})
         self._explained = 0
         listed = self.repo.list_records(FOLDER)
@@ -370,7 +385,7 @@ class AuditLog:
         summaries = []
         for chain in sorted(set(by_chain) | set(anchors)):
             summary, chain_problems = self._verify_chain(
-                chain, by_chain.get(chain, []), anchors.get(chain), all_names
+                chain, by_chain.get(chain, []), anchors.get(chain), all_names, collect
             )
             summaries.append(summary)
             problems += chain_problems
@@ -387,10 +402,13 @@ class AuditLog:
         seqs: list[int],
         anchor: int | Head | None,
         all_names: list[str],
+        collect: list[AuditEntry] | None = None,
     ) -> tuple[ChainSummary, list[str]]:
         problems: list[str] = []
         loaded = dict(zip(seqs, self._load_all([(chain, s) for s in seqs]), strict=True))
         good = {s: e for s, e in loaded.items() if isinstance(e, AuditEntry)}
+        if collect is not None:
+            collect.extend(good.values())
         expected = 0
         for seq in seqs:
             if seq > expected:

@@ -14,7 +14,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from typing import Any, TypeGuard
 
@@ -69,6 +69,7 @@ from medvault.repository.locks import (
 )
 from medvault.repository.packs import open_blob
 from medvault.repository.records import (
+    AuditHead,
     Node,
     Snapshot,
     decode_snapshot,
@@ -230,6 +231,9 @@ class Repository:
         self._secondary_failed = False
         self._fallback_lock = threading.Lock()
         self.failovers: dict[str, str] = {}  # object -> why the primary's copy was unusable
+        # Snapshot set authentication: the head of the writing host's audit chain, named in
+        # each snapshot saved (set by a session that records its runs in the audit trail).
+        self.audit_head: Callable[[], AuditHead | None] | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -806,6 +810,11 @@ class Repository:
     def save_snapshot(self, snapshot: Snapshot, lock: RepositoryLock | None = None) -> str:
         """Commit a snapshot. `lock`: the lock the backup holds, checked just before."""
         self._prepare_commit(snapshot, lock)
+        if snapshot.audit_head is None and snapshot.origin is None and self.audit_head:
+            # Read before the snapshot is stored: the backup's own record comes after it.
+            head = self.audit_head()
+            if head is not None:
+                snapshot = replace(snapshot, audit_head=head)
         snapshot_id = self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
         faults.point("snapshot.after-store")
         return snapshot_id

@@ -52,6 +52,8 @@ class AuditObserver:
     """Seals every run of a session into the audit trail (see the module's docstring). A
     plain class: it is built on every wal-push."""
 
+    seals_audit = True  # the session has snapshots name the audit chain's head
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
