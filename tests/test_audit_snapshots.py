@@ -145,3 +145,65 @@ def test_a_record_not_yet_sealed_is_a_note_and_old_snapshots_are_fine(cli: Cli, 
     assert f"snapshot {snap[:12]}: the record of the backup that made it has not reached" in (
         done.stdout + done.stderr
     )
+
+
+# -- `medvault copy` keeps the chains verifiable ---------------------------------------------
+
+
+@pytest.fixture
+def two_repos(cli: Cli, tmp_path: Path, data: Path) -> tuple[Cli, Cli]:
+    """The test's repository (local or S3) as the primary with two backups and a forget, and
+    a local secondary, named in a medvault.toml."""
+    secondary_location = str(tmp_path / "secondary")
+    config = tmp_path / "medvault.toml"
+    config.write_text(
+        f'[repository.primary]\nurl = "{cli.location}"\n\n'
+        f'[repository.secondary]\nurl = "{secondary_location}"\n'
+    )
+    primary = Cli("primary", tmp_path, cli.location)
+    secondary = Cli("secondary", tmp_path, secondary_location)
+    for one in (primary, secondary):
+        one.env["MEDVAULT_CONFIG"] = str(config)
+    primary("init")
+    gone = backup(primary, data, "one")
+    backup(primary, data, "two")
+    primary("forget", gone)
+    return primary, secondary
+
+
+def copied_chain_edit_is_found(primary: Cli, secondary: Cli) -> None:
+    """The primary's chain is in the secondary and verifies there; an edit to one of its
+    records, even one sealed properly under the secondary's keys, does not."""
+    done = primary("copy", "--from", "primary", "--to", "secondary")
+    source_chains = {n.split("/")[1] for n in primary.objects("audit")}
+    assert source_chains <= {n.split("/")[1] for n in secondary.objects("audit")}
+    assert secondary("audit", "verify").returncode == 0, done.stdout
+    assert secondary("check").returncode == 0
+    (chain,) = source_chains
+    name = record_name(chain, 1)
+    target = opened(secondary.location)
+    doc = json.loads(target.load_record(name, b"medvault audit"))
+    doc["record"]["status"] = "failed"  # rewritten by someone holding the target's keys
+    target.store_record(name, json.dumps(doc).encode(), b"medvault audit", overwrite=True)
+    verify = secondary("audit", "verify", check=False)
+    assert verify.returncode != 0
+    assert f"{name} fails its MAC" in verify.stdout + verify.stderr
+    secondary.damage(record_name(chain, 2), lambda b: b[:-3] + bytes([b[-3] ^ 1]) + b[-2:])
+    verify = secondary("audit", "verify", check=False)
+    assert f"audit record {record_name(chain, 2)} fails authentication" in verify.stdout
+
+
+def test_a_re_encrypted_copy_keeps_the_audit_chains_verifiable(
+    two_repos: tuple[Cli, Cli],
+) -> None:
+    primary, secondary = two_repos
+    secondary("init")
+    copied_chain_edit_is_found(primary, secondary)
+    assert secondary.objects("audit-keys")  # the source chain's MAC key came along
+
+
+def test_a_raw_copy_keeps_the_audit_chains_verifiable(two_repos: tuple[Cli, Cli]) -> None:
+    primary, secondary = two_repos
+    secondary("init", "--copy-keys-from", "primary")
+    copied_chain_edit_is_found(primary, secondary)
+    assert not secondary.objects("audit-keys")  # the same keys: nothing to carry

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 FOLDER = "audit"
 KIND_AUDIT = b"medvault audit"
+# Chains copied from a repository with other keys (`medvault copy`, re-encrypted): the MAC
+# key of each, sealed under this repository's keys, so its records verify here unchanged.
+KEYS_FOLDER = "audit-keys"
+KIND_AUDIT_KEY = b"medvault audit key"
 FORMAT = 1
 SEQ_DIGITS = 16
 KINDS = ("run", "wal-push-count", "run-ended-elsewhere")
@@ -161,6 +165,7 @@ class AuditLog:
         self.state_dir = state_dir
         self._key = audit_mac_key(repo.master.mac_key)
         self._explained = 0  # records verify tried under other names
+        self._chain_keys: dict[str, bytes] | None = None  # copied chains' keys, when read
 
     # -- names and MACs ----------------------------------------------------------------------
 
@@ -169,7 +174,44 @@ class AuditLog:
         return chain_id(self.repo.config.repo_id, self.host)
 
     def mac(self, body: Mapping[str, Any]) -> str:
-        return blake3.blake3(canonical(body), key=self._key, max_threads=1).hexdigest()
+        key = self._key
+        if body.get("chain") != self.chain:
+            key = self.key_for(str(body.get("chain")))
+        return blake3.blake3(canonical(body), key=key, max_threads=1).hexdigest()
+
+    def key_for(self, chain: str) -> bytes:
+        """The MAC key of a chain: this repository's, or the one a re-encrypted copy brought
+        along for a chain it copied (an `audit-keys/<chain>` record)."""
+        if self._chain_keys is None:
+            self._chain_keys = self._load_chain_keys()
+        return self._chain_keys.get(chain, self._key)
+
+    def _load_chain_keys(self) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for name in self.repo.list_records(KEYS_FOLDER):
+            chain = name.rsplit("/", 1)[-1]
+            try:
+                doc = json.loads(self.repo.load_record(name, KIND_AUDIT_KEY))
+                key = bytes.fromhex(doc["key"])
+            except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError) as exc:
+                self.repo.warnings.append(f"audit key record {name} is unusable: {exc}")
+                continue
+            if len(key) == 32 and doc.get("chain") == chain:
+                found[chain] = key
+        return found
+
+    def carry_key(self, chain: str, key: bytes, repo_id: str) -> None:
+        """Keep the MAC key of a chain copied from repository `repo_id` (store-if-absent: a
+        key once carried is never replaced)."""
+        payload = canonical({"chain": chain, "key": key.hex(), "repository": repo_id})
+        try:
+            self.repo.store_record(
+                f"{KEYS_FOLDER}/{chain}", payload, KIND_AUDIT_KEY, retention=self.retention
+            )
+        except ObjectExists:
+            return
+        if self._chain_keys is not None:
+            self._chain_keys[chain] = key
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -344,6 +386,8 @@ class AuditLog:
             except (IntegrityError, ObjectNotFound) as exc:
                 return str(exc)
 
+        if any(chain != self.chain for chain, _ in names):
+            self.key_for("")  # copied chains' keys read once, before the threads need them
         workers = max(1, min(self.repo.concurrency, 16))
         if workers == 1 or len(names) < 8:
             yield from map(one, names)

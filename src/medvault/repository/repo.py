@@ -83,7 +83,7 @@ KIND_INDEX = b"medvault index"
 KIND_SNAPSHOT = b"medvault snapshot"
 # Folders of named records (store_record): read and listed through list_records and
 # load_record, never as raw objects by the layers above.
-RECORD_FOLDERS = ("holds", "drills", "prune", "audit")
+RECORD_FOLDERS = ("holds", "drills", "prune", "audit", "audit-keys")
 
 
 @dataclass(frozen=True)
