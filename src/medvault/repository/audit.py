@@ -268,6 +268,20 @@ class AuditLog:
             # an operation's record must not be lost to it.
             return Head(top, "")
 
+    def recorded(self, chain: str, run_id: str, *, since: str) -> bool:
+        """Whether a record of run `run_id` is in `chain`, read from the newest record back
+        to the first that ended before `since` (an ISO time: when the run began)."""
+        for seq in sorted(self._seqs(chain), reverse=True):
+            try:
+                entry = self.load(chain, seq)
+            except (IntegrityError, ObjectNotFound):
+                continue
+            if entry.record.get("run_id") == run_id:
+                return True
+            if str(entry.record.get("ended") or "") < since:
+                return False
+        return False
+
     def _seqs(self, chain: str) -> list[int]:
         found = []
         for name in self.repo.list_records(f"{FOLDER}/{chain}"):

@@ -60,6 +60,7 @@ from medvault.repository.keys import (
     unusable_warning,
 )
 from medvault.repository.locks import (
+    LockInfo,
     LockTable,
     RepositoryLock,
     UnlockResult,
@@ -234,6 +235,10 @@ class Repository:
         # Snapshot set authentication: the head of the writing host's audit chain, named in
         # each snapshot saved (set by a session that records its runs in the audit trail).
         self.audit_head: Callable[[], AuditHead | None] | None = None
+        # The run this process does (its locks name it), and stale locks met on the way: runs
+        # killed without a record, for the session to record as interrupted.
+        self.run_id = ""
+        self.stale_locks: list[LockInfo] = []
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -955,6 +960,7 @@ class Repository:
     def lock(self, *, exclusive: bool, purpose: str, scope: str = "") -> RepositoryLock:
         def acquired() -> None:
             self.warnings.extend(note for note in lock.notes if note not in self.warnings)
+            self._met_stale(lock.stale_seen)
             # Prune records stored before our lock: a prune stored after it waits for us.
             if self._index is not None:
                 from medvault.repository.prune import condemned_packs
@@ -962,9 +968,18 @@ class Repository:
                 self.condemned |= condemned_packs(self)
 
         lock = RepositoryLock(
-            self.backend, exclusive=exclusive, purpose=purpose, scope=scope, on_acquired=acquired
+            self.backend,
+            exclusive=exclusive,
+            purpose=purpose,
+            scope=scope,
+            on_acquired=acquired,
+            run_id=self.run_id,
         )
         return lock
+
+    def _met_stale(self, locks: list[LockInfo]) -> None:
+        known = {lock.name for lock in self.stale_locks}
+        self.stale_locks += [lock for lock in locks if lock.run_id and lock.name not in known]
 
     def locks(self) -> LockTable:
         """Every lock object now, parsed (malformed ones apart)."""
@@ -976,4 +991,6 @@ class Repository:
 
     def unlock(self, *, remove_all: bool = False) -> UnlockResult:
         """Remove stale and malformed locks (every lock with remove_all)."""
-        return remove_stale_locks(self.backend, remove_all=remove_all)
+        result = remove_stale_locks(self.backend, remove_all=remove_all)
+        self._met_stale(result.stale)
+        return result

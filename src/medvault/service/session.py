@@ -84,6 +84,7 @@ class Session:
         self.notes: list[str] = []
         self._settings: Settings | None = None
         self._opened: list[Repository] = []
+        self._runs: list[str] = []  # ids of the runs under way, innermost last
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class Session:
             repo.fallback = lambda: self.open(source, selector=name, other=True, sharing=repo)
             repo.fallback_name = name
         repo.audit_head = lambda: self._audit_head(repo)
+        repo.run_id = self._runs[-1] if self._runs else ""
         self._opened.append(repo)
         return repo
 
@@ -237,7 +239,11 @@ class Session:
             repository=repository,
             audit_fields=self._audit_fields,
         ) as current:
-            yield current
+            self._runs.append(current.run_id)
+            try:
+                yield current
+            finally:
+                self._runs.pop()
 
     def _audit_fields(self, run: Run, status: Status) -> dict[str, Any]:
         """What the configuration says of the run's data: its classification, compliance
