@@ -38,12 +38,17 @@ from medvault.repository.crypto import (
     record_aad,
     unwrap_content_key,
 )
+from medvault.repository.records import AuditHead
 
 if TYPE_CHECKING:
     from medvault.repository.repo import Repository
 
 FOLDER = "audit"
 KIND_AUDIT = b"medvault audit"
+# Chains copied from a repository with other keys (`medvault copy`, re-encrypted): the MAC
+# key of each, sealed under this repository's keys, so its records verify here unchanged.
+KEYS_FOLDER = "audit-keys"
+KIND_AUDIT_KEY = b"medvault audit key"
 FORMAT = 1
 SEQ_DIGITS = 16
 KINDS = ("run", "wal-push-count", "run-ended-elsewhere")
@@ -53,6 +58,8 @@ MAC_CONTEXT = "medvault 2026 audit mac"
 APPEND_ATTEMPTS = 64
 # Records that fail to open are tried under every other name to tell a copy from an edit.
 EXPLAIN_LIMIT = 20
+# Records read by one task of the reading threads (see _load_all).
+BATCH = 64
 _NAME = re.compile(r"audit/([0-9a-f]{16})/([0-9]{16})")
 
 
@@ -160,15 +167,56 @@ class AuditLog:
         self.state_dir = state_dir
         self._key = audit_mac_key(repo.master.mac_key)
         self._explained = 0  # records verify tried under other names
+        self._chain_keys: dict[str, bytes] | None = None  # copied chains' keys, when read
+        self._chain: tuple[str, str] | None = None  # (host, its chain id), computed once
 
     # -- names and MACs ----------------------------------------------------------------------
 
     @property
     def chain(self) -> str:
-        return chain_id(self.repo.config.repo_id, self.host)
+        if self._chain is None or self._chain[0] != self.host:
+            self._chain = (self.host, chain_id(self.repo.config.repo_id, self.host))
+        return self._chain[1]
 
     def mac(self, body: Mapping[str, Any]) -> str:
-        return blake3.blake3(canonical(body), key=self._key, max_threads=1).hexdigest()
+        key = self._key
+        if body.get("chain") != self.chain:
+            key = self.key_for(str(body.get("chain")))
+        return blake3.blake3(canonical(body), key=key, max_threads=1).hexdigest()
+
+    def key_for(self, chain: str) -> bytes:
+        """The MAC key of a chain: this repository's, or the one a re-encrypted copy brought
+        along for a chain it copied (an `audit-keys/<chain>` record)."""
+        if self._chain_keys is None:
+            self._chain_keys = self._load_chain_keys()
+        return self._chain_keys.get(chain, self._key)
+
+    def _load_chain_keys(self) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for name in self.repo.list_records(KEYS_FOLDER):
+            chain = name.rsplit("/", 1)[-1]
+            try:
+                doc = json.loads(self.repo.load_record(name, KIND_AUDIT_KEY))
+                key = bytes.fromhex(doc["key"])
+            except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError) as exc:
+                self.repo.warnings.append(f"audit key record {name} is unusable: {exc}")
+                continue
+            if len(key) == 32 and doc.get("chain") == chain:
+                found[chain] = key
+        return found
+
+    def carry_key(self, chain: str, key: bytes, repo_id: str) -> None:
+        """Keep the MAC key of a chain copied from repository `repo_id` (store-if-absent: a
+        key once carried is never replaced)."""
+        payload = canonical({"chain": chain, "key": key.hex(), "repository": repo_id})
+        try:
+            self.repo.store_record(
+                f"{KEYS_FOLDER}/{chain}", payload, KIND_AUDIT_KEY, retention=self.retention
+            )
+        except ObjectExists:
+            return
+        if self._chain_keys is not None:
+            self._chain_keys[chain] = key
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -205,6 +253,13 @@ class AuditLog:
             "this host came first"
         )
 
+    def current_head(self) -> AuditHead:
+        """The head of this host's chain, as a snapshot names it (the cached head when this
+        host keeps one: no round trip; else listed)."""
+        chain = self.chain
+        head = self._cached_head(chain) or self.head(chain)
+        return AuditHead(chain, head.seq, head.mac)
+
     def head(self, chain: str) -> Head:
         """The last record of a chain as the store holds it (listed, then read)."""
         seqs = sorted(self._seqs(chain))
@@ -217,6 +272,20 @@ class AuditLog:
             # A damaged head: chain on regardless (verify reports the damage and the break);
             # an operation's record must not be lost to it.
             return Head(top, "")
+
+    def recorded(self, chain: str, run_id: str, *, since: str) -> bool:
+        """Whether a record of run `run_id` is in `chain`, read from the newest record back
+        to the first that ended before `since` (an ISO time: when the run began)."""
+        for seq in sorted(self._seqs(chain), reverse=True):
+            try:
+                entry = self.load(chain, seq)
+            except (IntegrityError, ObjectNotFound):
+                continue
+            if entry.record.get("run_id") == run_id:
+                return True
+            if str(entry.record.get("ended") or "") < since:
+                return False
+        return False
 
     def _seqs(self, chain: str) -> list[int]:
         found = []
@@ -302,13 +371,30 @@ class AuditLog:
         entry = _entry_of(doc)
         if entry is None:
             raise IntegrityError(f"{name} is not an audit record (fields missing or wrong)")
-        if not hmac.compare_digest(entry.mac, self.mac(entry.body())):
+        if not self._mac_holds(entry, plaintext):
             raise IntegrityError(f"{name} fails its MAC: forged, or edited before sealing")
         if entry.name != name:
             raise IntegrityError(
                 f"{name} holds record {entry.seq} of chain {entry.chain}: moved or copied here"
             )
         return entry
+
+    def _mac_holds(self, entry: AuditEntry, plaintext: bytes) -> bool:
+        """Whether the record's MAC holds. The bytes a MAC covers are the canonical JSON
+        without "mac"; `append` stores the canonical JSON with it, where "mac" sits at the
+        top level right after "chain" and "kind" (keys sorted). So the covered bytes are
+        the stored ones without that field: no encoding again (a third of verify's time).
+        Anything else (a record stored in another form) is encoded again and checked."""
+        if entry.kind in KINDS and entry.chain.isalnum():
+            prefix = f'{{"chain":"{entry.chain}","kind":"{entry.kind}"'.encode()
+            field = f',"mac":"{entry.mac}"'.encode()
+            if plaintext.startswith(prefix) and plaintext.startswith(field, len(prefix)):
+                covered = prefix + plaintext[len(prefix) + len(field) :]
+                key = self._key if entry.chain == self.chain else self.key_for(entry.chain)
+                digest = blake3.blake3(covered, key=key, max_threads=1).hexdigest()
+                if hmac.compare_digest(entry.mac, digest):
+                    return True
+        return hmac.compare_digest(entry.mac, self.mac(entry.body()))
 
     def entries(
         self, chain: str | None = None, after_seq: int | None = None
@@ -336,25 +422,41 @@ class AuditLog:
             except (IntegrityError, ObjectNotFound) as exc:
                 return str(exc)
 
+        def batch(places: list[tuple[str, int]]) -> list[AuditEntry | str]:
+            return [one(place) for place in places]
+
+        if any(chain != self.chain for chain, _ in names):
+            self.key_for("")  # copied chains' keys read once, before the threads need them
         workers = max(1, min(self.repo.concurrency, 16))
         if workers == 1 or len(names) < 8:
             yield from map(one, names)
             return
         from concurrent.futures import ThreadPoolExecutor
 
+        # Batches, not one task per record: a task's hand-over costs as much as a local read.
+        size = max(1, min(BATCH, len(names) // (workers * 4) or 1))
+        batches = [names[i : i + size] for i in range(0, len(names), size)]
         with ThreadPoolExecutor(workers, "medvault-audit") as pool:
-            yield from pool.map(one, names)
+            for done in pool.map(batch, batches):
+                yield from done
 
     # -- verifying ---------------------------------------------------------------------------
 
-    def verify(self, expected_heads: Mapping[str, int | Head] | None = None) -> AuditReport:
+    def verify(
+        self,
+        expected_heads: Mapping[str, int | Head] | None = None,
+        *,
+        collect: list[AuditEntry] | None = None,
+    ) -> AuditReport:
         """Every chain, record by record: each opens under its own name (an edited record
         fails here; one moved, copied or swapped in from another name too, and is named as
         such), its MAC holds, its `prev` is the MAC of the record before, and no sequence
         number is missing from 0 to the head. `expected_heads` (chain -> a sequence number,
         or a Head with its MAC): anchors from outside the chain; a chain that ends before
         one, or holds another record there, was truncated or rewritten. Without an anchor a
-        truncated tail cannot be told from a chain that was always that short."""
+        truncated tail cannot be told from a chain that was always that short. `collect`:
+        receives every record that verified, chain by chain in order (read once, for a
+        caller that needs them too)."""
         anchors = dict(expected_heads or {})
         self._explained = 0
         listed = self.repo.list_records(FOLDER)
@@ -370,7 +472,7 @@ class AuditLog:
         summaries = []
         for chain in sorted(set(by_chain) | set(anchors)):
             summary, chain_problems = self._verify_chain(
-                chain, by_chain.get(chain, []), anchors.get(chain), all_names
+                chain, by_chain.get(chain, []), anchors.get(chain), all_names, collect
             )
             summaries.append(summary)
             problems += chain_problems
@@ -387,10 +489,13 @@ class AuditLog:
         seqs: list[int],
         anchor: int | Head | None,
         all_names: list[str],
+        collect: list[AuditEntry] | None = None,
     ) -> tuple[ChainSummary, list[str]]:
         problems: list[str] = []
         loaded = dict(zip(seqs, self._load_all([(chain, s) for s in seqs]), strict=True))
         good = {s: e for s, e in loaded.items() if isinstance(e, AuditEntry)}
+        if collect is not None:
+            collect.extend(good.values())
         expected = 0
         for seq in seqs:
             if seq > expected:

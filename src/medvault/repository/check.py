@@ -9,12 +9,13 @@ decompresses and hashes to its blob id. Damage is traced to the snapshots and fi
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound
 from medvault.repository import compression
+from medvault.repository.audit import Head
 from medvault.repository.crypto import KEY_BLOCK_LEN, storage_id
 from medvault.repository.index import PackRecord
 from medvault.repository.packs import TRAILER, open_blob, read_pack_header
@@ -57,14 +58,17 @@ class Checker:
         subset: float | None = None,
         workers: int = 2,
         on_progress: Callable[[int], None] | None = None,
+        audit_anchors: Mapping[str, Head] | None = None,
     ) -> None:
         self.repo = repo
+        self.audit_anchors = audit_anchors
         self.read_data = read_data or subset is not None
         self.subset = subset
         self.workers = max(workers, repo.backend.concurrency)
         self.on_progress = on_progress
         self.report = CheckReport()
         self.bad_blobs: dict[bytes, str] = {}
+        self.snapshots: dict[str, Snapshot | None] = {}  # listed: None when unreadable
 
     def run(self) -> CheckReport:
         # Snapshots first: any snapshot listed now was written after its index, so the index
@@ -89,14 +93,22 @@ class Checker:
         self._check_snapshots(snapshot_ids)
         self._check_wal()
         self._check_records()
+        self._check_snapshot_set()
         return self.report
 
+    def _check_snapshot_set(self) -> None:
+        """The audit chains verified record by record against the heads the snapshots name,
+        and the snapshots present held against the records (repository/snapset.py)."""
+        from medvault.repository.snapset import authenticate
+
+        found = authenticate(self.repo, self.snapshots, self.audit_anchors)
+        self.report.errors.extend(found.errors)
+        self.report.notes.extend(found.notes)
+
     def _check_records(self) -> None:
-        """Every hold, drill, prune and audit record opens under its own name (a copy under
-        another name does not), and every held snapshot is still there. (Audit chains are
-        verified link by link by `medvault audit verify`.)"""
-        from medvault.repository.audit import FOLDER as AUDIT
-        from medvault.repository.audit import KIND_AUDIT
+        """Every hold, drill and prune record opens under its own name (a copy under another
+        name does not), and every held snapshot is still there. (Audit records: see
+        _check_snapshot_set.)"""
         from medvault.repository.prune import FOLDER as CONDEMNED
         from medvault.repository.prune import KIND_CONDEMNED
 
@@ -104,7 +116,6 @@ class Checker:
             (HOLDS, KIND_HOLD),
             (DRILLS, KIND_DRILL),
             (CONDEMNED, KIND_CONDEMNED),
-            (AUDIT, KIND_AUDIT),
         ):
             for obj in self.repo.backend.list(folder):
                 try:
@@ -228,7 +239,9 @@ class Checker:
                 snapshot = self.repo.load_snapshot(snapshot_id)
             except MedvaultError as exc:
                 self.report.errors.append(f"snapshot {snapshot_id[:12]} is unreadable: {exc}")
+                self.snapshots[snapshot_id] = None
                 continue
+            self.snapshots[snapshot_id] = snapshot
             self.report.snapshots += 1
             damaged: list[str] = []
             self._check_tree(snapshot, snapshot.tree, damaged, clean_trees)
@@ -325,5 +338,14 @@ def check_repository(
     read_data: bool = False,
     subset: float | None = None,
     on_progress: Callable[[int], None] | None = None,
+    audit_anchors: Mapping[str, Head] | None = None,
 ) -> CheckReport:
-    return Checker(repo, read_data=read_data, subset=subset, on_progress=on_progress).run()
+    """`audit_anchors`: heads of audit chains known from outside the repository (the ones
+    this host wrote), checked besides those the snapshots name."""
+    return Checker(
+        repo,
+        read_data=read_data,
+        subset=subset,
+        on_progress=on_progress,
+        audit_anchors=audit_anchors,
+    ).run()

@@ -58,6 +58,7 @@ class CopyResult:
     bytes_stored: int = 0
     wal_copied: int = 0
     wal_present: int = 0
+    audit_copied: int = 0  # audit records the target lacked
 
 
 def shares_keys(source: Repository, target: Repository) -> bool:
@@ -273,6 +274,67 @@ class RepositoryCopier:
         if self._on_progress is not None:
             self._on_progress(len(data))
         return data, encoded
+
+    # -- the audit trail -------------------------------------------------------------------
+
+    def copy_audit(self) -> CopyResult:
+        """Every audit record the target lacks, so that its chains verify there too (after
+        the snapshots: the heads they name are then present). With shared keys they move as
+        stored. With other keys a record cannot open in the target as sealed: it is sealed
+        again under the target's keys with its payload unchanged. Either way its MAC stays
+        under the source's audit key, which comes along as an `audit-keys/<chain>` record
+        sealed under the target's keys when the target's own differs. Nothing is re-MACed:
+        an edit made in transit, or later in the target, fails the source's MAC
+        (docs/format.md §19)."""
+        from medvault.repository.audit import FOLDER, KIND_AUDIT, AuditLog, parse_name
+
+        held = set(self.target.list_records(FOLDER))
+        wanted = sorted(
+            name
+            for name in self.source.list_records(FOLDER)
+            if name not in held and parse_name(name) is not None
+        )
+        if not wanted:
+            return self.result
+        source_log, target_log = AuditLog(self.source), AuditLog(self.target)
+        carried: set[str] = set()
+        for name in wanted:
+            chain = name.split("/")[1]
+            if chain not in carried:
+                key = source_log.key_for(chain)
+                if key != target_log.key_for(chain):
+                    target_log.carry_key(chain, key, self._source_repo_of(chain))
+                carried.add(chain)
+            if self.raw:
+                data = self.source.load_record_bytes(name)
+                with contextlib.suppress(ObjectExists):
+                    self.target.store_object(name, data)
+                    self.result.audit_copied += 1
+                continue
+            try:
+                payload = self.source.load_record(name, KIND_AUDIT)
+            except IntegrityError as exc:
+                # Damaged in the source: not sealed anew (that would launder it); the gap
+                # it leaves in the target's copy is reported there too.
+                self.target.warnings.append(f"audit record {name} not copied: {exc}")
+                continue
+            with contextlib.suppress(ObjectExists):
+                self.target.store_record(name, payload, KIND_AUDIT)
+                self.result.audit_copied += 1
+        return self.result
+
+    def _source_repo_of(self, chain: str) -> str:
+        """The repository whose key MACs a chain of the source: the source's own, or the one
+        a key record of the source names (a chain it copied itself)."""
+        import json
+
+        from medvault.repository.audit import KEYS_FOLDER, KIND_AUDIT_KEY
+
+        try:
+            doc = json.loads(self.source.load_record(f"{KEYS_FOLDER}/{chain}", KIND_AUDIT_KEY))
+            return str(doc["repository"])
+        except (ObjectNotFound, IntegrityError, ValueError, KeyError, TypeError):
+            return self.source.config.repo_id
 
     # -- WAL -------------------------------------------------------------------------------
 

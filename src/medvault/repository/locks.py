@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +78,9 @@ class LockInfo:
     refreshed: float  # the holder's clock at its last rewrite
     lease: float
     modified: float | None = None  # the store's clock at its last rewrite
+    # The run (service layer) holding it, so a later command that finds it stale can record
+    # that run as interrupted; "" in locks written before it existed, or outside a run.
+    run_id: str = ""
 
     def conflicts_with(self, other: LockInfo) -> bool:
         return self.exclusive or other.exclusive or bool(self.scope and self.scope == other.scope)
@@ -135,6 +138,8 @@ class LockInfo:
     def to_json(self) -> bytes:
         doc = asdict(self)
         del doc["name"], doc["modified"]
+        if not doc["run_id"]:
+            del doc["run_id"]
         return json.dumps({"v": 2, **doc}).encode()
 
 
@@ -174,28 +179,31 @@ def parse_lock(name: str, raw: bytes, modified: float | None) -> LockInfo:
     if not isinstance(doc, dict) or doc.get("v") != 2:
         raise ValueError("unknown lock version")
     values: dict[str, Any] = {}
-    for field, kind in _FIELDS.items():
-        value = doc.get(field)
+    for key, kind in _FIELDS.items():
+        value = doc.get(key)
         # bool is an int in Python: a pid of `true` is not a pid.
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise ValueError(f"field {field!r} is missing or of the wrong type")
+            raise ValueError(f"field {key!r} is missing or of the wrong type")
         if kind == (int, float) and isinstance(value, int | float):
             # Times and leases are compared with float clocks: 10**400 is valid JSON, and
             # no float.
             try:
                 value = float(value)
             except OverflowError:
-                raise ValueError(f"field {field!r} is not a finite number") from None
+                raise ValueError(f"field {key!r} is not a finite number") from None
             if not math.isfinite(value):
-                raise ValueError(f"field {field!r} is not a finite number")
-        values[field] = value
+                raise ValueError(f"field {key!r} is not a finite number")
+        values[key] = value
     if values["scope"] not in SCOPES:
         raise ValueError(f"unknown scope {values['scope']!r}")
     if not MIN_LEASE <= values["lease"] <= MAX_LEASE:
         raise ValueError(f"lease {values['lease']} s is out of range")
     if values["pid"] < 0:
         raise ValueError("negative pid")
-    return LockInfo(name=name, modified=modified, **values)
+    run_id = doc.get("run_id", "")
+    if not isinstance(run_id, str):
+        raise ValueError("field 'run_id' is of the wrong type")
+    return LockInfo(name=name, modified=modified, run_id=run_id, **values)
 
 
 @dataclass(frozen=True)
@@ -268,6 +276,7 @@ class RepositoryLock:
         scope: str = "",
         lease: float = LEASE,
         on_acquired: Callable[[], None] | None = None,
+        run_id: str = "",
     ) -> None:
         if scope not in SCOPES:
             raise ValueError(f"unknown lock scope {scope!r}")
@@ -286,6 +295,7 @@ class RepositoryLock:
             created=now,
             refreshed=now,
             lease=lease,
+            run_id=run_id,
         )
         self._on_acquired = on_acquired
         self._stop = threading.Event()
@@ -294,6 +304,7 @@ class RepositoryLock:
         self._last_written = -math.inf  # monotonic time a successful write started
         self._lost = ""  # why this lock can no longer be trusted, once it cannot
         self.notes: list[str] = []  # stale or malformed locks seen while acquiring
+        self.stale_seen: list[LockInfo] = []  # stale locks seen while acquiring
 
     @property
     def name(self) -> str:
@@ -340,6 +351,7 @@ class RepositoryLock:
             for lock in table.stale()
             if self._info.conflicts_with(lock)
         ] + [f"{bad.describe()}; `medvault unlock` removes it" for bad in table.malformed]
+        self.stale_seen = table.stale()
         self._thread = threading.Thread(target=self._refresh, name="lock-refresh", daemon=True)
         self._thread.start()
         if self._on_acquired is not None:
@@ -393,6 +405,7 @@ class RepositoryLock:
 class UnlockResult:
     removed: list[str]  # descriptions
     remaining: list[str]
+    stale: list[LockInfo] = field(default_factory=list)  # the stale locks removed
 
 
 def remove_stale_locks(backend: Backend, *, remove_all: bool = False) -> UnlockResult:
@@ -402,16 +415,19 @@ def remove_stale_locks(backend: Backend, *, remove_all: bool = False) -> UnlockR
     table = read_locks(backend)
     table = LockTable(table.locks, table.malformed, store_now)
     removed, remaining = [], []
+    stale: list[LockInfo] = []
     for lock in table.locks:
         if lock.purpose == "reading the store's clock" and lock.stale_reason(store_now) is None:
             continue  # another unlock's probe
         if remove_all or lock.stale_reason(store_now) is not None:
             deletion.lock(backend, lock.name)
             removed.append(lock.describe(store_now))
+            if lock.stale_reason(store_now) is not None:
+                stale.append(lock)
             faults.point("unlock.after-remove")
         else:
             remaining.append(lock.describe(store_now))
     for bad in table.malformed:
         deletion.lock(backend, bad.name)
         removed.append(bad.describe())
-    return UnlockResult(removed, remaining)
+    return UnlockResult(removed, remaining, stale)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -191,6 +191,15 @@ def decode_tree(raw: bytes) -> list[Node]:
     return nodes
 
 
+class AuditHead(NamedTuple):
+    """The head of an audit chain (docs/format.md §19) as a snapshot names it: the last
+    record of its host's chain before the snapshot was saved (seq -1, mac "": none yet)."""
+
+    chain: str
+    seq: int
+    mac: str
+
+
 @dataclass(frozen=True)
 class Snapshot:
     time: str
@@ -211,6 +220,9 @@ class Snapshot:
     facts: dict[str, Any] = field(default_factory=dict)
     program: str = ""
     origin: str | None = None  # "<repository id>:<snapshot id>" of the snapshot this copies
+    # Its host's audit chain head before it was saved (snapshot set authentication); None in
+    # snapshots written before the audit trail, or by a session that records no audit.
+    audit_head: AuditHead | None = None
     id: str = ""
 
     @property
@@ -246,7 +258,27 @@ def snapshot_fields(snap: Snapshot) -> dict[str, Any]:
 
 
 def encode_snapshot(snap: Snapshot) -> bytes:
-    return msgpack.packb({"v": 1, **snapshot_fields(snap)})
+    doc = {"v": 1, **snapshot_fields(snap)}
+    if snap.audit_head is not None:
+        doc["audit_head"] = snap.audit_head._asdict()
+    return msgpack.packb(doc)
+
+
+def _audit_head(value: object, snapshot_id: str) -> AuditHead | None:
+    """The optional `audit_head` map, checked (absent in older snapshots)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        chain, seq, mac = value.get("chain"), value.get("seq"), value.get("mac")
+        if (
+            isinstance(chain, str)
+            and isinstance(seq, int)
+            and not isinstance(seq, bool)
+            and seq >= -1
+            and isinstance(mac, str)
+        ):
+            return AuditHead(chain, seq, mac)
+    raise IntegrityError(f"snapshot {snapshot_id[:12]} has a malformed 'audit_head'")
 
 
 def _snapshot_field(doc: dict[str, Any], key: str, snapshot_id: str) -> Any:
@@ -291,6 +323,7 @@ def decode_snapshot(raw: bytes, snapshot_id: str) -> Snapshot:
         doc["origin"] = None  # snapshots written before copies existed
     fields = {key: _snapshot_field(doc, key, snapshot_id) for key in _SNAPSHOT_KEYS}
     fields["backup_type"] = fields.pop("type")
+    fields["audit_head"] = _audit_head(doc.get("audit_head"), snapshot_id)
     return Snapshot(**fields, id=snapshot_id)
 
 

@@ -14,7 +14,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from typing import Any, TypeGuard
 
@@ -60,6 +60,7 @@ from medvault.repository.keys import (
     unusable_warning,
 )
 from medvault.repository.locks import (
+    LockInfo,
     LockTable,
     RepositoryLock,
     UnlockResult,
@@ -69,6 +70,7 @@ from medvault.repository.locks import (
 )
 from medvault.repository.packs import open_blob
 from medvault.repository.records import (
+    AuditHead,
     Node,
     Snapshot,
     decode_snapshot,
@@ -82,7 +84,7 @@ KIND_INDEX = b"medvault index"
 KIND_SNAPSHOT = b"medvault snapshot"
 # Folders of named records (store_record): read and listed through list_records and
 # load_record, never as raw objects by the layers above.
-RECORD_FOLDERS = ("holds", "drills", "prune", "audit")
+RECORD_FOLDERS = ("holds", "drills", "prune", "audit", "audit-keys")
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,13 @@ class Repository:
         self._secondary_failed = False
         self._fallback_lock = threading.Lock()
         self.failovers: dict[str, str] = {}  # object -> why the primary's copy was unusable
+        # Snapshot set authentication: the head of the writing host's audit chain, named in
+        # each snapshot saved (set by a session that records its runs in the audit trail).
+        self.audit_head: Callable[[], AuditHead | None] | None = None
+        # The run this process does (its locks name it), and stale locks met on the way: runs
+        # killed without a record, for the session to record as interrupted.
+        self.run_id = ""
+        self.stale_locks: list[LockInfo] = []
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -806,6 +815,11 @@ class Repository:
     def save_snapshot(self, snapshot: Snapshot, lock: RepositoryLock | None = None) -> str:
         """Commit a snapshot. `lock`: the lock the backup holds, checked just before."""
         self._prepare_commit(snapshot, lock)
+        if snapshot.audit_head is None and snapshot.origin is None and self.audit_head:
+            # Read before the snapshot is stored: the backup's own record comes after it.
+            head = self.audit_head()
+            if head is not None:
+                snapshot = replace(snapshot, audit_head=head)
         snapshot_id = self._store_sealed("snapshots", encode_snapshot(snapshot), KIND_SNAPSHOT)
         faults.point("snapshot.after-store")
         return snapshot_id
@@ -946,6 +960,7 @@ class Repository:
     def lock(self, *, exclusive: bool, purpose: str, scope: str = "") -> RepositoryLock:
         def acquired() -> None:
             self.warnings.extend(note for note in lock.notes if note not in self.warnings)
+            self._met_stale(lock.stale_seen)
             # Prune records stored before our lock: a prune stored after it waits for us.
             if self._index is not None:
                 from medvault.repository.prune import condemned_packs
@@ -953,9 +968,18 @@ class Repository:
                 self.condemned |= condemned_packs(self)
 
         lock = RepositoryLock(
-            self.backend, exclusive=exclusive, purpose=purpose, scope=scope, on_acquired=acquired
+            self.backend,
+            exclusive=exclusive,
+            purpose=purpose,
+            scope=scope,
+            on_acquired=acquired,
+            run_id=self.run_id,
         )
         return lock
+
+    def _met_stale(self, locks: list[LockInfo]) -> None:
+        known = {lock.name for lock in self.stale_locks}
+        self.stale_locks += [lock for lock in locks if lock.run_id and lock.name not in known]
 
     def locks(self) -> LockTable:
         """Every lock object now, parsed (malformed ones apart)."""
@@ -967,4 +991,6 @@ class Repository:
 
     def unlock(self, *, remove_all: bool = False) -> UnlockResult:
         """Remove stale and malformed locks (every lock with remove_all)."""
-        return remove_stale_locks(self.backend, remove_all=remove_all)
+        result = remove_stale_locks(self.backend, remove_all=remove_all)
+        self._met_stale(result.stale)
+        return result

@@ -52,6 +52,8 @@ class AuditObserver:
     """Seals every run of a session into the audit trail (see the module's docstring). A
     plain class: it is built on every wal-push."""
 
+    seals_audit = True  # the session has snapshots name the audit chain's head
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -70,6 +72,11 @@ class AuditObserver:
             seal_pending(self.session, repo)
         except MedvaultError as exc:  # they wait for the next session; this run goes on
             self.session.notes.append(f"audit records in waiting stay in waiting: {exc}")
+        if repo.stale_locks:
+            try:
+                seal_interrupted(self.session, repo, record)
+            except MedvaultError as exc:  # the next command that finds the lock tries again
+                self.session.notes.append(f"an interrupted run could not be recorded: {exc}")
         try:
             audit_log(self.session, repo).append("run", record_doc(record))
         except MedvaultError:
@@ -305,6 +312,61 @@ def seal_pending(session: Session, repo: Repository) -> None:
     log = audit_log(session, repo)
     _seal_outbox(log, state, repo.url)
     _seal_counts(log, state, repo.url)
+
+
+# -- runs killed before their record: found by their stale lock -------------------------------
+
+INTERRUPTED = "interrupted: the process ended without finishing (found by {operation} on {host})"
+
+
+def seal_interrupted(session: Session, repo: Repository, found_by: RunRecord) -> int:
+    """A run killed (SIGKILL, a power cut) leaves no record, only its lock naming its run id.
+    For each stale lock the session's repository met (acquiring a lock, or `unlock`) whose
+    run has no record, seal one: status failed, the lock's times as the run's. A run found
+    by two commands at once may be recorded twice (same run id)."""
+    found = {lock.run_id: lock for lock in repo.stale_locks if lock.run_id != found_by.run_id}
+    repo.stale_locks = []
+    if not found:
+        return 0
+    import datetime as dt
+
+    from medvault.repository.audit import chain_id
+    from medvault.repository.crypto import ENCRYPTION
+    from medvault.service.runs import RunRecord
+
+    def iso(seconds: float) -> str:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
+
+    log = audit_log(session, repo)
+    sealed = 0
+    for run_id, lock in found.items():
+        chains = {log.chain, chain_id(repo.config.repo_id, lock.host)}
+        if any(log.recorded(chain, run_id, since=iso(lock.created)) for chain in chains):
+            continue
+        operation, _, source = lock.purpose.partition(" of ")
+        record = RunRecord(
+            run_id=run_id,
+            operation=operation.strip() or "unknown",
+            source=source.strip() or None,
+            repository=repo.url,
+            started=iso(lock.created),
+            ended=iso(lock.refreshed),  # its last sign of life
+            duration_s=round(max(lock.refreshed - lock.created, 0.0), 3),
+            status="failed",
+            bytes_read=0,
+            bytes_stored=0,
+            bytes_restored=0,
+            snapshots=(),
+            error=INTERRUPTED.format(operation=found_by.operation, host=session.caller.host),
+            user=lock.user,
+            host=lock.host,
+            shell="unknown",
+            details={"lock": lock.name, "purpose": lock.purpose, "pid": lock.pid},
+            encryption=ENCRYPTION,
+        )
+        log.append("run", record_doc(record))
+        sealed += 1
+    return sealed
 
 
 # -- `medvault audit verify` and `audit export` ------------------------------------------------

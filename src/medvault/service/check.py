@@ -45,18 +45,23 @@ def check(
     """Damage found is returned, not raised (the shell shows all of it and picks its exit
     code); its run is recorded as failed, with the count and the first error."""
     from medvault.repository.check import check_repository
+    from medvault.service.audit import audit_log
 
     with session.run("check") as run:
         if options.subset is not None and not 0 < options.subset <= 100:
             raise UsageError("--read-data-subset must be between 0% and 100%")
         repo = session.open()
         run.repository = repo.url
+        # Heads this host wrote: anchors besides those the snapshots name (read first, so an
+        # append meanwhile is no truncation).
+        anchors = audit_log(session, repo).cached_heads()
         with repo.lock(exclusive=False, purpose="check"):
             report = check_repository(
                 repo,
                 read_data=options.read_data,
                 subset=options.subset,
                 on_progress=on_progress,
+                audit_anchors=anchors,
             )
         result = CheckResult(
             errors=tuple(report.errors),

@@ -93,6 +93,7 @@ def copy(
                 copier.copy_snapshots(snapshots)
                 if options.wal:
                     copier.copy_wal([options.source] if options.source else None)
+                copier.copy_audit()  # the chains the copied snapshots name, verifiable there
             finally:  # what a copy that stopped halfway did stays in its record
                 _record_copy(run, copier.result)
         done = copier.result
@@ -121,6 +122,7 @@ def _record_copy(run: Run, done: CopyProgress) -> None:
         blobs=done.blobs,
         wal_copied=done.wal_copied,
         wal_present=done.wal_present,
+        audit_copied=done.audit_copied,
     )
 
 

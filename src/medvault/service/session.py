@@ -23,6 +23,7 @@ from medvault.service.runs import Caller, Run, RunObserver, Status, running
 if TYPE_CHECKING:
     from medvault.config import RepositorySettings, Settings
     from medvault.repository.keys import Credential
+    from medvault.repository.records import AuditHead
     from medvault.repository.repo import Repository
 
 
@@ -83,6 +84,7 @@ class Session:
         self.notes: list[str] = []
         self._settings: Settings | None = None
         self._opened: list[Repository] = []
+        self._runs: list[str] = []  # ids of the runs under way, innermost last
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -177,8 +179,19 @@ class Session:
             name = target.secondary
             repo.fallback = lambda: self.open(source, selector=name, other=True, sharing=repo)
             repo.fallback_name = name
+        repo.audit_head = lambda: self._audit_head(repo)
+        repo.run_id = self._runs[-1] if self._runs else ""
         self._opened.append(repo)
         return repo
+
+    def _audit_head(self, repo: Repository) -> AuditHead | None:
+        """The head of this host's audit chain in `repo`, for a snapshot to name; None when
+        the session records no audit trail."""
+        if not any(getattr(o, "seals_audit", False) for o in self.observers):
+            return None
+        from medvault.service.audit import audit_log
+
+        return audit_log(self, repo).current_head()
 
     def last_opened(self) -> Repository:
         return self._opened[-1]
@@ -226,7 +239,11 @@ class Session:
             repository=repository,
             audit_fields=self._audit_fields,
         ) as current:
-            yield current
+            self._runs.append(current.run_id)
+            try:
+                yield current
+            finally:
+                self._runs.pop()
 
     def _audit_fields(self, run: Run, status: Status) -> dict[str, Any]:
         """What the configuration says of the run's data: its classification, compliance
