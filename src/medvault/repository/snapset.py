@@ -128,8 +128,15 @@ def authenticate(
             continue
         if named.chain not in own_chains and named.chain != chain_id(repo_id, snap.host):
             continue  # copied from another repository: its record is in that one's chain
-        problem = _missing_record(snap, named.seq, by_chain.get(named.chain, []))
-        if named.chain in damaged:
+        entries = by_chain.get(named.chain, [])
+        problem = _missing_record(snap, named.seq, entries)
+        interrupted = _interrupted_maker(snap, named.seq, entries)
+        if interrupted is not None:
+            notes.append(
+                f"snapshot {snap.short_id} was saved by a run that was killed before its "
+                f"record was sealed; {interrupted.name} records that run as interrupted"
+            )
+        elif named.chain in damaged:
             errors.append(
                 f"snapshot {snap.short_id}: the record of the backup that made it is missing "
                 f"from audit chain {named.chain}, which is damaged (see above)"
@@ -161,6 +168,25 @@ def _missing_record(snap: Snapshot, head_seq: int, chain: list[AuditEntry]) -> s
         started = _moment(entry.record.get("started"))
         if ended is not None and started is not None and started > ended:
             return f"{entry.name}, a later run of {snap.user} on {snap.host}, is there"
+    return None
+
+
+def _interrupted_maker(snap: Snapshot, head_seq: int, chain: list[AuditEntry]) -> AuditEntry | None:
+    """The record of a run killed after it saved `snap` but before its own record: sealed
+    later, by whoever found its stale lock, with status failed and an "interrupted" error; it
+    ran on the snapshot's host, as its user, and started before the snapshot ended."""
+    ended = _moment(snap.end_time)
+    for entry in chain:
+        record = entry.record
+        if entry.seq <= head_seq or entry.kind != "run" or record.get("status") != "failed":
+            continue
+        if not str(record.get("error") or "").startswith("interrupted:"):
+            continue
+        if (record.get("host"), record.get("user")) != (snap.host, snap.user):
+            continue
+        started = _moment(record.get("started"))
+        if ended is not None and started is not None and started <= ended:
+            return entry
     return None
 
 
