@@ -42,6 +42,7 @@ class Scenario:
     cluster: PgCluster
     snapshot: str
     targets: dict[str, str]  # --target-KIND -> a point between t2 and t3
+    t3_at: datetime  # when t3, the last transaction archived by the fixture, was committed
 
     def restore(
         self, pgdata: Path, *args: str, check: bool = True
@@ -80,13 +81,16 @@ def scenario() -> Iterator[Scenario]:
         mark = json.loads(world.cli("mark", "between", "--json").stdout)
         assert mark["lsn"] and mark["source"] == "emr"
         time.sleep(0.3)
-        cluster.execute("INSERT INTO events (label) VALUES ('t3')")
+        t3_at = cluster.scalar(
+            "WITH row AS (INSERT INTO events (label) VALUES ('t3') RETURNING at) SELECT at FROM row"
+        )
         cluster.wait_archived(cluster.switch_wal())
         yield Scenario(
             world,
             cluster,
             backup["snapshot"],
             {"time": between.isoformat(), "lsn": lsn, "xid": xid, "name": "between"},
+            t3_at,
         )
     shutil.rmtree(base, ignore_errors=True)
 
@@ -319,8 +323,12 @@ def test_a_target_time_in_the_future_is_refused(scenario: Scenario) -> None:
 def test_a_target_time_after_the_last_archived_transaction_is_refused(scenario: Scenario) -> None:
     # Recovery to a time needs a transaction stamped later than it: t3 is the last archived.
     target = scenario.world.base / "after-archive"
-    moment = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    done = scenario.restore(target, "--target-time", moment, check=False)
+    # In the past, and after t3 even when the fixture committed t3 an instant ago (a branch
+    # an earlier test archived on timeline 2 committed seconds before now).
+    moment = max(scenario.t3_at + timedelta(seconds=0.5), datetime.now(UTC) - timedelta(seconds=1))
+    while datetime.now(UTC) < moment + timedelta(seconds=0.2):
+        time.sleep(0.1)
+    done = scenario.restore(target, "--target-time", moment.isoformat(), check=False)
     assert done.returncode == EXIT_WAL_MISSING, done.stderr
     assert "newest moment the archived WAL of emr reaches" in done.stderr
     assert "pg_switch_wal()" in done.stderr and "nothing was restored" in done.stderr
