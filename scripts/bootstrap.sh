@@ -12,6 +12,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql-1
 command -v pg_dump >/dev/null || packages+=(postgresql-client-15)
 # libfaketime: tests run backups on a "host" whose clock is minutes off.
 ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || packages+=(faketime)
+# promtool checks the shipped Prometheus rules (deploy/prometheus/).
+command -v promtool >/dev/null || packages+=(prometheus)
 for extra in "$@"; do
   case "$extra" in
     bench) command -v restic >/dev/null || packages+=(restic)

@@ -43,7 +43,12 @@ ALLOWED: dict[str, set[str]] = {
     "sources": {"repository", "postgres", "policy"},
     "recovery": {"repository", "postgres"},
     "verification": {"recovery", "repository", "postgres", "policy"},
-    "config": {"backends", "policy"},
+    "config": {"backends", "policy", "scheduler"},
+    # When jobs fire (cron expressions, intervals, time zones, catch-up) and the loop that
+    # runs them: pure logic over an injectable clock; config validates schedules with it.
+    "scheduler": set(),
+    # Alert rules, metrics and notification channels over facts the service gathered.
+    "monitoring": {"config"},
     "credentials": {"repository", "config"},
     # medvault.toml's layout for the WAL path, read without pydantic; medvault.config when
     # anything is unusual.
@@ -52,6 +57,8 @@ ALLOWED: dict[str, set[str]] = {
     "catalog": {"config", "repository"},
     "service": {
         "catalog",
+        "monitoring",
+        "scheduler",
         "sources",
         "recovery",
         "verification",
