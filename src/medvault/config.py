@@ -270,6 +270,35 @@ class CatalogSettings(_Section):
     url: str | None = None
 
 
+class ServeSettings(_Section):
+    """`[serve]`: where `medvault serve` listens (/metrics, /healthz), and how long it lets
+    running jobs end cleanly after SIGTERM before it kills them."""
+
+    listen: str = "127.0.0.1:8750"
+    stop_timeout: str = "5m"
+
+    @field_validator("listen")
+    @classmethod
+    def _is_address(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("stop_timeout")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"HOST:PORT" ("[::1]:8750" for IPv6) -> (host, port); ValueError naming the form."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT, as in 127.0.0.1:8750")
+    return host, int(port)
+
+
 class Settings(_Section):
     repository: dict[str, RepositorySettings] = {}
     source: dict[str, SourceSettings] = {}
@@ -277,6 +306,7 @@ class Settings(_Section):
     drill: DrillDefaults = DrillDefaults()
     audit: AuditSettings = AuditSettings()
     catalog: CatalogSettings = CatalogSettings()
+    serve: ServeSettings = ServeSettings()
     path: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
