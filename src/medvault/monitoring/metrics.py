@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -185,10 +186,21 @@ class MedvaultCollector(Collector):
 
     def _sources(self) -> Iterator[Metric]:
         sources = self.observations.sources
+        repositories = {r.name: repository_label(r) for r in self.observations.repositories}
+        labelled = [
+            _Labelled(s.source, s.kind, s.tier, repositories.get(s.repository, s.repository))
+            for s in sources
+        ]
 
         def each(name: str, doc: str, values: Iterable[tuple[str, float | None]]) -> Metric:
             return _gauge(name, doc, ["source"], [([s], v) for s, v in values if v is not None])
 
+        yield _gauge(
+            "medvault_source_info",
+            "Each source watched: its kind, tier and repository (always 1).",
+            ["source", "kind", "tier", "repository"],
+            [([s.source, s.kind, s.tier or "", s.repository_label], 1) for s in labelled],
+        )
         yield _gauge(
             "medvault_backup_bytes",
             "Bytes the newest snapshot of each kind holds (files, postgres.physical, …).",
@@ -325,6 +337,13 @@ class MedvaultCollector(Collector):
             ["operation"],
             [([op], age) for op, age in sorted(longest.items())],
         )
+
+
+class _Labelled(NamedTuple):
+    source: str
+    kind: str
+    tier: str | None
+    repository_label: str
 
 
 def _gauge(
