@@ -166,3 +166,22 @@ def test_postgres_source_reports_wal_lag_and_its_archiver(pg_world: PgWorld) -> 
     samples = parse(pg_world.cli("metrics").stdout)
     assert value(samples, "medvault_source_server_up", source="emr") == 0
     assert ("medvault_wal_archiver_failing", frozenset({("source", "emr")})) not in samples
+
+
+def test_a_quota_is_the_capacity_storage_is_judged_against(tmp_path: Path, make_tree) -> None:
+    data = make_tree({"a.txt": b"clinic letter\n"})
+    cli = clinic(tmp_path, data)
+    config = Path(cli.env["MEDVAULT_CONFIG"])
+    config.write_text(
+        config.read_text().replace("[tier.critical]", 'quota = "1MB"\n\n[tier.critical]')
+    )
+    cli("init")
+    cli("backup", "uploads")
+    samples = parse(cli("metrics").stdout)
+    stored = value(samples, "medvault_repository_stored_bytes", repository="primary")
+    assert value(samples, "medvault_storage_capacity_bytes", repository="primary") == 1_000_000
+    assert value(samples, "medvault_storage_used_ratio", repository="primary") == stored / 1_000_000
+
+    config.write_text(config.read_text().replace('"1MB"', '"lots"'))
+    refused = cli("metrics", check=False)
+    assert refused.returncode == 2 and "repository.primary.quota" in refused.stderr

@@ -6,8 +6,9 @@ drill records, key slots and locks: metadata) and is not a run of its own: a rea
 every scrape would bury the history it reads. Whatever cannot be read becomes a fact, never
 an exception: a repository that cannot be opened is `opened=False` with its error's first
 line, a server that cannot be asked is `server_error`, a catalog that cannot be read is a
-line in `problems`. The per-source reckoning (newest backup, newest WAL, last drill, clock
-skew) is status's own (service/status.py), so both report the same ages.
+line in `problems`. A medvault.toml that does not validate is the one error (ConfigError):
+nothing can be read against it. The per-source reckoning (newest backup, newest WAL, last
+drill, clock skew) is status's own (service/status.py), so both report the same ages.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from medvault.errors import MedvaultError, first_line
+from medvault.errors import MedvaultError, UsageError, first_line
 from medvault.monitoring.facts import (
     JobFacts,
     Observations,
@@ -123,7 +124,7 @@ def _targets(
         if session.configured and session.settings.repository:
             return [(name, s.url, s) for name, s in session.settings.repository.items()]
         url, settings = session.repository_target()
-    except MedvaultError as exc:
+    except UsageError as exc:  # no repository given; a broken medvault.toml stays an error
         problems.append(f"configuration: {first_line(exc)}")
         return []
     return [(url, url, settings)]
