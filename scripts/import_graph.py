@@ -27,6 +27,7 @@ COMMON = {
     "errors",
     "faults",
     "durations",
+    "sizes",
     "clocks",
     "processes",
     "configfile",

@@ -49,6 +49,25 @@ class RepositorySettings(_Section):
     # A second repository (another [repository.NAME]) that `replicate` keeps up to date.
     secondary: str | None = None
     replicate: bool = False
+    # How much the repository may take ("500GB"): storage_used_ratio and the storage alerts
+    # judge against it. S3 has no size of its own; a local repository without it is judged
+    # against its file system.
+    quota: str | None = None
+
+    @field_validator("quota")
+    @classmethod
+    def _quota_is_size(cls, value: str | None) -> str | None:
+        from medvault.sizes import parse_size
+
+        if value is not None and parse_size(value) <= 0:
+            raise ValueError("must be more than 0 bytes")
+        return value
+
+    @property
+    def quota_bytes(self) -> int | None:
+        from medvault.sizes import parse_size
+
+        return parse_size(self.quota) if self.quota is not None else None
 
     @field_validator("password_command")
     @classmethod

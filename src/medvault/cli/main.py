@@ -20,6 +20,7 @@ from medvault.cli import (
     copy_cmd,
     drill_cmd,
     forget,
+    metrics_cmd,
     pg_recovery,
     prune_cmd,
     repo_cmds,
@@ -108,6 +109,7 @@ wal.register(app)
 pg_recovery.register(app)
 audit_cmd.register(app)
 catalog_cmd.register(app)
+metrics_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as

@@ -212,6 +212,13 @@ class Session:
     def last_opened(self) -> Repository:
         return self._opened[-1]
 
+    def close_opened(self, repo: Repository) -> None:
+        """Close a repository this session opened, and forget it: a long-running shell that
+        gathers facts again and again must not keep every repository it ever opened."""
+        with contextlib.suppress(ValueError):
+            self._opened.remove(repo)
+        repo.close()
+
     def adopt(self, repo: Repository) -> None:
         """A repository this session made (init) counts as opened by it."""
         self._opened.append(repo)
