@@ -170,7 +170,9 @@ class Handler:
                 envelope.mail_from,
                 list(envelope.rcpt_tos),
                 message_from_bytes(envelope.original_content),
-                session.ssl is not None,
+                # STARTTLS, or TLS from the start (smtps)
+                session.ssl is not None
+                or server.transport.get_extra_info("ssl_object") is not None,
                 login,
             )
         )
@@ -234,12 +236,14 @@ def notify_config(
 ) -> Path:
     password_file = tmp_path / "smtp-password"
     password_file.write_text(SMTP_PASSWORD + "\n")
+    password_file.chmod(0o600)
     slack_file = tmp_path / "slack-url"
     lines = ["[notify]"]
     if receiver is not None:
         hooks = webhook if webhook is not None else [receiver.url(WEBHOOK_PATH)]
         lines.append(f"webhook = {json.dumps(hooks)}")
         slack_file.write_text(f"# the #ops channel\n{receiver.url(SLACK_PATH)}\n")
+        slack_file.chmod(0o600)
         lines.append(f'slack_file = "{slack_file}"')
         lines.append(f'alertmanager = "{receiver.url("/am")}"')
     if smtp is not None:
@@ -497,6 +501,51 @@ def test_a_wrong_smtp_password_is_a_failed_delivery_without_the_password(
     assert not email.ok and (email.error or "").startswith("SMTP 535")
     assert "not-the-password" not in " ".join(session.notes)
     assert smtp_plain.mails == []
+
+
+def test_a_password_file_open_to_others_is_used_with_a_note(
+    smtp_plain: SmtpReceiver, tmp_path: Path
+) -> None:
+    config = notify_config(tmp_path, smtp=smtp_plain)
+    (tmp_path / "smtp-password").chmod(0o644)
+    session = session_for(config)
+    assert deliver(session, [stale()]).ok
+    assert session.notes == [
+        f"smtp_password_file {tmp_path / 'smtp-password'} is open to group or others (mode "
+        f"0644); make it private: chmod 600 {tmp_path / 'smtp-password'}"
+    ]
+
+
+def test_email_over_implicit_tls(tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    state = SmtpReceiver(port=free_port(), ca_file=cert, mechanism="PLAIN")
+    controller = Controller(
+        Handler(state),
+        hostname="127.0.0.1",
+        port=state.port,
+        ssl_context=context,
+        server_hostname="localhost",
+    )
+    controller.start()
+    try:
+        config = tmp_path / "medvault.toml"
+        config.write_text(
+            "[notify]\n"
+            'email = ["ops@clinic.example"]\n'
+            f'smtp_url = "smtps://127.0.0.1:{state.port}"\n'
+            'smtp_from = "medvault@clinic.example"\n'
+            f'smtp_ca_file = "{cert}"\n'
+        )
+        (email,) = deliver(session_for(config), [stale()]).deliveries
+    finally:
+        controller.stop()
+    assert email.ok, email.error
+    (mail,) = state.mails
+    assert mail.tls and mail.login is None
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ restart of `serve`.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -139,7 +140,7 @@ def test_event(host: str, severity: str = "critical", now: dt.datetime | None = 
 def _send(session: Session, events: Sequence[AlertEvent]) -> DeliveryReport:
     if not events or not session.configured:
         return DeliveryReport(len(events), ())
-    channels, unusable = build_channels(session.settings.notify, session.caller.host)
+    channels, unusable = build_channels(session.settings.notify, session.caller.host, session.notes)
     if not channels and not unusable:
         return DeliveryReport(len(events), ())
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(channels)))) as pool:
@@ -150,10 +151,12 @@ def _send(session: Session, events: Sequence[AlertEvent]) -> DeliveryReport:
 
 
 def build_channels(
-    settings: NotifySettings, host: str | None
+    settings: NotifySettings, host: str | None, notes: list[str] | None = None
 ) -> tuple[list[Channel], list[Delivery]]:
     """The channels `[notify]` names, and a failed delivery for each that cannot be built (a
-    URL or password file that cannot be read)."""
+    URL or password file that cannot be read). A secret file open to group or others is a
+    note in `notes`."""
+    notes = notes if notes is not None else []
     channels: list[Channel] = []
     unusable: list[Delivery] = []
     timeout = settings.timeout_s
@@ -164,7 +167,7 @@ def build_channels(
     ):
         if path is not None:
             try:
-                urls += read_urls(path)
+                urls += read_urls(path, notes)
             except UsageError as exc:
                 unusable.append(Delivery(kind, f"{kind}_file {path}", False, 0, str(exc)))
     for url in webhooks:
@@ -173,7 +176,7 @@ def build_channels(
         channels.append(SlackChannel(url, timeout, host))
     if settings.email:
         try:
-            channels.append(_email_channel(settings, host))
+            channels.append(_email_channel(settings, host, notes))
         except UsageError as exc:
             target = ", ".join(settings.email)
             unusable.append(Delivery("email", target, False, 0, str(exc)))
@@ -184,11 +187,12 @@ def build_channels(
     return channels, unusable
 
 
-def read_urls(path: str) -> list[str]:
+def read_urls(path: str, notes: list[str]) -> list[str]:
     """The URLs of a `webhook_file` or `slack_file`: one a line; blank lines and lines
     starting with # are skipped. A bad line is named by its number, never quoted."""
     from medvault.config import check_http_url
 
+    _note_if_open_to_others(path, "URL file", notes)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -208,12 +212,13 @@ def read_urls(path: str) -> list[str]:
     return urls
 
 
-def _email_channel(settings: NotifySettings, host: str | None) -> EmailChannel:
+def _email_channel(settings: NotifySettings, host: str | None, notes: list[str]) -> EmailChannel:
     assert settings.smtp_url is not None and settings.smtp_from is not None  # config.py
     parts = urlsplit(settings.smtp_url)
     implicit = parts.scheme == "smtps"
     password = None
     if settings.smtp_password_file is not None:
+        _note_if_open_to_others(settings.smtp_password_file, "smtp_password_file", notes)
         password = _read_password(settings.smtp_password_file)
     tls: Literal["starttls", "implicit", "none"] = "starttls"
     if implicit:
@@ -242,3 +247,17 @@ def _read_password(path: str) -> str:
     if not password:
         raise UsageError(f"smtp_password_file {path}: is empty")
     return password
+
+
+def _note_if_open_to_others(path: str, what: str, notes: list[str]) -> None:
+    """As for password and key files (credentials.py): still used, with a note."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return  # the read that follows says what is wrong
+    note = (
+        f"{what} {path} is open to group or others (mode {mode:04o}); make it private: "
+        f"chmod 600 {path}"
+    )
+    if mode & 0o077 and note not in notes:
+        notes.append(note)
