@@ -678,7 +678,8 @@ def test_the_cli_sends_the_test_records_the_run_and_prints_no_secret(
         "medvault: error: 1 of 4 notification target(s) did not deliver"
     )
 
-    runs = json.loads(initialized_cli("runs", "--json", env=env).stdout)
+    listed = initialized_cli("runs", "--json", env=env).stdout
+    runs = json.loads(listed)
     assert [(r["operation"], r["status"]) for r in runs[:2]] == [
         ("alert-test", "failed"),
         ("alert-test", "ok"),
@@ -692,9 +693,15 @@ def test_the_cli_sends_the_test_records_the_run_and_prints_no_secret(
         "failed",
     ]
 
-    shown = done.stdout + done.stderr + broken.stdout + broken.stderr + exported
+    shown = done.stdout + done.stderr + broken.stdout + broken.stderr + exported + listed
+    # What this host keeps (spool, outbox, catalog) holds none either.
+    kept = b"".join(
+        path.read_bytes()
+        for path in (initialized_cli.cwd / "medvault-state").rglob("*")
+        if path.is_file()
+    )
     for secret in (SMTP_PASSWORD, SLACK_PATH, "xoxbSECRETtoken42", WEBHOOK_PATH):
-        assert secret not in shown
+        assert secret not in shown and secret.encode() not in kept
 
 
 def test_the_cli_refuses_an_alert_test_with_no_channel(
@@ -708,3 +715,16 @@ def test_the_cli_refuses_an_alert_test_with_no_channel(
         "medvault: error: no notification channel is configured: add webhook, slack, email "
         "or alertmanager to [notify] in medvault.toml"
     )
+
+
+def test_the_cli_refuses_an_unknown_severity(initialized_cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text('[notify]\nalertmanager = "http://127.0.0.1:9"\n')
+    env = {"MEDVAULT_CONFIG": str(config)}
+    done = initialized_cli("alerts", "test", "--severity", "loud", env=env, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "medvault: error: --severity 'loud': one of warning, critical, emergency"
+    )
+    runs = json.loads(initialized_cli("runs", "--json", env=env).stdout)
+    assert (runs[0]["operation"], runs[0]["status"]) == ("alert-test", "refused")

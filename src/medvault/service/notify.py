@@ -95,7 +95,7 @@ def alerts_test(session: Session, options: AlertTestOptions | None = None) -> De
                 "no notification channel is configured: add webhook, slack, email or "
                 "alertmanager to [notify] in medvault.toml"
             )
-        event = test_event(session.caller.host, options.severity)
+        event = alert_test_event(session.caller.host, options.severity)
         report = _send(session, [event])
         run.details["deliveries"] = [
             {"channel": d.channel, "target": d.target, "ok": d.ok, "error": d.error}
@@ -117,7 +117,9 @@ def failed(report: DeliveryReport) -> NotificationFailed:
     )
 
 
-def test_event(host: str, severity: str = "critical", now: dt.datetime | None = None) -> AlertEvent:
+def alert_test_event(
+    host: str, severity: str = "critical", now: dt.datetime | None = None
+) -> AlertEvent:
     started = now or dt.datetime.now(dt.UTC)
     return AlertEvent(
         key=TEST_RULE,
