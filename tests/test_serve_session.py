@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import PASSWORD
-from test_service_runs import NIGHT_SHIFT, Given
-
 from medvault.repository.keys import Credential
 from medvault.service.admin import InitOptions, init
 from medvault.service.session import Session
+from test_service_runs import NIGHT_SHIFT, Given
 
 
 def test_a_kept_key_opens_the_repository_again_without_asking(tmp_path: Path) -> None:

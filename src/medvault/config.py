@@ -310,12 +310,134 @@ class ServeSettings(_Section):
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """"HOST:PORT" ("[::1]:8750" for IPv6) -> (host, port); ValueError naming the form."""
+    """HOST:PORT ("[::1]:8750" for IPv6) -> (host, port); ValueError naming the form."""
     host, colon, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT, as in 127.0.0.1:8750")
     return host, int(port)
+
+
+def check_http_url(key: str, url: str) -> str:
+    """A webhook, Slack or Alertmanager URL: http(s), a host, no credentials. Never echoed:
+    such URLs often carry a token. `key` prefixes the message ("entry 2: "), or is empty."""
+    from urllib.parse import urlsplit
+
+    key = f"{key}: " if key else ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError:
+        raise ValueError(f"{key}not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key}needs an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{key}credentials in the URL are refused; use a token in its path")
+    return url
+
+
+_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class NotifySettings(_Section):
+    """`[notify]`: where alerts go (docs/notifications.md). Webhook and Slack URLs carry
+    tokens: they may be read from a file instead (`webhook_file`, `slack_file`: one URL a
+    line), and are never printed whole. The SMTP password only ever comes from
+    `smtp_password_file`."""
+
+    webhook: list[str] = Field(default=[], repr=False)
+    webhook_file: str | None = None
+    slack: list[str] = Field(default=[], repr=False)
+    slack_file: str | None = None
+    email: list[str] = []
+    # smtp://[user@]host[:port] (STARTTLS, port 587) or smtps://[user@]host[:port] (TLS, 465).
+    smtp_url: str | None = None
+    smtp_password_file: str | None = None
+    smtp_from: str | None = None
+    smtp_ca_file: str | None = None  # trust this CA instead of the system's
+    # False only for a relay on the loopback address: everything else speaks TLS.
+    smtp_starttls: bool | None = None
+    alertmanager: str | None = None  # its base URL: alerts go to /api/v2/alerts
+    # Where a reader of an alert finds more (the service's or a dashboard's URL).
+    external_url: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("webhook", "slack")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        return [check_http_url(f"entry {i + 1}", url) for i, url in enumerate(value)]
+
+    @field_validator("alertmanager", "external_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return check_http_url("", value) if value is not None else None
+
+    @field_validator("email")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for i, address in enumerate(value):
+            if not _ADDRESS.fullmatch(address):
+                raise ValueError(f"entry {i + 1}: not an address like ops@clinic.example")
+        return value
+
+    @model_validator(mode="after")
+    def _smtp(self) -> NotifySettings:
+        from urllib.parse import urlsplit
+
+        if self.email and (self.smtp_url is None or self.smtp_from is None):
+            raise ValueError("email: needs smtp_url and smtp_from")
+        if self.smtp_from is not None and not _ADDRESS.fullmatch(self.smtp_from):
+            raise ValueError("smtp_from: not an address like medvault@clinic.example")
+        if self.smtp_url is None:
+            return self
+        try:
+            parts = urlsplit(self.smtp_url)
+            parts.port  # noqa: B018
+        except ValueError:
+            raise ValueError("smtp_url: not a valid URL") from None
+        if parts.password is not None:
+            raise ValueError(
+                "smtp_url: holds a password; remove it and keep the password in smtp_password_file"
+            )
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("smtp_url: needs smtp://[user@]host[:port] or smtps://…")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("smtp_url: takes no path or query")
+        if (parts.username is None) != (self.smtp_password_file is None):
+            raise ValueError(
+                "smtp_password_file: goes with a user in smtp_url (smtp://USER@host), "
+                "both or neither"
+            )
+        if self.smtp_starttls is False:
+            if parts.scheme == "smtps":
+                raise ValueError("smtp_starttls: smtps:// always speaks TLS")
+            if not _is_loopback(parts.hostname):
+                raise ValueError(
+                    "smtp_starttls: may be false only for a server on the loopback address"
+                )
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(
+            self.webhook
+            or self.webhook_file
+            or self.slack
+            or self.slack_file
+            or self.email
+            or self.alertmanager
+        )
 
 
 class Settings(_Section):
@@ -326,6 +448,7 @@ class Settings(_Section):
     audit: AuditSettings = AuditSettings()
     catalog: CatalogSettings = CatalogSettings()
     serve: ServeSettings = ServeSettings()
+    notify: NotifySettings = NotifySettings()
     path: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

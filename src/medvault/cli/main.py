@@ -14,6 +14,7 @@ import typer
 
 from medvault import __version__
 from medvault.cli import (
+    alerts_cmd,
     audit_cmd,
     backup,
     catalog_cmd,
@@ -110,6 +111,7 @@ pg_recovery.register(app)
 audit_cmd.register(app)
 catalog_cmd.register(app)
 metrics_cmd.register(app)
+alerts_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as
