@@ -14,6 +14,7 @@ import typer
 
 from medvault import __version__
 from medvault.cli import (
+    alerts_cmd,
     audit_cmd,
     backup,
     catalog_cmd,
@@ -108,6 +109,7 @@ wal.register(app)
 pg_recovery.register(app)
 audit_cmd.register(app)
 catalog_cmd.register(app)
+alerts_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as
