@@ -651,3 +651,18 @@ def test_alerts_lists_what_fires_now(tmp_path: Path) -> None:
     found = json.loads(cli("alerts", "--json").stdout)
     assert [a["key"] for a in found["firing"]] == ["backup_stale:emr"]
     assert "backup_stale:emr" in cli("alerts").stdout
+
+
+def test_catalog_rebuild_keeps_silences_and_alert_history(tmp_path: Path) -> None:
+    cli = configured_cli(tmp_path)
+    cli("alerts", "silence", "wal_lag", "--for", "1h", "--reason", "failover drill")
+    session = make_session(None, Path(cli.env["MEDVAULT_CONFIG"]))
+    evaluate(session, observe(source(last_backup=None)), now=dt.datetime.now(dt.UTC))
+    before = cli("alerts", "history", "--json").stdout
+    assert "backup_stale:emr" in before
+    cli("catalog", "rebuild")
+    assert [s["reason"] for s in json.loads(cli("alerts", "silences", "--json").stdout)] == [
+        "failover drill"
+    ]
+    assert cli("alerts", "history", "--json").stdout == before
+    assert "alert-silence" in cli("runs", "--operation", "alert-silence").stdout

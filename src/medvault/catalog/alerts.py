@@ -3,8 +3,9 @@ silences, and the history of transitions an auditor lists (tables in models.py, 
 0002). Rows come and go as plain dicts (this layer does not know monitoring's classes); times
 go in as aware datetimes and come out as aware UTC ones.
 
-`catalog rebuild` leaves these tables alone: they are not in the audit trail (a silence's
-run record is), so a rebuild of the run history must not lose them.
+`catalog rebuild` keeps these tables: they are not in the audit trail (a silence's run
+record is), so a rebuild of the run history must not lose them (`carry_over` copies them into
+the fresh SQLite file a rebuild makes).
 """
 
 from __future__ import annotations
@@ -140,3 +141,17 @@ def _out(values: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(row.get(name), dt.datetime):
             row[name] = row[name].replace(tzinfo=dt.UTC)
     return row
+
+
+def carry_over(old: Catalog, new: Catalog) -> None:
+    """Copy every alert state, silence and history row of `old` into `new` (a fresh catalog
+    a rebuild puts in its place), in one transaction."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(AlertStore(old)._errors("read"))
+        source = stack.enter_context(old.engine.connect())
+        target = stack.enter_context(new.engine.begin())
+        for table in (STATES, SILENCES, HISTORY):
+            rows = [dict(row._mapping) for row in source.execute(select(table))]
+            target.execute(delete(table))
+            if rows:
+                target.execute(table.insert(), rows)
