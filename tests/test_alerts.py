@@ -666,3 +666,27 @@ def test_catalog_rebuild_keeps_silences_and_alert_history(tmp_path: Path) -> Non
     ]
     assert cli("alerts", "history", "--json").stdout == before
     assert "alert-silence" in cli("runs", "--operation", "alert-silence").stdout
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        ('[alerts]\nmin_size = "lots"', "alerts.min_size: 'lots' is not a size"),
+        ('[alerts]\nrepeat_interval = "often"', "alerts.repeat_interval: 'often' is not a"),
+        ("[alerts]\nstorage_warning = 120", "alerts.storage_warning"),
+        ("[alerts]\nfailures_warning = 3\nfailures_critical = 2", "failures_critical: must lie"),
+        ('[alerts]\nwal_lag_critical = "1h"', "wal_lag_critical: must lie"),
+        ('[alerts]\nevaluate_every = "0s"', "evaluate_every: must be longer than 0s"),
+        ("[alerts]\nsize_window = 0", "alerts.size_window"),
+        ('[source.emr]\nkind = "files"\npaths = ["/x"]\nmin_size = "1.5GB"', "source.emr.min_size"),
+    ],
+)
+def test_bad_alert_settings_name_the_key_in_one_line(
+    tmp_path: Path, section: str, says: str
+) -> None:
+    config = tmp_path / "medvault.toml"
+    config.write_text(section + "\n")
+    cli = Cli(tmp_path / "vault", tmp_path)
+    done = cli("--config", str(config), "alerts", "silences", check=False)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0
