@@ -34,6 +34,7 @@ COMMON = {
     "childenv",
     "dirpath",
     "statedir",
+    "sizes",
     "__init__",
 }
 ALLOWED: dict[str, set[str]] = {

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medvault.configfile import find_config
 from medvault.durations import parse_duration
 from medvault.errors import ConfigError, UsageError
+from medvault.sizes import parse_size
 
 if TYPE_CHECKING:
     from medvault.policy.retention import RetentionPolicy
@@ -124,6 +125,10 @@ class FilesSourceSettings(_Section):
     retention: RetentionSettings | None = None  # overrides the tier's
     classification: str | None = None  # overrides the tier's (audit records)
     compliance: list[str] | None = None  # overrides the tier's
+    # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
+    min_size: str | None = None
+
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 
 
 class DrillSettings(_Section):
@@ -169,6 +174,10 @@ class PostgresSourceSettings(_Section):
     # Archived WAL younger than this is kept by prune even when no backup needs it.
     pitr_window: str | None = None
     drill: DrillSettings = DrillSettings()
+    # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
+    min_size: str | None = None
+
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 
     @field_validator("pitr_window")
     @classmethod
@@ -440,6 +449,92 @@ class NotifySettings(_Section):
         )
 
 
+def _is_size(value: str | None) -> str | None:
+    if value is not None:
+        parse_size(value)
+    return value
+
+
+def _is_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+class AlertSettings(_Section):
+    """`[alerts]`: the thresholds of the alert rules `serve` and `medvault alerts` evaluate
+    (monitoring/alerts.py; docs/alerts.md), how often serve evaluates them and sends a firing
+    alert again, and how long a silence may last."""
+
+    # No successful backup of a source for this long (or beyond its tier's RPO, whichever
+    # is shorter) is critical.
+    backup_max_age: str = "26h"
+    # Consecutive failures of a job (source and operation) per severity.
+    failures_warning: int = Field(default=1, ge=1)
+    failures_critical: int = Field(default=2, ge=1)
+    failures_emergency: int = Field(default=3, ge=1)
+    # A backup still running after this long is a warning.
+    running_max: str = "2h"
+    # Repository storage in use, in percent of its capacity.
+    storage_warning: float = Field(default=80, gt=0, le=100)
+    storage_critical: float = Field(default=90, gt=0, le=100)
+    storage_emergency: float = Field(default=95, gt=0, le=100)
+    # Age of the newest archived WAL segment.
+    wal_lag_warning: str = "5m"
+    wal_lag_critical: str = "10m"
+    wal_lag_emergency: str = "30m"
+    # Backups smaller than this warn (a source's own min_size overrides it); none by default.
+    min_size: str | None = None
+    # A backup more than this many percent off the mean of the ones before it warns…
+    size_deviation: float = Field(default=50, gt=0)
+    # …the mean of at most this many successful backups before it.
+    size_window: int = Field(default=7, ge=1, le=100)
+    # A firing alert is sent again this often (Alertmanager's default repeat_interval).
+    repeat_interval: str = "4h"
+    # How often `serve` evaluates the rules.
+    evaluate_every: str = "1m"
+    # The longest silence `alerts silence --for` accepts: a forgotten silence must end.
+    max_silence: str = "30d"
+
+    _durations = field_validator(
+        "backup_max_age",
+        "running_max",
+        "wal_lag_warning",
+        "wal_lag_critical",
+        "wal_lag_emergency",
+        "repeat_interval",
+        "evaluate_every",
+        "max_silence",
+    )(lambda v: _is_duration(v))
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
+
+    @model_validator(mode="after")
+    def _levels_ascend(self) -> AlertSettings:
+        for what, levels in (
+            ("failures", (self.failures_warning, self.failures_critical, self.failures_emergency)),
+            ("storage", (self.storage_warning, self.storage_critical, self.storage_emergency)),
+            (
+                "wal_lag",
+                tuple(
+                    parse_duration(v)
+                    for v in (self.wal_lag_warning, self.wal_lag_critical, self.wal_lag_emergency)
+                ),
+            ),
+        ):
+            if not levels[0] <= levels[1] <= levels[2]:  # type: ignore[operator]
+                raise ValueError(
+                    f"{what}_critical: must lie between {what}_warning and {what}_emergency "
+                    "(warning <= critical <= emergency)"
+                )
+        for key in ("repeat_interval", "evaluate_every"):
+            if parse_duration(getattr(self, key)) <= dt.timedelta(0):
+                raise ValueError(f"{key}: must be longer than 0s")
+        return self
+
+    def duration(self, key: str) -> dt.timedelta:
+        """One of the duration keys, parsed."""
+        return parse_duration(getattr(self, key))
+
+
 class Settings(_Section):
     repository: dict[str, RepositorySettings] = {}
     source: dict[str, SourceSettings] = {}
@@ -449,6 +544,7 @@ class Settings(_Section):
     catalog: CatalogSettings = CatalogSettings()
     serve: ServeSettings = ServeSettings()
     notify: NotifySettings = NotifySettings()
+    alerts: AlertSettings = AlertSettings()
     path: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -487,6 +583,14 @@ class Settings(_Section):
             retention = self.tier[section.tier].retention
             return retention.policy() if retention is not None else None
         return None
+
+    def backup_min_size(self, source: str) -> int | None:
+        """Bytes below which a backup of `source` is too small: its min_size, else [alerts]
+        min_size; None when neither is set."""
+        section = self.source.get(source)
+        text = section.min_size if section is not None and section.min_size else None
+        text = text or self.alerts.min_size
+        return parse_size(text) if text else None
 
     def data_classification(self, source: str | None) -> str | None:
         """The source's classification, else its tier's."""

@@ -40,7 +40,7 @@ from medvault.errors import CatalogUnavailable, UnsupportedFormat, first_line
 
 # The newest revision in migrations/versions/: a catalog already there is opened without
 # loading Alembic at all (it costs more to import than the rest of a `runs`).
-HEAD = "0001"
+HEAD = "0002"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Held while a PostgreSQL catalog is migrated, so that hosts opening it at once take turns.
 _MIGRATION_LOCK = 0x6D6564766C7401  # "medvlt\x01"

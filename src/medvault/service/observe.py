@@ -257,7 +257,7 @@ def _source_facts(
         last_backup_bytes=sizes[0] if sizes else None,
         previous_backup_bytes=tuple(sizes[1 : 1 + AVERAGED]),
         backup_bytes_by_kind=by_kind,
-        min_size=_min_size(section),
+        min_size=session.settings.backup_min_size(name) if section is not None else None,
         wal_lag_s=wal_lag,
         archiver_failing=archiver[0],
         archiver_error=archiver[1],
@@ -266,16 +266,6 @@ def _source_facts(
         last_drill_ok=drill.ok if drill is not None else None,
         last_drill_rto_s=drill.rto_s if drill is not None else None,
     )
-
-
-def _min_size(section: SourceSettings | None) -> int | None:
-    """[source.NAME] min_size in bytes: a size ("100MB") or a number of bytes."""
-    value = getattr(section, "min_size", None)
-    if value is None or isinstance(value, int):
-        return value
-    from medvault.sizes import parse_size
-
-    return parse_size(str(value))
 
 
 def _archiver(section: SourceSettings | None) -> tuple[bool, str | None, str | None]:
