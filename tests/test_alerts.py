@@ -261,12 +261,12 @@ def test_archiver_failures_are_critical() -> None:
 
 
 def test_a_backup_below_min_size_warns_and_the_source_overrides_the_default() -> None:
-    mib = 2**20
-    small = source(last_backup_bytes=mib - 1, previous_backup_bytes=(mib - 1,) * 7)
+    mb = 10**6  # "1MB": sizes count kB, MB, GB in powers of 1000 (KiB, MiB in 1024)
+    small = source(last_backup_bytes=mb - 1, previous_backup_bytes=(mb - 1,) * 7)
     assert fired(observe(small)) == {}  # no min_size anywhere
     with_default = AlertSettings(min_size="1MB")
     assert fired(observe(small), with_default) == {"backup_too_small:emr": "warning"}
-    exact = dataclasses.replace(small, last_backup_bytes=mib)
+    exact = dataclasses.replace(small, last_backup_bytes=mb)
     assert fired(observe(exact), with_default) == {}
     # The source's own min_size (gathered from [source.emr] min_size) comes first.
     assert fired(observe(dataclasses.replace(small, min_size=1024)), with_default) == {}
@@ -280,8 +280,8 @@ def test_settings_give_a_sources_min_size_else_the_default() -> None:
             "lab": {"kind": "files", "paths": ["/srv/lab"]},
         },
     )
-    assert settings.backup_min_size("emr") == 100 * 2**20
-    assert settings.backup_min_size("lab") == 2**20
+    assert settings.backup_min_size("emr") == 100 * 10**6
+    assert settings.backup_min_size("lab") == 10**6
     assert Settings().backup_min_size("lab") is None
 
 
@@ -678,7 +678,7 @@ def test_catalog_rebuild_keeps_silences_and_alert_history(tmp_path: Path) -> Non
         ('[alerts]\nwal_lag_critical = "1h"', "wal_lag_critical: must lie"),
         ('[alerts]\nevaluate_every = "0s"', "evaluate_every: must be longer than 0s"),
         ("[alerts]\nsize_window = 0", "alerts.size_window"),
-        ('[source.emr]\nkind = "files"\npaths = ["/x"]\nmin_size = "1.5GB"', "source.emr.min_size"),
+        ('[source.emr]\nkind = "files"\npaths = ["/x"]\nmin_size = "1.5 GBs"', "source.emr.min_size"),
     ],
 )
 def test_bad_alert_settings_name_the_key_in_one_line(
