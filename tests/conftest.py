@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from tests.faultpoints import TALLY, Tallies
 from tests.pgcluster import PgWorld, make_pg_tempdir, running_clusters
+from tests.receivers import receiver, smtp, smtp_plain  # noqa: F401 (fixtures for every module)
 from tests.s3server import S3Server
 
 from medvault.backends import Backend, open_backend

@@ -678,7 +678,10 @@ def test_catalog_rebuild_keeps_silences_and_alert_history(tmp_path: Path) -> Non
         ('[alerts]\nwal_lag_critical = "1h"', "wal_lag_critical: must lie"),
         ('[alerts]\nevaluate_every = "0s"', "evaluate_every: must be longer than 0s"),
         ("[alerts]\nsize_window = 0", "alerts.size_window"),
-        ('[source.emr]\nkind = "files"\npaths = ["/x"]\nmin_size = "1.5 GBs"', "source.emr.min_size"),
+        (
+            '[source.emr]\nkind = "files"\npaths = ["/x"]\nmin_size = "1.5 GBs"',
+            "source.emr.min_size",
+        ),
     ],
 )
 def test_bad_alert_settings_name_the_key_in_one_line(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medvault.errors import MedvaultError, UsageError, first_line
-from medvault.monitoring.facts import RunningJob
+from medvault.monitoring.facts import Observations, RunningJob
 from medvault.monitoring.metrics import DURATION_BUCKETS, RunCounts, registry
 from medvault.service.observe import gather
 
@@ -32,12 +32,17 @@ def metrics_text(
     now: dt.datetime | None = None,
 ) -> bytes:
     """Every medvault metric now, in the Prometheus text exposition format."""
-    from prometheus_client.exposition import generate_latest
-
     from medvault import __version__
 
-    observations = gather(session, running=running, now=now)
-    return generate_latest(registry(observations, run_counts(session), __version__))
+    return render(session, gather(session, running=running, now=now), __version__)
+
+
+def render(session: Session, observations: Observations, version: str) -> bytes:
+    """The metrics of one reading (serve takes one a minute for its alerts too) and the
+    catalog's run counts now."""
+    from prometheus_client.exposition import generate_latest
+
+    return generate_latest(registry(observations, run_counts(session), version))
 
 
 def run_counts(session: Session) -> RunCounts | None:

@@ -69,10 +69,13 @@ class AlertTestOptions:
     severity: str = "critical"
 
 
-def deliver(session: Session, events: Sequence[AlertEvent]) -> DeliveryReport:
-    """Send `events` through every configured channel. A failure is a one-line note on the
-    session (no URL token, no password), never an exception: `serve` goes on."""
-    report = _send(session, events)
+def deliver(
+    session: Session, events: Sequence[AlertEvent], *, channels: Sequence[str] | None = None
+) -> DeliveryReport:
+    """Send `events` through every configured channel (or only those of the kinds in
+    `channels`). A failure is a one-line note on the session (no URL token, no password),
+    never an exception: `serve` goes on."""
+    report = _send(session, events, channels)
     for delivery in report.failed:
         session.notes.append(
             f"notification not delivered: {delivery.channel} {delivery.target}: {delivery.error}"
@@ -139,10 +142,15 @@ def alert_test_event(
 # -- channels from [notify] -------------------------------------------------------------------
 
 
-def _send(session: Session, events: Sequence[AlertEvent]) -> DeliveryReport:
+def _send(
+    session: Session, events: Sequence[AlertEvent], kinds: Sequence[str] | None = None
+) -> DeliveryReport:
     if not events or not session.configured:
         return DeliveryReport(len(events), ())
     channels, unusable = build_channels(session.settings.notify, session.caller.host, session.notes)
+    if kinds is not None:
+        channels = [channel for channel in channels if channel.kind in kinds]
+        unusable = [delivery for delivery in unusable if delivery.channel in kinds]
     if not channels and not unusable:
         return DeliveryReport(len(events), ())
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(channels)))) as pool:
