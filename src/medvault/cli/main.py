@@ -24,6 +24,7 @@ from medvault.cli import (
     prune_cmd,
     repo_cmds,
     restore,
+    schedule_cmd,
     snapshots,
     status,
     wal,
@@ -108,6 +109,7 @@ wal.register(app)
 pg_recovery.register(app)
 audit_cmd.register(app)
 catalog_cmd.register(app)
+schedule_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as
