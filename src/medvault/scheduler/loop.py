@@ -195,6 +195,9 @@ class Scheduler:
         loaded = statefile.load(state_path)
         self._states = {name: s for name, s in loaded.items() if name in self._by_name}
         self._saved: dict[str, JobState] | None = None
+        now = clock()
+        for job in self.jobs:  # a new job counts from now: nothing of it was missed
+            self._state(job, now)
         self._follow_left_running()
         self._save()
 
