@@ -274,7 +274,7 @@ def test_runs_missed_while_the_service_was_down_run_once_at_start_up(tmp_path: P
 
 
 def test_without_catch_up_missed_runs_are_skipped_and_noted(tmp_path: Path) -> None:
-    sched, launcher, clock = downtime(tmp_path, catch_up=False)
+    sched, _, clock = downtime(tmp_path, catch_up=False)
     assert sched.run_pending(clock.now) == ()
     state = sched.states()["emr/full"]
     assert state.missed == 1 and state.last_missed == at("2026-05-04T02:00:00+00:00")

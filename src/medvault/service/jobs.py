@@ -33,6 +33,8 @@ from medvault.errors import UsageError
 from medvault.scheduler.jobs import BACKUP_KINDS, Job
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from medvault.config import Settings
     from medvault.scheduler.loop import Clock, JobListing, Scheduler
     from medvault.service.session import Session
@@ -247,12 +249,16 @@ def schedule_listing(session: Session, now: dt.datetime | None = None) -> Schedu
 
 
 def scheduler_for(
-    session: Session, *, clock: Clock | None = None, python: str | None = None
+    session: Session,
+    *,
+    clock: Clock | None = None,
+    python: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Scheduler:
     """The scheduler of `medvault serve`: the configuration's jobs, run one per child
     process (`python -m medvault.cli.jobrun --config FILE --job NAME`), state and logs
     under the session's state directory. The children inherit the service's environment
-    (MEDVAULT_PASSWORD and the like) and read the same medvault.toml."""
+    (MEDVAULT_PASSWORD and the like; `env` replaces it) and read the same medvault.toml."""
     from medvault.configfile import find_config
     from medvault.scheduler.launch import ProcessLauncher
     from medvault.scheduler.loop import Scheduler, system_clock
@@ -264,6 +270,6 @@ def scheduler_for(
     command = [python or sys.executable, "-m", RUNNER, "--config", str(config)]
     if session.state_dir is not None:
         command += ["--state-dir", str(session.state_dir)]
-    launcher = ProcessLauncher(command, directory)
+    launcher = ProcessLauncher(command, directory, env)
     jobs = jobs_from_settings(session.settings)
     return Scheduler(jobs, clock or system_clock, directory / "state.json", launcher)
