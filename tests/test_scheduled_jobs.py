@@ -175,7 +175,7 @@ def test_the_scheduler_runs_a_job_as_a_child_and_schedule_shows_its_result(
     check = next(job for job in listing["jobs"] if job["name"] == "repository/main/check")
     assert check["last"] is None and check["next_run"] == "2026-05-01T03:00:00+00:00"
     text = cli("schedule").stdout
-    assert "docs/full" in text and f"ok " in text and run_id in text
+    assert "docs/full" in text and "ok " in text and run_id in text
     sched.stop(timeout_s=10)
 
 
