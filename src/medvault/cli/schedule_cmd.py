@@ -74,7 +74,7 @@ def schedule(
     if not rows:
         print("no scheduled jobs: add [source.NAME.schedule] or [schedule] to medvault.toml")
         return
-    print(f"{'JOB':<28} {'SCHEDULE':<16} {'NEXT RUN (UTC)':<20} {'LOCAL':<26} LAST")
+    print(f"{'JOB':<28} {'SCHEDULE':<16} {'NEXT RUN (UTC)':<20} {'LOCAL':<43} LAST")
     for row in rows:
         nxt = (row["next_run"] or "-").replace("+00:00", "Z")
         if row["overdue"]:
@@ -95,7 +95,7 @@ def schedule(
             )
             if last["error"]:
                 result += f": {last['error']}"
-        print(f"{row['name']:<28} {row['schedule']:<16} {nxt:<20} {local:<26} {result}")
+        print(f"{row['name']:<28} {row['schedule']:<16} {nxt:<20} {local:<43} {result}")
 
 
 def register(app: typer.Typer) -> None:
