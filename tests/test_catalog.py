@@ -460,7 +460,14 @@ def test_a_fresh_catalog_is_created_at_the_newest_revision(catalog_url: str) -> 
     with Catalog.open(catalog_url) as catalog:
         assert catalog.revision() == HEAD
     tables = schema(catalog_url)
-    assert set(tables) == {"alembic_version", "runs", "chain_heads"}
+    assert set(tables) == {
+        "alembic_version",
+        "runs",
+        "chain_heads",
+        "alert_states",
+        "alert_silences",
+        "alert_history",
+    }
     assert {"ix_runs_started", "ix_runs_source_operation_started", "ix_runs_status_started"} <= set(
         tables["runs"]
     )

@@ -22,8 +22,14 @@ def setup(tmp_path: Path, data: Path, offsite: Path) -> Cli:
     return cli
 
 
+EXIT_CODES = {"OK": 0, "WARN": 1, "CRITICAL": 2}
+
+
 def status(cli: Cli) -> dict[str, object]:
-    report: dict[str, object] = json.loads(cli("status", "--json").stdout)
+    """`status --json`, whose exit code is its worst state's (0 OK, 1 WARN, 2 CRITICAL)."""
+    done = cli("status", "--json", check=False)
+    report: dict[str, object] = json.loads(done.stdout)
+    assert done.returncode == EXIT_CODES[str(report["state"])], done.stderr
     return report
 
 
@@ -35,6 +41,7 @@ def test_status_shows_rpo_state_and_the_secondary_catching_up(tmp_path: Path, ma
     report = status(cli)
     (row,) = report["sources"]  # type: ignore[misc]
     assert row["snapshots"] == 0 and row["state"] == "CRITICAL", "never backed up"
+    assert report["state"] == "CRITICAL"
 
     cli("backup", "uploads")
     report = status(cli)
@@ -47,11 +54,15 @@ def test_status_shows_rpo_state_and_the_secondary_catching_up(tmp_path: Path, ma
     )
     lag = report["secondary"]
     assert lag["state"] == "WARN" and lag["snapshots_missing"] == 1  # type: ignore[index]
+    assert report["state"] == "WARN", "the secondary is behind"
+    assert cli("status", check=False).returncode == 1, "the table exits as --json does"
 
     cli("copy", "--from", "primary", "--to", "offsite")
-    lag = status(cli)["secondary"]
+    report = status(cli)
+    lag = report["secondary"]
     assert lag["state"] == "OK" and lag["snapshots_missing"] == 0  # type: ignore[index]
-    text = cli("status").stdout
+    assert report["state"] == "OK"
+    text = cli("status").stdout  # exits 0: all is OK
     assert "uploads" in text and "OK" in text and "0 snapshot(s) behind" in text
 
     cli("drill", "uploads")
@@ -67,5 +78,7 @@ def test_an_unreachable_secondary_is_critical(tmp_path: Path, make_tree) -> None
     cli = setup(tmp_path, data, tmp_path / "no-such-offsite")
     cli("init")
     cli("backup", "uploads")
-    lag = status(cli)["secondary"]
+    report = status(cli)
+    lag = report["secondary"]
     assert lag["state"] == "CRITICAL" and "no medvault repository" in lag["error"]  # type: ignore[index]
+    assert report["state"] == "CRITICAL"

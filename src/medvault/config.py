@@ -22,6 +22,7 @@ from pydantic import (
 from medvault.configfile import find_config
 from medvault.durations import parse_duration
 from medvault.errors import ConfigError, UsageError
+from medvault.sizes import parse_size
 
 if TYPE_CHECKING:
     from medvault.policy.retention import RetentionPolicy
@@ -57,6 +58,25 @@ class RepositorySettings(_Section):
     # A second repository (another [repository.NAME]) that `replicate` keeps up to date.
     secondary: str | None = None
     replicate: bool = False
+    # How much the repository may take ("500GB"): storage_used_ratio and the storage alerts
+    # judge against it. S3 has no size of its own; a local repository without it is judged
+    # against its file system.
+    quota: str | None = None
+
+    @field_validator("quota")
+    @classmethod
+    def _quota_is_size(cls, value: str | None) -> str | None:
+        from medvault.sizes import parse_size
+
+        if value is not None and parse_size(value) <= 0:
+            raise ValueError("must be more than 0 bytes")
+        return value
+
+    @property
+    def quota_bytes(self) -> int | None:
+        from medvault.sizes import parse_size
+
+        return parse_size(self.quota) if self.quota is not None else None
 
     @field_validator("password_command")
     @classmethod
@@ -210,6 +230,10 @@ class FilesSourceSettings(_Section):
     classification: str | None = None  # overrides the tier's (audit records)
     compliance: list[str] | None = None  # overrides the tier's
     schedule: ScheduleSettings = ScheduleSettings()
+    # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
+    min_size: str | None = None
+
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 
 
 class DrillSettings(_Section):
@@ -256,6 +280,10 @@ class PostgresSourceSettings(_Section):
     pitr_window: str | None = None
     drill: DrillSettings = DrillSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
+    min_size: str | None = None
+
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 
     @field_validator("pitr_window")
     @classmethod
@@ -386,6 +414,243 @@ class CatalogSettings(_Section):
     url: str | None = None
 
 
+class ServeSettings(_Section):
+    """`[serve]`: where `medvault serve` listens (/metrics, /healthz), and how long it lets
+    running jobs end cleanly after SIGTERM before it kills them."""
+
+    listen: str = "127.0.0.1:8750"
+    stop_timeout: str = "5m"
+
+    @field_validator("listen")
+    @classmethod
+    def _is_address(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("stop_timeout")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT ("[::1]:8750" for IPv6) -> (host, port); ValueError naming the form."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT, as in 127.0.0.1:8750")
+    return host, int(port)
+
+
+def check_http_url(key: str, url: str) -> str:
+    """A webhook, Slack or Alertmanager URL: http(s), a host, no credentials. Never echoed:
+    such URLs often carry a token. `key` prefixes the message ("entry 2: "), or is empty."""
+    from urllib.parse import urlsplit
+
+    key = f"{key}: " if key else ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError:
+        raise ValueError(f"{key}not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key}needs an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{key}credentials in the URL are refused; use a token in its path")
+    return url
+
+
+_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class NotifySettings(_Section):
+    """`[notify]`: where alerts go (docs/notifications.md). Webhook and Slack URLs carry
+    tokens: they may be read from a file instead (`webhook_file`, `slack_file`: one URL a
+    line), and are never printed whole. The SMTP password only ever comes from
+    `smtp_password_file`."""
+
+    webhook: list[str] = Field(default=[], repr=False)
+    webhook_file: str | None = None
+    slack: list[str] = Field(default=[], repr=False)
+    slack_file: str | None = None
+    email: list[str] = []
+    # smtp://[user@]host[:port] (STARTTLS, port 587) or smtps://[user@]host[:port] (TLS, 465).
+    smtp_url: str | None = None
+    smtp_password_file: str | None = None
+    smtp_from: str | None = None
+    smtp_ca_file: str | None = None  # trust this CA instead of the system's
+    # False only for a relay on the loopback address: everything else speaks TLS.
+    smtp_starttls: bool | None = None
+    alertmanager: str | None = None  # its base URL: alerts go to /api/v2/alerts
+    # Where a reader of an alert finds more (the service's or a dashboard's URL).
+    external_url: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("webhook", "slack")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        return [check_http_url(f"entry {i + 1}", url) for i, url in enumerate(value)]
+
+    @field_validator("alertmanager", "external_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return check_http_url("", value) if value is not None else None
+
+    @field_validator("email")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for i, address in enumerate(value):
+            if not _ADDRESS.fullmatch(address):
+                raise ValueError(f"entry {i + 1}: not an address like ops@clinic.example")
+        return value
+
+    @model_validator(mode="after")
+    def _smtp(self) -> NotifySettings:
+        from urllib.parse import urlsplit
+
+        if self.email and (self.smtp_url is None or self.smtp_from is None):
+            raise ValueError("email: needs smtp_url and smtp_from")
+        if self.smtp_from is not None and not _ADDRESS.fullmatch(self.smtp_from):
+            raise ValueError("smtp_from: not an address like medvault@clinic.example")
+        if self.smtp_url is None:
+            return self
+        try:
+            parts = urlsplit(self.smtp_url)
+            parts.port  # noqa: B018
+        except ValueError:
+            raise ValueError("smtp_url: not a valid URL") from None
+        if parts.password is not None:
+            raise ValueError(
+                "smtp_url: holds a password; remove it and keep the password in smtp_password_file"
+            )
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("smtp_url: needs smtp://[user@]host[:port] or smtps://…")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("smtp_url: takes no path or query")
+        if (parts.username is None) != (self.smtp_password_file is None):
+            raise ValueError(
+                "smtp_password_file: goes with a user in smtp_url (smtp://USER@host), "
+                "both or neither"
+            )
+        if self.smtp_starttls is False:
+            if parts.scheme == "smtps":
+                raise ValueError("smtp_starttls: smtps:// always speaks TLS")
+            if not _is_loopback(parts.hostname):
+                raise ValueError(
+                    "smtp_starttls: may be false only for a server on the loopback address"
+                )
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(
+            self.webhook
+            or self.webhook_file
+            or self.slack
+            or self.slack_file
+            or self.email
+            or self.alertmanager
+        )
+
+
+def _is_size(value: str | None) -> str | None:
+    if value is not None:
+        parse_size(value)
+    return value
+
+
+def _is_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+class AlertSettings(_Section):
+    """`[alerts]`: the thresholds of the alert rules `serve` and `medvault alerts` evaluate
+    (monitoring/alerts.py; docs/alerts.md), how often serve evaluates them and sends a firing
+    alert again, and how long a silence may last."""
+
+    # No successful backup of a source for this long (or beyond its tier's RPO, whichever
+    # is shorter) is critical.
+    backup_max_age: str = "26h"
+    # Consecutive failures of a job (source and operation) per severity.
+    failures_warning: int = Field(default=1, ge=1)
+    failures_critical: int = Field(default=2, ge=1)
+    failures_emergency: int = Field(default=3, ge=1)
+    # A backup still running after this long is a warning.
+    running_max: str = "2h"
+    # Repository storage in use, in percent of its capacity.
+    storage_warning: float = Field(default=80, gt=0, le=100)
+    storage_critical: float = Field(default=90, gt=0, le=100)
+    storage_emergency: float = Field(default=95, gt=0, le=100)
+    # Age of the newest archived WAL segment.
+    wal_lag_warning: str = "5m"
+    wal_lag_critical: str = "10m"
+    wal_lag_emergency: str = "30m"
+    # Backups smaller than this warn (a source's own min_size overrides it); none by default.
+    min_size: str | None = None
+    # A backup more than this many percent off the mean of the ones before it warns…
+    size_deviation: float = Field(default=50, gt=0)
+    # …the mean of at most this many successful backups before it.
+    size_window: int = Field(default=7, ge=1, le=100)
+    # A firing alert is sent again this often (Alertmanager's default repeat_interval).
+    repeat_interval: str = "4h"
+    # How often `serve` evaluates the rules.
+    evaluate_every: str = "1m"
+    # The longest silence `alerts silence --for` accepts: a forgotten silence must end.
+    max_silence: str = "30d"
+
+    _durations = field_validator(
+        "backup_max_age",
+        "running_max",
+        "wal_lag_warning",
+        "wal_lag_critical",
+        "wal_lag_emergency",
+        "repeat_interval",
+        "evaluate_every",
+        "max_silence",
+    )(lambda v: _is_duration(v))
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
+
+    @model_validator(mode="after")
+    def _levels_ascend(self) -> AlertSettings:
+        for what, levels in (
+            ("failures", (self.failures_warning, self.failures_critical, self.failures_emergency)),
+            ("storage", (self.storage_warning, self.storage_critical, self.storage_emergency)),
+            (
+                "wal_lag",
+                tuple(
+                    parse_duration(v)
+                    for v in (self.wal_lag_warning, self.wal_lag_critical, self.wal_lag_emergency)
+                ),
+            ),
+        ):
+            if not levels[0] <= levels[1] <= levels[2]:  # type: ignore[operator]
+                raise ValueError(
+                    f"{what}_critical: must lie between {what}_warning and {what}_emergency "
+                    "(warning <= critical <= emergency)"
+                )
+        for key in ("repeat_interval", "evaluate_every"):
+            if parse_duration(getattr(self, key)) <= dt.timedelta(0):
+                raise ValueError(f"{key}: must be longer than 0s")
+        return self
+
+    def duration(self, key: str) -> dt.timedelta:
+        """One of the duration keys, parsed."""
+        return parse_duration(getattr(self, key))
+
+
 class Settings(_Section):
     repository: dict[str, RepositorySettings] = {}
     source: dict[str, SourceSettings] = {}
@@ -394,6 +659,9 @@ class Settings(_Section):
     audit: AuditSettings = AuditSettings()
     catalog: CatalogSettings = CatalogSettings()
     schedule: RepositoryScheduleSettings = RepositoryScheduleSettings()
+    serve: ServeSettings = ServeSettings()
+    notify: NotifySettings = NotifySettings()
+    alerts: AlertSettings = AlertSettings()
     path: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -488,6 +756,14 @@ class Settings(_Section):
             retention = self.tier[section.tier].retention
             return retention.policy() if retention is not None else None
         return None
+
+    def backup_min_size(self, source: str) -> int | None:
+        """Bytes below which a backup of `source` is too small: its min_size, else [alerts]
+        min_size; None when neither is set."""
+        section = self.source.get(source)
+        text = section.min_size if section is not None and section.min_size else None
+        text = text or self.alerts.min_size
+        return parse_size(text) if text else None
 
     def data_classification(self, source: str | None) -> str | None:
         """The source's classification, else its tier's."""

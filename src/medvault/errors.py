@@ -192,6 +192,13 @@ class CatalogUnavailable(MedvaultError):
     exit_code = 25
 
 
+class NotificationFailed(MedvaultError):
+    """A notification channel did not deliver (`alerts test`): an unreachable receiver, a
+    refused login, a rejected message. The other channels were still tried."""
+
+    exit_code = 26
+
+
 def exit_code_for(exc: BaseException, *, wal_fetch: bool = False) -> int:
     """The exit code for an exception that ends a command (docs/operations.md).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATS_COLUMNS = (
@@ -84,3 +84,69 @@ class ChainHead(Base):
     chain: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     mac: Mapped[str] = mapped_column(String(128))
+
+
+# -- alerts (catalog/alerts.py) ----------------------------------------------------------------
+
+
+class AlertStateRow(Base):
+    """A firing alert between evaluations (monitoring.alerts.AlertState); resolved ones are
+    deleted, their story stays in alert_history."""
+
+    __tablename__ = "alert_states"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    started: Mapped[dt.datetime] = mapped_column(DateTime())
+    source: Mapped[str | None] = mapped_column(String(255))
+    repository: Mapped[str | None] = mapped_column(String(255))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    last_sent: Mapped[dt.datetime | None] = mapped_column(DateTime())
+    sent_severity: Mapped[str | None] = mapped_column(String(16))
+    silenced_by: Mapped[str | None] = mapped_column(String(32))
+
+
+class AlertSilenceRow(Base):
+    """A silence: alerts of `rule` (about `source`, or anything) not sent until `until`."""
+
+    __tablename__ = "alert_silences"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(String(255))
+    created: Mapped[dt.datetime] = mapped_column(DateTime())
+    until: Mapped[dt.datetime] = mapped_column(DateTime())
+    reason: Mapped[str] = mapped_column(Text)
+    user: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    # Lifted before `until` (`alerts unsilence`): when and by whom.
+    ended: Mapped[dt.datetime | None] = mapped_column(DateTime())
+    ended_by: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (Index("ix_alert_silences_until", "until"),)
+
+
+class AlertHistoryRow(Base):
+    """One transition of an alert: fired, severity_changed, silenced, unsilenced, resolved."""
+
+    __tablename__ = "alert_history"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime())
+    key: Mapped[str] = mapped_column(String(512))
+    rule: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    transition: Mapped[str] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(255))
+    repository: Mapped[str | None] = mapped_column(String(255))
+    silence_id: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (
+        Index("ix_alert_history_at", "at", "id"),
+        Index("ix_alert_history_key_at", "key", "at"),
+    )

@@ -40,7 +40,7 @@ from medvault.errors import CatalogUnavailable, UnsupportedFormat, first_line
 
 # The newest revision in migrations/versions/: a catalog already there is opened without
 # loading Alembic at all (it costs more to import than the rest of a `runs`).
-HEAD = "0001"
+HEAD = "0002"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Held while a PostgreSQL catalog is migrated, so that hosts opening it at once take turns.
 _MIGRATION_LOCK = 0x6D6564766C7401  # "medvlt\x01"
@@ -79,6 +79,33 @@ class DrillCounts(NamedTuple):
     drills: int
     passed: int
     within_rto: int  # passed, and within the tier's RTO
+
+
+class JobHistory(NamedTuple):
+    """One source and operation's newest run, its newest success and the failed or
+    incomplete runs since that success (all of them when it never succeeded). Times are
+    aware UTC."""
+
+    source: str | None
+    operation: str
+    repository: str | None  # of the newest run
+    last_status: str
+    last_started: dt.datetime
+    last_ended: dt.datetime
+    last_error: str | None
+    last_duration_s: float
+    last_success: dt.datetime | None  # when the newest ok run ended
+    consecutive_failures: int
+
+
+class DurationHistogram(NamedTuple):
+    """One operation's run durations: how many took at most each bound (cumulative, the
+    bounds in ascending order), how many runs in all, and their sum in seconds."""
+
+    operation: str
+    at_most: tuple[int, ...]
+    runs: int
+    sum_s: float
 
 
 class Catalog:
@@ -360,6 +387,96 @@ class Catalog:
                 for source, drills, ok, in_time in conn.execute(query)
             }
 
+    def job_history(
+        self, *, repository: str | None = None, operation: str | None = None
+    ) -> list[JobHistory]:
+        """Per source and operation (of one repository's runs, or one operation's, when
+        given): the newest run, the newest success and the failures since. A few indexed
+        lookups per group (groups are sources times operations: tens)."""
+        where = []
+        if repository is not None:
+            where.append(RUNS.c.repository == repository)
+        if operation is not None:
+            where.append(RUNS.c.operation == operation)
+        groups = select(RUNS.c.source, RUNS.c.operation).where(*where).distinct()
+        found = []
+        with self._errors("read"), self.engine.connect() as conn:
+            for source, op in conn.execute(groups).all():
+                of_group = [
+                    RUNS.c.source.is_(None) if source is None else RUNS.c.source == source,
+                    RUNS.c.operation == op,
+                    *where,
+                ]
+                newest = select(RUNS).where(*of_group)
+                newest = newest.order_by(RUNS.c.started.desc(), RUNS.c.run_id.desc()).limit(1)
+                last = conn.execute(newest).one()
+                ok = conn.execute(
+                    select(RUNS.c.started, RUNS.c.ended)
+                    .where(*of_group, RUNS.c.status == "ok")
+                    .order_by(RUNS.c.started.desc())
+                    .limit(1)
+                ).first()
+                since_ok = [RUNS.c.started > ok.started] if ok is not None else []
+                failures = conn.execute(
+                    select(func.count())
+                    .select_from(RUNS)
+                    .where(*of_group, *since_ok, RUNS.c.status.in_(("failed", "incomplete")))
+                ).scalar_one()
+                found.append(
+                    JobHistory(
+                        source=source,
+                        operation=op,
+                        repository=last.repository,
+                        last_status=last.status,
+                        last_started=_aware(last.started),
+                        last_ended=_aware(last.ended),
+                        last_error=last.error,
+                        last_duration_s=float(last.duration_s),
+                        last_success=_aware(ok.ended) if ok is not None else None,
+                        consecutive_failures=int(failures),
+                    )
+                )
+        found.sort(key=lambda j: (j.source is None, j.source or "", j.operation))
+        return found
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """(operation, status) -> how many runs the catalog holds."""
+        query = select(RUNS.c.operation, RUNS.c.status, func.count()).group_by(
+            RUNS.c.operation, RUNS.c.status
+        )
+        with self._errors("read"), self.engine.connect() as conn:
+            return {(op, status): int(n) for op, status, n in conn.execute(query)}
+
+    def duration_histograms(self, bounds: Sequence[float]) -> list[DurationHistogram]:
+        """Per operation, every run's duration counted into `bounds` (ascending seconds), in
+        one aggregate: the catalog's rows never travel."""
+        at_most = [func.sum(case((RUNS.c.duration_s <= bound, 1), else_=0)) for bound in bounds]
+        query = select(
+            RUNS.c.operation, func.count(), func.sum(RUNS.c.duration_s), *at_most
+        ).group_by(RUNS.c.operation)
+        with self._errors("read"), self.engine.connect() as conn:
+            return [
+                DurationHistogram(
+                    row[0], tuple(int(n) for n in row[3:]), int(row[1]), float(row[2])
+                )
+                for row in conn.execute(query)
+            ]
+
+    def backup_bytes(self, source: str, limit: int = 8) -> list[int]:
+        """Bytes read by the source's newest successful backups, newest first."""
+        query = (
+            select(RUNS.c.bytes_read)
+            .where(
+                RUNS.c.source == source,
+                RUNS.c.operation == "backup",
+                RUNS.c.status == "ok",
+            )
+            .order_by(RUNS.c.started.desc())
+            .limit(limit)
+        )
+        with self._errors("read"), self.engine.connect() as conn:
+            return [int(n) for (n,) in conn.execute(query)]
+
     def revision(self) -> str | None:
         with self._errors("read"), self.engine.connect() as conn:
             return _revision(conn)
@@ -373,6 +490,11 @@ def naive_utc(moment: dt.datetime) -> dt.datetime:
     if moment.tzinfo is None:
         return moment
     return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    """A stored (naive UTC) time as an aware one."""
+    return moment.replace(tzinfo=dt.UTC)
 
 
 _EPOCH = dt.datetime(1970, 1, 1)

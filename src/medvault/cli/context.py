@@ -38,6 +38,8 @@ class CliContext:
     credentials: CredentialOptions = field(default_factory=CredentialOptions)
     # False: no passphrase prompt (runs and stats open repositories only to catch up).
     interactive: bool = True
+    # Who runs the operations, in run records: "cli", or "serve" for the long-running service.
+    shell: str = "cli"
     _session: Session | None = None
 
     @property
@@ -52,7 +54,7 @@ class CliContext:
 
             session = Session(
                 credentials=ShellCredentials(self.credentials, self.interactive),
-                caller=Caller.this_process("cli"),
+                caller=Caller.this_process(self.shell),
                 repository=self.repo_option,
                 config=self.config_option,
                 state_dir=default_state_dir(os.environ, os.getuid()),

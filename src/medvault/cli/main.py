@@ -14,12 +14,14 @@ import typer
 
 from medvault import __version__
 from medvault.cli import (
+    alerts_cmd,
     audit_cmd,
     backup,
     catalog_cmd,
     copy_cmd,
     drill_cmd,
     forget,
+    metrics_cmd,
     pg_recovery,
     prune_cmd,
     repo_cmds,
@@ -110,6 +112,8 @@ pg_recovery.register(app)
 audit_cmd.register(app)
 catalog_cmd.register(app)
 schedule_cmd.register(app)
+metrics_cmd.register(app)
+alerts_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as

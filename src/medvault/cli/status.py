@@ -1,6 +1,7 @@
 """`medvault status`: per source, the newest backup and WAL against the tier's RPO, and how far
 the repository's secondary lags behind it (medvault.service.status computes it; the states are
-said there). Always exits 0 once the report is printed: the states are in the report."""
+said there). Once the report is printed it exits with its worst state, as a Nagios plugin or a
+cron job reads it: 0 OK, 1 WARN, 2 CRITICAL. Errors keep their own exit codes."""
 
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ def status(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Each source's newest backup and WAL against its tier's RPO, and the secondary's lag."""
+    """Each source's newest backup and WAL against its tier's RPO, and the secondary's lag.
+    Exits 0 when all is OK, 1 on WARN, 2 on CRITICAL."""
+    from medvault.service.status import STATES
     from medvault.service.status import status as status_report
 
     report = status_report(obtain(ctx).session)
     if as_json:
         print_json(report.as_dict())
-        return
-    _print(report)
+    else:
+        _print(report)
+    raise typer.Exit(STATES.index(report.state))
 
 
 def _print(report: StatusReport) -> None:

@@ -56,7 +56,8 @@ class SourceFacts:
     # whether the server's archiver reports failures newer than its last success.
     wal_lag_s: float | None = None
     archiver_failing: bool = False
-    archiver_error: str | None = None
+    archiver_error: str | None = None  # the archiver's last failure (segment and time)
+    server_error: str | None = None  # the server could not be asked (first line)
     last_drill: dt.datetime | None = None
     last_drill_ok: bool | None = None
     last_drill_rto_s: float | None = None

@@ -171,6 +171,16 @@ class RebuildResult:
     runs: int  # rows in the rebuilt catalog
 
 
+def _keep_alerts(url: str, fresh: Catalog) -> None:
+    """Alert states, silences and their history are not in the audit trail: the fresh file
+    takes them from the catalog it replaces."""
+    from medvault.catalog.alerts import carry_over
+    from medvault.catalog.store import Catalog
+
+    with Catalog.open(url) as old:
+        carry_over(old, fresh)
+
+
 def rebuild(session: Session) -> RebuildResult:
     """Recreate the catalog from the repositories' audit chains alone (and this host's
     spool). Every repository is opened first: one that cannot be is an error, and the
@@ -211,6 +221,8 @@ def rebuild(session: Session) -> RebuildResult:
                     if last is not None:
                         heads.append((repo.config.repo_id, chain, last.seq, last.mac))
             catalog.replace(records, heads)
+            if fresh_path is not None and path is not None and path.exists():
+                _keep_alerts(url, catalog)
             spooled = ingest_spool(catalog, session.state_dir).ingested
             total = catalog.count_runs()
             shown = catalog.url if fresh_path is None else Catalog.shown_url(url)

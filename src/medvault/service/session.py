@@ -22,7 +22,7 @@ from medvault.service.runs import Caller, Run, RunObserver, Status, running
 
 if TYPE_CHECKING:
     from medvault.config import RepositorySettings, Settings
-    from medvault.repository.keys import Credential
+    from medvault.repository.keys import Credential, MasterKey
     from medvault.repository.records import AuditHead
     from medvault.repository.repo import Repository
 
@@ -72,6 +72,9 @@ class Session:
         # This host's state of medvault (catalog, records waiting for a repository); None:
         # keep none (statedir.py says where the shells put it).
         state_dir: Path | None = None,
+        # A long-lived shell (serve) opening the same repositories every minute: keep each
+        # one's master key after the first opening, so later ones run no key derivation.
+        keep_keys: bool = False,
     ) -> None:
         self.credentials = credentials
         self.caller = caller
@@ -84,6 +87,7 @@ class Session:
         self.notes: list[str] = []
         self._settings: Settings | None = None
         self._opened: list[Repository] = []
+        self._kept_keys: dict[str, MasterKey] | None = {} if keep_keys else None
         self._runs: list[str] = []  # ids of the runs under way, innermost last
         # Called with each run as it starts (the scheduler's job runner reports run ids
         # while the job still runs); a hook that fails costs a note, never the run.
@@ -168,11 +172,10 @@ class Session:
         backend = open_backend(target.url, target.settings)
         # "No repository here" before asking for a credential that could not help.
         probed = Repository.probe(backend)
-        repo = (
-            Repository.open_sharing(backend, sharing.master, probed)
-            if sharing is not None
-            else None
-        )
+        kept = self._kept_keys.get(target.url) if self._kept_keys is not None else None
+        shared = sharing.master if sharing is not None else kept
+        # None when the keys differ: a repository re-created under the same URL asks again.
+        repo = Repository.open_sharing(backend, shared, probed) if shared is not None else None
         if repo is None:
             about = target.settings if target.settings is not None else target.credential_keys
             credential = self.credentials.other(about) if other else self.credentials.primary(about)
@@ -184,8 +187,21 @@ class Session:
             repo.fallback_name = name
         repo.audit_head = lambda: self._audit_head(repo)
         repo.run_id = self._runs[-1] if self._runs else ""
+        if self._kept_keys is not None:
+            self._kept_keys[target.url] = repo.master
         self._opened.append(repo)
         return repo
+
+    def release(self) -> list[str]:
+        """Close every repository this session opened and hand back (then forget) its
+        warnings and notes: what a long-lived shell does after each round of work, so
+        neither open stores nor notes pile up. Kept keys stay."""
+        said = self.warnings()
+        for repo in self._opened:
+            repo.close()
+        self._opened.clear()
+        self.notes.clear()
+        return said
 
     def _audit_head(self, repo: Repository) -> AuditHead | None:
         """The head of this host's audit chain in `repo`, for a snapshot to name; None when
@@ -198,6 +214,13 @@ class Session:
 
     def last_opened(self) -> Repository:
         return self._opened[-1]
+
+    def close_opened(self, repo: Repository) -> None:
+        """Close a repository this session opened, and forget it: a long-running shell that
+        gathers facts again and again must not keep every repository it ever opened."""
+        with contextlib.suppress(ValueError):
+            self._opened.remove(repo)
+        repo.close()
 
     def adopt(self, repo: Repository) -> None:
         """A repository this session made (init) counts as opened by it."""

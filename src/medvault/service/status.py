@@ -1,5 +1,6 @@
 """`status`: per source, the newest backup and WAL against the tier's RPO, the last drill
-against its RTO, and how far the repository's secondary lags behind it.
+against its RTO, and how far the repository's secondary lags behind it. The report's state
+is the worst of them (the CLI exits 0, 1, 2 for OK, WARN, CRITICAL, as Nagios plugins do).
 
 States: OK, WARN (past the RPO, within twice it; a failed or overdue drill; a clock problem;
 or the secondary behind), CRITICAL (never backed up or beyond twice the RPO; the secondary
@@ -15,13 +16,18 @@ from typing import TYPE_CHECKING, Any
 from medvault.errors import MedvaultError
 
 if TYPE_CHECKING:
-    from medvault.config import TierSettings
+    from medvault.config import SourceSettings, TierSettings
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
     from medvault.service.session import Session
     from medvault.verification.drills import DrillResult
 
 OK, WARN, CRITICAL = "OK", "WARN", "CRITICAL"
+STATES = (OK, WARN, CRITICAL)  # ascending: a report's state is its worst
+
+
+def worst(states: list[str]) -> str:
+    return max(states, key=STATES.index, default=OK)
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,20 @@ class StatusReport:
     secondary: SecondaryLag | None
     drill_scratch: tuple[DrillScratch, ...]
 
+    @property
+    def state(self) -> str:
+        """The worst state of the report: its sources, the secondary, drill scratch left
+        behind, and WARN for a repository problem (a clock, a lock that is not one)."""
+        states = [row.state for row in self.sources]
+        states += [left.state for left in self.drill_scratch]
+        states += [self.secondary.state] if self.secondary is not None else []
+        states += [WARN] if self.problems else []
+        return worst(states)
+
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON values (`status --json`)."""
         return {
+            "state": self.state,
             "repository": self.repository,
             "snapshots": self.snapshots,
             "stored_bytes": self.stored_bytes,
@@ -167,11 +184,36 @@ def _source_rows(session: Session, repo: Repository, snaps: list[Snapshot]) -> l
         section = configured.get(name)
         tier_name = section.tier if section is not None else (own[-1].tier if own else None)
         tier = session.settings.tier.get(tier_name) if tier_name and configured else None
-        wal_kept = (section is not None and section.kind == "postgres") or any(
-            s.kind == "postgres.physical" for s in own
-        )
+        wal_kept = keeps_wal(section, own)
         rows.append(_source_row(repo, name, own, tier_name, tier, wal_kept, drills, now))
     return rows
+
+
+def keeps_wal(section: SourceSettings | None, own: list[Snapshot]) -> bool:
+    """Whether a source's WAL is archived (a PostgreSQL source, or physical snapshots)."""
+    return (section is not None and section.kind == "postgres") or any(
+        s.kind == "postgres.physical" for s in own
+    )
+
+
+def skewed_snapshots(own: list[Snapshot], now: dt.datetime) -> list[tuple[Snapshot, dt.timedelta]]:
+    """Snapshots dated further ahead of `now` than the clocks' tolerance, and by how much."""
+    from medvault.clocks import ahead_by
+
+    return [(s, ahead) for s in own if (ahead := ahead_by(s.taken, now)) is not None]
+
+
+def backup_time(repo: Repository, own: list[Snapshot]) -> dt.datetime | None:
+    """When the source's newest snapshot ended (its start, for snapshots without an end)."""
+    newest = repo.newest(own)
+    if newest is None:
+        return None
+    return _parse_time(newest.end_time) if newest.end_time else newest.taken
+
+
+def last_drill(drills: list[DrillResult], source: str) -> DrillResult | None:
+    """The source's newest drill (`drills` oldest first, as list_results gives them)."""
+    return next((d for d in reversed(drills) if d.source == source), None)
 
 
 def _source_row(
@@ -184,28 +226,22 @@ def _source_row(
     drills: list[DrillResult],
     now: dt.datetime,
 ) -> SourceStatus:
-    from medvault.clocks import ahead_by, describe_span
+    from medvault.clocks import describe_span
     from medvault.durations import parse_duration
 
     rpo = parse_duration(tier.rpo) if tier is not None and tier.rpo else None
     problems = [
         f"clock skew: snapshot {s.short_id} is dated {s.time}, "
         f"{describe_span(ahead)} ahead of this host (written on {s.host})"
-        for s in own
-        if (ahead := ahead_by(s.taken, now)) is not None
+        for s, ahead in skewed_snapshots(own, now)
     ]
-    newest = repo.newest(own)
-    last = (
-        _parse_time(newest.end_time)
-        if newest is not None and newest.end_time
-        else (newest.taken if newest is not None else None)
-    )
+    last = backup_time(repo, own)
     backup_age = (now - last).total_seconds() if last else None
-    newest_wal, wal_age = _newest_wal(repo, name, now, problems) if wal_kept else (None, None)
+    newest_wal, wal_age = newest_wal_age(repo, name, now, problems) if wal_kept else (None, None)
     # With WAL archiving, what could be lost is what came after the newest archived WAL.
     ages = [a for a in (backup_age, wal_age) if a is not None]
     exposure = min(ages) if ages else None
-    drill = next((d for d in reversed(drills) if d.source == name), None)
+    drill = last_drill(drills, name)
     rto = parse_duration(tier.rto) if tier is not None and tier.rto else None
     state = rpo_state(exposure, rpo)
     if drill is not None and not drill.ok and state == OK:
@@ -244,7 +280,7 @@ def _source_row(
     )
 
 
-def _newest_wal(
+def newest_wal_age(
     repo: Repository, source: str, now: dt.datetime, problems: list[str]
 ) -> tuple[str | None, float | None]:
     """The newest archived WAL file and its age; a clock problem goes to `problems`."""

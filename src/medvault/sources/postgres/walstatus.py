@@ -80,11 +80,12 @@ ARCHIVER_COLUMNS = (
 )
 
 
-def archiver_stats(dsn: str) -> dict[str, Any]:
-    """pg_stat_archiver, plus whether the archiver is failing now (its last attempt failed)."""
+def archiver_stats(dsn: str, timeout: int = 10) -> dict[str, Any]:
+    """pg_stat_archiver, plus whether the archiver is failing now (its last attempt failed).
+    `timeout`: seconds to wait for the connection."""
     from medvault.postgres.server import connect, describe_dsn, server_errors
 
-    with connect(dsn) as conn, server_errors(f"PostgreSQL at {describe_dsn(dsn)}"):
+    with connect(dsn, timeout=timeout) as conn, server_errors(f"PostgreSQL at {describe_dsn(dsn)}"):
         row = conn.execute(f"SELECT {', '.join(ARCHIVER_COLUMNS)} FROM pg_stat_archiver").fetchone()
         mode = conn.execute("SELECT current_setting('archive_mode')").fetchone()
     assert row is not None and mode is not None
