@@ -203,3 +203,18 @@ url = "sqlite:////var/lib/medvault/catalog.db"
     assert default_state_dir({"HOME": "/home/nurse"}, 1000) == Path(
         "/home/nurse/.local/state/medvault"
     )
+
+
+def test_a_bad_schedule_fails_every_command_as_other_config_errors_do(
+    cli: Cli, tmp_path: Path
+) -> None:
+    (tmp_path / "medvault.toml").write_text(
+        '[repository.primary]\nurl = "/x"\n[source.uploads]\nkind = "files"\npaths = ["/a"]\n'
+        '[source.uploads.schedule]\nincremental = "*/15 * * *"\n'
+    )
+    done = cli("snapshots", env={"MEDVAULT_REPOSITORY": ""}, check=False)
+    assert done.returncode == 2
+    assert "source.uploads.schedule.incremental: '*/15 * * *' is not a cron expression" in (
+        done.stderr
+    )
+    assert done.stderr.strip().count("\n") == 0

@@ -9,7 +9,15 @@ import re
 import tomllib
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from medvault.configfile import find_config
 from medvault.durations import parse_duration
@@ -115,6 +123,102 @@ class RepositorySettings(_Section):
         return self
 
 
+def _zone_ok(value: str) -> str:
+    from medvault.scheduler.spec import parse_zone
+
+    parse_zone(value)
+    return value
+
+
+def _schedule_ok(value: str | None, info: ValidationInfo) -> str | None:
+    """A schedule read in the section's zone (validated before it: fields in order)."""
+    from medvault.scheduler.spec import parse_schedule, parse_zone
+
+    if value is not None:
+        try:
+            zone = parse_zone(info.data.get("timezone", "UTC"))
+        except ValueError:  # reported on its own key
+            zone = parse_zone("UTC")
+        parse_schedule(value, zone)
+    return value
+
+
+class ScheduleSettings(_Section):
+    """`[source.NAME.schedule]`: when each job of the source runs, a cron expression
+    ("0 2 * * 0") or an interval ("every 15m"), on the wall clock of `timezone`
+    (docs/scheduling.md). Files sources: `full` re-reads every file (no parent),
+    `incremental` reads only files changed since the newest snapshot, `differential` those
+    changed since the newest full one; PostgreSQL sources: physical backups of those types,
+    and `logical` a pg_dump."""
+
+    timezone: str = "UTC"  # first: the schedules below are read in it
+    full: str | None = None
+    incremental: str | None = None
+    differential: str | None = None
+    logical: str | None = None
+    check: str | None = None
+    drill: str | None = None
+    prune: str | None = None  # forget by the retention policy, then prune
+    # To the repository's secondary. `copy` is a pydantic method's name: an alias keeps it.
+    copy_: str | None = Field(default=None, alias="copy")
+    drill_pick: str = "latest"  # or "random:30d": a random snapshot of the last 30 days
+    catch_up: bool = True  # a firing missed while the service was down runs at start-up
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _zone_ok(value)
+
+    @field_validator(
+        "full", "incremental", "differential", "logical", "check", "drill", "prune", "copy_"
+    )
+    @classmethod
+    def _schedule(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _schedule_ok(value, info)
+
+    @field_validator("drill_pick")
+    @classmethod
+    def _pick(cls, value: str) -> str:
+        from medvault.scheduler.spec import parse_drill_pick
+
+        parse_drill_pick(value)
+        return value
+
+    def given(self, kinds: tuple[str, ...]) -> dict[str, str]:
+        """The job kinds of `kinds` that have a schedule, with it."""
+        return _given(self, kinds)
+
+
+class RepositoryScheduleSettings(_Section):
+    """`[schedule]`: repository-wide jobs (check, prune by every source's policy, copy to
+    the secondary) of one [repository.NAME] (default: the only one)."""
+
+    repository: str | None = None
+    timezone: str = "UTC"
+    check: str | None = None
+    prune: str | None = None
+    copy_: str | None = Field(default=None, alias="copy")
+    catch_up: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _zone_ok(value)
+
+    @field_validator("check", "prune", "copy_")
+    @classmethod
+    def _schedule(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _schedule_ok(value, info)
+
+    def given(self, kinds: tuple[str, ...]) -> dict[str, str]:
+        return _given(self, kinds)
+
+
+def _given(section: BaseModel, kinds: tuple[str, ...]) -> dict[str, str]:
+    found = {kind: getattr(section, "copy_" if kind == "copy" else kind) for kind in kinds}
+    return {kind: spec for kind, spec in found.items() if spec is not None}
+
+
 class FilesSourceSettings(_Section):
     kind: Literal["files"]
     paths: list[str] = Field(min_length=1)
@@ -125,6 +229,7 @@ class FilesSourceSettings(_Section):
     retention: RetentionSettings | None = None  # overrides the tier's
     classification: str | None = None  # overrides the tier's (audit records)
     compliance: list[str] | None = None  # overrides the tier's
+    schedule: ScheduleSettings = ScheduleSettings()
     # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
     min_size: str | None = None
 
@@ -174,6 +279,7 @@ class PostgresSourceSettings(_Section):
     # Archived WAL younger than this is kept by prune even when no backup needs it.
     pitr_window: str | None = None
     drill: DrillSettings = DrillSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
     min_size: str | None = None
 
@@ -272,6 +378,16 @@ class TierSettings(_Section):
 
 
 SOURCE_KINDS = ("files", "postgres")
+SCHEDULE_KINDS = (
+    "full",
+    "incremental",
+    "differential",
+    "logical",
+    "check",
+    "drill",
+    "prune",
+    "copy",
+)
 SourceSettings = Annotated[
     FilesSourceSettings | PostgresSourceSettings, Field(discriminator="kind")
 ]
@@ -542,6 +658,7 @@ class Settings(_Section):
     drill: DrillDefaults = DrillDefaults()
     audit: AuditSettings = AuditSettings()
     catalog: CatalogSettings = CatalogSettings()
+    schedule: RepositoryScheduleSettings = RepositoryScheduleSettings()
     serve: ServeSettings = ServeSettings()
     notify: NotifySettings = NotifySettings()
     alerts: AlertSettings = AlertSettings()
@@ -571,6 +688,62 @@ class Settings(_Section):
             if repo.replicate and repo.secondary is None:
                 raise ValueError(f'repository.{name}.replicate: needs secondary = "NAME"')
         return self
+
+    @model_validator(mode="after")
+    def _schedules_resolve(self) -> Settings:
+        """What a schedule asks must be possible: the job's repository, a logical backup of
+        a PostgreSQL source only, a retention policy to prune by, a secondary to copy to."""
+        for name, source in self.source.items():
+            key = f"source.{name}.schedule"
+            jobs = source.schedule.given(SCHEDULE_KINDS)
+            if not jobs:
+                continue
+            if isinstance(source, FilesSourceSettings) and "logical" in jobs:
+                raise ValueError(
+                    f"{key}.logical: a files source has no logical backups; use full, "
+                    "incremental or differential"
+                )
+            repository = self.job_repository(name)
+            if repository is None:
+                raise ValueError(f"{key}: {self._no_repository(name)}")
+            if "prune" in jobs and self.retention_policy(name) is None:
+                raise ValueError(
+                    f"{key}.prune: source {name} has no retention policy to forget by "
+                    f"([source.{name}.retention] or its tier's)"
+                )
+            if "copy" in jobs and self.repository[repository].secondary is None:
+                raise ValueError(
+                    f'{key}.copy: repository {repository} has no secondary = "NAME" to copy to'
+                )
+        jobs = self.schedule.given(("check", "prune", "copy"))
+        chosen = self.schedule.repository
+        if chosen is not None and chosen not in self.repository:
+            raise ValueError(f"schedule.repository: no [repository.{chosen}] section")
+        if jobs:
+            repository = self.job_repository(None)
+            if repository is None:
+                raise ValueError(f"schedule: {self._no_repository(None)}")
+            if "copy" in jobs and self.repository[repository].secondary is None:
+                raise ValueError(
+                    f'schedule.copy: repository {repository} has no secondary = "NAME" to copy to'
+                )
+        return self
+
+    def job_repository(self, source: str | None) -> str | None:
+        """The [repository.NAME] a scheduled job of `source` (None: a repository-wide job)
+        works on: the source's own, [schedule] repository, else the only one configured."""
+        section = self.source.get(source) if source is not None else None
+        named = section.repository if section is not None else self.schedule.repository
+        if named is not None:
+            return named
+        return next(iter(self.repository)) if len(self.repository) == 1 else None
+
+    def _no_repository(self, source: str | None) -> str:
+        if not self.repository:
+            return "a schedule needs a [repository.NAME] section"
+        names = ", ".join(sorted(self.repository))
+        where = f'repository = "NAME" in [source.{source}]' if source else 'repository = "NAME"'
+        return f"several repositories are configured ({names}); name one with {where}"
 
     def retention_policy(self, source: str) -> RetentionPolicy | None:
         """The source's own retention, else its tier's; None when neither has one."""

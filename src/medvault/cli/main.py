@@ -26,6 +26,7 @@ from medvault.cli import (
     prune_cmd,
     repo_cmds,
     restore,
+    schedule_cmd,
     snapshots,
     status,
     wal,
@@ -110,6 +111,7 @@ wal.register(app)
 pg_recovery.register(app)
 audit_cmd.register(app)
 catalog_cmd.register(app)
+schedule_cmd.register(app)
 metrics_cmd.register(app)
 alerts_cmd.register(app)
 

@@ -8,6 +8,7 @@ drill's exit code (DrillFailed)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,11 @@ class DrillOptions:
     scratch: str | None = None  # default: [drill] scratch, else the temporary directory
     to_latest: bool = False  # physical: replay to the newest archived WAL
     kind: str | None = None  # "physical", "logical" or "files": the newest of that kind
+    # A snapshot of the source drawn at random from those taken within this span (a
+    # procedure's "any backup of the last 30 days"); the draw is seeded by `seed`, and both
+    # are in the run's record, so the choice can be repeated.
+    random_within: dt.timedelta | None = None
+    seed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,10 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
         source = options.source
         repo = session.open(source)
         run.repository = repo.url
-        snap = _chosen(repo, options)
+        if options.random_within is not None:
+            snap, run.details["pick"] = _random_pick(repo, options)
+        else:
+            snap = _chosen(repo, options)
         run.touched(snap.id)
         settings = session.settings.source.get(source) if session.configured_sources() else None
         tier = session.settings.tier.get(settings.tier) if settings and settings.tier else None
@@ -109,6 +118,33 @@ def _validate(options: DrillOptions) -> None:
         raise UsageError("give --snapshot or --kind, not both")
     if options.to_latest and options.kind not in (None, "physical"):
         raise UsageError("--to-latest replays WAL: it drills physical backups only")
+    if options.random_within is not None and (options.snapshot or options.kind):
+        raise UsageError("a random pick chooses the snapshot: give no snapshot or kind")
+
+
+def _random_pick(repo: Repository, options: DrillOptions) -> tuple[Snapshot, dict[str, object]]:
+    """The same snapshots and seed give the same pick: candidates in (time, id) order."""
+    import random
+
+    assert options.random_within is not None
+    since = dt.datetime.now(dt.UTC) - options.random_within
+    candidates = sorted(
+        (s for s in repo.list_snapshots() if s.source == options.source and s.taken >= since),
+        key=lambda s: (s.taken, s.id),
+    )
+    if not candidates:
+        raise SnapshotNotFound(
+            f"the repository holds no snapshot of {options.source} taken since "
+            f"{since.isoformat(timespec='seconds')}"
+        )
+    seed = options.seed or ""
+    snap = random.Random(seed).choice(candidates)
+    return snap, {
+        "random_within_s": options.random_within.total_seconds(),
+        "since": since.isoformat(timespec="seconds"),
+        "seed": seed,
+        "candidates": len(candidates),
+    }
 
 
 def _chosen(repo: Repository, options: DrillOptions) -> Snapshot:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -89,6 +89,9 @@ class Session:
         self._opened: list[Repository] = []
         self._kept_keys: dict[str, MasterKey] | None = {} if keep_keys else None
         self._runs: list[str] = []  # ids of the runs under way, innermost last
+        # Called with each run as it starts (the scheduler's job runner reports run ids
+        # while the job still runs); a hook that fails costs a note, never the run.
+        self.run_started: list[Callable[[Run], None]] = []
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -263,6 +266,11 @@ class Session:
             audit_fields=self._audit_fields,
         ) as current:
             self._runs.append(current.run_id)
+            for hook in self.run_started:
+                try:
+                    hook(current)
+                except Exception as exc:
+                    self.notes.append(f"a run-start hook failed: {type(exc).__name__}: {exc}")
             try:
                 yield current
             finally:
