@@ -462,21 +462,6 @@ class Catalog:
                 for row in conn.execute(query)
             ]
 
-    def backup_bytes(self, source: str, limit: int = 8) -> list[int]:
-        """Bytes read by the source's newest successful backups, newest first."""
-        query = (
-            select(RUNS.c.bytes_read)
-            .where(
-                RUNS.c.source == source,
-                RUNS.c.operation == "backup",
-                RUNS.c.status == "ok",
-            )
-            .order_by(RUNS.c.started.desc())
-            .limit(limit)
-        )
-        with self._errors("read"), self.engine.connect() as conn:
-            return [int(n) for (n,) in conn.execute(query)]
-
     def revision(self) -> str | None:
         with self._errors("read"), self.engine.connect() as conn:
             return _revision(conn)

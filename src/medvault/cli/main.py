@@ -27,6 +27,7 @@ from medvault.cli import (
     repo_cmds,
     restore,
     schedule_cmd,
+    serve_cmd,
     snapshots,
     status,
     wal,
@@ -114,6 +115,7 @@ catalog_cmd.register(app)
 schedule_cmd.register(app)
 metrics_cmd.register(app)
 alerts_cmd.register(app)
+serve_cmd.register(app)
 
 
 # Root options also accepted after the subcommand (`medvault backup --repo X PATH`, as

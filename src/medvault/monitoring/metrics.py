@@ -44,6 +44,10 @@ STATUSES = ("ok", "failed", "incomplete", "refused")
 # Every operation a run is recorded for (service/: session.run(...)); each gets its counters
 # at 0 from the first scrape, so increase() sees the first run of each.
 OPERATIONS = (
+    "alert",
+    "alert-silence",
+    "alert-test",
+    "alert-unsilence",
     "audit-export",
     "audit-verify",
     "backup",
@@ -76,6 +80,9 @@ OPERATIONS = (
 )
 # What a scheduler runs: running_jobs shows 0 for these when none runs.
 JOB_OPERATIONS = ("backup", "check", "copy", "drill", "forget", "prune")
+# Whose last success and failure streak are watched: the jobs, and WAL archiving. A look
+# (ls, snapshots) or an alert's own record has no success worth a series.
+WATCHED_OPERATIONS = frozenset((*JOB_OPERATIONS, "wal-push"))
 # The repository label of a repository named by path or URL rather than [repository.NAME]:
 # a path is no label.
 UNNAMED_REPOSITORY = "default"
@@ -155,7 +162,7 @@ class MedvaultCollector(Collector):
         yield durations
 
     def _jobs(self) -> Iterator[Metric]:
-        jobs = self.observations.jobs
+        jobs = [j for j in self.observations.jobs if j.operation in WATCHED_OPERATIONS]
         yield _gauge(
             "medvault_last_success_timestamp_seconds",
             "When the newest successful run of a source's operation ended (Unix time); "

@@ -60,12 +60,12 @@ def gather(
         sources = _sources(session, readings, problems)
         catalog = _open_catalog(session, problems)
         try:
-            jobs, checks, sizes = _catalog_facts(catalog, readings, sources, problems)
+            jobs, checks = _catalog_facts(catalog, readings, problems)
         finally:
             if catalog is not None:
                 catalog.close()
         source_facts = tuple(
-            _source_facts(session, name, reading, section, sizes.get(name, []), now, problems)
+            _source_facts(session, name, reading, section, now, problems)
             for name, (reading, section) in sorted(sources.items())
         )
     finally:
@@ -220,7 +220,6 @@ def _source_facts(
     name: str,
     reading: _Reading,
     section: SourceSettings | None,
-    sizes: list[int],
     now: dt.datetime,
     problems: list[str],
 ) -> SourceFacts:
@@ -244,6 +243,7 @@ def _source_facts(
         newest = repo.newest([s for s in own if s.kind == kind]) if repo is not None else None
         if newest is not None and "total_bytes" in newest.stats:
             by_kind[kind] = int(newest.stats["total_bytes"])
+    sizes = _sizes(own)
     drill = last_drill(reading.drills, name)
     archiver = _archiver(section)
     return SourceFacts(
@@ -299,16 +299,31 @@ def _open_catalog(session: Session, problems: list[str]) -> Catalog | None:
         return None
 
 
+def _sizes(own: list[Snapshot]) -> list[int]:
+    """The sizes (bytes the snapshot holds) of the newest snapshot and the ones before it
+    of the same kind and type, newest first: an incremental is judged against
+    incrementals, a dump against dumps. Bytes read would judge an unchanged tree's
+    incremental (nothing read) as a backup gone missing."""
+    if not own:
+        return []
+    newest = max(own, key=lambda s: s.time)
+    alike = [
+        s
+        for s in own
+        if (s.kind, s.backup_type) == (newest.kind, newest.backup_type) and "total_bytes" in s.stats
+    ]
+    alike.sort(key=lambda s: s.time, reverse=True)
+    return [int(s.stats["total_bytes"]) for s in alike[: 1 + AVERAGED]]
+
+
 def _catalog_facts(
     catalog: Catalog | None,
     readings: list[_Reading],
-    sources: dict[str, tuple[_Reading, SourceSettings | None]],
     problems: list[str],
-) -> tuple[list[JobFacts], dict[str, JobFacts], dict[str, list[int]]]:
-    """Every source and operation's history, each repository's last check, and each
-    source's newest successful backups' sizes."""
+) -> tuple[list[JobFacts], dict[str, JobFacts]]:
+    """Every source and operation's history, and each repository's last check."""
     if catalog is None:
-        return [], {}, {}
+        return [], {}
     try:
         jobs = [job_facts(h) for h in catalog.job_history()]
         checks: dict[str, JobFacts] = {}
@@ -317,11 +332,10 @@ def _catalog_facts(
             newest = max(history, key=lambda h: h.last_started, default=None)
             if newest is not None:
                 checks[reading.name] = job_facts(newest)
-        sizes = {name: catalog.backup_bytes(name, 1 + AVERAGED) for name in sources}
     except MedvaultError as exc:
         problems.append(f"catalog: {first_line(exc)}")
-        return [], {}, {}
-    return jobs, checks, sizes
+        return [], {}
+    return jobs, checks
 
 
 def job_facts(history: JobHistory) -> JobFacts:
