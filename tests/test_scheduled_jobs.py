@@ -268,3 +268,18 @@ def test_a_repository_wide_schedule_needs_a_repository_it_can_name(tmp_path: Pat
     done = cli("schedule", check=False)
     assert done.returncode == 2
     assert "schedule: several repositories are configured (a, b)" in done.stderr
+
+
+def test_a_streamed_postgres_source_cannot_schedule_incrementals(tmp_path: Path) -> None:
+    """Without pgdata a physical backup is streamed, and a stream is always full: an
+    incremental schedule would silently copy the whole cluster every time."""
+    (tmp_path / "medvault.toml").write_text(
+        f'[repository.main]\nurl = "{tmp_path}/repo"\n'
+        '[source.emr]\nkind = "postgres"\ndsn = "host=db.clinic dbname=emr"\n'
+        '[source.emr.schedule]\nincremental = "0 2 * * *"\n'
+    )
+    cli = Cli("", tmp_path)
+    cli.env["MEDVAULT_REPOSITORY"] = ""
+    done = cli("schedule", check=False)
+    assert done.returncode == 2
+    assert "source.emr.schedule.incremental: needs pgdata" in done.stderr

@@ -703,6 +703,13 @@ class Settings(_Section):
                     f"{key}.logical: a files source has no logical backups; use full, "
                     "incremental or differential"
                 )
+            if isinstance(source, PostgresSourceSettings) and source.pgdata is None:
+                for kind in ("incremental", "differential"):
+                    if kind in jobs:
+                        raise ValueError(
+                            f"{key}.{kind}: needs pgdata (the local method); without it a "
+                            "physical backup is streamed and always full: schedule full"
+                        )
             repository = self.job_repository(name)
             if repository is None:
                 raise ValueError(f"{key}: {self._no_repository(name)}")

@@ -199,15 +199,18 @@ def _sources(
     found: dict[str, tuple[_Reading, SourceSettings | None]] = {}
     for name, section in session.settings.source.items():
         repository = section.repository
+        reading = by_name.get(repository) if repository is not None else None
         if repository is None:
             try:
-                _, chosen = resolve_repository(session.settings, None, name)
+                url, chosen = resolve_repository(session.settings, None, name)
             except MedvaultError as exc:
                 problems.append(f"source {name}: {first_line(exc)}")
                 continue
             configured = session.settings.repository.items()
             repository = next((n for n, s in configured if s is chosen), None)
-        reading = by_name.get(repository) if repository is not None else None
+            # MEDVAULT_REPOSITORY may name the repository by its URL rather than its name.
+            by_url = next((r for r in readings if r.url == url), None)
+            reading = by_name.get(repository) if repository is not None else by_url
         if reading is None:
             problems.append(f"source {name}: its repository is not configured")
             continue
