@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -254,3 +255,20 @@ def test_sigterm_in_the_middle_of_a_backup_leaves_a_consistent_unlocked_reposito
     schedule = json.loads(cli("--config", str(config), "schedule", "--json").stdout)
     (job,) = [j for j in schedule["jobs"] if j["name"] == "docs/full"]
     assert job["last"]["status"] == "interrupted"
+
+
+def test_serve_refuses_bad_input_in_one_line(initialized_cli: Cli, tmp_path: Path) -> None:
+    cli = initialized_cli
+    nothing = cli("serve", "--config", str(tmp_path / "absent.toml"), check=False)
+    assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1, nothing.stderr
+    config = write_config(cli, "")
+    bad = cli("--config", str(config), "serve", "--listen", "localhost", check=False)
+    assert bad.returncode == 2 and "--listen: 'localhost' is not HOST:PORT" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = cli("--config", str(config), "serve", "--listen", f"127.0.0.1:{port}", check=False)
+    assert busy.returncode == 2, busy.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    assert busy.stderr.count("\n") == 1 and "Traceback" not in busy.stderr

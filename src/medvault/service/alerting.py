@@ -59,6 +59,23 @@ class ActiveAlert:
     labels: Mapping[str, str]
     silenced_by: str | None  # the silence holding it back, if any
 
+    def event(self) -> AlertEvent:
+        """The alert as a channel carries it, firing (serve tells Alertmanager again)."""
+        from medvault.monitoring.events import FIRING
+
+        return AlertEvent(
+            key=self.key,
+            rule=self.rule,
+            severity=self.severity,
+            state=FIRING,
+            summary=self.summary,
+            message=self.message,
+            started=self.started,
+            source=self.source,
+            repository=self.repository,
+            labels=dict(self.labels),
+        )
+
 
 @dataclass(frozen=True)
 class AlertsResult:

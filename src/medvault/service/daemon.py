@@ -24,7 +24,6 @@ from medvault.durations import parse_duration
 from medvault.errors import first_line
 
 if TYPE_CHECKING:
-    from medvault.monitoring.events import AlertEvent
     from medvault.monitoring.facts import RunningJob
     from medvault.scheduler.loop import Aborted, Scheduler
     from medvault.service.alerting import AlertsResult
@@ -210,23 +209,6 @@ class Daemon:
         ):
             self._alertmanager_sent = time.monotonic()
             sent = {event.key for event in result.events}
-            again = [_event_of(alert) for alert in result.firing if alert.key not in sent]
+            again = [alert.event() for alert in result.firing if alert.key not in sent]
             if again:
                 deliver(self.session, again, channels=("alertmanager",))
-
-
-def _event_of(alert: Any) -> AlertEvent:
-    from medvault.monitoring.events import FIRING, AlertEvent
-
-    return AlertEvent(
-        key=alert.key,
-        rule=alert.rule,
-        severity=alert.severity,
-        state=FIRING,
-        summary=alert.summary,
-        message=alert.message,
-        started=alert.started,
-        source=alert.source,
-        repository=alert.repository,
-        labels=dict(alert.labels),
-    )
