@@ -31,6 +31,7 @@ REPOSITORY_KEYS = frozenset(
         "password_command",
         "key_file",
         "append_only",
+        "quota",
         "endpoint",
         "region",
         "path_style",
@@ -66,6 +67,8 @@ POSTGRES_SOURCE_KEYS = frozenset(
         "drill",
         "classification",
         "compliance",
+        "schedule",
+        "min_size",
     }
 )
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
