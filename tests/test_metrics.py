@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Cli
 from pgcluster import PgWorld
+from s3server import S3Server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -29,7 +30,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def clinic(tmp_path: Path, data: Path, repository: Path | None = None) -> Cli:
+def clinic(tmp_path: Path, data: Path, repository: Path | str | None = None) -> Cli:
     config = tmp_path / "medvault.toml"
     config.write_text(
         f'[repository.primary]\nurl = "{repository or tmp_path / "primary"}"\n\n'
@@ -185,3 +186,23 @@ def test_a_quota_is_the_capacity_storage_is_judged_against(tmp_path: Path, make_
     config.write_text(config.read_text().replace('"1MB"', '"lots"'))
     refused = cli("metrics", check=False)
     assert refused.returncode == 2 and "repository.primary.quota" in refused.stderr
+
+
+def test_an_s3_repository_is_judged_against_its_quota(
+    s3_server: S3Server, tmp_path: Path, make_tree
+) -> None:
+    """An object store has no file system to ask: `quota` is its capacity."""
+    data = make_tree({"a.txt": b"clinic letter\n" * 1000})
+    cli = clinic(tmp_path, data, repository=f"s3://{s3_server.new_bucket()}/repo")
+    config = Path(cli.env["MEDVAULT_CONFIG"])
+    config.write_text(
+        config.read_text().replace("[tier.critical]", 'quota = "2MB"\n\n[tier.critical]')
+    )
+    cli("init")
+    cli("backup", "uploads")
+    samples = parse(cli("metrics").stdout)
+    assert value(samples, "medvault_repository_up", repository="primary") == 1
+    stored = value(samples, "medvault_repository_stored_bytes", repository="primary")
+    assert stored > 0
+    assert value(samples, "medvault_storage_capacity_bytes", repository="primary") == 2_000_000
+    assert value(samples, "medvault_storage_used_ratio", repository="primary") == stored / 2_000_000

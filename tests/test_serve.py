@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.receivers import SMTP_PASSWORD, SMTP_USER, HttpReceiver, SmtpReceiver, free_port
 
-from conftest import MEDVAULT, Cli
+from conftest import MEDVAULT, PASSWORD, Cli
 
 WAIT_S = 90.0
 
@@ -272,3 +272,38 @@ def test_serve_refuses_bad_input_in_one_line(initialized_cli: Cli, tmp_path: Pat
     assert busy.returncode == 2, busy.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr
     assert busy.stderr.count("\n") == 1 and "Traceback" not in busy.stderr
+
+
+def test_an_alert_a_channel_did_not_take_is_sent_again_at_the_next_reading(
+    initialized_cli: Cli, receiver: HttpReceiver, tmp_path: Path
+) -> None:
+    from tests.test_service_runs import Given
+
+    from medvault.service.daemon import Daemon
+    from medvault.service.runs import Caller
+    from medvault.service.session import Session
+
+    cli = initialized_cli
+    config = write_config(
+        cli,
+        f'[source.scans]\nkind = "files"\npaths = ["{tmp_path / "scans"}"]\n\n'
+        f'[notify]\nwebhook = ["{receiver.url("/hook")}"]\ntimeout_s = 5\n',
+    )
+    receiver.answers["/hook"] = [(503, None)]  # the on-call receiver is down once
+    session = Session(
+        credentials=Given(PASSWORD),
+        caller=Caller(user="root", shell="serve", host="backup-1"),
+        config=str(config),
+        state_dir=tmp_path / "state",
+        keep_keys=True,
+    )
+    daemon = Daemon(session)
+    first = daemon.reading()
+    assert first is not None and [e.rule for e in first.events] == ["backup_stale"]
+    second = daemon.reading()
+    assert second is not None and second.events == ()  # marked sent: nothing new to say
+    bodies = [b for b in receiver.at("/hook") if b["rule"] == "backup_stale"]
+    assert len(bodies) == 2  # refused with 503, then taken at the next reading
+    third = daemon.reading()
+    assert third is not None
+    assert len([b for b in receiver.at("/hook") if b["rule"] == "backup_stale"]) == 2

@@ -24,6 +24,7 @@ from medvault.durations import parse_duration
 from medvault.errors import first_line
 
 if TYPE_CHECKING:
+    from medvault.monitoring.events import AlertEvent
     from medvault.monitoring.facts import RunningJob
     from medvault.scheduler.loop import Aborted, Scheduler
     from medvault.service.alerting import AlertsResult
@@ -37,6 +38,9 @@ Clock = Callable[[], dt.datetime]
 ALERTMANAGER_RESEND_S = 60.0
 # How often the watch loop looks whether a job has ended (a dict copy under a lock).
 _JOB_END_POLL_S = 1.0
+# A batch a channel failed to take is tried again at each of this many next readings: an
+# alert marked sent would otherwise wait for its repeat_interval (4 h by default).
+DELIVERY_RETRIES = 5
 
 
 def utc_now() -> dt.datetime:
@@ -93,6 +97,8 @@ class Daemon:
         self._last_error: str | None = None
         self._firing = 0
         self._alertmanager_sent = 0.0
+        # (events, channel kind, tries left) that a channel did not take.
+        self._undelivered: list[tuple[tuple[AlertEvent, ...], str, int]] = []
         self.aborted: tuple[Aborted, ...] = ()
 
     # -- the shell's verbs -------------------------------------------------------------------
@@ -200,8 +206,11 @@ class Daemon:
 
         for event in result.events:
             log.info("alert %s %s: %s", event.state, event.severity, event.summary)
+        retrying, self._undelivered = self._undelivered, []
+        for events, kind, left in retrying:
+            self._deliver(events, (kind,), left - 1)
         if result.events:
-            deliver(self.session, result.events)  # failures are notes: logged after the round
+            self._deliver(tuple(result.events), None, DELIVERY_RETRIES)
         # Alertmanager forgets a firing alert it is not told of again: tell it every minute.
         settings = self.session.settings.notify
         if settings.alertmanager and time.monotonic() - self._alertmanager_sent >= (
@@ -212,3 +221,17 @@ class Daemon:
             again = [alert.event() for alert in result.firing if alert.key not in sent]
             if again:
                 deliver(self.session, again, channels=("alertmanager",))
+
+    def _deliver(
+        self, events: tuple[AlertEvent, ...], kinds: tuple[str, ...] | None, retries: int
+    ) -> None:
+        """Send; what a channel did not take is kept for the next readings (every target of
+        that kind gets it again: a duplicate is better than a lost alert). Failures are
+        session notes, logged after the round."""
+        from medvault.service.notify import deliver
+
+        report = deliver(self.session, events, channels=kinds)
+        if retries <= 0:
+            return
+        for kind in sorted({failed.channel for failed in report.failed}):
+            self._undelivered.append((events, kind, retries))
