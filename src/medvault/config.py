@@ -736,6 +736,13 @@ class Settings(_Section):
                     f"{key}.logical: a files source has no logical backups; use full, "
                     "incremental or differential"
                 )
+            if isinstance(source, PostgresCsvSourceSettings):
+                for kind in ("full", "incremental", "differential", "drill"):
+                    if kind in jobs:
+                        raise ValueError(
+                            f"{key}.{kind}: a postgres-csv source is exported with the "
+                            "logical job only (and has no drills)"
+                        )
             if isinstance(source, PostgresSourceSettings) and source.pgdata is None:
                 for kind in ("incremental", "differential"):
                     if kind in jobs:
