@@ -328,6 +328,19 @@ def test_csv_files_are_written_out_and_never_over_existing_ones(tables: Tables) 
     assert typed.read_bytes() == before
 
 
+def test_a_drill_loads_every_table_into_a_scratch_database_and_drops_it(tables: Tables) -> None:
+    world = tables.world
+    done = world.cli("drill", "rx", "--snapshot", tables.csv_snapshot, "--json")
+    result = json.loads(done.stdout)
+    assert result["ok"] is True
+    counts = next(c for c in result["checks"] if c["name"] == "row counts")
+    assert counts["detail"].startswith("2 tables, 8 rows")
+    left = world.cluster.scalar(
+        "SELECT count(*) FROM pg_database WHERE starts_with(datname, 'medvault_drill')"
+    )
+    assert left == 0
+
+
 def test_format_csv_on_a_postgres_source(tables: Tables) -> None:
     world = tables.world
     result = logical(world, "emr", "--database", "emr", "--format", "csv", "--table", "billing.*")

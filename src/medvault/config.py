@@ -737,11 +737,11 @@ class Settings(_Section):
                     "incremental or differential"
                 )
             if isinstance(source, PostgresCsvSourceSettings):
-                for kind in ("full", "incremental", "differential", "drill"):
+                for kind in ("full", "incremental", "differential"):
                     if kind in jobs:
                         raise ValueError(
                             f"{key}.{kind}: a postgres-csv source is exported with the "
-                            "logical job only (and has no drills)"
+                            "logical job only"
                         )
             if isinstance(source, PostgresSourceSettings) and source.pgdata is None:
                 for kind in ("incremental", "differential"):
