@@ -19,7 +19,8 @@ import pytest
 from tests.pgcluster import PgWorld, make_pg_tempdir, running_clusters
 
 from medvault.config import Settings
-from medvault.errors import UsageError
+from medvault.errors import IntegrityError, UsageError
+from medvault.postgres.facts import CsvFacts, LogicalFacts
 from medvault.postgres.patterns import _regexes
 
 UMLAUT = "Rechnungsübersicht"  # billing."Rechnungsübersicht": quoted, mixed case, non-ASCII
@@ -369,3 +370,54 @@ def test_a_csv_source_needs_tables_and_takes_only_the_logical_schedule() -> None
         )
     with pytest.raises(ValueError, match="password"):
         Settings(source={"rx": {**base, "dsn": "dbname=emr password=x", "tables": ["t"]}})
+
+
+def test_csv_export_of_a_pattern_matching_nothing_is_refused(tables: Tables) -> None:
+    world = tables.world
+    before = snapshot_count(world)
+    done = world.cli(
+        "backup", "emr", "--logical", "--format", "csv", "--table", "public.gone", check=False
+    )
+    assert done.returncode == 2
+    assert "table pattern public.gone matches no table" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert snapshot_count(world) == before
+
+
+# -- facts ----------------------------------------------------------------------------------
+
+
+def test_csv_facts_read_back_what_they_wrote_and_refuse_a_malformed_export(
+    tables: Tables,
+) -> None:
+    facts = CsvFacts.from_map(tables.csv_facts, "abc")
+    assert facts.to_map() == tables.csv_facts
+    assert facts.row_counts == {f"billing.{UMLAUT}": 3, "public.typed": 5}
+    broken = {**tables.csv_facts, "exports": [{"schema": "public", "table": "t", "rows": -1}]}
+    with pytest.raises(IntegrityError, match="malformed fact 'exports'"):
+        CsvFacts.from_map(broken, "abc")
+
+
+def test_logical_facts_store_table_patterns_only_when_given() -> None:
+    stored = {
+        "database": "emr",
+        "server_version": "15.6",
+        "server_version_num": 150006,
+        "snapshot_time": "2026-03-01T10:00:00+00:00",
+        "encoding": "UTF8",
+        "lc_collate": "C",
+        "lc_ctype": "C",
+        "system_identifier": None,
+        "dump_format": "custom",
+        "dump_compression": "none",
+        "pg_dump_version": "pg_dump (PostgreSQL) 15.6",
+        "row_counts": {"public.t": 1},
+    }
+    whole = LogicalFacts.from_map(stored)
+    assert not whole.selective and whole.to_map() == stored
+    named = {**stored, "tables": ["public.t"], "exclude_tables": ["public.u"]}
+    facts = LogicalFacts.from_map(named)
+    assert facts.selective and facts.table_patterns == ("public.t",)
+    assert facts.to_map() == named
+    with pytest.raises(IntegrityError):
+        LogicalFacts.from_map({**stored, "tables": "public.t"})
