@@ -1,5 +1,5 @@
 """Backups: files and directories, a PostgreSQL cluster (physical), one PostgreSQL database
-(logical).
+(logical: all its tables or named ones, as pg_dump's archive or as one CSV per table).
 
 `backup()` takes what a shell was asked ("back up these paths", "back up source emr with type
 full") and chooses: a configured PostgreSQL source gets a physical backup (or a logical one of

@@ -11,6 +11,10 @@ and pg_dump's own lock request would then queue behind that DDL for ever (we onl
 transaction when pg_dump ends). Once pg_dump holds the locks, no TRUNCATE or table rewrite
 (which are not MVCC-safe) can change what either of us sees.
 
+Named tables: pg_dump's -t / -T patterns are resolved here first, by pg_dump's own rules
+(postgres/patterns.py), inside the exporting transaction: a pattern matching nothing is
+refused before pg_dump starts, and only the tables the dump holds are counted.
+
 The dump is uncompressed (-Z0): medvault compresses every chunk with zstd itself, and plain
 COPY data deduplicates between days where a compressed stream does not. No temporary file is
 written: pg_dump's stdout is a pipe into the chunker.
