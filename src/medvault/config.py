@@ -278,6 +278,9 @@ class PostgresSourceSettings(_Section):
     checkpoint: Literal["fast", "spread"] = "fast"
     # Archived WAL younger than this is kept by prune even when no backup needs it.
     pitr_window: str | None = None
+    # Logical backups of these tables only / without these (pg_dump's -t / -T patterns).
+    tables: list[str] = []
+    exclude_tables: list[str] = []
     drill: DrillSettings = DrillSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
@@ -294,26 +297,55 @@ class PostgresSourceSettings(_Section):
 
     @model_validator(mode="after")
     def _no_password_in_dsn(self) -> PostgresSourceSettings:
-        # pg_dump, pg_restore and pg_basebackup get the dsn on their command line, which any
-        # local user can read with ps.
-        holds_password = (
-            "dsn: holds a password; remove it and keep the password in a .pgpass password "
-            "file (passfile=PATH in the dsn, PGPASSFILE or ~/.pgpass) or in PGPASSWORD"
-        )
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            # libpq's own parser, so keyword=value and URI forms (user:secret@, ?password=)
-            # are read exactly as libpq will read them.
-            parts = conninfo_to_dict(self.dsn)
-        except Exception as exc:
-            if re.search(r"password|://[^/@]*:[^/@]*@", self.dsn, re.IGNORECASE):
-                raise ValueError(holds_password) from None  # libpq may quote the secret
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed"
-            raise ValueError(f"dsn: {reason}") from None
-        if "password" in parts:
-            raise ValueError(holds_password)
+        _check_dsn(self.dsn)
         return self
+
+
+class PostgresCsvSourceSettings(_Section):
+    """Tables a procedure keeps as CSV: each one's rows as `COPY ... TO STDOUT (FORMAT csv,
+    HEADER)`, all of them in one snapshot taken in one transaction."""
+
+    kind: Literal["postgres-csv"]
+    dsn: str = Field(min_length=1)
+    tables: list[str] = Field(min_length=1)  # pg_dump -t patterns
+    exclude_tables: list[str] = []
+    repository: str | None = None
+    tags: list[str] = []
+    tier: str | None = None
+    retention: RetentionSettings | None = None
+    classification: str | None = None
+    compliance: list[str] | None = None
+    schedule: ScheduleSettings = ScheduleSettings()
+    min_size: str | None = None
+
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
+
+    @model_validator(mode="after")
+    def _no_password_in_dsn(self) -> PostgresCsvSourceSettings:
+        _check_dsn(self.dsn)
+        return self
+
+
+def _check_dsn(dsn: str) -> None:
+    # pg_dump, pg_restore and pg_basebackup get the dsn on their command line, which any
+    # local user can read with ps.
+    holds_password = (
+        "dsn: holds a password; remove it and keep the password in a .pgpass password "
+        "file (passfile=PATH in the dsn, PGPASSFILE or ~/.pgpass) or in PGPASSWORD"
+    )
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        # libpq's own parser, so keyword=value and URI forms (user:secret@, ?password=)
+        # are read exactly as libpq will read them.
+        parts = conninfo_to_dict(dsn)
+    except Exception as exc:
+        if re.search(r"password|://[^/@]*:[^/@]*@", dsn, re.IGNORECASE):
+            raise ValueError(holds_password) from None  # libpq may quote the secret
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed"
+        raise ValueError(f"dsn: {reason}") from None
+    if "password" in parts:
+        raise ValueError(holds_password)
 
 
 class RetentionSettings(_Section):
@@ -377,7 +409,7 @@ class TierSettings(_Section):
         return parse_duration(self.floor) if self.floor else None
 
 
-SOURCE_KINDS = ("files", "postgres")
+SOURCE_KINDS = ("files", "postgres", "postgres-csv")
 SCHEDULE_KINDS = (
     "full",
     "incremental",
@@ -389,7 +421,8 @@ SCHEDULE_KINDS = (
     "copy",
 )
 SourceSettings = Annotated[
-    FilesSourceSettings | PostgresSourceSettings, Field(discriminator="kind")
+    FilesSourceSettings | PostgresSourceSettings | PostgresCsvSourceSettings,
+    Field(discriminator="kind"),
 ]
 
 
@@ -703,6 +736,13 @@ class Settings(_Section):
                     f"{key}.logical: a files source has no logical backups; use full, "
                     "incremental or differential"
                 )
+            if isinstance(source, PostgresCsvSourceSettings):
+                for kind in ("full", "incremental", "differential"):
+                    if kind in jobs:
+                        raise ValueError(
+                            f"{key}.{kind}: a postgres-csv source is exported with the "
+                            "logical job only"
+                        )
             if isinstance(source, PostgresSourceSettings) and source.pgdata is None:
                 for kind in ("incremental", "differential"):
                     if kind in jobs:

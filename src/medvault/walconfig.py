@@ -54,6 +54,8 @@ POSTGRES_SOURCE_KEYS = frozenset(
         "kind",
         "retention",
         "pitr_window",
+        "tables",
+        "exclude_tables",
         "dsn",
         "pgdata",
         "repository",

@@ -35,6 +35,21 @@ def backup(
     database: str | None = typer.Option(
         None, "--database", "-d", help="PostgreSQL --logical: the database (default: the DSN's)."
     ),
+    tables: list[str] = typer.Option(
+        [],
+        "--table",
+        help="PostgreSQL --logical: only tables matching PATTERN (pg_dump -t; repeatable).",
+    ),
+    exclude_tables: list[str] = typer.Option(
+        [],
+        "--exclude-table",
+        help="PostgreSQL --logical: not tables matching PATTERN (pg_dump -T; repeatable).",
+    ),
+    dump_format: str | None = typer.Option(
+        None,
+        "--format",
+        help="PostgreSQL --logical: custom (pg_dump's archive) or csv (one CSV per table).",
+    ),
     method: str = typer.Option(
         "local",
         "--method",
@@ -61,6 +76,9 @@ def backup(
         logical=logical,
         database=database,
         method=method,
+        tables=tuple(tables),
+        exclude_tables=tuple(exclude_tables),
+        format=dump_format,
         verify_blobs=not no_verify,
         # On a terminal a passphrase may be prompted for: before pg_dump starts, not while
         # it holds its snapshot open.

@@ -17,7 +17,10 @@ def restore(
     ctx: typer.Context,
     snapshot: str = typer.Argument(..., help="Snapshot id, prefix, latest or latest:SOURCE."),
     target: str | None = typer.Option(
-        None, "--target", "-t", help="Files: the directory to restore into."
+        None,
+        "--target",
+        "-t",
+        help="Files: the directory to restore into. CSV: write the CSV files there.",
     ),
     recovery_target: str | None = typer.Option(
         None,
@@ -37,7 +40,9 @@ def restore(
     database: str | None = typer.Option(
         None, "--database", "-d", help="Logical: restore into this database."
     ),
-    tables: list[str] = typer.Option([], "--table", help="Logical: only this table (repeatable)."),
+    tables: list[str] = typer.Option(
+        [], "--table", help="Logical and CSV: only this table (repeatable)."
+    ),
     schemas: list[str] = typer.Option(
         [], "--schema", help="Logical: only this schema (repeatable)."
     ),
@@ -45,6 +50,9 @@ def restore(
         False, "--clean", help="Logical: drop objects before recreating them."
     ),
     list_only: bool = typer.Option(False, "--list", help="Logical: show what the dump holds."),
+    append: bool = typer.Option(
+        False, "--append", help="CSV: load into tables that hold rows already."
+    ),
     pgdata: str | None = typer.Option(
         None, "--pgdata", help="Physical: the data directory to restore into."
     ),
@@ -89,7 +97,7 @@ def restore(
     """Restore a snapshot: files, a logical dump, or a physical backup with PITR."""
     from medvault.cli.pg_recovery import recovery_setup
     from medvault.service.pitr import PhysicalRestoreResult
-    from medvault.service.restore import FilesRestoreResult, RestoreOptions
+    from medvault.service.restore import CsvRestoreResult, FilesRestoreResult, RestoreOptions
     from medvault.service.restore import restore as restore_snapshot
 
     cli = obtain(ctx)
@@ -107,6 +115,7 @@ def restore(
             schemas=tuple(schemas),
             clean=clean,
             list_only=list_only,
+            append=append,
             pgdata=pgdata,
             # The recovery options above, by name from ctx.params.
             recovery=recovery_setup(ctx, recovery_target),
@@ -119,6 +128,10 @@ def restore(
         report_physical(result, as_json)
     elif isinstance(result, FilesRestoreResult):
         _report_files(result, as_json)
+    elif isinstance(result, CsvRestoreResult):
+        from medvault.cli.pg_logical import report_csv_restore
+
+        report_csv_restore(result, as_json)
     else:
         from medvault.cli.pg_logical import restore_logical_cmd
 

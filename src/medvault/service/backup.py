@@ -1,5 +1,5 @@
 """Backups: files and directories, a PostgreSQL cluster (physical), one PostgreSQL database
-(logical).
+(logical: all its tables or named ones, as pg_dump's archive or as one CSV per table).
 
 `backup()` takes what a shell was asked ("back up these paths", "back up source emr with type
 full") and chooses: a configured PostgreSQL source gets a physical backup (or a logical one of
@@ -16,13 +16,13 @@ to end (the CLI exits 3, or 22 when replication failed).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from medvault.errors import ReplicationFailed, UsageError
 
 if TYPE_CHECKING:
-    from medvault.config import PostgresSourceSettings
+    from medvault.config import PostgresCsvSourceSettings, PostgresSourceSettings
     from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
@@ -59,6 +59,9 @@ class BackupOptions:
     # PostgreSQL logical: open the repository before pg_dump starts rather than while it
     # reads its catalogs (a shell that may prompt for a passphrase wants the prompt first).
     open_repository_first: bool = False
+    tables: tuple[str, ...] = ()  # PostgreSQL logical: pg_dump -t patterns
+    exclude_tables: tuple[str, ...] = ()  # and -T patterns
+    format: str | None = None  # PostgreSQL logical: custom or csv (None: the source's kind)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,13 @@ class LogicalBackupOptions:
     database: str | None = None
     tags: tuple[str, ...] = ()  # added to the source's own
     open_repository_first: bool = False
+    # pg_dump -t / -T patterns: `tables` replaces the source's `tables`, `exclude_tables`
+    # adds to its `exclude_tables`.
+    tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    # custom: pg_dump's archive; csv: one CSV per table (a postgres-csv source's only format);
+    # None: the source's kind decides.
+    format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,7 @@ class LogicalBackupResult:
     duration: float
     row_counts: dict[str, int] = field(default_factory=dict)  # as recorded with the dump
     replication: Replication = Replication()
+    format: str = "custom"  # or csv
 
     @property
     def complete(self) -> bool:
@@ -189,19 +200,32 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
         if len(targets) == 1 and name is None and targets[0] in configured:
             name, targets = targets[0], ()
         run.source = name
+        selective = options.tables or options.exclude_tables or options.format
         if name is not None and name in configured and not targets:
             settings = _postgres_settings_or_none(session, name)
-            if settings is not None and options.logical:
+            if _csv_settings_or_none(session, name) is not None or (
+                settings is not None and options.logical
+            ):
                 logical = LogicalBackupOptions(
-                    name, options.database, options.tags, options.open_repository_first
+                    name,
+                    options.database,
+                    options.tags,
+                    options.open_repository_first,
+                    tables=options.tables,
+                    exclude_tables=options.exclude_tables,
+                    format=options.format,
                 )
                 return _logical(session, run, logical, on_progress)
+            if settings is not None and selective:
+                raise UsageError(
+                    "--table, --exclude-table and --format apply to logical backups (--logical)"
+                )
             if settings is not None:
                 physical = PhysicalBackupOptions(
                     name, options.backup_type, options.method, options.tags
                 )
                 return _physical(session, run, physical, on_progress)
-        elif options.logical or options.database:
+        elif options.logical or options.database or selective:
             raise UsageError("--logical and --database need a PostgreSQL source from medvault.toml")
         files = FilesBackupOptions(
             paths=targets,
@@ -359,11 +383,23 @@ def _physical(
 def _logical(
     session: Session, run: Run, options: LogicalBackupOptions, on_progress: Progress
 ) -> LogicalBackupResult:
+    from medvault.config import PostgresSourceSettings
     from medvault.postgres.facts import LogicalFacts
     from medvault.sources.postgres.logical import backup_logical as dump
 
     name = options.source
-    settings = _postgres_settings(session, name)
+    settings = _logical_settings(session, name)
+    tables = options.tables or tuple(settings.tables)
+    excludes = tuple(dict.fromkeys([*settings.exclude_tables, *options.exclude_tables]))
+    csv = _logical_format(settings, options.format) == "csv"
+    if csv and not tables:
+        raise UsageError(
+            f"a CSV export names its tables: --table PATTERN, or tables = [...] in [source.{name}]"
+        )
+    if tables:
+        run.details["tables"] = list(tables)
+    if excludes:
+        run.details["exclude_tables"] = list(excludes)
     opened: list[Repository] = []
 
     def open_repository() -> Repository:
@@ -372,16 +408,29 @@ def _logical(
         run.repository = repo.url
         return repo
 
+    tags = tuple(dict.fromkeys([*settings.tags, *options.tags]))
     # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
+    repo = open_repository() if options.open_repository_first else open_repository
+    if csv:
+        done = _csv(options, settings, tables, excludes, tags, repo, on_progress)
+        snap = done.snapshot
+        _record(run, snap, read=done.bytes_read, stored=done.bytes_added)
+        run.details["database"] = done.database
+        run.details["format"] = "csv"
+        replication = _replicate(session, run, opened[-1], snap.id, name, [])
+        return replace(done, replication=replication)
+    assert isinstance(settings, PostgresSourceSettings)  # _logical_format said so
     result = dump(
-        open_repository() if options.open_repository_first else open_repository,
+        repo,
         source=name,
         dsn=settings.dsn,
         database=options.database,
         pg_bin=settings.pg_bin,
-        tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
+        tags=tags,
         tier=settings.tier,
         on_progress=on_progress,
+        tables=tables,
+        exclude_tables=excludes,
     )
     snap = result.snapshot
     _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
@@ -398,6 +447,70 @@ def _logical(
         row_counts=dict(LogicalFacts.of(snap).row_counts),
         replication=replication,
     )
+
+
+def _csv(
+    options: LogicalBackupOptions,
+    settings: PostgresSourceSettings | PostgresCsvSourceSettings,
+    tables: tuple[str, ...],
+    excludes: tuple[str, ...],
+    tags: tuple[str, ...],
+    repo: Repository | Callable[[], Repository],
+    on_progress: Progress,
+) -> LogicalBackupResult:
+    from medvault.sources.postgres.csv_export import export_csv
+
+    result = export_csv(
+        repo,
+        source=options.source,
+        dsn=settings.dsn,
+        tables=tables,
+        exclude_tables=excludes,
+        database=options.database,
+        tags=tags,
+        tier=settings.tier,
+        on_progress=on_progress,
+    )
+    return LogicalBackupResult(
+        snapshot=result.snapshot,
+        database=result.database,
+        tables=len(result.exports),
+        rows=result.rows,
+        bytes_read=result.bytes_read,
+        bytes_added=result.bytes_added,
+        duration=result.duration,
+        row_counts={t.key: t.rows for t in result.exports},
+        format="csv",
+    )
+
+
+def _logical_format(
+    settings: PostgresSourceSettings | PostgresCsvSourceSettings, wanted: str | None
+) -> str:
+    from medvault.config import PostgresCsvSourceSettings
+
+    if wanted not in (None, "custom", "csv"):
+        raise UsageError(f"--format must be custom or csv, not {wanted!r}")
+    if isinstance(settings, PostgresCsvSourceSettings):
+        if wanted == "custom":
+            raise UsageError("a postgres-csv source is exported as CSV only")
+        return "csv"
+    return wanted or "custom"
+
+
+def _csv_settings_or_none(session: Session, name: str) -> PostgresCsvSourceSettings | None:
+    from medvault.config import PostgresCsvSourceSettings
+
+    settings = session.settings.source.get(name)
+    return settings if isinstance(settings, PostgresCsvSourceSettings) else None
+
+
+def _logical_settings(
+    session: Session, name: str
+) -> PostgresSourceSettings | PostgresCsvSourceSettings:
+    """A source a logical backup reads: postgres (pg_dump or CSV) or postgres-csv."""
+    csv = _csv_settings_or_none(session, name) if name in session.configured_sources() else None
+    return csv if csv is not None else _postgres_settings(session, name)
 
 
 def _postgres_settings_or_none(session: Session, name: str) -> PostgresSourceSettings | None:

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
     from medvault.verification.drills import DrillResult
 
 # --kind names, and the snapshot kind each drills.
-KINDS = {"physical": "postgres.physical", "logical": "postgres.logical", "files": "files"}
+KINDS = {
+    "physical": "postgres.physical",
+    "logical": "postgres.logical",
+    "files": "files",
+    "csv": "postgres.csv",
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class DrillHistory:
 
 def drill(session: Session, options: DrillOptions) -> DrillRun:
     """Run, validate and record one drill; a failed drill is returned with `failure` set."""
-    from medvault.config import PostgresSourceSettings
+    from medvault.config import PostgresCsvSourceSettings, PostgresSourceSettings
     from medvault.durations import parse_duration
     from medvault.postgres.server import dsn_field
     from medvault.verification.drills import run_drill, store_result
@@ -85,7 +90,9 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
             snap,
             rto=rto,
             scratch=options.scratch or session.settings.drill.scratch,
-            dsn=postgres.dsn if postgres else None,
+            dsn=settings.dsn
+            if isinstance(settings, PostgresSourceSettings | PostgresCsvSourceSettings)
+            else None,
             pg_bin=postgres.pg_bin if postgres else None,
             to_latest=options.to_latest,
             options=checks,
@@ -113,7 +120,7 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
 
 def _validate(options: DrillOptions) -> None:
     if options.kind is not None and options.kind not in KINDS:
-        raise UsageError("--kind is physical, logical or files")
+        raise UsageError("--kind is physical, logical, files or csv")
     if options.snapshot is not None and options.kind is not None:
         raise UsageError("give --snapshot or --kind, not both")
     if options.to_latest and options.kind not in (None, "physical"):

@@ -75,6 +75,7 @@ class RestoreOptions:
     schemas: tuple[str, ...] = ()
     clean: bool = False
     list_only: bool = False
+    append: bool = False  # CSV: load into tables that hold rows already
     pgdata: str | None = None
     recovery: RecoverySetup | None = None  # physical: target, start, ...; None: defaults
     reason: str | None = None
@@ -131,6 +132,32 @@ class LogicalListing:
 
 
 @dataclass(frozen=True)
+class CsvTableRestored:
+    table: str  # schema.table
+    rows: int
+    created: bool  # made from the recorded columns and types (database restores)
+
+
+@dataclass(frozen=True)
+class CsvRestoreResult:
+    """A CSV export's tables loaded into a database, or its files written into a
+    directory."""
+
+    snapshot_id: str
+    short_id: str
+    database: str | None
+    directory: str | None
+    tables: tuple[CsvTableRestored, ...]
+    files: tuple[str, ...]
+    bytes_read: int
+    duration: float
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+
+@dataclass(frozen=True)
 class LogicalRestoreResult:
     snapshot_id: str
     short_id: str
@@ -172,7 +199,13 @@ def restore_logical(
 
 def restore(
     session: Session, options: RestoreOptions, *, progress: ProgressDisplay | None = None
-) -> FilesRestoreResult | LogicalRestoreResult | LogicalListing | PhysicalRestoreResult:
+) -> (
+    FilesRestoreResult
+    | LogicalRestoreResult
+    | LogicalListing
+    | PhysicalRestoreResult
+    | CsvRestoreResult
+):
     """Restore a snapshot whichever its kind: files into `target`, a logical dump into
     `database`, a physical backup into `pgdata` (with point-in-time recovery)."""
     from medvault.service import pitr
@@ -185,6 +218,10 @@ def restore(
         setup = options.recovery or pitr.RecoverySetup()
         if setup.recovery_target is not None and snap.kind != "postgres.physical":
             raise UsageError("--recovery-target applies to physical PostgreSQL snapshots only")
+        if snap.kind == "postgres.csv":
+            return _csv(session, run, repo, snap, options, shown)
+        if options.append:
+            raise UsageError("--append applies to CSV snapshots only")
         if snap.kind == "postgres.logical":
             logical = LogicalRestoreOptions(
                 snapshot=options.snapshot,
@@ -332,6 +369,85 @@ def _logical(
         bytes_read=done.bytes_read,
         duration=done.duration,
     )
+
+
+def _csv(
+    session: Session,
+    run: Run,
+    repo: Repository,
+    snap: Snapshot,
+    options: RestoreOptions,
+    progress: ProgressDisplay,
+) -> CsvRestoreResult:
+    """A CSV export: its tables into a database (`database`, default the source DSN's) with
+    COPY FROM, or its files into the directory `target`."""
+    from medvault.recovery.postgres_csv import restore_csv, write_csv_files
+
+    unused = [
+        flag
+        for flag, given in (
+            ("--include", options.includes),
+            ("--schema", options.schemas),
+            ("--clean", options.clean),
+            ("--list", options.list_only),
+            ("--pgdata", options.pgdata),
+        )
+        if given
+    ]
+    if unused:
+        raise UsageError(f"{unused[0]} does not apply to a CSV snapshot")
+    if options.tables:
+        run.details["tables"] = list(options.tables)
+    with progress(None if options.tables else total_bytes(snap)) as advance:
+        if options.target is not None:
+            if options.database is not None or options.append:
+                raise UsageError("--target writes the CSV files; --database and --append load them")
+            run.details["target"] = options.target
+            run.destination = options.target
+            done = write_csv_files(
+                repo, snap, options.target, tables=options.tables, on_progress=advance
+            )
+        else:
+            dsn = _csv_restore_dsn(session, snap)
+            if options.append:
+                run.details["append"] = True
+            done = restore_csv(
+                repo,
+                snap,
+                dsn=dsn,
+                database=options.database,
+                tables=options.tables,
+                append=options.append,
+                on_progress=advance,
+            )
+            run.details["database"] = done.database
+            run.destination = f"database {done.database}"
+    run.add_bytes(restored=done.bytes_read)
+    run.details["rows"] = sum(t.rows for t in done.tables)
+    return CsvRestoreResult(
+        snapshot_id=snap.id,
+        short_id=snap.short_id,
+        database=done.database,
+        directory=done.directory,
+        tables=tuple(CsvTableRestored(t.key, t.rows, t.created) for t in done.tables),
+        files=done.files,
+        bytes_read=done.bytes_read,
+        duration=done.duration,
+    )
+
+
+def _csv_restore_dsn(session: Session, snap: Snapshot) -> str:
+    """The server a CSV snapshot loads into: its source's (postgres or postgres-csv)."""
+    from medvault.config import PostgresCsvSourceSettings, PostgresSourceSettings
+
+    settings = session.settings.source.get(snap.source) if session.configured_sources() else None
+    if not isinstance(settings, PostgresSourceSettings | PostgresCsvSourceSettings):
+        raise UsageError(
+            f"snapshot {snap.short_id} comes from source {snap.source}, which medvault.toml "
+            f"does not define as PostgreSQL; add [source.{snap.source}] with the dsn of the "
+            "server to load into, or write the files out with --target DIR"
+        )
+    return settings.dsn
 
 
 def _listing(session: Session, repo: Repository, snap: Snapshot) -> LogicalListing:
