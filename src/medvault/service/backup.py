@@ -175,6 +175,27 @@ class LogicalBackupResult:
 BackupResult: TypeAlias = FilesBackupResult | PhysicalBackupResult | LogicalBackupResult
 
 
+@dataclass(frozen=True)
+class DryRunBackupResult:
+    """What `backup --dry-run` found: what the backup would read and add, nothing written."""
+
+    source: str
+    backup_type: str  # as it would be taken (full when there is no parent)
+    parent: str | None
+    files_new: int
+    files_changed: int
+    files_unchanged: int
+    dirs: int
+    bytes_total: int  # every file of the backup, read or not
+    bytes_read: int  # what it would read: new and changed files
+    blobs_new: int
+    bytes_new: int  # new to the repository after deduplication, before compression
+    bytes_added: int  # what they would take in packs: compressed and sealed
+    duration: float
+    unreadable: tuple[Problem, ...] = ()
+    skipped: tuple[Problem, ...] = ()
+
+
 # -- the operations ------------------------------------------------------------------------
 
 
@@ -212,6 +233,69 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
             verify_blobs=options.verify_blobs,
         )
         return _files(session, run, files, on_progress)
+
+
+def backup_dry_run(
+    session: Session, options: BackupOptions, on_progress: Progress = None
+) -> DryRunBackupResult:
+    """What `backup()` of the same request would read and add to the repository, from a walk
+    that chunks and looks every blob up in the index and writes nothing (the run, "backup-dry-run",
+    is kept by the catalog; the audit trail seals only one that failed). Files backups
+    only: a PostgreSQL backup cannot be rehearsed without starting one on the server."""
+    from medvault.sources.files import dry_run_files
+
+    with session.run("backup-dry-run", source=options.source) as run:
+        check_backup_type(options.backup_type)
+        name, targets = options.source, options.targets
+        if len(targets) == 1 and name is None and targets[0] in session.configured_sources():
+            name, targets = targets[0], ()
+        run.source = name
+        postgres = name is not None and not targets and name in session.configured_sources()
+        if (
+            options.logical
+            or options.database
+            or (postgres and _postgres_settings_or_none(session, name or "") is not None)
+        ):
+            raise UsageError("--dry-run covers files backups (paths or a files source) only")
+        files = FilesBackupOptions(
+            paths=targets,
+            source=name,
+            backup_type=options.backup_type,
+            tags=options.tags,
+            excludes=options.excludes,
+        )
+        plan = _walk_options(session, files)
+        run.source = plan.source
+        repo = session.open(plan.source)
+        run.repository = repo.url
+        if repo.local_path:
+            plan.skip_paths = (*plan.skip_paths, repo.local_path)
+        found = dry_run_files(repo, plan, on_progress)
+        run.add_bytes(read=found.bytes_read)
+        run.details.update(
+            dry_run=True,
+            type=found.backup_type,
+            parent=found.parent,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+        )
+        return DryRunBackupResult(
+            source=plan.source,
+            backup_type=found.backup_type,
+            parent=found.parent,
+            files_new=found.files_new,
+            files_changed=found.files_changed,
+            files_unchanged=found.files_unchanged,
+            dirs=found.dirs,
+            bytes_total=found.bytes_total,
+            bytes_read=found.bytes_read,
+            blobs_new=found.blobs_new,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+            duration=found.duration,
+            unreadable=(*found.unreadable, *found.changed_while_read),
+            skipped=tuple(found.skipped),
+        )
 
 
 def backup_files(

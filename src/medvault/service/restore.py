@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from medvault.errors import UsageError
+from medvault.service.selectors import find_snapshot
 
 if TYPE_CHECKING:
     from medvault.config import PostgresSourceSettings
@@ -236,7 +237,7 @@ def _check_includes(includes: tuple[str, ...]) -> None:
 def _find(session: Session, run: Run, snapshot: str) -> tuple[Repository, Snapshot]:
     repo = session.open()
     run.repository = repo.url
-    snap = repo.find_snapshot(snapshot)
+    snap = find_snapshot(repo, snapshot, run)
     run.source = snap.source
     run.touched(snap.id)
     run.details["kind"] = snap.kind
