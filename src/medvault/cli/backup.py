@@ -133,8 +133,8 @@ def _report(result: FilesBackupResult, as_json: bool) -> None:
         f"{result.files_unchanged} unchanged; read {human_bytes(result.bytes_read)}, "
         f"added {human_bytes(result.bytes_added)} in {result.duration:.1f} s"
     )
-    if not result.complete:
-        bad = len(result.unreadable) + len(result.changed_while_read)
+    bad = len(result.unreadable) + len(result.changed_while_read)
+    if bad:
         warn(
             f"warning: backup is incomplete: {bad} file(s) could not be read "
             "consistently (listed above)"

@@ -16,10 +16,11 @@ to end (the CLI exits 3, or 22 when replication failed).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from medvault.errors import ReplicationFailed, UsageError
+from medvault.service.hooks import around
 
 if TYPE_CHECKING:
     from medvault.config import PostgresSourceSettings
@@ -109,10 +110,11 @@ class FilesBackupResult:
     changed_while_read: tuple[Problem, ...] = ()
     skipped: tuple[Problem, ...] = ()
     replication: Replication = Replication()
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def complete(self) -> bool:
-        return not self.unreadable and not self.changed_while_read
+        return not self.unreadable and not self.changed_while_read and self.hook_problem is None
 
     @classmethod
     def of(cls, walked: WalkResult, replication: Replication) -> FilesBackupResult:
@@ -141,6 +143,7 @@ class PhysicalBackupResult:
     checksum_failures: tuple[ChecksumFailure, ...] = ()
     # Said about the request itself, before the backup's own lines ("note: ...").
     notes: tuple[str, ...] = ()
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -152,7 +155,7 @@ class PhysicalBackupResult:
 
     @property
     def complete(self) -> bool:
-        return not self.checksum_failures and self.files.complete
+        return not self.checksum_failures and self.files.complete and self.hook_problem is None
 
 
 @dataclass(frozen=True)
@@ -166,10 +169,11 @@ class LogicalBackupResult:
     duration: float
     row_counts: dict[str, int] = field(default_factory=dict)  # as recorded with the dump
     replication: Replication = Replication()
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def complete(self) -> bool:
-        return True
+        return self.hook_problem is None
 
 
 BackupResult: TypeAlias = FilesBackupResult | PhysicalBackupResult | LogicalBackupResult
@@ -344,12 +348,14 @@ def _files(
         # Backing up / (or any tree holding the repository) must not copy the repository
         # into itself, snapshot after snapshot.
         plan.skip_paths = (*plan.skip_paths, repo.local_path)
-    walked = walk(repo, plan, on_progress=on_progress)
-    snap = walked.snapshot
-    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
-    problems = [_unread(len(walked.unreadable) + len(walked.changed_while_read))]
-    replication = _replicate(session, run, repo, snap.id, plan.source, problems)
-    return FilesBackupResult.of(walked, replication)
+    with around(session, run, plan.source) as hooks:
+        walked = walk(repo, plan, on_progress=on_progress)
+        snap = walked.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+        problems = [_unread(len(walked.unreadable) + len(walked.changed_while_read))]
+        replication = _replicate(session, run, repo, snap.id, plan.source, problems)
+    return replace(FilesBackupResult.of(walked, replication), hook_problem=hooks.after_failure)
 
 
 def _walk_options(session: Session, options: FilesBackupOptions) -> WalkOptions:
@@ -415,21 +421,23 @@ def _physical(
         archive_timeout_s=settings.archive_timeout_s,
     )
     notes: list[str] = []
-    if options.method == "local":
-        result = copy_locally(repo, name, source, options.backup_type, tags, on_progress)
-    else:
-        if options.backup_type != "full":
-            notes.append("note: --method stream always takes a full copy")
-        result = backup_streamed(repo, name, source, tags, on_progress)
-    walked, failures = result.files, tuple(result.checksum_failures)
-    snap = walked.snapshot
-    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
-    run.details["method"] = result.facts.method
-    problems = [
-        _unread(len(walked.unreadable) + len(walked.changed_while_read)),
-        f"{len(failures)} relation file(s) have damaged pages" if failures else None,
-    ]
-    replication = _replicate(session, run, repo, snap.id, name, problems)
+    with around(session, run, name) as hooks:
+        if options.method == "local":
+            result = copy_locally(repo, name, source, options.backup_type, tags, on_progress)
+        else:
+            if options.backup_type != "full":
+                notes.append("note: --method stream always takes a full copy")
+            result = backup_streamed(repo, name, source, tags, on_progress)
+        walked, failures = result.files, tuple(result.checksum_failures)
+        snap = walked.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+        run.details["method"] = result.facts.method
+        problems = [
+            _unread(len(walked.unreadable) + len(walked.changed_while_read)),
+            f"{len(failures)} relation file(s) have damaged pages" if failures else None,
+        ]
+        replication = _replicate(session, run, repo, snap.id, name, problems)
     return PhysicalBackupResult(
         files=FilesBackupResult.of(walked, replication),
         facts=result.facts,
@@ -437,6 +445,7 @@ def _physical(
         stop_lsn=format_lsn(result.facts.stop_lsn),
         checksum_failures=failures,
         notes=tuple(notes),
+        hook_problem=hooks.after_failure,
     )
 
 
@@ -456,21 +465,23 @@ def _logical(
         run.repository = repo.url
         return repo
 
-    # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
-    result = dump(
-        open_repository() if options.open_repository_first else open_repository,
-        source=name,
-        dsn=settings.dsn,
-        database=options.database,
-        pg_bin=settings.pg_bin,
-        tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
-        tier=settings.tier,
-        on_progress=on_progress,
-    )
-    snap = result.snapshot
-    _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
-    run.details["database"] = result.database
-    replication = _replicate(session, run, opened[-1], snap.id, name, [])
+    with around(session, run, name) as hooks:
+        # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
+        result = dump(
+            open_repository() if options.open_repository_first else open_repository,
+            source=name,
+            dsn=settings.dsn,
+            database=options.database,
+            pg_bin=settings.pg_bin,
+            tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
+            tier=settings.tier,
+            on_progress=on_progress,
+        )
+        snap = result.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
+        run.details["database"] = result.database
+        replication = _replicate(session, run, opened[-1], snap.id, name, [])
     return LogicalBackupResult(
         snapshot=snap,
         database=result.database,
@@ -481,6 +492,7 @@ def _logical(
         duration=result.duration,
         row_counts=dict(LogicalFacts.of(snap).row_counts),
         replication=replication,
+        hook_problem=hooks.after_failure,
     )
 
 
