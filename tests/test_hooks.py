@@ -149,7 +149,7 @@ def test_a_failing_after_hook_makes_the_backup_incomplete_and_keeps_it(
     tmp_path: Path, make_tree
 ) -> None:
     data = make_tree({"letter.txt": b"Dear colleague"})
-    cli = setup(tmp_path, data, 'after = ["sh -c \'echo cannot start the app; exit 7\'"]')
+    cli = setup(tmp_path, data, "after = [\"sh -c 'echo cannot start the app; exit 7'\"]")
     done = cli("backup", "letters", check=False)
     assert done.returncode == 3
     assert "after hook" in done.stderr and "exit code 7" in done.stderr
@@ -203,6 +203,6 @@ def test_restore_hooks_know_the_snapshot_and_the_target(tmp_path: Path, make_tre
 def test_a_hook_that_does_not_split_is_a_configuration_error(tmp_path: Path, make_tree) -> None:
     cli = setup(tmp_path, make_tree({"a": b"a"}), "")
     config = tmp_path / "medvault.toml"
-    config.write_text(config.read_text() + "before = [\"sh -c 'unclosed\"]\n")
+    config.write_text(config.read_text() + 'before = ["sh -c \'unclosed"]\n')
     done = cli("backup", "letters", check=False)
     assert done.returncode == 2 and "source.letters.hooks.before" in done.stderr

@@ -87,9 +87,7 @@ def flip(data: bytes) -> bytes:
 # -- backup --dry-run --------------------------------------------------------------------------
 
 
-def test_dry_run_writes_nothing_and_predicts_the_backup_after_it(
-    tmp_path: Path, make_tree
-) -> None:
+def test_dry_run_writes_nothing_and_predicts_the_backup_after_it(tmp_path: Path, make_tree) -> None:
     shared = os.urandom(MiB)
     data = make_tree({"a/scan.dcm": shared, "b/letter.txt": b"Dear colleague\n" * 4000})
     cli = files_cli(tmp_path, data)
@@ -131,9 +129,7 @@ def test_dry_run_refuses_postgres_sources_in_one_line(tmp_path: Path, make_tree)
 # -- check SNAP ----------------------------------------------------------------------------------
 
 
-def test_check_of_one_snapshot_sees_its_own_damage_and_no_other(
-    tmp_path: Path, make_tree
-) -> None:
+def test_check_of_one_snapshot_sees_its_own_damage_and_no_other(tmp_path: Path, make_tree) -> None:
     letters = make_tree({"letter.txt": os.urandom(2 * MiB)}, tmp_path / "letters")
     scans = make_tree({"mri.dcm": os.urandom(2 * MiB)}, tmp_path / "scans")
     cli = files_cli(tmp_path, letters)
@@ -168,15 +164,14 @@ def test_check_of_a_snapshot_refuses_a_subset_and_names_a_missing_one(
     assert done.returncode == 2 and "not with SNAP" in done.stderr
     done = cli("check", "latest:nosuch", check=False)
     assert done.returncode == 4
-    assert done.stderr.strip() == "medvault: error: the repository holds no snapshot of source nosuch"
+    expected = "medvault: error: the repository holds no snapshot of source nosuch"
+    assert done.stderr.strip() == expected
 
 
 # -- selectors -----------------------------------------------------------------------------------
 
 
-def test_verified_is_the_newest_snapshot_whose_last_drill_passed(
-    tmp_path: Path, make_tree
-) -> None:
+def test_verified_is_the_newest_snapshot_whose_last_drill_passed(tmp_path: Path, make_tree) -> None:
     data = make_tree({"letter.txt": b"v0"})
     cli = files_cli(tmp_path, data)
     done = cli("restore", "verified", "--target", str(tmp_path / "none"), check=False)
