@@ -35,7 +35,9 @@ def world() -> Iterator[PgWorld]:
 
 def configure(world: PgWorld, checks: list[str], hooks: str = "") -> None:
     world.write_config(
-        "\n[source.emr.restore]\nchecks = " + json.dumps(checks) + "\n"
+        "\n[source.emr.restore]\nchecks = "
+        + json.dumps(checks)
+        + "\n"
         + (f"\n[source.emr.hooks]\n{hooks}\n" if hooks else "")
     )
 
@@ -74,8 +76,7 @@ def test_a_failing_check_fails_the_restore_and_names_the_check(world: PgWorld) -
     assert done.returncode == 31
     assert "FAIL check: SELECT count(*) > 10 FROM patients: returned False" in done.stdout
     assert done.stderr.strip().splitlines()[-1] == (
-        "medvault: error: restore check: SELECT count(*) > 10 FROM patients failed: "
-        "returned False"
+        "medvault: error: restore check: SELECT count(*) > 10 FROM patients failed: returned False"
     )
     assert world.cluster.scalar("SELECT count(*) FROM patients", "emr_bad") == 3, "data is back"
     record = last_restore(world)
