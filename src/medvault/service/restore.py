@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from medvault.service.runs import Run
     from medvault.service.session import Session
 
-# The shell's progress display, opened once the snapshot is found and so its size known
-# (None: not known, e.g. for a partial restore); it yields the callback that counts bytes.
 _Restored = TypeVar("_Restored")
 
+# The shell's progress display, opened once the snapshot is found and so its size known
+# (None: not known, e.g. for a partial restore); it yields the callback that counts bytes.
 ProgressDisplay = Callable[[int | None], AbstractContextManager[Callable[[int], None]]]
 
 
