@@ -219,6 +219,44 @@ def _given(section: BaseModel, kinds: tuple[str, ...]) -> dict[str, str]:
     return {kind: spec for kind, spec in found.items() if spec is not None}
 
 
+class HooksSettings(_Section):
+    """`[source.NAME.hooks]`: commands run around the source's backups and restores. Each is
+    split as a shell would split it (shlex) and run without a shell (write `sh -c '…'` for
+    one), with a minimal environment: no secret of medvault's (docs/operations.md)."""
+
+    before: list[str] = []  # before a backup reads anything; one failing fails the backup
+    after: list[str] = []  # after it, whether it succeeded or failed
+    before_restore: list[str] = []
+    after_restore: list[str] = []
+    timeout: str = "5m"  # each command's; one that runs longer is killed and has failed
+
+    @field_validator("before", "after", "before_restore", "after_restore")
+    @classmethod
+    def _commands(cls, value: list[str]) -> list[str]:
+        import shlex
+
+        for command in value:
+            try:
+                words = shlex.split(command)
+            except ValueError as exc:
+                raise ValueError(f"{command!r}: {exc}") from None
+            if not words:
+                raise ValueError("a hook command is empty")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        return _is_duration(value)
+
+
+class RestoreCheckSettings(_Section):
+    """`[source.NAME.restore]`: SQL run in the database after every restore into one; each
+    passes when its first value is true, as a drill's checks."""
+
+    checks: list[str] = []
+
+
 class FilesSourceSettings(_Section):
     kind: Literal["files"]
     paths: list[str] = Field(min_length=1)
@@ -232,6 +270,7 @@ class FilesSourceSettings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
     min_size: str | None = None
+    hooks: HooksSettings = HooksSettings()
 
     _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 
@@ -285,6 +324,8 @@ class PostgresSourceSettings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
     min_size: str | None = None
+    hooks: HooksSettings = HooksSettings()
+    restore: RestoreCheckSettings = RestoreCheckSettings()
 
     _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 

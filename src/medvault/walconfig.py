@@ -67,6 +67,8 @@ POSTGRES_SOURCE_KEYS = frozenset(
         "archive_timeout_s",
         "checkpoint",
         "drill",
+        "hooks",
+        "restore",
         "classification",
         "compliance",
         "schedule",

@@ -85,6 +85,7 @@ def restore_logical_cmd(result: LogicalRestoreResult | LogicalListing, as_json: 
                 "counts_match": True,
                 "bytes_read": result.bytes_read,
                 "duration_s": round(result.duration, 3),
+                "checks": list(result.checks),
             }
         )
         return
@@ -94,6 +95,8 @@ def restore_logical_cmd(result: LogicalRestoreResult | LogicalListing, as_json: 
         f"{_tables(len(result.row_counts))}, {result.rows} rows (counts match the backup), "
         f"{human_bytes(result.bytes_read)} in {result.duration:.1f} s"
     )
+    for check in result.checks:
+        print(f"  {'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
 
 
 def report_csv_restore(result: CsvRestoreResult, as_json: bool) -> None:

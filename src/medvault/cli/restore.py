@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 def restore(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, prefix, latest or latest:SOURCE."),
+    snapshot: str = typer.Argument(
+        ..., help="Snapshot id, prefix, latest[:SOURCE], verified[:SOURCE] or random:30d[:SOURCE]."
+    ),
     target: str | None = typer.Option(
         None,
         "--target",
@@ -136,6 +138,16 @@ def restore(
         from medvault.cli.pg_logical import restore_logical_cmd
 
         restore_logical_cmd(result, as_json)
+    # The data is back either way: a failed smoke check fails the command, a failed
+    # after_restore hook makes it incomplete (the session's warnings name both).
+    if getattr(result, "check_failure", None):
+        from medvault.errors import RestoreCheckFailed
+
+        raise RestoreCheckFailed(result.check_failure)  # type: ignore[union-attr]
+    if getattr(result, "hook_problem", None):
+        from medvault.errors import EXIT_INCOMPLETE
+
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def _report_files(result: FilesRestoreResult, as_json: bool) -> None:

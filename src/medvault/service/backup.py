@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from medvault.errors import ReplicationFailed, UsageError
+from medvault.service.hooks import around
 
 if TYPE_CHECKING:
     from medvault.config import PostgresCsvSourceSettings, PostgresSourceSettings
@@ -119,10 +120,11 @@ class FilesBackupResult:
     changed_while_read: tuple[Problem, ...] = ()
     skipped: tuple[Problem, ...] = ()
     replication: Replication = Replication()
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def complete(self) -> bool:
-        return not self.unreadable and not self.changed_while_read
+        return not self.unreadable and not self.changed_while_read and self.hook_problem is None
 
     @classmethod
     def of(cls, walked: WalkResult, replication: Replication) -> FilesBackupResult:
@@ -151,6 +153,7 @@ class PhysicalBackupResult:
     checksum_failures: tuple[ChecksumFailure, ...] = ()
     # Said about the request itself, before the backup's own lines ("note: ...").
     notes: tuple[str, ...] = ()
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -162,7 +165,7 @@ class PhysicalBackupResult:
 
     @property
     def complete(self) -> bool:
-        return not self.checksum_failures and self.files.complete
+        return not self.checksum_failures and self.files.complete and self.hook_problem is None
 
 
 @dataclass(frozen=True)
@@ -177,13 +180,35 @@ class LogicalBackupResult:
     row_counts: dict[str, int] = field(default_factory=dict)  # as recorded with the dump
     replication: Replication = Replication()
     format: str = "custom"  # or csv
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def complete(self) -> bool:
-        return True
+        return self.hook_problem is None
 
 
 BackupResult: TypeAlias = FilesBackupResult | PhysicalBackupResult | LogicalBackupResult
+
+
+@dataclass(frozen=True)
+class DryRunBackupResult:
+    """What `backup --dry-run` found: what the backup would read and add, nothing written."""
+
+    source: str
+    backup_type: str  # as it would be taken (full when there is no parent)
+    parent: str | None
+    files_new: int
+    files_changed: int
+    files_unchanged: int
+    dirs: int
+    bytes_total: int  # every file of the backup, read or not
+    bytes_read: int  # what it would read: new and changed files
+    blobs_new: int
+    bytes_new: int  # new to the repository after deduplication, before compression
+    bytes_added: int  # what they would take in packs: compressed and sealed
+    duration: float
+    unreadable: tuple[Problem, ...] = ()
+    skipped: tuple[Problem, ...] = ()
 
 
 # -- the operations ------------------------------------------------------------------------
@@ -238,6 +263,69 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
         return _files(session, run, files, on_progress)
 
 
+def backup_dry_run(
+    session: Session, options: BackupOptions, on_progress: Progress = None
+) -> DryRunBackupResult:
+    """What `backup()` of the same request would read and add to the repository, from a walk
+    that chunks and looks every blob up in the index and writes nothing (the run, "backup-dry-run",
+    is kept by the catalog; the audit trail seals only one that failed). Files backups
+    only: a PostgreSQL backup cannot be rehearsed without starting one on the server."""
+    from medvault.sources.files import dry_run_files
+
+    with session.run("backup-dry-run", source=options.source) as run:
+        check_backup_type(options.backup_type)
+        name, targets = options.source, options.targets
+        if len(targets) == 1 and name is None and targets[0] in session.configured_sources():
+            name, targets = targets[0], ()
+        run.source = name
+        postgres = name is not None and not targets and name in session.configured_sources()
+        if (
+            options.logical
+            or options.database
+            or (postgres and _postgres_settings_or_none(session, name or "") is not None)
+        ):
+            raise UsageError("--dry-run covers files backups (paths or a files source) only")
+        files = FilesBackupOptions(
+            paths=targets,
+            source=name,
+            backup_type=options.backup_type,
+            tags=options.tags,
+            excludes=options.excludes,
+        )
+        plan = _walk_options(session, files)
+        run.source = plan.source
+        repo = session.open(plan.source)
+        run.repository = repo.url
+        if repo.local_path:
+            plan.skip_paths = (*plan.skip_paths, repo.local_path)
+        found = dry_run_files(repo, plan, on_progress)
+        run.add_bytes(read=found.bytes_read)
+        run.details.update(
+            dry_run=True,
+            type=found.backup_type,
+            parent=found.parent,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+        )
+        return DryRunBackupResult(
+            source=plan.source,
+            backup_type=found.backup_type,
+            parent=found.parent,
+            files_new=found.files_new,
+            files_changed=found.files_changed,
+            files_unchanged=found.files_unchanged,
+            dirs=found.dirs,
+            bytes_total=found.bytes_total,
+            bytes_read=found.bytes_read,
+            blobs_new=found.blobs_new,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+            duration=found.duration,
+            unreadable=(*found.unreadable, *found.changed_while_read),
+            skipped=tuple(found.skipped),
+        )
+
+
 def backup_files(
     session: Session, options: FilesBackupOptions, on_progress: Progress = None
 ) -> FilesBackupResult:
@@ -284,12 +372,14 @@ def _files(
         # Backing up / (or any tree holding the repository) must not copy the repository
         # into itself, snapshot after snapshot.
         plan.skip_paths = (*plan.skip_paths, repo.local_path)
-    walked = walk(repo, plan, on_progress=on_progress)
-    snap = walked.snapshot
-    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
-    problems = [_unread(len(walked.unreadable) + len(walked.changed_while_read))]
-    replication = _replicate(session, run, repo, snap.id, plan.source, problems)
-    return FilesBackupResult.of(walked, replication)
+    with around(session, run, plan.source) as hooks:
+        walked = walk(repo, plan, on_progress=on_progress)
+        snap = walked.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+        problems = [_unread(len(walked.unreadable) + len(walked.changed_while_read))]
+        replication = _replicate(session, run, repo, snap.id, plan.source, problems)
+    return replace(FilesBackupResult.of(walked, replication), hook_problem=hooks.after_failure)
 
 
 def _walk_options(session: Session, options: FilesBackupOptions) -> WalkOptions:
@@ -355,21 +445,23 @@ def _physical(
         archive_timeout_s=settings.archive_timeout_s,
     )
     notes: list[str] = []
-    if options.method == "local":
-        result = copy_locally(repo, name, source, options.backup_type, tags, on_progress)
-    else:
-        if options.backup_type != "full":
-            notes.append("note: --method stream always takes a full copy")
-        result = backup_streamed(repo, name, source, tags, on_progress)
-    walked, failures = result.files, tuple(result.checksum_failures)
-    snap = walked.snapshot
-    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
-    run.details["method"] = result.facts.method
-    problems = [
-        _unread(len(walked.unreadable) + len(walked.changed_while_read)),
-        f"{len(failures)} relation file(s) have damaged pages" if failures else None,
-    ]
-    replication = _replicate(session, run, repo, snap.id, name, problems)
+    with around(session, run, name) as hooks:
+        if options.method == "local":
+            result = copy_locally(repo, name, source, options.backup_type, tags, on_progress)
+        else:
+            if options.backup_type != "full":
+                notes.append("note: --method stream always takes a full copy")
+            result = backup_streamed(repo, name, source, tags, on_progress)
+        walked, failures = result.files, tuple(result.checksum_failures)
+        snap = walked.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+        run.details["method"] = result.facts.method
+        problems = [
+            _unread(len(walked.unreadable) + len(walked.changed_while_read)),
+            f"{len(failures)} relation file(s) have damaged pages" if failures else None,
+        ]
+        replication = _replicate(session, run, repo, snap.id, name, problems)
     return PhysicalBackupResult(
         files=FilesBackupResult.of(walked, replication),
         facts=result.facts,
@@ -377,6 +469,7 @@ def _physical(
         stop_lsn=format_lsn(result.facts.stop_lsn),
         checksum_failures=failures,
         notes=tuple(notes),
+        hook_problem=hooks.after_failure,
     )
 
 
@@ -409,33 +502,38 @@ def _logical(
         return repo
 
     tags = tuple(dict.fromkeys([*settings.tags, *options.tags]))
-    # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
-    repo = open_repository() if options.open_repository_first else open_repository
+    with around(session, run, name) as hooks:
+        # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
+        repo = open_repository() if options.open_repository_first else open_repository
+        if csv:
+            done = _csv(options, settings, tables, excludes, tags, repo, on_progress)
+            snap = done.snapshot
+            hooks.snapshot = snap.id
+            _record(run, snap, read=done.bytes_read, stored=done.bytes_added)
+            run.details["database"] = done.database
+            run.details["format"] = "csv"
+            replication = _replicate(session, run, opened[-1], snap.id, name, [])
+        else:
+            assert isinstance(settings, PostgresSourceSettings)  # _logical_format said so
+            result = dump(
+                repo,
+                source=name,
+                dsn=settings.dsn,
+                database=options.database,
+                pg_bin=settings.pg_bin,
+                tags=tags,
+                tier=settings.tier,
+                on_progress=on_progress,
+                tables=tables,
+                exclude_tables=excludes,
+            )
+            snap = result.snapshot
+            hooks.snapshot = snap.id
+            _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
+            run.details["database"] = result.database
+            replication = _replicate(session, run, opened[-1], snap.id, name, [])
     if csv:
-        done = _csv(options, settings, tables, excludes, tags, repo, on_progress)
-        snap = done.snapshot
-        _record(run, snap, read=done.bytes_read, stored=done.bytes_added)
-        run.details["database"] = done.database
-        run.details["format"] = "csv"
-        replication = _replicate(session, run, opened[-1], snap.id, name, [])
-        return replace(done, replication=replication)
-    assert isinstance(settings, PostgresSourceSettings)  # _logical_format said so
-    result = dump(
-        repo,
-        source=name,
-        dsn=settings.dsn,
-        database=options.database,
-        pg_bin=settings.pg_bin,
-        tags=tags,
-        tier=settings.tier,
-        on_progress=on_progress,
-        tables=tables,
-        exclude_tables=excludes,
-    )
-    snap = result.snapshot
-    _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
-    run.details["database"] = result.database
-    replication = _replicate(session, run, opened[-1], snap.id, name, [])
+        return replace(done, replication=replication, hook_problem=hooks.after_failure)
     return LogicalBackupResult(
         snapshot=snap,
         database=result.database,
@@ -446,6 +544,7 @@ def _logical(
         duration=result.duration,
         row_counts=dict(LogicalFacts.of(snap).row_counts),
         replication=replication,
+        hook_problem=hooks.after_failure,
     )
 
 

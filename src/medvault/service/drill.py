@@ -17,6 +17,7 @@ from medvault.errors import SnapshotNotFound, UsageError
 if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
+    from medvault.service.runs import Run
     from medvault.service.session import Session
     from medvault.verification.drills import DrillResult
 
@@ -72,7 +73,7 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
         if options.random_within is not None:
             snap, run.details["pick"] = _random_pick(repo, options)
         else:
-            snap = _chosen(repo, options)
+            snap = _chosen(repo, options, run)
         run.touched(snap.id)
         settings = session.settings.source.get(source) if session.configured_sources() else None
         tier = session.settings.tier.get(settings.tier) if settings and settings.tier else None
@@ -130,33 +131,18 @@ def _validate(options: DrillOptions) -> None:
 
 
 def _random_pick(repo: Repository, options: DrillOptions) -> tuple[Snapshot, dict[str, object]]:
-    """The same snapshots and seed give the same pick: candidates in (time, id) order."""
-    import random
+    """The draw `random:SPAN:SOURCE` makes as a selector (service/selectors.py)."""
+    from medvault.service.selectors import random_pick
 
     assert options.random_within is not None
-    since = dt.datetime.now(dt.UTC) - options.random_within
-    candidates = sorted(
-        (s for s in repo.list_snapshots() if s.source == options.source and s.taken >= since),
-        key=lambda s: (s.taken, s.id),
-    )
-    if not candidates:
-        raise SnapshotNotFound(
-            f"the repository holds no snapshot of {options.source} taken since "
-            f"{since.isoformat(timespec='seconds')}"
-        )
-    seed = options.seed or ""
-    snap = random.Random(seed).choice(candidates)
-    return snap, {
-        "random_within_s": options.random_within.total_seconds(),
-        "since": since.isoformat(timespec="seconds"),
-        "seed": seed,
-        "candidates": len(candidates),
-    }
+    return random_pick(repo, options.random_within, options.source, options.seed or "")
 
 
-def _chosen(repo: Repository, options: DrillOptions) -> Snapshot:
+def _chosen(repo: Repository, options: DrillOptions, run: Run) -> Snapshot:
+    from medvault.service.selectors import find_snapshot
+
     if options.snapshot is not None:
-        return repo.find_snapshot(options.snapshot)
+        return find_snapshot(repo, options.snapshot, run)
     if options.kind is None and not options.to_latest:
         return repo.find_snapshot(f"latest:{options.source}")
     kind = options.kind or "physical"

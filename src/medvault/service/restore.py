@@ -13,18 +13,22 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from medvault.errors import UsageError
+from medvault.service.selectors import find_snapshot
 
 if TYPE_CHECKING:
     from medvault.config import PostgresSourceSettings
     from medvault.recovery.files import RestoreResult as TreeRestoreResult
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
+    from medvault.service.hooks import HookPhase
     from medvault.service.pitr import PhysicalRestoreResult, RecoverySetup
     from medvault.service.runs import Run
     from medvault.service.session import Session
+
+_Restored = TypeVar("_Restored")
 
 # The shell's progress display, opened once the snapshot is found and so its size known
 # (None: not known, e.g. for a partial restore); it yields the callback that counts bytes.
@@ -116,6 +120,7 @@ class FilesRestoreResult:
     short_id: str
     target: str
     written: RestoredFiles
+    hook_problem: str | None = None  # an after_restore hook that failed (the files stay)
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,10 @@ class LogicalRestoreResult:
     row_counts: dict[str, int]  # restored, and equal to those recorded at backup
     bytes_read: int
     duration: float
+    # `[source.NAME.restore] checks` run in the restored database: name, ok, detail, seconds.
+    checks: tuple[dict[str, object], ...] = ()
+    check_failure: str | None = None  # the first that did not pass (the run failed)
+    hook_problem: str | None = None  # an after_restore hook that failed (the data stays)
 
     @property
     def rows(self) -> int:
@@ -183,7 +192,9 @@ def restore_files(
         note_reason(run, options.reason)
         _check_includes(options.includes)
         repo, snap = _find(session, run, options.snapshot)
-        return _files(run, repo, snap, options, progress or no_progress)
+        with _hooks(session, run, snap, options.target) as hooks:
+            done = _files(run, repo, snap, options, progress or no_progress)
+        return replace(done, hook_problem=hooks.after_failure)
 
 
 def restore_logical(
@@ -194,7 +205,11 @@ def restore_logical(
     with session.run("restore") as run:
         note_reason(run, options.reason)
         repo, snap = _find(session, run, options.snapshot)
-        return _logical(session, run, repo, snap, options, progress or no_progress)
+        if options.list_only:
+            return _logical(session, run, repo, snap, options, progress or no_progress)
+        with _hooks(session, run, snap, f"database {options.database}") as hooks:
+            done = _logical(session, run, repo, snap, options, progress or no_progress)
+        return _with_hook_problem(done, hooks.after_failure)
 
 
 def restore(
@@ -218,43 +233,97 @@ def restore(
         setup = options.recovery or pitr.RecoverySetup()
         if setup.recovery_target is not None and snap.kind != "postgres.physical":
             raise UsageError("--recovery-target applies to physical PostgreSQL snapshots only")
-        if snap.kind == "postgres.csv":
-            return _csv(session, run, repo, snap, options, shown)
-        if options.append:
+        if options.append and snap.kind != "postgres.csv":
             raise UsageError("--append applies to CSV snapshots only")
-        if snap.kind == "postgres.logical":
-            logical = LogicalRestoreOptions(
-                snapshot=options.snapshot,
-                database=options.database,
-                tables=options.tables,
-                schemas=options.schemas,
-                clean=options.clean,
-                list_only=options.list_only,
-            )
-            return _logical(session, run, repo, snap, logical, shown)
-        if snap.kind == "postgres.physical":
-            if options.pgdata is None:
-                raise UsageError("a physical PostgreSQL snapshot is restored with --pgdata DIR")
-            recovery_target, notice = pitr.resolve_recovery_target(
-                setup.recovery_target, options.target
-            )
-            if notice is not None:
-                session.notes.append(notice)
-            setup = replace(setup, recovery_target=recovery_target)
-            return pitr.restore_found(session, run, repo, snap, options.pgdata, setup, None, shown)
-        if options.target is None:
+        if snap.kind == "postgres.physical" and options.pgdata is None:
+            raise UsageError("a physical PostgreSQL snapshot is restored with --pgdata DIR")
+        databases = ("postgres.physical", "postgres.logical", "postgres.csv")
+        if snap.kind not in databases and options.target is None:
             raise UsageError("give the directory to restore into with --target DIR")
-        files = FilesRestoreOptions(
+        if snap.kind == "postgres.logical" and not (options.list_only or options.database):
+            raise UsageError(
+                "give the database to restore into with --database NAME (it is created when "
+                "missing)"
+            )
+        if options.list_only or not session.configured_sources():
+            return _restore_kind(session, run, repo, snap, options, shown)
+        target = options.pgdata or options.target
+        if snap.kind in ("postgres.logical", "postgres.csv") and options.database:
+            target = f"database {options.database}"
+        with _hooks(session, run, snap, target) as hooks:
+            done = _restore_kind(session, run, repo, snap, options, shown)
+        return _with_hook_problem(done, hooks.after_failure)
+
+
+def _restore_kind(
+    session: Session,
+    run: Run,
+    repo: Repository,
+    snap: Snapshot,
+    options: RestoreOptions,
+    shown: ProgressDisplay,
+) -> (
+    FilesRestoreResult
+    | LogicalRestoreResult
+    | LogicalListing
+    | PhysicalRestoreResult
+    | CsvRestoreResult
+):
+    from medvault.service import pitr
+
+    setup = options.recovery or pitr.RecoverySetup()
+    if snap.kind == "postgres.csv":
+        return _csv(session, run, repo, snap, options, shown)
+    if snap.kind == "postgres.logical":
+        logical = LogicalRestoreOptions(
             snapshot=options.snapshot,
-            target=options.target,
-            includes=options.includes,
-            overwrite=options.overwrite,
-            keep_setuid=options.keep_setuid,
+            database=options.database,
+            tables=options.tables,
+            schemas=options.schemas,
+            clean=options.clean,
+            list_only=options.list_only,
         )
-        return _files(run, repo, snap, files, shown)
+        return _logical(session, run, repo, snap, logical, shown)
+    if snap.kind == "postgres.physical":
+        if options.pgdata is None:
+            raise UsageError("a physical PostgreSQL snapshot is restored with --pgdata DIR")
+        recovery_target, notice = pitr.resolve_recovery_target(
+            setup.recovery_target, options.target
+        )
+        if notice is not None:
+            session.notes.append(notice)
+        setup = replace(setup, recovery_target=recovery_target)
+        return pitr.restore_found(session, run, repo, snap, options.pgdata, setup, None, shown)
+    if options.target is None:
+        raise UsageError("give the directory to restore into with --target DIR")
+    files = FilesRestoreOptions(
+        snapshot=options.snapshot,
+        target=options.target,
+        includes=options.includes,
+        overwrite=options.overwrite,
+        keep_setuid=options.keep_setuid,
+    )
+    return _files(run, repo, snap, files, shown)
 
 
 # -- the work -------------------------------------------------------------------------------
+
+
+def _hooks(
+    session: Session, run: Run, snap: Snapshot, target: str | None
+) -> AbstractContextManager[HookPhase]:
+    """The snapshot's source's before_restore and after_restore hooks around a restore."""
+    from medvault.service.hooks import around
+
+    return around(session, run, snap.source, restore=True, snapshot=snap.id, target=target)
+
+
+def _with_hook_problem(done: _Restored, problem: str | None) -> _Restored:
+    """The result, saying which after_restore hook failed (a physical restore's says it in
+    the session's notes and the run's record only)."""
+    if problem is None or not isinstance(done, FilesRestoreResult | LogicalRestoreResult):
+        return done
+    return replace(done, hook_problem=problem)
 
 
 def note_reason(run: Run, reason: str | None) -> None:
@@ -273,7 +342,7 @@ def _check_includes(includes: tuple[str, ...]) -> None:
 def _find(session: Session, run: Run, snapshot: str) -> tuple[Repository, Snapshot]:
     repo = session.open()
     run.repository = repo.url
-    snap = repo.find_snapshot(snapshot)
+    snap = find_snapshot(repo, snapshot, run)
     run.source = snap.source
     run.touched(snap.id)
     run.details["kind"] = snap.kind
@@ -360,6 +429,9 @@ def _logical(
     run.add_bytes(restored=done.bytes_read)
     run.details["created"] = done.created
     run.details["rows"] = sum(done.row_counts.values())
+    from medvault.service.hooks import restore_checks
+
+    checks, failure = restore_checks(session, run, snap.source, settings.dsn, done.database)
     return LogicalRestoreResult(
         snapshot_id=snap.id,
         short_id=snap.short_id,
@@ -368,6 +440,8 @@ def _logical(
         row_counts=dict(done.row_counts),
         bytes_read=done.bytes_read,
         duration=done.duration,
+        checks=tuple(checks),
+        check_failure=failure,
     )
 
 
