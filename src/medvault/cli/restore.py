@@ -45,6 +45,9 @@ def restore(
         False, "--clean", help="Logical: drop objects before recreating them."
     ),
     list_only: bool = typer.Option(False, "--list", help="Logical: show what the dump holds."),
+    into: str | None = typer.Option(
+        None, "--into", help="Logical: restore the one --table as this new SCHEMA.TABLE."
+    ),
     pgdata: str | None = typer.Option(
         None, "--pgdata", help="Physical: the data directory to restore into."
     ),
@@ -107,6 +110,7 @@ def restore(
             schemas=tuple(schemas),
             clean=clean,
             list_only=list_only,
+            into=into,
             pgdata=pgdata,
             # The recovery options above, by name from ctx.params.
             recovery=recovery_setup(ctx, recovery_target),
