@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.faultpoints import Pause, faults_env
 from tests.pgcluster import (
+    MEDVAULT,
     PgCluster,
     PgWorld,
     as_postgres,
     make_pg_tempdir,
+    popen_as_postgres,
     run_as_postgres,
     running_clusters,
 )
@@ -284,6 +288,34 @@ def test_a_table_missing_at_that_moment_is_one_line_and_leaves_nothing(
         scenario.world.cli("runs", "--operation", "restore-table", "--failed", "--json").stdout
     )
     assert any("did not exist" in (r["error"] or "") for r in failed)
+
+
+def test_ctrl_c_while_the_copy_runs_stops_the_server_and_removes_the_scratch(
+    scenario: Scenario,
+) -> None:
+    world = scenario.world
+    pause = Pause(world.base / "pause", "drill.server-running")
+    as_postgres(pause.folder)
+    command = [MEDVAULT, "--config", str(world.config), "restore-table", "emr", "prescriptions"]
+    command += ["--as-of", scenario.before, "--into", "interrupted"]
+    command += ["--scratch", str(scenario.scratch)]
+    proc = popen_as_postgres(command, world.cli.env | faults_env(**{pause.name: pause.action}))
+    try:
+        pause.wait(proc)
+        assert any(scenario.scratch.rglob("postmaster.pid")), "the scratch server runs"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        pause.release()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert not list(scenario.scratch.iterdir()), "the scratch copy is gone"
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"postgres -D {scenario.scratch}/"], capture_output=True, check=False
+    )
+    assert leftover.returncode == 1, "no throwaway server is left running"
+    assert scenario.cluster.scalar("SELECT to_regclass('interrupted')") is None
 
 
 def test_bad_names_and_options_are_one_line(scenario: Scenario) -> None:

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from medvault import faults
 from medvault.verification.drill_validation import validate
 from medvault.verification.scratch_cluster import ScratchCluster
 
@@ -88,7 +87,6 @@ def run_physical_drill(
         )
         began = time.monotonic()
         reached = cluster.recover()
-        faults.point("drill.server-running")
         how = "the newest archived WAL" if to_latest else "the end of the backup"
         took = time.monotonic() - began
         add(

@@ -15,6 +15,7 @@ import pwd
 import shlex
 from typing import TYPE_CHECKING
 
+from medvault import faults
 from medvault.postgres.facts import PhysicalFacts
 from medvault.recovery.postgres import write_private_file
 from medvault.verification.drill_cluster import (
@@ -134,7 +135,7 @@ class ScratchCluster:
             (uid, gid) if run_as is not None else None,
         )
         feeder.start()
-        return start_and_wait(
+        reached = start_and_wait(
             self.pgdata,
             self.pg_ctl,
             self.port,
@@ -142,6 +143,8 @@ class ScratchCluster:
             access=access,
             failed=lambda: feeder.error,
         )
+        faults.point("drill.server-running")
+        return reached
 
     @property
     def wal_fetched(self) -> int:
