@@ -271,7 +271,7 @@ def test_a_moment_before_the_first_backup_is_refused_in_one_line(scenario: Scena
     )
     assert done.returncode == EXIT_SNAPSHOT_NOT_FOUND
     (line,) = done.stderr.strip().splitlines()
-    assert "no backup of emr reaches back to" in line
+    assert "no backup of emr reaches back to" in line and "give a later --as-of" in line
 
 
 def test_a_table_missing_at_that_moment_is_one_line_and_leaves_nothing(
@@ -324,7 +324,7 @@ def test_bad_names_and_options_are_one_line(scenario: Scenario) -> None:
         (("prescriptions", "--as-of", scenario.before), "--into SCHEMA.NEW_TABLE or --to-file"),
         (('"open', "--as-of", scenario.before, "--into", "x"), "is not closed"),
         (("a.b.c", "--as-of", scenario.before, "--into", "x"), "give SCHEMA.TABLE"),
-        (("t", "--as-of", "yesterday", "--into", "x"), "is not a time"),
+        (("t", "--as-of", "yesterday", "--into", "x"), "--as-of 'yesterday' is not a time"),
         (("t", "--as-of", scenario.before, "--into", "x", "--format", "csv"), "--to-file only"),
     ]:
         done = scenario.restore_table(*args, check=False)

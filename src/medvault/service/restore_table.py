@@ -15,13 +15,14 @@ backup reaches) is refused before anything is restored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from medvault.errors import RecoveryFailed, UsageError
+from medvault.errors import MedvaultError, RecoveryFailed, UsageError
 from medvault.service.restore import note_reason
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ def restore_table(
         fmt = _check(options)
         table = parse_table_name(options.table)
         into = parse_table_name(options.into) if options.into is not None else None
-        target = make_target(time_=options.as_of)
+        with _as_of_spelling():
+            target = make_target(time_=options.as_of)
         settings = _postgres_source(session, options.source)
         from medvault.postgres.server import dsn_field
 
@@ -109,7 +111,8 @@ def restore_table(
         try:
             repo = session.open(options.source)
             run.repository = repo.url
-            snap = choose_base_backup(repo, options.source, target)
+            with _as_of_spelling():
+                snap = choose_base_backup(repo, options.source, target)
             run.touched(snap.id)
             if on_chosen is not None:
                 on_chosen(snap.short_id, PhysicalFacts.of(snap).stop_time)
@@ -123,7 +126,8 @@ def restore_table(
                 purpose="restore-table",
             )
             try:
-                cluster.restore()
+                with _as_of_spelling():
+                    cluster.restore()
                 reached = cluster.recover()
                 recovered = time.monotonic()
                 run.recovery_point = (
@@ -173,6 +177,18 @@ def restore_table(
             copy_s=round(done - recovered, 3),
             duration=round(done - began, 3),
         )
+
+
+@contextlib.contextmanager
+def _as_of_spelling() -> Iterator[None]:
+    """The recovery code's refusals name pitr's --target-time; here the option is --as-of."""
+    try:
+        yield
+    except MedvaultError as exc:
+        text = str(exc)
+        if "--target-time" not in text:
+            raise
+        raise type(exc)(text.replace("--target-time", "--as-of")) from None
 
 
 def _check(options: RestoreTableOptions) -> str:
