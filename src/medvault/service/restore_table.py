@@ -79,6 +79,7 @@ def restore_table(
     out of it into a new table (or a file). `on_chosen(short_id, consistent_at)` is told the
     base backup before the restore starts."""
     from medvault.postgres.facts import PhysicalFacts
+    from medvault.postgres.server import dsn_field
     from medvault.recovery.postgres import choose_base_backup, make_target
     from medvault.recovery.postgres.table_copy import parse_table_name
     from medvault.verification.scratch_cluster import ScratchCluster
@@ -92,8 +93,6 @@ def restore_table(
         with _as_of_spelling():
             target = make_target(time_=options.as_of)
         settings = _postgres_source(session, options.source)
-        from medvault.postgres.server import dsn_field
-
         database = options.database or dsn_field(settings.dsn, "dbname") or "postgres"
         run.details.update(table=str(table), database=database, as_of=target.value)
         run.recovery_point = f"time {target.value}"
@@ -149,9 +148,9 @@ def restore_table(
                 _discard(fd, options.to_file)
                 fd = None
             raise
-        finally:
-            if fd is not None:
-                os.close(fd)
+        if fd is not None:
+            os.fsync(fd)  # the file is what the caller keeps: on disk before we say so
+            os.close(fd)
         done = time.monotonic()
         run.add_bytes(restored=moved)
         run.details.update(rows=rows, columns=len(definition.columns))
