@@ -86,7 +86,15 @@ def restore_logical_cmd(result: LogicalRestoreResult | LogicalListing, as_json: 
                 "bytes_read": result.bytes_read,
                 "duration_s": round(result.duration, 3),
                 "checks": list(result.checks),
+                "into": result.into,
             }
+        )
+        return
+    if result.into is not None:
+        print(
+            f"restored a table of snapshot {result.short_id} as {result.into} in database "
+            f"{result.database}: {result.rows} rows (the count matches the backup), "
+            f"{human_bytes(result.bytes_read)} read in {result.duration:.1f} s"
         )
         return
     made = "new database" if result.created else "database"

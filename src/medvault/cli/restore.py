@@ -55,6 +55,9 @@ def restore(
     append: bool = typer.Option(
         False, "--append", help="CSV: load into tables that hold rows already."
     ),
+    into: str | None = typer.Option(
+        None, "--into", help="Logical: restore the one --table as this new SCHEMA.TABLE."
+    ),
     pgdata: str | None = typer.Option(
         None, "--pgdata", help="Physical: the data directory to restore into."
     ),
@@ -118,6 +121,7 @@ def restore(
             clean=clean,
             list_only=list_only,
             append=append,
+            into=into,
             pgdata=pgdata,
             # The recovery options above, by name from ctx.params.
             recovery=recovery_setup(ctx, recovery_target),

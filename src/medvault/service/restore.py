@@ -61,6 +61,7 @@ class LogicalRestoreOptions:
     schemas: tuple[str, ...] = ()
     clean: bool = False
     list_only: bool = False  # show what the dump holds, restore nothing
+    into: str | None = None  # the one --table, restored under this SCHEMA.NAME
     reason: str | None = None
 
 
@@ -80,6 +81,7 @@ class RestoreOptions:
     clean: bool = False
     list_only: bool = False
     append: bool = False  # CSV: load into tables that hold rows already
+    into: str | None = None  # logical: the one --table, restored under this SCHEMA.NAME
     pgdata: str | None = None
     recovery: RecoverySetup | None = None  # physical: target, start, ...; None: defaults
     reason: str | None = None
@@ -175,6 +177,7 @@ class LogicalRestoreResult:
     checks: tuple[dict[str, object], ...] = ()
     check_failure: str | None = None  # the first that did not pass (the run failed)
     hook_problem: str | None = None  # an after_restore hook that failed (the data stays)
+    into: str | None = None  # the new table, when one table was restored under a new name
 
     @property
     def rows(self) -> int:
@@ -233,6 +236,8 @@ def restore(
         setup = options.recovery or pitr.RecoverySetup()
         if setup.recovery_target is not None and snap.kind != "postgres.physical":
             raise UsageError("--recovery-target applies to physical PostgreSQL snapshots only")
+        if options.into is not None and snap.kind != "postgres.logical":
+            raise UsageError("--into applies to one --table of a logical snapshot")
         if options.append and snap.kind != "postgres.csv":
             raise UsageError("--append applies to CSV snapshots only")
         if snap.kind == "postgres.physical" and options.pgdata is None:
@@ -282,6 +287,7 @@ def _restore_kind(
             schemas=options.schemas,
             clean=options.clean,
             list_only=options.list_only,
+            into=options.into,
         )
         return _logical(session, run, repo, snap, logical, shown)
     if snap.kind == "postgres.physical":
@@ -399,6 +405,9 @@ def _logical(
     if options.list_only:
         run.details["list_only"] = True
         return _listing(session, repo, snap)
+    settings = _source_settings(session, snap)
+    if options.into is not None:
+        return _logical_into(session, run, repo, snap, options, settings, progress)
     if not options.database:
         raise UsageError(
             "give the database to restore into with --database NAME (it is created when missing)"
@@ -413,7 +422,6 @@ def _logical(
         run.details["schemas"] = list(options.schemas)
     if options.clean:
         run.details["clean"] = True
-    settings = _source_settings(session, snap)
     with progress(total_bytes(snap)) as advance:
         done = restore_dump(
             repo,
@@ -522,6 +530,54 @@ def _csv_restore_dsn(session: Session, snap: Snapshot) -> str:
             "server to load into, or write the files out with --target DIR"
         )
     return settings.dsn
+
+
+def _logical_into(
+    session: Session,
+    run: Run,
+    repo: Repository,
+    snap: Snapshot,
+    options: LogicalRestoreOptions,
+    settings: PostgresSourceSettings,
+    progress: ProgressDisplay,
+) -> LogicalRestoreResult:
+    """One table restored under a new name into the database (default: the source's)."""
+    from medvault.postgres.server import dsn_field
+    from medvault.recovery.logical_table import restore_table_into
+    from medvault.recovery.postgres.table_copy import parse_table_name
+    from medvault.verification.scratch import scratch_database_name
+
+    assert options.into is not None
+    if len(options.tables) != 1 or options.schemas or options.clean:
+        raise UsageError("--into restores exactly one --table under a new name (no --schema)")
+    into = parse_table_name(options.into)
+    database = options.database or dsn_field(settings.dsn, "dbname") or "postgres"
+    run.details.update(database=database, tables=list(options.tables), into=str(into))
+    run.destination = f"table {into} in database {database}"
+    with progress(total_bytes(snap)) as advance:
+        done = restore_table_into(
+            repo,
+            snap,
+            dsn=settings.dsn,
+            database=database,
+            table=options.tables[0],
+            into=into,
+            scratch_database=scratch_database_name(),
+            pg_bin=settings.pg_bin,
+            on_progress=advance,
+        )
+    run.add_bytes(restored=done.bytes_read)
+    run.details["rows"] = done.rows
+    return LogicalRestoreResult(
+        snapshot_id=snap.id,
+        short_id=snap.short_id,
+        database=database,
+        created=False,
+        row_counts={str(into): done.rows},
+        bytes_read=done.bytes_read,
+        duration=done.duration,
+        into=str(into),
+    )
 
 
 def _listing(session: Session, repo: Repository, snap: Snapshot) -> LogicalListing:
