@@ -245,7 +245,8 @@ def restore(
         databases = ("postgres.physical", "postgres.logical", "postgres.csv")
         if snap.kind not in databases and options.target is None:
             raise UsageError("give the directory to restore into with --target DIR")
-        if snap.kind == "postgres.logical" and not (options.list_only or options.database):
+        logical_whole = snap.kind == "postgres.logical" and options.into is None
+        if logical_whole and not (options.list_only or options.database):
             raise UsageError(
                 "give the database to restore into with --database NAME (it is created when "
                 "missing)"
