@@ -245,8 +245,8 @@ class AzureBackend(Backend):
                 f"the Azure endpoint {self._where()} did not answer ({action} {target})"
             )
         if isinstance(exc, HttpResponseError):
-            code = self._code(exc)
             status = exc.status_code
+            code = self._code(exc) or (f"HTTP {status}" if status else type(exc).__name__)
             if code == "ContainerNotFound":
                 return BackendError(
                     f"container {self.container_name} does not exist at {self._where()}: "
@@ -254,17 +254,17 @@ class AzureBackend(Backend):
                 )
             if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
                 return BackendError(
-                    f"access denied to {action} {target} ({code or status}): check the "
+                    f"access denied to {action} {target} ({code}): check the "
                     "credentials, their permissions and the SAS token's expiry"
                 )
-            return BackendError(
-                f"Azure refused to {action} {target}: {code or 'HTTP ' + str(status)}"
-            )
+            return BackendError(f"Azure refused to {action} {target}: {code}")
         return BackendError(f"cannot {action} {target}: {type(exc).__name__}")
 
     @staticmethod
     def _code(exc: Exception) -> str:
-        return str(getattr(exc, "error_code", "") or "")
+        """The service's error code ("BlobNotFound"); the SDK gives an enum member or text."""
+        code = getattr(exc, "error_code", None)
+        return str(getattr(code, "value", code) or "")
 
     # -- the protocol ----------------------------------------------------------------------
 
