@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from tests.azuriteserver import ACCOUNT, KEY, AzuriteServer
 from tests.test_copy import cli_for, config_for, copy, push_segment
 from tests.test_replication import clis, segment, write_config
 
-from conftest import Cli, S3Server, tree_digest
+from conftest import PASSWORD, Cli, S3Server, tree_digest
 from medvault.backends import open_backend
 from medvault.backends.azure import AzureBackend, AzureOptions
 from medvault.config import RepositorySettings
@@ -247,3 +249,43 @@ def test_a_restored_server_gets_the_azure_keys_only_from_where_medvault_found_it
     assert carried == {"AZURE_STORAGE_ACCOUNT": "clinic", "AZURE_STORAGE_KEY": "a-key"}
     from_file = childenv.store_access("azure://c/emr", None, keys_in_config=True, environ=environ)
     assert from_file == {"AZURE_STORAGE_ACCOUNT": "clinic"}
+
+
+# -- the SDK is imported only for azure:// ---------------------------------------------------
+
+WITHOUT_AZURE = """
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "azure" or name.startswith("azure."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["medvault", *sys.argv[1:]]
+from medvault.cli.entry import main
+main()
+"""
+
+
+def test_without_the_azure_sdk_an_azure_repository_names_the_package(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AZURE, "--repo", "azure://clinic-backups/emr", "snapshots"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env | {"MEDVAULT_PASSWORD": PASSWORD},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install azure-storage-blob" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_azure_sdk_is_not_loaded_for_local_or_s3_repositories(tmp_path: Path) -> None:
+    code = (
+        "import sys; from medvault.backends import open_backend; "
+        f"open_backend({str(tmp_path / 'r')!r}); open_backend('s3://clinic/emr'); "
+        "print(any(m.startswith('azure') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -368,13 +368,19 @@ class AzureBackend(Backend):
             # overwrite=False sends If-None-Match: * (Put Blob, or Put Block List when staged)
             blob.upload_blob(data, overwrite=overwrite, max_concurrency=4, **extra)
         except (ResourceExistsError, ResourceModifiedError) as exc:
-            if self._code(exc) in ("BlobImmutableDueToPolicy", "BlobImmutableDueToLegalHold"):
-                raise ObjectLocked(f"refusing to overwrite {name}: it is immutable") from None
+            if _immutable_refusal(exc):
+                raise ObjectLocked(
+                    f"the store refused to overwrite {name}: it is immutable"
+                ) from None
             retried = max(self._sent.urls.values(), default=0) > 1
             if retried and self._holds(name, data):
                 return  # our own write, retried after its answer was lost
             raise ObjectExists(f"object {name} already exists") from None
         except AzureError as exc:
+            if _immutable_refusal(exc):
+                raise ObjectLocked(
+                    f"the store refused to overwrite {name}: it is immutable"
+                ) from None
             raise self._error("write", name, exc) from None
         finally:
             self._sent.urls = None
@@ -412,9 +418,7 @@ class AzureBackend(Backend):
                     if version.name == key and version.version_id:
                         self.container.delete_blob(key, version_id=version.version_id)
         except HttpResponseError as exc:
-            if self._code(exc).startswith("BlobImmutableDueTo") or (
-                exc.status_code in (403, 409) and self.lock_enabled and "Immutab" in self._code(exc)
-            ):
+            if _immutable_refusal(exc):
                 raise ObjectLocked(
                     f"object {name} is under an immutability policy or legal hold; the store "
                     "refused to delete it"
@@ -541,6 +545,12 @@ class AzureBackend(Backend):
         if self._container is not None:
             self._container.close()
             self._container = None
+
+
+def _immutable_refusal(exc: Exception) -> bool:
+    """Whether the store refused because of an immutability policy or legal hold (409
+    BlobImmutableDueToPolicy and its kin)."""
+    return "Immutab" in AzureBackend._code(exc)
 
 
 def _policy_expiry(props: BlobProperties) -> dt.datetime | None:
