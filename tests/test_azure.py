@@ -289,3 +289,47 @@ def test_the_azure_sdk_is_not_loaded_for_local_or_s3_repositories(tmp_path: Path
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_keys_in_the_config_are_refused_unless_plaintext_credentials_insists(
+    azure_server: AzuriteServer, tmp_path: Path, make_tree
+) -> None:
+    url = f"azure://{azure_server.new_container()}/clinic"
+    config = tmp_path / "medvault.toml"
+    section = f'[repository.cloud]\nurl = "{url}"\nendpoint = "{azure_server.endpoint}"\n'
+    config.write_text(section + f'account = "{ACCOUNT}"\naccount_key = "{KEY}"\n')
+    cli = Cli("cloud", tmp_path, url)
+    cli.env["MEDVAULT_CONFIG"] = str(config)
+    cli.env.pop("AZURE_STORAGE_CONNECTION_STRING")
+    done = cli("init", check=False)
+    assert done.returncode != 0 and "plaintext_credentials = true" in done.stderr
+    assert KEY not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+    config.write_text(
+        section + f'account = "{ACCOUNT}"\naccount_key = "{KEY}"\nplaintext_credentials = true\n'
+    )
+    cli("init")
+    data = make_tree({"a.txt": b"note\n"})
+    cli("backup", str(data))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('region = "eu-west-1"', "region: only applies to s3://"),
+        ("append_only = true", "version-level immutability"),
+    ],
+)
+def test_keys_of_other_stores_are_refused_in_an_azure_section(extra: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RepositorySettings.model_validate_strings({"url": "azure://c-1/x"} | _one(extra))
+
+
+def _one(line: str) -> dict[str, str]:
+    key, _, value = line.partition(" = ")
+    return {key: value.strip('"')}
+
+
+def test_azure_keys_are_refused_in_an_s3_section() -> None:
+    with pytest.raises(ValueError, match="account: only applies to azure://"):
+        RepositorySettings(url="s3://bucket/x", account="clinic")
