@@ -124,7 +124,7 @@ class AzureBackend(Backend):
     def _make_client(self) -> ContainerClient:
         import requests
         from azure.core.pipeline.transport import RequestsTransport
-        from azure.storage.blob import BlobServiceClient
+        from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
         access = self._access()
         session = requests.Session()
@@ -141,7 +141,9 @@ class AzureBackend(Backend):
         )
         settings: dict[str, Any] = {
             "transport": transport,
-            "retry_total": 8,
+            # The SDK's default backoff starts at 15 s: a dead endpoint would hold a command
+            # for minutes. 1, 3, 5, 9, 17 and 33 s (with jitter) ride out throttling as well.
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=6),
             "max_single_put_size": SINGLE_PUT,
             "max_block_size": BLOCK,
             "raw_request_hook": self._count_request,
