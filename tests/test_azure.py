@@ -4,6 +4,7 @@ how credentials are found, and that no error ever shows one."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.azuriteserver import ACCOUNT, KEY, AzuriteServer
+from tests.s3faults import Cut, Fault, FlakyProxy, Reply, Request
 from tests.test_copy import cli_for, config_for, copy, push_segment
 from tests.test_replication import clis, segment, write_config
 
@@ -20,7 +22,7 @@ from conftest import PASSWORD, Cli, S3Server, tree_digest
 from medvault.backends import open_backend
 from medvault.backends.azure import AzureBackend, AzureOptions
 from medvault.config import RepositorySettings
-from medvault.errors import BackendError, NotSupported, UsageError
+from medvault.errors import BackendError, NotSupported, ObjectExists, UsageError
 
 MiB = 1024 * 1024
 
@@ -333,3 +335,44 @@ def _one(line: str) -> dict[str, str]:
 def test_azure_keys_are_refused_in_an_s3_section() -> None:
     with pytest.raises(ValueError, match="account: only applies to azure://"):
         RepositorySettings(url="s3://bucket/x", account="clinic")
+
+
+# -- a store and a network that misbehave ---------------------------------------------------
+
+
+def test_a_write_whose_answer_was_lost_counts_as_written_and_a_cut_read_is_read_again(
+    azure_server: AzuriteServer,
+) -> None:
+    """The SDK asks again after a 500 that came once the blob was written: the retry's
+    If-None-Match then meets the blob the first attempt wrote, which is this write."""
+    faults = {"lost": Reply(500, "<Code>InternalError</Code>", after_store=True), "cut": Cut()}
+
+    def answer(request: Request) -> Fault | None:
+        if "/data/" not in request.path:
+            return None
+        if request.method == "PUT" and "lost" in faults:
+            return faults.pop("lost")
+        if request.method == "GET" and "cut" in faults:
+            return faults.pop("cut")
+        return None
+
+    url = f"azure://{azure_server.new_container()}/repo"
+    with FlakyProxy(f"http://127.0.0.1:{azure_server.port}", answer) as proxy:
+        settings = RepositorySettings(
+            url=url,
+            endpoint=f"{proxy.endpoint}/{ACCOUNT}",
+            account=ACCOUNT,
+            account_key=KEY,
+            plaintext_credentials=True,
+        )
+        with open_backend(url, settings) as backend:
+            backend.create()
+            data = os.urandom(300_000)
+            backend.store("data/ab/pack", data)
+            assert backend.load("data/ab/pack") == data
+            with pytest.raises(ObjectExists):
+                backend.store("data/ab/pack", os.urandom(10))  # not retried: another writer's
+        # The SDK leaves the 500's connection to the garbage collector (a reference cycle),
+        # and the proxy's close waits for every connection to end.
+        gc.collect()
+    assert proxy.injected == {"500 InternalError after the store wrote": 1, "body cut short": 1}

@@ -46,7 +46,12 @@ from medvault.errors import (
 )
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
+    from azure.storage.blob import (
+        BlobClient,
+        BlobProperties,
+        BlobServiceClient,
+        ContainerClient,
+    )
 
 SINGLE_PUT = 64 * 1024 * 1024  # Put Blob takes up to 5000 MiB; above this, staged blocks
 BLOCK = 16 * 1024 * 1024
@@ -104,6 +109,7 @@ class AzureBackend(Backend):
         self.container_name, self.prefix = parse_url(url)
         self.options = options or AzureOptions()
         self._client_lock = threading.Lock()
+        self._service: BlobServiceClient | None = None
         self._container: ContainerClient | None = None
         self._endpoint: str | None = None
         self._lock_enabled: bool | None = None
@@ -161,6 +167,7 @@ class AzureBackend(Backend):
                 "malformed (check the connection string, account name and endpoint)"
             ) from None
         self._endpoint = service.url.split("?", 1)[0].rstrip("/")
+        self._service = service  # owns the connections: a container client's close() leaves them
         return service.get_container_client(self.container_name)
 
     def _access(self) -> _Access:
@@ -544,8 +551,9 @@ class AzureBackend(Backend):
             raise self._error("list", prefix, exc) from None
 
     def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
+        if self._service is not None:
+            self._service.close()
+            self._service = None
             self._container = None
 
 
