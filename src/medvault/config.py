@@ -129,7 +129,7 @@ class RepositorySettings(_Section):
         azure_keys = ("account", "credential_file", "account_key", "sas_token")
         shared = ("endpoint", "read_timeout_s")
         if self.url.startswith("azure://"):
-            for key in s3_keys:
+            for key in (*s3_keys, "access_key_id", "secret_access_key"):
                 if key not in shared and getattr(self, key) is not None:
                     raise ValueError(f"{key}: only applies to s3:// repositories")
         else:
@@ -139,7 +139,8 @@ class RepositorySettings(_Section):
         if not self.url.startswith(("s3://", "azure://")):
             for key in s3_keys:
                 if getattr(self, key) is not None:
-                    raise ValueError(f"{key}: only applies to s3:// repositories")
+                    where = "s3:// and azure://" if key in shared else "s3://"
+                    raise ValueError(f"{key}: only applies to {where} repositories")
         elif self.append_only:
             raise ValueError(
                 "append_only: applies to local repositories; on S3 use a bucket with Object "
