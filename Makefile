@@ -54,4 +54,4 @@ bench-s3:
 	$(BIN)/python bench/s3_run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .fuzz
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis .fuzz

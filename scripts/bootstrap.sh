@@ -46,6 +46,13 @@ fi
 id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 # Debian's interpreter, not one under root's private home: PostgreSQL's archive_command runs
 # medvault as the postgres user, who must be able to execute this venv.
+# Azurite, the Azure Blob Storage emulator the tests run azure:// repositories against: into
+# the checkout's git-ignored .tools/ (no root needed, and each clone gets the same version).
+if [ ! -x .tools/node_modules/.bin/azurite-blob ] && ! command -v azurite-blob >/dev/null; then
+  command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+  echo "installing azurite into .tools/"
+  npm install --prefix .tools --no-audit --no-fund --silent azurite@3 >/dev/null
+fi
 UV_PYTHON="$PYTHON" "$UV" sync --frozen --quiet --compile-bytecode --python "$PYTHON"
 # The postgres user runs medvault (archive_command) but cannot write bytecode caches here:
 # compile them now, or every wal-push recompiles its imports.

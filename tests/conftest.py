@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.azuriteserver import AzuriteServer
 from tests.faultpoints import TALLY, Tallies
 from tests.pgcluster import PgWorld, make_pg_tempdir, running_clusters
 from tests.receivers import receiver, smtp, smtp_plain  # noqa: F401 (fixtures for every module)
@@ -55,6 +56,22 @@ def s3_server() -> Iterator[S3Server]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def azure_server() -> Iterator[AzuriteServer]:
+    """One Azurite per test process; each test gets containers of its own. Its connection
+    string goes into this process's environment too, so in-process backends find it."""
+    server = AzuriteServer()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend_kind" in metafunc.fixturenames:
         kinds = getattr(metafunc.module, "BACKENDS", ("local",))
@@ -72,6 +89,9 @@ def repo_url(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) 
     if backend_kind == "s3":
         server: S3Server = request.getfixturevalue("s3_server")
         return f"s3://{server.new_bucket()}/repo"
+    if backend_kind == "azure":
+        azure: AzuriteServer = request.getfixturevalue("azure_server")
+        return f"azure://{azure.new_container()}/repo"
     return str(tmp_path / "repo")
 
 

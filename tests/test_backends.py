@@ -1,11 +1,13 @@
 """The Backend contract: every verb, over every backend, in one suite.
 
 Each test runs over a local directory, an append-only local directory, S3 over HTTP and over
-TLS (a certificate made for the run), S3 with Object Lock, and the DelayedBackend wrapper.
-The S3 backends are built by open_backend, so they run inside the retry and window wrappers
-as medvault uses them. Where backends differ, the test asks the backend (`immutable`) or
-checks its answer (`lock_enabled`), so a backend that answers those questions wrongly fails
-here too.
+TLS (a certificate made for the run), S3 with Object Lock, Azure Blob Storage (Azurite), and
+the DelayedBackend wrapper. The S3 and Azure backends are built by open_backend, so they run
+inside the retry and window wrappers as medvault uses them. Azurite implements neither blob
+versions nor immutability policies: Azure runs as a store without them (the "not supported"
+test), and the locking tests run on S3 alone. Where backends differ, the test asks the
+backend (`immutable`) or checks its answer (`lock_enabled`), so a backend that answers those
+questions wrongly fails here too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from tests.azuriteserver import AzuriteServer
 from tests.s3server import S3Server
 
 from medvault.backends import Backend, open_backend
@@ -32,7 +35,15 @@ from medvault.errors import (
     RepositoryExists,
 )
 
-KINDS = ("local", "local append-only", "s3 http", "s3 tls", "s3 object lock", "delayed local")
+KINDS = (
+    "local",
+    "local append-only",
+    "s3 http",
+    "s3 tls",
+    "s3 object lock",
+    "azure",
+    "delayed local",
+)
 LOCKING = ("s3 object lock",)
 PAGE = 1000  # S3 lists at most this many objects per request
 
@@ -56,6 +67,9 @@ def _created(
                 monkeypatch.setenv(key, value)
         bucket = server.new_bucket(object_lock=kind == "s3 object lock")
         store = open_backend(f"s3://{bucket}/repo")
+    elif kind == "azure":
+        azure: AzuriteServer = request.getfixturevalue("azure_server")
+        store = open_backend(f"azure://{azure.new_container()}/repo")
     elif kind == "delayed local":
         store = DelayedBackend(LocalBackend(tmp_path / "store"), 0.001)
     else:

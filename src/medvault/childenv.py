@@ -31,6 +31,7 @@ _S3_LOCATION = (
     "AWS_PROFILE",
 )
 _S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_AZURE_KEYS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN")
 
 
 def _picked(names: tuple[str, ...], environ: Mapping[str, str]) -> dict[str, str]:
@@ -72,15 +73,20 @@ def store_access(
     keys_in_config: bool,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The AWS variables a restored server's `medvault wal-fetch` needs to reach the
-    repository at `url`: none for a local one; for S3 where the store is (endpoint, region,
-    CA bundle, credential files, profile), and the access keys themselves only when they are
-    where medvault found its own, in its environment: not when medvault.toml holds them or a
-    profile names them (then the credential file serves). `environ`: the environment medvault
+    """The variables a restored server's `medvault wal-fetch` needs to reach the repository
+    at `url`: none for a local one; for S3 where the store is (endpoint, region, CA bundle,
+    credential files, profile), for Azure the account; and the keys themselves only when they
+    are where medvault found its own, in its environment: not when medvault.toml holds them or
+    names a file of them (a profile, a credential_file). `environ`: the environment medvault
     was started with, as the shell hands it to the service (default: this process's)."""
+    environ = os.environ if environ is None else environ
+    if url.startswith("azure://"):
+        # Azure: the account, and its key, SAS token or connection string unless
+        # medvault.toml holds them or names a credential_file (keys_in_config).
+        carried = _picked(("AZURE_STORAGE_ACCOUNT",), environ)
+        return carried if keys_in_config else carried | _picked(_AZURE_KEYS, environ)
     if not url.startswith("s3://"):
         return {}
-    environ = os.environ if environ is None else environ
     carried = _picked(_S3_LOCATION, environ)
     from_files = keys_in_config or profile is not None or bool(environ.get("AWS_PROFILE"))
     if not from_files and environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):

@@ -53,6 +53,14 @@ class RepositorySettings(_Section):
     access_key_id: str | None = None
     secret_access_key: str | None = Field(default=None, repr=False)
     plaintext_credentials: bool = False
+    # Azure Blob Storage (azure://): the storage account (its endpoint defaults to
+    # https://ACCOUNT.blob.core.windows.net; `endpoint` names another: Azurite, sovereign
+    # clouds); credentials from AZURE_STORAGE_* or credential_file (a connection string, SAS
+    # token or account key), account_key / sas_token here only with plaintext_credentials.
+    account: str | None = None
+    credential_file: str | None = None
+    account_key: str | None = Field(default=None, repr=False)
+    sas_token: str | None = Field(default=None, repr=False)
     # Seconds without an answer from the store before a request is retried.
     read_timeout_s: float | None = Field(default=None, gt=0, le=3600)
     # A second repository (another [repository.NAME]) that `replicate` keeps up to date.
@@ -101,6 +109,12 @@ class RepositorySettings(_Section):
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role "
                 "(or set plaintext_credentials = true to insist)"
             )
+        if (self.account_key or self.sas_token) and not self.plaintext_credentials:
+            raise ValueError(
+                "account_key/sas_token: credentials in the config file are refused; use "
+                "AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN "
+                "or credential_file (or set plaintext_credentials = true to insist)"
+            )
         if self.sse_kms_key_id and self.sse != "sse-kms":
             raise ValueError('sse_kms_key_id: needs sse = "sse-kms"')
         s3_keys = (
@@ -112,13 +126,25 @@ class RepositorySettings(_Section):
             "profile",
             "read_timeout_s",
         )
-        if not self.url.startswith("s3://"):
+        azure_keys = ("account", "credential_file", "account_key", "sas_token")
+        shared = ("endpoint", "read_timeout_s")
+        if self.url.startswith("azure://"):
+            for key in (*s3_keys, "access_key_id", "secret_access_key"):
+                if key not in shared and getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only applies to s3:// repositories")
+        else:
+            for key in azure_keys:
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only applies to azure:// repositories")
+        if not self.url.startswith(("s3://", "azure://")):
             for key in s3_keys:
                 if getattr(self, key) is not None:
-                    raise ValueError(f"{key}: only applies to s3:// repositories")
+                    where = "s3:// and azure://" if key in shared else "s3://"
+                    raise ValueError(f"{key}: only applies to {where} repositories")
         elif self.append_only:
             raise ValueError(
-                "append_only: applies to local repositories; on S3 use a bucket with Object Lock"
+                "append_only: applies to local repositories; on S3 use a bucket with Object "
+                "Lock, on Azure a container with version-level immutability"
             )
         return self
 

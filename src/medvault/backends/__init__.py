@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 
 def open_backend(url: str, settings: RepositorySettings | None = None) -> Backend:
-    """A local path, file:// URL or s3://bucket/prefix. A remote store comes wrapped: reads
-    cut short are asked again (retry.py), and ranged reads go through windows of their object
-    (windows.py), since there every request costs a round trip."""
+    """A local path, file:// URL, s3://bucket/prefix or azure://container/prefix. A remote
+    store comes wrapped: reads cut short are asked again (retry.py), and ranged reads go
+    through windows of their object (windows.py), since there every request costs a round
+    trip."""
     if url.startswith("file://"):
         url = url[len("file://") :]
     if url.startswith("s3://"):
@@ -40,14 +41,40 @@ def open_backend(url: str, settings: RepositorySettings | None = None) -> Backen
             if settings.read_timeout_s is not None:
                 options = replace(options, read_timeout=settings.read_timeout_s)
         return WindowedBackend(RetryingBackend(S3Backend(url, options)))
+    if url.startswith("azure://"):
+        return _open_azure(url, settings)
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise UsageError(
-            f"repository URL scheme {scheme}:// is not supported (use a path or s3://)"
+            f"repository URL scheme {scheme}:// is not supported (use a path, s3:// or azure://)"
         )
     from medvault.backends.local import LocalBackend
 
     return LocalBackend(url, append_only=settings.append_only if settings else False)
+
+
+def _open_azure(url: str, settings: RepositorySettings | None) -> Backend:
+    _require_package(
+        "azure.storage.blob",
+        purpose="an azure:// repository",
+        install="azure-storage-blob",
+    )
+    from medvault.backends.azure import AzureBackend, AzureOptions
+    from medvault.backends.retry import RetryingBackend
+    from medvault.backends.windows import WindowedBackend
+
+    options = AzureOptions()
+    if settings is not None:
+        options = AzureOptions(
+            endpoint=settings.endpoint,
+            account=settings.account,
+            account_key=settings.account_key,
+            sas_token=settings.sas_token,
+            credential_file=settings.credential_file,
+        )
+        if settings.read_timeout_s is not None:
+            options = replace(options, read_timeout=settings.read_timeout_s)
+    return WindowedBackend(RetryingBackend(AzureBackend(url, options)))
 
 
 def _require_package(*modules: str, purpose: str, install: str) -> None:

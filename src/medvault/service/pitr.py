@@ -380,12 +380,18 @@ def restore_command(session: Session, source: str, access: WalFetchAccess) -> st
 
 def server_environment(session: Session, source: str, access: WalFetchAccess) -> dict[str, str]:
     """What a server started after the restore carries for its restore_command beyond a
-    minimal environment: the store's AWS variables for an S3 repository."""
+    minimal environment: the store's AWS variables for an S3 repository, its AZURE_STORAGE_*
+    ones for an Azure repository."""
     from medvault import childenv
 
     url, repo_settings = session.repository_target(source)
     profile = repo_settings.profile if repo_settings is not None else None
-    keys_in_config = repo_settings is not None and bool(repo_settings.access_key_id)
+    keys_in_config = repo_settings is not None and bool(
+        repo_settings.access_key_id
+        or repo_settings.account_key
+        or repo_settings.sas_token
+        or repo_settings.credential_file
+    )
     return childenv.store_access(url, profile, keys_in_config, access.environment)
 
 
