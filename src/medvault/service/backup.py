@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
+    from medvault.service.redis import RedisBackupResult
     from medvault.service.runs import Run
     from medvault.service.session import Session
     from medvault.sources.files import BackupOptions as WalkOptions
@@ -172,7 +173,9 @@ class LogicalBackupResult:
         return True
 
 
-BackupResult: TypeAlias = FilesBackupResult | PhysicalBackupResult | LogicalBackupResult
+BackupResult: TypeAlias = (
+    FilesBackupResult | PhysicalBackupResult | LogicalBackupResult | RedisBackupResult
+)
 
 
 # -- the operations ------------------------------------------------------------------------
@@ -196,6 +199,12 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
                     name, options.database, options.tags, options.open_repository_first
                 )
                 return _logical(session, run, logical, on_progress)
+            if settings is None and _is_redis(session, name):
+                from medvault.service.redis import RedisBackupOptions, backup_in_run
+
+                return backup_in_run(
+                    session, run, RedisBackupOptions(name, options.tags), on_progress
+                )
             if settings is not None:
                 physical = PhysicalBackupOptions(
                     name, options.backup_type, options.method, options.tags
@@ -289,7 +298,7 @@ def _walk_options(session: Session, options: FilesBackupOptions) -> WalkOptions:
     settings = session.settings.source[name]
     if not isinstance(settings, FilesSourceSettings):
         raise UsageError(
-            f"source {name} is a PostgreSQL source: take a physical or logical backup of it"
+            f"source {name} is a {settings.kind} source, not a files source: back it up by name"
         )
     return WalkOptions(
         source=name,
@@ -398,6 +407,12 @@ def _logical(
         row_counts=dict(LogicalFacts.of(snap).row_counts),
         replication=replication,
     )
+
+
+def _is_redis(session: Session, name: str) -> bool:
+    from medvault.config import RedisSourceSettings
+
+    return isinstance(session.settings.source.get(name), RedisSourceSettings)
 
 
 def _postgres_settings_or_none(session: Session, name: str) -> PostgresSourceSettings | None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
     from medvault.service.pitr import PhysicalRestoreResult, RecoverySetup
+    from medvault.service.redis import RedisRestoreOptions, RedisRestoreResult
     from medvault.service.runs import Run
     from medvault.service.session import Session
 
@@ -77,6 +78,7 @@ class RestoreOptions:
     list_only: bool = False
     pgdata: str | None = None
     recovery: RecoverySetup | None = None  # physical: target, start, ...; None: defaults
+    redis: RedisRestoreOptions | None = None  # Redis: a server (--redis-url) or an RDB file
     reason: str | None = None
 
 
@@ -172,9 +174,16 @@ def restore_logical(
 
 def restore(
     session: Session, options: RestoreOptions, *, progress: ProgressDisplay | None = None
-) -> FilesRestoreResult | LogicalRestoreResult | LogicalListing | PhysicalRestoreResult:
+) -> (
+    FilesRestoreResult
+    | LogicalRestoreResult
+    | LogicalListing
+    | PhysicalRestoreResult
+    | RedisRestoreResult
+):
     """Restore a snapshot whichever its kind: files into `target`, a logical dump into
-    `database`, a physical backup into `pgdata` (with point-in-time recovery)."""
+    `database`, a physical backup into `pgdata` (with point-in-time recovery), a Redis RDB
+    into a running server or a file."""
     from medvault.service import pitr
 
     shown = progress or no_progress
@@ -185,6 +194,15 @@ def restore(
         setup = options.recovery or pitr.RecoverySetup()
         if setup.recovery_target is not None and snap.kind != "postgres.physical":
             raise UsageError("--recovery-target applies to physical PostgreSQL snapshots only")
+        if snap.kind == "redis":
+            from medvault.service.redis import RedisRestoreOptions, restore_in_run
+
+            with shown(total_bytes(snap)) as advance:
+                return restore_in_run(
+                    session, run, repo, snap, options.redis or RedisRestoreOptions(), advance
+                )
+        if options.redis is not None:
+            raise UsageError("--redis-url and --rdb-file apply to Redis snapshots only")
         if snap.kind == "postgres.logical":
             logical = LogicalRestoreOptions(
                 snapshot=options.snapshot,
