@@ -743,6 +743,12 @@ class Settings(_Section):
                     f"{key}.logical: a files source has no logical backups; use full, "
                     "incremental or differential"
                 )
+            if isinstance(source, RedisSourceSettings):
+                for kind in ("logical", "incremental", "differential"):
+                    if kind in jobs:
+                        raise ValueError(
+                            f"{key}.{kind}: a Redis backup is always a whole RDB: schedule full"
+                        )
             if isinstance(source, PostgresSourceSettings) and source.pgdata is None:
                 for kind in ("incremental", "differential"):
                     if kind in jobs:

@@ -21,10 +21,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from medvault.errors import RestoreTargetError, SourceUnavailable, TargetFull
+from medvault.errors import RedisReplyError, RestoreTargetError, SourceUnavailable, TargetFull
 from medvault.recovery.stream import iter_stream, stream_node
 from medvault.redisdb.facts import RedisFacts
-from medvault.redisdb.resp import Connection, RedisAddress, RespError, connect, keyspace
+from medvault.redisdb.resp import Connection, RedisAddress, connect, keyspace
 from medvault.redisdb.server import ScratchRedis, loaded
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _copy_db(source: Connection, dest: Connection, db: int, *, replace: bool) ->
     source.call("SELECT", db)
     try:
         dest.call("SELECT", db)
-    except RespError as exc:
+    except RedisReplyError as exc:
         raise RestoreTargetError(
             f"the target Redis server {dest.describe} has no database {db}: {exc}"
         ) from None
@@ -117,7 +117,7 @@ def _copy_db(source: Connection, dest: Connection, db: int, *, replace: bool) ->
                 extra = ("REPLACE",) if replace else ()
                 commands.append(("RESTORE", key, max(ttl, 0), payload, *extra))
             for reply_ in dest.pipeline(commands):
-                if isinstance(reply_, RespError):
+                if isinstance(reply_, RedisReplyError):
                     if str(reply_).startswith("BUSYKEY"):
                         raise RestoreTargetError(
                             f"the target Redis server {dest.describe}: a key of the snapshot "
@@ -184,5 +184,5 @@ def scratch_keyspace(scratch: ScratchRedis) -> dict[int, int]:
     with scratch.connect() as conn:
         try:
             return keyspace(conn)
-        except RespError as exc:
+        except RedisReplyError as exc:
             raise SourceUnavailable(f"the scratch Redis server: {exc}") from None

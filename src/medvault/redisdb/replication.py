@@ -22,8 +22,8 @@ import socket
 import threading
 from collections.abc import Iterable
 
-from medvault.errors import IntegrityError, SourceUnavailable
-from medvault.redisdb.resp import Connection, RespError, encode
+from medvault.errors import IntegrityError, RedisReplyError, SourceUnavailable
+from medvault.redisdb.resp import Connection, encode
 
 MARK_SIZE = 40
 RDB_MAGIC = b"REDIS"
@@ -50,7 +50,7 @@ class RdbReader:
         conn = self.conn
         for args in (("REPLCONF", "capa", "eof"), ("REPLCONF", "rdb-only", "1")):
             # An older server lacks rdb-only: SYNC itself says whether we may sync.
-            with contextlib.suppress(RespError):
+            with contextlib.suppress(RedisReplyError):
                 conn.call(*args)
         conn.sock.settimeout(SYNC_TIMEOUT_S)
         conn.send("SYNC")

@@ -12,17 +12,13 @@ from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from medvault.errors import SourceUnavailable, UsageError
+from medvault.errors import RedisReplyError, SourceUnavailable, UsageError
 
 DEFAULT_PORT = 6379
 CONNECT_TIMEOUT_S = 10.0
 READ_SIZE = 256 * 1024
 
-Reply: TypeAlias = "bytes | int | list[Reply] | RespError | None"
-
-
-class RespError(Exception):
-    """An error reply (-ERR ..., -NOAUTH ..., -WRONGPASS ...)."""
+Reply: TypeAlias = "bytes | int | list[Reply] | RedisReplyError | None"
 
 
 @dataclass(frozen=True)
@@ -104,10 +100,10 @@ class Connection:
         self.sock.sendall(encode(args))
 
     def call(self, *args: bytes | str | int) -> Reply:
-        """One command's reply; an error reply raises RespError."""
+        """One command's reply; an error reply raises RedisReplyError."""
         self.send(*args)
         reply = self.read_reply()
-        if isinstance(reply, RespError):
+        if isinstance(reply, RedisReplyError):
             raise reply
         return reply
 
@@ -146,7 +142,7 @@ class Connection:
         if kind == b"+":
             return rest
         if kind == b"-":
-            return RespError(rest.decode("utf-8", "replace"))
+            return RedisReplyError(rest.decode("utf-8", "replace"))
         if kind == b":":
             return int(rest)
         if kind == b"$":
@@ -202,7 +198,7 @@ def connect(
         conn.call("PING")
         if select and address.db:
             conn.call("SELECT", address.db)
-    except RespError as exc:
+    except RedisReplyError as exc:
         conn.close()
         raise SourceUnavailable(f"{what} {where} refused the connection: {exc}") from None
     except (OSError, ConnectionError) as exc:

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 
@@ -24,6 +25,7 @@ SOCKET = "redis.sock"
 LOG = "redis.log"
 POLL_S = 0.02
 START_WAIT_S = 30.0
+SOCKET_PATH_MAX = 100
 
 
 def find_redis_server() -> str:
@@ -45,7 +47,13 @@ class ScratchRedis:
         self.password = secrets.token_hex(24)
         self.databases = max(16, databases)
         self.process: subprocess.Popen[bytes] | None = None
-        self.address = RedisAddress(None, 0, os.path.join(workdir, SOCKET), 0, None)
+        # A Unix socket's path has at most 107 bytes: a deep scratch directory gets its
+        # socket in a private directory of its own under /tmp.
+        self.socket_dir: str | None = None
+        folder = workdir
+        if len(os.fsencode(os.path.join(workdir, SOCKET))) > SOCKET_PATH_MAX:
+            folder = self.socket_dir = tempfile.mkdtemp(prefix="medvault-redis-", dir="/tmp")
+        self.address = RedisAddress(None, 0, os.path.join(folder, SOCKET), 0, None)
 
     def _config(self, masterauth: str) -> bytes:
         lines = [
@@ -103,10 +111,11 @@ class ScratchRedis:
 
     def stop(self) -> None:
         process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.kill()  # nothing to save: everything is in memory, and must go
-        process.wait()
+        if process is not None and process.poll() is None:
+            process.kill()  # nothing to save: everything is in memory, and must go
+            process.wait()
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)  # a socket, nothing else
 
 
 def load(server: ScratchRedis, chunks: Iterable[bytes], size: int) -> RdbFeeder:

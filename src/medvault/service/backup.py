@@ -174,7 +174,7 @@ class LogicalBackupResult:
 
 
 BackupResult: TypeAlias = (
-    FilesBackupResult | PhysicalBackupResult | LogicalBackupResult | RedisBackupResult
+    "FilesBackupResult | PhysicalBackupResult | LogicalBackupResult | RedisBackupResult"
 )
 
 

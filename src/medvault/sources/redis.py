@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medvault import faults
-from medvault.errors import SourceUnavailable
+from medvault.errors import RedisReplyError, SourceUnavailable
 from medvault.redisdb.facts import KIND_REDIS, RedisFacts
 from medvault.redisdb.replication import RdbReader
-from medvault.redisdb.resp import RedisAddress, RespError, connect, info, keyspace
+from medvault.redisdb.resp import RedisAddress, connect, info, keyspace
 from medvault.sources.stream import backup_stream
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def backup_redis(
         try:
             version = info(conn, "server").get("redis_version", "unknown")
             before = keyspace(conn)
-        except RespError as exc:
+        except RedisReplyError as exc:
             raise SourceUnavailable(f"Redis server {conn.describe}: {exc}") from None
         faults.point("redis.before-sync")
         reader = RdbReader(conn)
