@@ -28,6 +28,7 @@ from medvault.redisdb.resp import Connection, encode
 MARK_SIZE = 40
 RDB_MAGIC = b"REDIS"
 READ_SIZE = 1024 * 1024
+HANDSHAKE_TIMEOUT_S = 10.0
 SYNC_TIMEOUT_S = 300.0  # between two reads: the master sends newlines while it forks
 
 
@@ -120,15 +121,17 @@ class RdbReader:
         return data
 
     def readinto(self, buffer: memoryview, /) -> int:
-        while not self._out and not self._done:
+        # Fill the whole buffer: a short read makes the stream pipeline nap (FillingReader),
+        # and a socket hands out what has arrived, often far less than asked.
+        while len(self._out) < len(buffer) and not self._done:
             self._out += self._next()
         size = min(len(buffer), len(self._out))
         buffer[:size] = self._out[:size]
         del self._out[:size]
         return size
 
-    def facts(self) -> dict[str, object]:
-        """The RDB's version and checksum, checked for the framing an RDB must have."""
+    def facts(self) -> tuple[int, str | None]:
+        """The RDB's version and CRC64 (hex), checked for the framing an RDB must have."""
         if not self._done:
             raise SourceUnavailable("the RDB transfer ended early")
         if not self.header.startswith(RDB_MAGIC) or not self.header[5:9].isdigit():
@@ -141,7 +144,7 @@ class RdbReader:
             if len(self.tail) < 9 or self.tail[0] != 0xFF:
                 raise SourceUnavailable("the RDB does not end with its EOF opcode: cut short?")
             checksum = self.tail[1:].hex()
-        return {"rdb_version": version, "rdb_crc64": checksum, "rdb_bytes": self.size}
+        return version, checksum
 
 
 def check_rdb_start(data: bytes) -> None:
@@ -160,6 +163,7 @@ class RdbFeeder(threading.Thread):
         self.password = secrets.token_hex(24)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
+        self.connected = threading.Event()  # our replica asked for the RDB
         self.sent = threading.Event()  # the whole RDB went out
         self.ended = threading.Event()  # the replica's connection is over
         self.error: BaseException | None = None
@@ -172,6 +176,7 @@ class RdbFeeder(threading.Thread):
                     conn_sock, _ = self.listener.accept()
                 except OSError:
                     return  # closed
+                conn_sock.settimeout(HANDSHAKE_TIMEOUT_S)  # a silent peer must not block us
                 conn = Connection(conn_sock, "the scratch replica")
                 try:
                     if self._serve(conn):
@@ -211,6 +216,8 @@ class RdbFeeder(threading.Thread):
             elif command == b"REPLCONF":
                 conn.sock.sendall(b"+OK\r\n")
             elif command in (b"PSYNC", b"SYNC"):
+                self.connected.set()
+                conn.sock.settimeout(None)
                 replid = secrets.token_hex(20)
                 conn.sock.sendall(b"+FULLRESYNC %s 0\r\n$%d\r\n" % (replid.encode(), self.size))
                 for chunk in self.chunks:

@@ -25,6 +25,7 @@ SOCKET = "redis.sock"
 LOG = "redis.log"
 POLL_S = 0.02
 START_WAIT_S = 30.0
+CONNECT_WAIT_S = 60.0
 SOCKET_PATH_MAX = 100
 
 
@@ -128,7 +129,14 @@ def load(server: ScratchRedis, chunks: Iterable[bytes], size: int) -> RdbFeeder:
     try:
         with server.connect() as conn:
             conn.call("REPLICAOF", "127.0.0.1", feeder.port)
+            # A replica connects within a second or two (its replication cron); a load
+            # itself takes as long as the RDB is large, and is watched through the link.
+            deadline = time.monotonic() + CONNECT_WAIT_S
             while True:
+                if not feeder.connected.is_set() and time.monotonic() > deadline:
+                    raise IntegrityError(
+                        f"the scratch redis-server did not ask for the RDB: {server.log()}"
+                    )
                 if feeder.error is not None:
                     raise feeder.error
                 if server.process is not None and server.process.poll() is not None:
