@@ -150,6 +150,42 @@ def main() -> None:
             print(round_, {k: v[-1] for k, v in figures.items()}, flush=True)
         last = work / f"repo-{args.rounds - 1}"
         again = measured([MEDVAULT, "--repo", str(last), "backup", "redis"], env, work)
+        target_port = free_port()
+        target = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(target_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(work),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            restore = measured(
+                [
+                    MEDVAULT,
+                    "--repo",
+                    str(last),
+                    "restore",
+                    "latest:redis",
+                    "--redis-url",
+                    f"redis://127.0.0.1:{target_port}/0",
+                ],
+                env,
+                work,
+            )
+            drill = measured([MEDVAULT, "--repo", str(last), "drill", "redis"], env, work)
+        finally:
+            target.kill()
+            target.wait()
         rdb = subprocess.run(
             ["bash", "-c", f"redis-cli -p {port} --rdb - 2>/dev/null | wc -c"],
             capture_output=True,
@@ -168,6 +204,8 @@ def main() -> None:
             "medvault again (unchanged data, same repository): "
             f"wall {again[0]:.2f} s, CPU {again[1]:.2f} s"
         )
+        print(f"restore into a running server: wall {restore[0]:.2f} s, CPU {restore[1]:.2f} s")
+        print(f"drill: wall {drill[0]:.2f} s, CPU {drill[1]:.2f} s")
     finally:
         server.kill()
         server.wait()
