@@ -28,6 +28,8 @@ class RedisServer:
             'save ""',
             "appendonly no",
             f'logfile "{self.dir / "redis.log"}"',
+            # A diskless master waits 5 s for more replicas by default: not in tests.
+            "repl-diskless-sync-delay 0",
             *config,
         ]
         if password is not None:

@@ -3,11 +3,12 @@ over the replication protocol, restores into running servers and to RDB files, d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
-import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,20 @@ def test_backup_records_facts_and_restore_brings_back_every_type(
         assert c.call("PTTL", "queue") == -1
 
 
+def test_a_master_that_sends_its_rdb_from_disk_is_read_by_its_length(
+    initialized_cli: Cli, servers: list[RedisServer], tmp_path: Path
+) -> None:
+    """`repl-diskless-sync no`: the RDB comes as `$<len>`, not between EOF marks."""
+    source = start(servers, tmp_path, "repl-diskless-sync no")
+    fill(source)
+    configure(tmp_path, source)
+    made = backup(initialized_cli)
+    assert made["keys_after"] == {"0": 2008, "2": 2} and len(made["rdb_crc64"]) == 16
+    target = start(servers, tmp_path)
+    initialized_cli("restore", made["snapshot"], "--redis-url", target.url)
+    assert contents(target) == contents(source)
+
+
 def test_restore_refuses_a_target_with_keys_unless_flush_or_replace(
     initialized_cli: Cli, servers: list[RedisServer], tmp_path: Path
 ) -> None:
@@ -205,42 +220,76 @@ def test_an_empty_server_backs_up_restores_and_drills(
     assert "drill PASSED" in initialized_cli("drill", "sessions").stdout
 
 
+class BurstProxy(threading.Thread):
+    """Forwards connections to a Redis server; writes keys to it just before the first
+    connection's SYNC goes through, and deletes them again when the next connection (the
+    backup's second count) arrives: a burst of writes that the RDB caught and neither count
+    saw, at exactly that moment."""
+
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections == 2:
+                with self.server.client(0) as c:
+                    c.call("DEL", "burst:1", "burst:2")
+            upstream = socket.create_connection(("127.0.0.1", self.server.port))
+            first = self.connections == 1
+            threading.Thread(target=self._pipe, args=(client, upstream, first), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, dest: socket.socket, watch: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if watch and b"SYNC\r\n" in data:
+                    with self.server.client(0) as c:
+                        c.call("SET", "burst:1", "x")
+                        c.call("SET", "burst:2", "y")
+                    watch = False
+                dest.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dest.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def test_drill_fails_when_the_recorded_counts_disagree_with_the_rdb(
     initialized_cli: Cli, servers: list[RedisServer], tmp_path: Path
 ) -> None:
-    """A burst of writes that the RDB caught but neither count saw: keys added after the
-    first count and removed again before the second. The drill must not take the counts'
-    word for it."""
+    """The counts taken before and after the RDB agree, the RDB holds two keys more: the
+    drill must not take the counts' word for it."""
     source = start(servers, tmp_path)
     fill(source)
-    configure(tmp_path, source)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    faults = f"redis.before-sync=pause:{gate},redis.after-sync=pause:{gate}"
-    proc = initialized_cli.popen("backup", "sessions", env={"MEDVAULT_FAULTS": faults})
-    _wait_for(gate / "redis.before-sync.reached", proc)
-    with source.client(0) as c:
-        c.call("SET", "burst:1", "x")
-        c.call("SET", "burst:2", "y")
-    (gate / "redis.before-sync.go").touch()
-    _wait_for(gate / "redis.after-sync.reached", proc)
-    with source.client(0) as c:
-        c.call("DEL", "burst:1", "burst:2")
-    (gate / "redis.after-sync.go").touch()
-    _out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    proxy = BurstProxy(source)
+    proxy.start()
+    try:
+        (tmp_path / "medvault.toml").write_text(
+            f'[source.sessions]\nkind = "redis"\nurl = "redis://127.0.0.1:{proxy.port}/0"\n'
+        )
+        made = backup(initialized_cli)
+    finally:
+        proxy.close()
+    assert made["keys_before"] == made["keys_after"] == {"0": 2008, "2": 2}
 
     done = initialized_cli("drill", "sessions", check=False)
     assert done.returncode == 23
     assert "drill FAILED" in done.stdout
     assert "db0: 2010 keys, the snapshot says 2008" in done.stdout
     assert "failed" in done.stderr and done.stderr.strip().count("\n") == 0
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
 
 
 def test_a_server_with_a_password_and_an_acl_user(

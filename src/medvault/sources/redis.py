@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from medvault import faults
 from medvault.errors import RedisReplyError, SourceUnavailable
 from medvault.redisdb.facts import KIND_REDIS, RedisFacts
 from medvault.redisdb.replication import RdbReader
@@ -127,7 +126,6 @@ def backup_redis(
             before = keyspace(conn)
         except RedisReplyError as exc:
             raise SourceUnavailable(f"Redis server {conn.describe}: {exc}") from None
-        faults.point("redis.before-sync")
         reader = RdbReader(conn)
         try:
             reader.start()
@@ -137,7 +135,6 @@ def backup_redis(
 
         def finish() -> dict[str, Any]:
             rdb_version, rdb_crc64 = reader.facts()
-            faults.point("redis.after-sync")
             with connect(server.address, server.password, select=False) as again:
                 after = keyspace(again)
             facts = RedisFacts(
