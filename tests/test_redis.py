@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -391,3 +393,31 @@ def test_a_redis_schedule_takes_full_backups_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"source\.sessions\.url: holds a password") as caught:
         load_settings(str(config))
     assert "secret" not in str(caught.value)
+
+
+def test_a_scheduled_full_backup_of_a_redis_source_runs_as_a_job(
+    servers: list[RedisServer], tmp_path: Path
+) -> None:
+    source = start(servers, tmp_path)
+    fill(source)
+    (tmp_path / "medvault.toml").write_text(
+        f'[repository.main]\nurl = "{tmp_path / "repo"}"\n'
+        f'[source.sessions]\nkind = "redis"\nurl = "{source.url}"\n'
+        '[source.sessions.schedule]\nfull = "every 1h"\n'
+    )
+    cli = Cli("", tmp_path, location=tmp_path / "repo")
+    cli.env["MEDVAULT_REPOSITORY"] = ""
+    cli("init")
+    job = ["-m", "medvault.cli.jobrun", "--config", "medvault.toml", "--job", "sessions/full"]
+    done = subprocess.run(
+        [sys.executable, *job],
+        cwd=tmp_path,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "job sessions/full: ok: snapshot" in done.stdout and "(redis, full)" in done.stdout
+    (snap,) = json.loads(cli("snapshots", "--json").stdout)
+    assert snap["source"] == "sessions" and snap["kind"] == "redis"
