@@ -421,3 +421,79 @@ def test_a_scheduled_full_backup_of_a_redis_source_runs_as_a_job(
     assert "job sessions/full: ok: snapshot" in done.stdout and "(redis, full)" in done.stdout
     (snap,) = json.loads(cli("snapshots", "--json").stdout)
     assert snap["source"] == "sessions" and snap["kind"] == "redis"
+
+
+def test_the_scratch_server_loads_the_rdb_from_the_socket_and_writes_no_file(
+    servers: list[RedisServer], tmp_path: Path
+) -> None:
+    from medvault.redisdb.replication import RdbReader
+    from medvault.redisdb.server import loaded
+
+    source = start(servers, tmp_path)
+    fill(source)
+    with source.client(0) as conn:
+        reader = RdbReader(conn)
+        reader.start()
+        buffer = bytearray(1 << 20)
+        rdb = b""
+        while got := reader.readinto(memoryview(buffer)):
+            rdb += bytes(buffer[:got])
+    version, crc = reader.facts()
+    assert rdb.startswith(b"REDIS") and rdb[-8:].hex() == crc and version >= 9
+    workdir = tmp_path / "w"
+    workdir.mkdir(mode=0o700)
+    chunks = [rdb[i : i + 4096] for i in range(0, len(rdb), 4096)]
+    with loaded(str(workdir), chunks, len(rdb), 16) as scratch:
+        with scratch.connect() as conn:
+            assert keyspace(conn) == {0: 2008, 2: 2}
+        log = (workdir / "redis.log").read_text()
+        assert f"receiving {len(rdb)} bytes from master to parser" in log
+        assert sorted(os.listdir(workdir)) == ["redis.log", "redis.sock"]
+    assert scratch.process is not None and scratch.process.poll() is not None
+
+
+class CutProxy(threading.Thread):
+    """Forwards one connection and cuts it after `limit` bytes from the server."""
+
+    def __init__(self, server: RedisServer, limit: int) -> None:
+        super().__init__(daemon=True)
+        self.server, self.limit = server, limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+
+    def run(self) -> None:
+        client, _ = self.listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", self.server.port))
+        threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < self.limit and (data := upstream.recv(65536)):
+                client.sendall(data[: self.limit - sent])
+                sent += len(data)
+        for end in (client, upstream):  # shutdown: a recv in the other thread holds the fd
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    @staticmethod
+    def _forward(source: socket.socket, dest: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                dest.sendall(data)
+
+
+def test_an_rdb_cut_short_saves_no_snapshot(
+    initialized_cli: Cli, servers: list[RedisServer], tmp_path: Path
+) -> None:
+    source = start(servers, tmp_path)
+    fill(source)
+    proxy = CutProxy(source, 20_000)
+    proxy.start()
+    (tmp_path / "medvault.toml").write_text(
+        f'[source.sessions]\nkind = "redis"\nurl = "redis://127.0.0.1:{proxy.port}/0"\n'
+    )
+    done = initialized_cli("backup", "sessions", check=False)
+    assert done.returncode == 15, done.stderr
+    assert "before the whole RDB was sent" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert initialized_cli.objects("snapshots") == []
