@@ -497,3 +497,18 @@ def test_an_rdb_cut_short_saves_no_snapshot(
     assert "before the whole RDB was sent" in done.stderr
     assert done.stderr.strip().count("\n") == 0
     assert initialized_cli.objects("snapshots") == []
+
+
+def test_a_failing_before_hook_fails_the_redis_backup_and_saves_nothing(
+    initialized_cli: Cli, servers: list[RedisServer], tmp_path: Path
+) -> None:
+    source = start(servers, tmp_path)
+    hook = tmp_path / "stop-app"
+    hook.write_text("#!/bin/sh\necho 'the application would not stop' >&2\nexit 3\n")
+    hook.chmod(0o755)
+    configure(tmp_path, source)
+    with (tmp_path / "medvault.toml").open("a") as config:
+        config.write(f'[source.sessions.hooks]\nbefore = ["{hook}"]\n')
+    done = initialized_cli("backup", "sessions", check=False)
+    assert done.returncode == 30 and done.stderr.strip().count("\n") == 0
+    assert initialized_cli.objects("snapshots") == []

@@ -298,7 +298,7 @@ def test_a_drill_that_finds_damage_is_stored_and_its_run_failed(world: World) ->
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (DrillOptions("charts", kind="backup"), "--kind is physical, logical or files"),
+        (DrillOptions("charts", kind="backup"), "--kind is physical, logical, files or csv"),
         (DrillOptions("charts", snapshot="latest", kind="files"), "not both"),
         (DrillOptions("charts", to_latest=True, kind="files"), "physical backups only"),
     ],

@@ -219,6 +219,44 @@ def _given(section: BaseModel, kinds: tuple[str, ...]) -> dict[str, str]:
     return {kind: spec for kind, spec in found.items() if spec is not None}
 
 
+class HooksSettings(_Section):
+    """`[source.NAME.hooks]`: commands run around the source's backups and restores. Each is
+    split as a shell would split it (shlex) and run without a shell (write `sh -c '…'` for
+    one), with a minimal environment: no secret of medvault's (docs/operations.md)."""
+
+    before: list[str] = []  # before a backup reads anything; one failing fails the backup
+    after: list[str] = []  # after it, whether it succeeded or failed
+    before_restore: list[str] = []
+    after_restore: list[str] = []
+    timeout: str = "5m"  # each command's; one that runs longer is killed and has failed
+
+    @field_validator("before", "after", "before_restore", "after_restore")
+    @classmethod
+    def _commands(cls, value: list[str]) -> list[str]:
+        import shlex
+
+        for command in value:
+            try:
+                words = shlex.split(command)
+            except ValueError as exc:
+                raise ValueError(f"{command!r}: {exc}") from None
+            if not words:
+                raise ValueError("a hook command is empty")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        return _is_duration(value)
+
+
+class RestoreCheckSettings(_Section):
+    """`[source.NAME.restore]`: SQL run in the database after every restore into one; each
+    passes when its first value is true, as a drill's checks."""
+
+    checks: list[str] = []
+
+
 class FilesSourceSettings(_Section):
     kind: Literal["files"]
     paths: list[str] = Field(min_length=1)
@@ -232,6 +270,7 @@ class FilesSourceSettings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
     min_size: str | None = None
+    hooks: HooksSettings = HooksSettings()
 
     _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 
@@ -278,10 +317,15 @@ class PostgresSourceSettings(_Section):
     checkpoint: Literal["fast", "spread"] = "fast"
     # Archived WAL younger than this is kept by prune even when no backup needs it.
     pitr_window: str | None = None
+    # Logical backups of these tables only / without these (pg_dump's -t / -T patterns).
+    tables: list[str] = []
+    exclude_tables: list[str] = []
     drill: DrillSettings = DrillSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
     min_size: str | None = None
+    hooks: HooksSettings = HooksSettings()
+    restore: RestoreCheckSettings = RestoreCheckSettings()
 
     _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 
@@ -294,26 +338,55 @@ class PostgresSourceSettings(_Section):
 
     @model_validator(mode="after")
     def _no_password_in_dsn(self) -> PostgresSourceSettings:
-        # pg_dump, pg_restore and pg_basebackup get the dsn on their command line, which any
-        # local user can read with ps.
-        holds_password = (
-            "dsn: holds a password; remove it and keep the password in a .pgpass password "
-            "file (passfile=PATH in the dsn, PGPASSFILE or ~/.pgpass) or in PGPASSWORD"
-        )
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            # libpq's own parser, so keyword=value and URI forms (user:secret@, ?password=)
-            # are read exactly as libpq will read them.
-            parts = conninfo_to_dict(self.dsn)
-        except Exception as exc:
-            if re.search(r"password|://[^/@]*:[^/@]*@", self.dsn, re.IGNORECASE):
-                raise ValueError(holds_password) from None  # libpq may quote the secret
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed"
-            raise ValueError(f"dsn: {reason}") from None
-        if "password" in parts:
-            raise ValueError(holds_password)
+        _check_dsn(self.dsn)
         return self
+
+
+class PostgresCsvSourceSettings(_Section):
+    """Tables a procedure keeps as CSV: each one's rows as `COPY ... TO STDOUT (FORMAT csv,
+    HEADER)`, all of them in one snapshot taken in one transaction."""
+
+    kind: Literal["postgres-csv"]
+    dsn: str = Field(min_length=1)
+    tables: list[str] = Field(min_length=1)  # pg_dump -t patterns
+    exclude_tables: list[str] = []
+    repository: str | None = None
+    tags: list[str] = []
+    tier: str | None = None
+    retention: RetentionSettings | None = None
+    classification: str | None = None
+    compliance: list[str] | None = None
+    schedule: ScheduleSettings = ScheduleSettings()
+    min_size: str | None = None
+
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
+
+    @model_validator(mode="after")
+    def _no_password_in_dsn(self) -> PostgresCsvSourceSettings:
+        _check_dsn(self.dsn)
+        return self
+
+
+def _check_dsn(dsn: str) -> None:
+    # pg_dump, pg_restore and pg_basebackup get the dsn on their command line, which any
+    # local user can read with ps.
+    holds_password = (
+        "dsn: holds a password; remove it and keep the password in a .pgpass password "
+        "file (passfile=PATH in the dsn, PGPASSFILE or ~/.pgpass) or in PGPASSWORD"
+    )
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        # libpq's own parser, so keyword=value and URI forms (user:secret@, ?password=)
+        # are read exactly as libpq will read them.
+        parts = conninfo_to_dict(dsn)
+    except Exception as exc:
+        if re.search(r"password|://[^/@]*:[^/@]*@", dsn, re.IGNORECASE):
+            raise ValueError(holds_password) from None  # libpq may quote the secret
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed"
+        raise ValueError(f"dsn: {reason}") from None
+    if "password" in parts:
+        raise ValueError(holds_password)
 
 
 class RedisSourceSettings(_Section):
@@ -324,6 +397,7 @@ class RedisSourceSettings(_Section):
     url: str = Field(min_length=1)  # redis://HOST:PORT/DB or unix:///path/to.sock
     password_file: str | None = None
     username: str | None = None
+    hooks: HooksSettings = HooksSettings()
     repository: str | None = None
     tags: list[str] = []
     tier: str | None = None
@@ -416,7 +490,7 @@ class TierSettings(_Section):
         return parse_duration(self.floor) if self.floor else None
 
 
-SOURCE_KINDS = ("files", "postgres", "redis")
+SOURCE_KINDS = ("files", "postgres", "postgres-csv", "redis")
 SCHEDULE_KINDS = (
     "full",
     "incremental",
@@ -428,7 +502,7 @@ SCHEDULE_KINDS = (
     "copy",
 )
 SourceSettings = Annotated[
-    FilesSourceSettings | PostgresSourceSettings | RedisSourceSettings,
+    FilesSourceSettings | PostgresSourceSettings | PostgresCsvSourceSettings | RedisSourceSettings,
     Field(discriminator="kind"),
 ]
 
@@ -743,6 +817,13 @@ class Settings(_Section):
                     f"{key}.logical: a files source has no logical backups; use full, "
                     "incremental or differential"
                 )
+            if isinstance(source, PostgresCsvSourceSettings):
+                for kind in ("full", "incremental", "differential"):
+                    if kind in jobs:
+                        raise ValueError(
+                            f"{key}.{kind}: a postgres-csv source is exported with the "
+                            "logical job only"
+                        )
             if isinstance(source, RedisSourceSettings):
                 for kind in ("logical", "incremental", "differential"):
                     if kind in jobs:

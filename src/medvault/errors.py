@@ -203,6 +203,20 @@ class NotificationFailed(MedvaultError):
     exit_code = 26
 
 
+class HookFailed(MedvaultError):
+    """A source's `before` or `before_restore` hook failed, timed out or could not start:
+    the backup or restore did not begin (its `after` hooks still ran)."""
+
+    exit_code = 30
+
+
+class RestoreCheckFailed(MedvaultError):
+    """A restore finished, and one of the source's post-restore checks (`[source.NAME.restore]
+    checks`) did not pass in the restored database."""
+
+    exit_code = 31
+
+
 def exit_code_for(exc: BaseException, *, wal_fetch: bool = False) -> int:
     """The exit code for an exception that ends a command (docs/operations.md).
 

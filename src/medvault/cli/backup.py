@@ -35,10 +35,30 @@ def backup(
     database: str | None = typer.Option(
         None, "--database", "-d", help="PostgreSQL --logical: the database (default: the DSN's)."
     ),
+    tables: list[str] = typer.Option(
+        [],
+        "--table",
+        help="PostgreSQL --logical: only tables matching PATTERN (pg_dump -t; repeatable).",
+    ),
+    exclude_tables: list[str] = typer.Option(
+        [],
+        "--exclude-table",
+        help="PostgreSQL --logical: not tables matching PATTERN (pg_dump -T; repeatable).",
+    ),
+    dump_format: str | None = typer.Option(
+        None,
+        "--format",
+        help="PostgreSQL --logical: custom (pg_dump's archive) or csv (one CSV per table).",
+    ),
     method: str = typer.Option(
         "local",
         "--method",
         help="PostgreSQL physical: local (read the data directory) or stream (pg_basebackup).",
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Files: report what would be read and how much is new; write nothing.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     no_verify: bool = typer.Option(False, "--no-verify-blobs", hidden=True),
@@ -62,11 +82,19 @@ def backup(
         logical=logical,
         database=database,
         method=method,
+        tables=tuple(tables),
+        exclude_tables=tuple(exclude_tables),
+        format=dump_format,
         verify_blobs=not no_verify,
         # On a terminal a passphrase may be prompted for: before pg_dump starts, not while
         # it holds its snapshot open.
         open_repository_first=sys.stdin.isatty(),
     )
+    if dry_run:
+        from medvault.cli.dry_run import dry_run_backup
+
+        dry_run_backup(cli.session, options, as_json)
+        return
     with progress_once_started("dumping" if logical else "backing up", not as_json) as advance:
         result = back_up(cli.session, options, on_progress=advance)
     if isinstance(result, PhysicalBackupResult):
@@ -128,8 +156,8 @@ def _report(result: FilesBackupResult, as_json: bool) -> None:
         f"{result.files_unchanged} unchanged; read {human_bytes(result.bytes_read)}, "
         f"added {human_bytes(result.bytes_added)} in {result.duration:.1f} s"
     )
-    if not result.complete:
-        bad = len(result.unreadable) + len(result.changed_while_read)
+    bad = len(result.unreadable) + len(result.changed_while_read)
+    if bad:
         warn(
             f"warning: backup is incomplete: {bad} file(s) could not be read "
             "consistently (listed above)"

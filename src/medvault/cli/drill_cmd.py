@@ -33,7 +33,7 @@ def drill(
     kind: str | None = typer.Option(
         None,
         "--kind",
-        metavar="physical|logical|files",
+        metavar="physical|logical|files|csv",
         help="Drill the newest snapshot of this kind (default: the newest of any; "
         "--to-latest implies physical).",
     ),

@@ -26,6 +26,7 @@ from medvault.cli import (
     prune_cmd,
     repo_cmds,
     restore,
+    restore_table_cmd,
     schedule_cmd,
     serve_cmd,
     snapshots,
@@ -108,6 +109,7 @@ drill_cmd.register(app)
 backup.register(app)
 snapshots.register(app)
 restore.register(app)
+restore_table_cmd.register(app)
 wal.register(app)
 pg_recovery.register(app)
 audit_cmd.register(app)

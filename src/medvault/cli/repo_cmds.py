@@ -143,6 +143,11 @@ def key_passwd(
 
 def check(
     ctx: typer.Context,
+    snapshot: str | None = typer.Argument(
+        None,
+        metavar="[SNAP]",
+        help="Check this snapshot only (an id, latest, verified, random:30d, ...).",
+    ),
     read_data: bool = typer.Option(
         False, "--read-data", help="Decrypt and verify every blob of every pack."
     ),
@@ -151,7 +156,8 @@ def check(
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Verify the repository's structure, and with --read-data its every byte."""
+    """Verify the repository's structure, and with --read-data its every byte (or one
+    snapshot's)."""
     fraction = None
     if subset is not None:
         try:
@@ -164,13 +170,14 @@ def check(
     from medvault.service.check import CheckOptions
     from medvault.service.check import check as check_repository
 
-    options = CheckOptions(read_data=read_data, subset=fraction)
+    options = CheckOptions(read_data=read_data, subset=fraction, snapshot=snapshot)
     with progress_once_started("verifying", not as_json) as advance:
         report = check_repository(obtain(ctx).session, options, on_progress=advance)
     if as_json:
         print_json(
             {
                 "ok": report.ok,
+                "snapshot": report.checked,
                 "errors": report.errors,
                 "notes": report.notes,
                 "affected": report.affected,
@@ -197,7 +204,10 @@ def check(
             read += f", {report.wal_read} WAL files"
         wal = f", {report.wal_files} WAL files" if report.wal_files else ""
         verdict = "no errors found" if report.ok else f"{len(report.errors)} error(s) found"
-        print(f"checked {report.snapshots} snapshots, {report.packs} packs{wal}{read}: {verdict}")
+        what = (
+            f"snapshot {report.checked[:12]}" if report.checked else f"{report.snapshots} snapshots"
+        )
+        print(f"checked {what}, {report.packs} packs{wal}{read}: {verdict}")
     if not report.ok:
         raise typer.Exit(IntegrityError.exit_code)
 

@@ -15,9 +15,14 @@ if TYPE_CHECKING:
 
 def restore(
     ctx: typer.Context,
-    snapshot: str = typer.Argument(..., help="Snapshot id, prefix, latest or latest:SOURCE."),
+    snapshot: str = typer.Argument(
+        ..., help="Snapshot id, prefix, latest[:SOURCE], verified[:SOURCE] or random:30d[:SOURCE]."
+    ),
     target: str | None = typer.Option(
-        None, "--target", "-t", help="Files: the directory to restore into."
+        None,
+        "--target",
+        "-t",
+        help="Files: the directory to restore into. CSV: write the CSV files there.",
     ),
     recovery_target: str | None = typer.Option(
         None,
@@ -37,7 +42,9 @@ def restore(
     database: str | None = typer.Option(
         None, "--database", "-d", help="Logical: restore into this database."
     ),
-    tables: list[str] = typer.Option([], "--table", help="Logical: only this table (repeatable)."),
+    tables: list[str] = typer.Option(
+        [], "--table", help="Logical and CSV: only this table (repeatable)."
+    ),
     schemas: list[str] = typer.Option(
         [], "--schema", help="Logical: only this schema (repeatable)."
     ),
@@ -45,6 +52,12 @@ def restore(
         False, "--clean", help="Logical: drop objects before recreating them."
     ),
     list_only: bool = typer.Option(False, "--list", help="Logical: show what the dump holds."),
+    append: bool = typer.Option(
+        False, "--append", help="CSV: load into tables that hold rows already."
+    ),
+    into: str | None = typer.Option(
+        None, "--into", help="Logical: restore the one --table as this new SCHEMA.TABLE."
+    ),
     pgdata: str | None = typer.Option(
         None, "--pgdata", help="Physical: the data directory to restore into."
     ),
@@ -109,7 +122,7 @@ def restore(
     from medvault.cli.pg_recovery import recovery_setup
     from medvault.service.pitr import PhysicalRestoreResult
     from medvault.service.redis import RedisRestoreOptions, RedisRestoreResult
-    from medvault.service.restore import FilesRestoreResult, RestoreOptions
+    from medvault.service.restore import CsvRestoreResult, FilesRestoreResult, RestoreOptions
     from medvault.service.restore import restore as restore_snapshot
 
     cli = obtain(ctx)
@@ -127,6 +140,8 @@ def restore(
             schemas=tuple(schemas),
             clean=clean,
             list_only=list_only,
+            append=append,
+            into=into,
             pgdata=pgdata,
             # The recovery options above, by name from ctx.params.
             recovery=recovery_setup(ctx, recovery_target),
@@ -144,6 +159,10 @@ def restore(
         report_physical(result, as_json)
     elif isinstance(result, FilesRestoreResult):
         _report_files(result, as_json)
+    elif isinstance(result, CsvRestoreResult):
+        from medvault.cli.pg_logical import report_csv_restore
+
+        report_csv_restore(result, as_json)
     elif isinstance(result, RedisRestoreResult):
         from medvault.cli.redis_cmd import report_redis_restore
 
@@ -152,6 +171,16 @@ def restore(
         from medvault.cli.pg_logical import restore_logical_cmd
 
         restore_logical_cmd(result, as_json)
+    # The data is back either way: a failed smoke check fails the command, a failed
+    # after_restore hook makes it incomplete (the session's warnings name both).
+    if getattr(result, "check_failure", None):
+        from medvault.errors import RestoreCheckFailed
+
+        raise RestoreCheckFailed(result.check_failure)  # type: ignore[union-attr]
+    if getattr(result, "hook_problem", None):
+        from medvault.errors import EXIT_INCOMPLETE
+
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def _report_files(result: FilesRestoreResult, as_json: bool) -> None:

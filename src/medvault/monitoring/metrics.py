@@ -71,6 +71,7 @@ OPERATIONS = (
     "prune",
     "repair",
     "restore",
+    "restore-table",
     "snapshots",
     "status",
     "unlock",

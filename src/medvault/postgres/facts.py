@@ -23,6 +23,17 @@ from medvault.postgres.lsn import MAX_TIMELINE, SEGMENT, format_lsn, parse_lsn
 
 KIND_PHYSICAL = "postgres.physical"
 KIND_LOGICAL = "postgres.logical"
+KIND_CSV = "postgres.csv"
+# The session settings a CSV export writes its values under, and a restore reads them
+# under: dates, times in UTC, floats exact, bytea as hex, UTF-8.
+CSV_SESSION_SETTINGS = {
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "client_encoding": "UTF8",
+}
 METHODS = ("local", "stream")
 _DECIMAL = re.compile(r"[0-9]{1,20}\Z")
 
@@ -196,6 +207,14 @@ class LogicalFacts:
     dump_compression: str
     pg_dump_version: str
     row_counts: Mapping[str, int]  # "schema.table" -> rows
+    # A dump of named tables only: pg_dump's -t and -T patterns (stored only when given).
+    table_patterns: tuple[str, ...] = ()
+    exclude_table_patterns: tuple[str, ...] = ()
+
+    @property
+    def selective(self) -> bool:
+        """Named tables only: no CREATE SCHEMA in the dump for the schemas they live in."""
+        return bool(self.table_patterns)
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> LogicalFacts:
@@ -217,10 +236,12 @@ class LogicalFacts:
             dump_compression=read.text("dump_compression"),
             pg_dump_version=read.text("pg_dump_version"),
             row_counts=read.value("row_counts", dict, _row_counts),
+            table_patterns=read.optional_texts("tables"),
+            exclude_table_patterns=read.optional_texts("exclude_tables"),
         )
 
     def to_map(self) -> dict[str, Any]:
-        return {
+        stored: dict[str, Any] = {
             "database": self.database,
             "server_version": self.server_version,
             "server_version_num": self.server_version_num,
@@ -233,6 +254,96 @@ class LogicalFacts:
             "dump_compression": self.dump_compression,
             "pg_dump_version": self.pg_dump_version,
             "row_counts": dict(self.row_counts),
+        }
+        if self.table_patterns:
+            stored["tables"] = list(self.table_patterns)
+        if self.exclude_table_patterns:
+            stored["exclude_tables"] = list(self.exclude_table_patterns)
+        return stored
+
+
+@dataclass(frozen=True)
+class CsvColumn:
+    name: str
+    type: str  # format_type(): e.g. "numeric(8,2)", "timestamp with time zone"
+
+
+@dataclass(frozen=True)
+class CsvTable:
+    """One table's export: a file of the snapshot holding `COPY ... (FORMAT csv, HEADER)`."""
+
+    schema: str
+    table: str
+    file: str  # the snapshot's file holding it
+    rows: int
+    columns: tuple[CsvColumn, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True)
+class CsvFacts:
+    """A CSV export of named tables, all read in one transaction's snapshot: the database,
+    the session settings the values were written under, and each table's file, columns with
+    their types, and exact row count (COPY's own)."""
+
+    database: str
+    server_version: str
+    server_version_num: int
+    snapshot_time: str
+    system_identifier: str | None
+    settings: Mapping[str, str]  # DateStyle, TimeZone, ... the CSV text was written under
+    table_patterns: tuple[str, ...]
+    exclude_table_patterns: tuple[str, ...]
+    exports: tuple[CsvTable, ...]
+
+    @property
+    def row_counts(self) -> dict[str, int]:
+        return {t.key: t.rows for t in self.exports}
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> CsvFacts:
+        return cls.from_map(_facts_of(snapshot, KIND_CSV), snapshot.short_id)
+
+    @classmethod
+    def from_map(cls, stored: Mapping[str, Any], snapshot: str = "") -> CsvFacts:
+        read = _Reader(stored, snapshot)
+        exports = read.value("exports", list, lambda v: True)
+        return cls(
+            database=read.text("database"),
+            server_version=read.text("server_version"),
+            server_version_num=read.value("server_version_num", int, lambda v: v >= 0),
+            snapshot_time=read.text("snapshot_time"),
+            system_identifier=read.optional_text("system_identifier", _DECIMAL.match),
+            settings=read.value("settings", dict, _text_map),
+            table_patterns=read.optional_texts("tables"),
+            exclude_table_patterns=read.optional_texts("exclude_tables"),
+            exports=tuple(_csv_table(item, read) for item in exports),
+        )
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "server_version": self.server_version,
+            "server_version_num": self.server_version_num,
+            "snapshot_time": self.snapshot_time,
+            "system_identifier": self.system_identifier,
+            "settings": dict(self.settings),
+            "tables": list(self.table_patterns),
+            "exclude_tables": list(self.exclude_table_patterns),
+            "exports": [
+                {
+                    "schema": t.schema,
+                    "table": t.table,
+                    "file": t.file,
+                    "rows": t.rows,
+                    "columns": [{"name": c.name, "type": c.type} for c in t.columns],
+                }
+                for t in self.exports
+            ],
+            "row_counts": self.row_counts,
         }
 
 
@@ -280,6 +391,13 @@ class _Reader:
             return None
         return self.text(key, valid)
 
+    def optional_texts(self, key: str) -> tuple[str, ...]:
+        """A list of text, or () when the key is absent (written only when there is one)."""
+        if key not in self.stored:
+            return ()
+        found = self.value(key, list, lambda v: all(isinstance(t, str) for t in v))
+        return tuple(found)
+
     def lsn(self, key: str) -> int:
         text = self.text(key)
         try:
@@ -322,3 +440,28 @@ def _checksum_failure(item: object, read: _Reader) -> ChecksumFailure:
     ):
         raise read.bad("checksum_failures")
     return ChecksumFailure(file, relation, tuple(blocks))
+
+
+def _csv_table(item: object, read: _Reader) -> CsvTable:
+    if not isinstance(item, dict):
+        raise read.bad("exports")
+    schema, table, file, rows = (item.get(k) for k in ("schema", "table", "file", "rows"))
+    columns = item.get("columns")
+    if (
+        not all(isinstance(v, str) and v for v in (schema, table, file))
+        or not isinstance(rows, int)
+        or isinstance(rows, bool)
+        or rows < 0
+        or not isinstance(columns, list)
+        or not all(
+            isinstance(c, dict)
+            and isinstance(c.get("name"), str)
+            and isinstance(c.get("type"), str)
+            for c in columns
+        )
+    ):
+        raise read.bad("exports")
+    assert isinstance(schema, str) and isinstance(table, str) and isinstance(file, str)
+    return CsvTable(
+        schema, table, file, rows, tuple(CsvColumn(c["name"], c["type"]) for c in columns)
+    )

@@ -294,6 +294,31 @@ def _existing_schemas(dsn: str, database: str) -> set[str]:
         return {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
 
 
+def _create_schemas(dsn: str, database: str, schemas: set[str]) -> list[str]:
+    """A dump of named tables (pg_dump -t) holds no CREATE SCHEMA: the schemas its tables
+    live in are made when the target lacks them. Returns those made."""
+    from psycopg import sql
+
+    missing = sorted(schemas - _existing_schemas(dsn, database))
+    with (
+        connect(dsn, dbname=database, what="the restore target") as conn,
+        server_errors(f"creating schemas in database {database}", RestoreTargetError),
+    ):
+        for schema in missing:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    return missing
+
+
+def _drop_empty_schemas(dsn: str, database: str, schemas: list[str]) -> None:
+    """Undo _create_schemas after a failed restore (RESTRICT: only while still empty)."""
+    from psycopg import sql
+
+    with connect(dsn, dbname=database, what="the restore target") as conn:
+        for schema in schemas:
+            with contextlib.suppress(Exception):
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(schema)))
+
+
 def count_rows(dsn: str, database: str, keys: Iterable[str]) -> dict[str, int | None]:
     """Exact row counts of tables (None: the table does not exist)."""
     from psycopg import sql
@@ -375,7 +400,10 @@ def restore_logical(
     target = make_conninfo(dsn, dbname=database)
     pg_restore = _pg_restore(snapshot, pg_bin, major)
     listdir = None
+    made: list[str] = []
     try:
+        if LogicalFacts.of(snapshot).selective:
+            made = _create_schemas(dsn, database, {_split_key(key)[0] for key in expected})
         args = ["--exit-on-error", "--single-transaction", "--no-password"]
         if clean:
             args += ["--clean", "--if-exists"]
@@ -398,6 +426,8 @@ def restore_logical(
         if created:
             with connect(dsn, what="the restore target's server") as maintenance:
                 _drop_database(maintenance, database)
+        elif made:
+            _drop_empty_schemas(dsn, database, made)
         raise
     finally:
         if listdir is not None:

@@ -25,7 +25,11 @@ def stream_node(repo: Repository, snapshot: Snapshot) -> Node:
 
 def iter_stream(repo: Repository, snapshot: Snapshot) -> Generator[bytes, None, None]:
     """The stream's bytes, in order. Closing the iterator early cancels the prefetching."""
-    node = stream_node(repo, snapshot)
+    yield from iter_file(repo, snapshot, stream_node(repo, snapshot))
+
+
+def iter_file(repo: Repository, snapshot: Snapshot, node: Node) -> Generator[bytes, None, None]:
+    """One file's bytes, in order (a stream, or one of a snapshot's streams)."""
     workers = max(min(8, os.cpu_count() or 2), repo.concurrency)
     seen = 0
     with ThreadPoolExecutor(workers, "medvault-stream") as pool:

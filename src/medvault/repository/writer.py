@@ -270,3 +270,75 @@ class BlobSink:
             self._uploads.put(None)
         for thread in self._uploaders:
             thread.join()
+
+
+GCM_TAG = 16  # what sealing adds to each blob's payload (PackBuilder.add)
+
+
+@dataclass
+class DryRunStats:
+    blobs_new: int = 0
+    bytes_new: int = 0  # of new blobs, as read (after deduplication, before compression)
+    bytes_stored: int = 0  # what those blobs would take in packs: compressed and sealed
+
+
+class DryRunSink:
+    """BlobSink's verbs without a write: each blob is hashed and looked up as the pipeline
+    would, and a new one compressed to count what it would take in a pack. Nothing reaches
+    the repository, so a blob new to it is counted once (as the pipeline stores it once)."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        workers: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        max_in_flight: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.repo = repo
+        self.stats = DryRunStats()
+        self._level = repo.config.compression_level
+        self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, "medvault-dry-run")
+        self._seen: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._max_in_flight = max_in_flight
+        self._on_progress = on_progress
+
+    def submit(self, data: bytes, blob_type: int, encoded: bytes | None = None) -> Future[bytes]:
+        with self._cond:  # memory stays bounded, as in BlobSink
+            while self._in_flight and self._in_flight + len(data) > self._max_in_flight:
+                self._cond.wait(1.0)
+            self._in_flight += len(data)
+        return self._pool.submit(self._process, data)
+
+    def _process(self, data: bytes) -> bytes:
+        try:
+            blob_id = self.repo.blob_id(data)
+            location = self.repo.index.lookup(blob_id)
+            # A copy only in a pack a prune will delete is stored again, as BlobSink does.
+            if location is not None and location.pack_id not in self.repo.condemned:
+                return blob_id
+            with self._lock:
+                if blob_id in self._seen:
+                    return blob_id
+                self._seen.add(blob_id)
+            size = len(compression.encode(data, self._level)) + GCM_TAG
+            with self._lock:
+                self.stats.blobs_new += 1
+                self.stats.bytes_new += len(data)
+                self.stats.bytes_stored += size
+            return blob_id
+        finally:
+            with self._cond:
+                self._in_flight -= len(data)
+                self._cond.notify_all()
+            if self._on_progress is not None:
+                self._on_progress(len(data))
+
+    def flush(self) -> None:
+        self._pool.shutdown()
+
+    def abort(self) -> None:
+        self._pool.shutdown(cancel_futures=True)

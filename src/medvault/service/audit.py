@@ -38,7 +38,8 @@ OUTBOX = "outbox"
 COUNTS = "wal-push-counts"
 # Runs recorded as counts when they succeed, and not at all when they succeed.
 COUNTED = "wal-push"
-UNRECORDED_SUCCESSES = ("wal-fetch",)
+# A dry run must leave the repository as it found it: its success is the catalog's to keep.
+UNRECORDED_SUCCESSES = ("wal-fetch", "backup-dry-run")
 
 
 def record_doc(record: RunRecord) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Backups: files and directories, a PostgreSQL cluster (physical), one PostgreSQL database
-(logical).
+(logical: all its tables or named ones, as pg_dump's archive or as one CSV per table).
 
 `backup()` takes what a shell was asked ("back up these paths", "back up source emr with type
 full") and chooses: a configured PostgreSQL source gets a physical backup (or a logical one of
@@ -16,13 +16,14 @@ to end (the CLI exits 3, or 22 when replication failed).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from medvault.errors import ReplicationFailed, UsageError
+from medvault.service.hooks import around
 
 if TYPE_CHECKING:
-    from medvault.config import PostgresSourceSettings
+    from medvault.config import PostgresCsvSourceSettings, PostgresSourceSettings
     from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
@@ -60,6 +61,9 @@ class BackupOptions:
     # PostgreSQL logical: open the repository before pg_dump starts rather than while it
     # reads its catalogs (a shell that may prompt for a passphrase wants the prompt first).
     open_repository_first: bool = False
+    tables: tuple[str, ...] = ()  # PostgreSQL logical: pg_dump -t patterns
+    exclude_tables: tuple[str, ...] = ()  # and -T patterns
+    format: str | None = None  # PostgreSQL logical: custom or csv (None: the source's kind)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,13 @@ class LogicalBackupOptions:
     database: str | None = None
     tags: tuple[str, ...] = ()  # added to the source's own
     open_repository_first: bool = False
+    # pg_dump -t / -T patterns: `tables` replaces the source's `tables`, `exclude_tables`
+    # adds to its `exclude_tables`.
+    tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    # custom: pg_dump's archive; csv: one CSV per table (a postgres-csv source's only format);
+    # None: the source's kind decides.
+    format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,10 +121,11 @@ class FilesBackupResult:
     changed_while_read: tuple[Problem, ...] = ()
     skipped: tuple[Problem, ...] = ()
     replication: Replication = Replication()
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def complete(self) -> bool:
-        return not self.unreadable and not self.changed_while_read
+        return not self.unreadable and not self.changed_while_read and self.hook_problem is None
 
     @classmethod
     def of(cls, walked: WalkResult, replication: Replication) -> FilesBackupResult:
@@ -142,6 +154,7 @@ class PhysicalBackupResult:
     checksum_failures: tuple[ChecksumFailure, ...] = ()
     # Said about the request itself, before the backup's own lines ("note: ...").
     notes: tuple[str, ...] = ()
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -153,7 +166,7 @@ class PhysicalBackupResult:
 
     @property
     def complete(self) -> bool:
-        return not self.checksum_failures and self.files.complete
+        return not self.checksum_failures and self.files.complete and self.hook_problem is None
 
 
 @dataclass(frozen=True)
@@ -167,15 +180,38 @@ class LogicalBackupResult:
     duration: float
     row_counts: dict[str, int] = field(default_factory=dict)  # as recorded with the dump
     replication: Replication = Replication()
+    format: str = "custom"  # or csv
+    hook_problem: str | None = None  # an after hook that failed (the snapshot is kept)
 
     @property
     def complete(self) -> bool:
-        return True
+        return self.hook_problem is None
 
 
 BackupResult: TypeAlias = (
     "FilesBackupResult | PhysicalBackupResult | LogicalBackupResult | RedisBackupResult"
 )
+
+
+@dataclass(frozen=True)
+class DryRunBackupResult:
+    """What `backup --dry-run` found: what the backup would read and add, nothing written."""
+
+    source: str
+    backup_type: str  # as it would be taken (full when there is no parent)
+    parent: str | None
+    files_new: int
+    files_changed: int
+    files_unchanged: int
+    dirs: int
+    bytes_total: int  # every file of the backup, read or not
+    bytes_read: int  # what it would read: new and changed files
+    blobs_new: int
+    bytes_new: int  # new to the repository after deduplication, before compression
+    bytes_added: int  # what they would take in packs: compressed and sealed
+    duration: float
+    unreadable: tuple[Problem, ...] = ()
+    skipped: tuple[Problem, ...] = ()
 
 
 # -- the operations ------------------------------------------------------------------------
@@ -192,13 +228,26 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
         if len(targets) == 1 and name is None and targets[0] in configured:
             name, targets = targets[0], ()
         run.source = name
+        selective = options.tables or options.exclude_tables or options.format
         if name is not None and name in configured and not targets:
             settings = _postgres_settings_or_none(session, name)
-            if settings is not None and options.logical:
+            if _csv_settings_or_none(session, name) is not None or (
+                settings is not None and options.logical
+            ):
                 logical = LogicalBackupOptions(
-                    name, options.database, options.tags, options.open_repository_first
+                    name,
+                    options.database,
+                    options.tags,
+                    options.open_repository_first,
+                    tables=options.tables,
+                    exclude_tables=options.exclude_tables,
+                    format=options.format,
                 )
                 return _logical(session, run, logical, on_progress)
+            if settings is not None and selective:
+                raise UsageError(
+                    "--table, --exclude-table and --format apply to logical backups (--logical)"
+                )
             if settings is None and _is_redis(session, name):
                 from medvault.service.redis import RedisBackupOptions, backup_in_run
 
@@ -210,7 +259,7 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
                     name, options.backup_type, options.method, options.tags
                 )
                 return _physical(session, run, physical, on_progress)
-        elif options.logical or options.database:
+        elif options.logical or options.database or selective:
             raise UsageError("--logical and --database need a PostgreSQL source from medvault.toml")
         files = FilesBackupOptions(
             paths=targets,
@@ -221,6 +270,69 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
             verify_blobs=options.verify_blobs,
         )
         return _files(session, run, files, on_progress)
+
+
+def backup_dry_run(
+    session: Session, options: BackupOptions, on_progress: Progress = None
+) -> DryRunBackupResult:
+    """What `backup()` of the same request would read and add to the repository, from a walk
+    that chunks and looks every blob up in the index and writes nothing (the run, "backup-dry-run",
+    is kept by the catalog; the audit trail seals only one that failed). Files backups
+    only: a PostgreSQL backup cannot be rehearsed without starting one on the server."""
+    from medvault.sources.files import dry_run_files
+
+    with session.run("backup-dry-run", source=options.source) as run:
+        check_backup_type(options.backup_type)
+        name, targets = options.source, options.targets
+        if len(targets) == 1 and name is None and targets[0] in session.configured_sources():
+            name, targets = targets[0], ()
+        run.source = name
+        postgres = name is not None and not targets and name in session.configured_sources()
+        if (
+            options.logical
+            or options.database
+            or (postgres and _postgres_settings_or_none(session, name or "") is not None)
+        ):
+            raise UsageError("--dry-run covers files backups (paths or a files source) only")
+        files = FilesBackupOptions(
+            paths=targets,
+            source=name,
+            backup_type=options.backup_type,
+            tags=options.tags,
+            excludes=options.excludes,
+        )
+        plan = _walk_options(session, files)
+        run.source = plan.source
+        repo = session.open(plan.source)
+        run.repository = repo.url
+        if repo.local_path:
+            plan.skip_paths = (*plan.skip_paths, repo.local_path)
+        found = dry_run_files(repo, plan, on_progress)
+        run.add_bytes(read=found.bytes_read)
+        run.details.update(
+            dry_run=True,
+            type=found.backup_type,
+            parent=found.parent,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+        )
+        return DryRunBackupResult(
+            source=plan.source,
+            backup_type=found.backup_type,
+            parent=found.parent,
+            files_new=found.files_new,
+            files_changed=found.files_changed,
+            files_unchanged=found.files_unchanged,
+            dirs=found.dirs,
+            bytes_total=found.bytes_total,
+            bytes_read=found.bytes_read,
+            blobs_new=found.blobs_new,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+            duration=found.duration,
+            unreadable=(*found.unreadable, *found.changed_while_read),
+            skipped=tuple(found.skipped),
+        )
 
 
 def backup_files(
@@ -269,12 +381,14 @@ def _files(
         # Backing up / (or any tree holding the repository) must not copy the repository
         # into itself, snapshot after snapshot.
         plan.skip_paths = (*plan.skip_paths, repo.local_path)
-    walked = walk(repo, plan, on_progress=on_progress)
-    snap = walked.snapshot
-    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
-    problems = [_unread(len(walked.unreadable) + len(walked.changed_while_read))]
-    replication = _replicate(session, run, repo, snap.id, plan.source, problems)
-    return FilesBackupResult.of(walked, replication)
+    with around(session, run, plan.source) as hooks:
+        walked = walk(repo, plan, on_progress=on_progress)
+        snap = walked.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+        problems = [_unread(len(walked.unreadable) + len(walked.changed_while_read))]
+        replication = _replicate(session, run, repo, snap.id, plan.source, problems)
+    return replace(FilesBackupResult.of(walked, replication), hook_problem=hooks.after_failure)
 
 
 def _walk_options(session: Session, options: FilesBackupOptions) -> WalkOptions:
@@ -340,21 +454,23 @@ def _physical(
         archive_timeout_s=settings.archive_timeout_s,
     )
     notes: list[str] = []
-    if options.method == "local":
-        result = copy_locally(repo, name, source, options.backup_type, tags, on_progress)
-    else:
-        if options.backup_type != "full":
-            notes.append("note: --method stream always takes a full copy")
-        result = backup_streamed(repo, name, source, tags, on_progress)
-    walked, failures = result.files, tuple(result.checksum_failures)
-    snap = walked.snapshot
-    _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
-    run.details["method"] = result.facts.method
-    problems = [
-        _unread(len(walked.unreadable) + len(walked.changed_while_read)),
-        f"{len(failures)} relation file(s) have damaged pages" if failures else None,
-    ]
-    replication = _replicate(session, run, repo, snap.id, name, problems)
+    with around(session, run, name) as hooks:
+        if options.method == "local":
+            result = copy_locally(repo, name, source, options.backup_type, tags, on_progress)
+        else:
+            if options.backup_type != "full":
+                notes.append("note: --method stream always takes a full copy")
+            result = backup_streamed(repo, name, source, tags, on_progress)
+        walked, failures = result.files, tuple(result.checksum_failures)
+        snap = walked.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=walked.bytes_read, stored=walked.bytes_added)
+        run.details["method"] = result.facts.method
+        problems = [
+            _unread(len(walked.unreadable) + len(walked.changed_while_read)),
+            f"{len(failures)} relation file(s) have damaged pages" if failures else None,
+        ]
+        replication = _replicate(session, run, repo, snap.id, name, problems)
     return PhysicalBackupResult(
         files=FilesBackupResult.of(walked, replication),
         facts=result.facts,
@@ -362,17 +478,30 @@ def _physical(
         stop_lsn=format_lsn(result.facts.stop_lsn),
         checksum_failures=failures,
         notes=tuple(notes),
+        hook_problem=hooks.after_failure,
     )
 
 
 def _logical(
     session: Session, run: Run, options: LogicalBackupOptions, on_progress: Progress
 ) -> LogicalBackupResult:
+    from medvault.config import PostgresSourceSettings
     from medvault.postgres.facts import LogicalFacts
     from medvault.sources.postgres.logical import backup_logical as dump
 
     name = options.source
-    settings = _postgres_settings(session, name)
+    settings = _logical_settings(session, name)
+    tables = options.tables or tuple(settings.tables)
+    excludes = tuple(dict.fromkeys([*settings.exclude_tables, *options.exclude_tables]))
+    csv = _logical_format(settings, options.format) == "csv"
+    if csv and not tables:
+        raise UsageError(
+            f"a CSV export names its tables: --table PATTERN, or tables = [...] in [source.{name}]"
+        )
+    if tables:
+        run.details["tables"] = list(tables)
+    if excludes:
+        run.details["exclude_tables"] = list(excludes)
     opened: list[Repository] = []
 
     def open_repository() -> Repository:
@@ -381,21 +510,39 @@ def _logical(
         run.repository = repo.url
         return repo
 
-    # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
-    result = dump(
-        open_repository() if options.open_repository_first else open_repository,
-        source=name,
-        dsn=settings.dsn,
-        database=options.database,
-        pg_bin=settings.pg_bin,
-        tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
-        tier=settings.tier,
-        on_progress=on_progress,
-    )
-    snap = result.snapshot
-    _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
-    run.details["database"] = result.database
-    replication = _replicate(session, run, opened[-1], snap.id, name, [])
+    tags = tuple(dict.fromkeys([*settings.tags, *options.tags]))
+    with around(session, run, name) as hooks:
+        # Opened once pg_dump runs, overlapping its catalog reads; or first, when asked.
+        repo = open_repository() if options.open_repository_first else open_repository
+        if csv:
+            done = _csv(options, settings, tables, excludes, tags, repo, on_progress)
+            snap = done.snapshot
+            hooks.snapshot = snap.id
+            _record(run, snap, read=done.bytes_read, stored=done.bytes_added)
+            run.details["database"] = done.database
+            run.details["format"] = "csv"
+            replication = _replicate(session, run, opened[-1], snap.id, name, [])
+        else:
+            assert isinstance(settings, PostgresSourceSettings)  # _logical_format said so
+            result = dump(
+                repo,
+                source=name,
+                dsn=settings.dsn,
+                database=options.database,
+                pg_bin=settings.pg_bin,
+                tags=tags,
+                tier=settings.tier,
+                on_progress=on_progress,
+                tables=tables,
+                exclude_tables=excludes,
+            )
+            snap = result.snapshot
+            hooks.snapshot = snap.id
+            _record(run, snap, read=result.bytes_read, stored=result.bytes_added)
+            run.details["database"] = result.database
+            replication = _replicate(session, run, opened[-1], snap.id, name, [])
+    if csv:
+        return replace(done, replication=replication, hook_problem=hooks.after_failure)
     return LogicalBackupResult(
         snapshot=snap,
         database=result.database,
@@ -406,7 +553,72 @@ def _logical(
         duration=result.duration,
         row_counts=dict(LogicalFacts.of(snap).row_counts),
         replication=replication,
+        hook_problem=hooks.after_failure,
     )
+
+
+def _csv(
+    options: LogicalBackupOptions,
+    settings: PostgresSourceSettings | PostgresCsvSourceSettings,
+    tables: tuple[str, ...],
+    excludes: tuple[str, ...],
+    tags: tuple[str, ...],
+    repo: Repository | Callable[[], Repository],
+    on_progress: Progress,
+) -> LogicalBackupResult:
+    from medvault.sources.postgres.csv_export import export_csv
+
+    result = export_csv(
+        repo,
+        source=options.source,
+        dsn=settings.dsn,
+        tables=tables,
+        exclude_tables=excludes,
+        database=options.database,
+        tags=tags,
+        tier=settings.tier,
+        on_progress=on_progress,
+    )
+    return LogicalBackupResult(
+        snapshot=result.snapshot,
+        database=result.database,
+        tables=len(result.exports),
+        rows=result.rows,
+        bytes_read=result.bytes_read,
+        bytes_added=result.bytes_added,
+        duration=result.duration,
+        row_counts={t.key: t.rows for t in result.exports},
+        format="csv",
+    )
+
+
+def _logical_format(
+    settings: PostgresSourceSettings | PostgresCsvSourceSettings, wanted: str | None
+) -> str:
+    from medvault.config import PostgresCsvSourceSettings
+
+    if wanted not in (None, "custom", "csv"):
+        raise UsageError(f"--format must be custom or csv, not {wanted!r}")
+    if isinstance(settings, PostgresCsvSourceSettings):
+        if wanted == "custom":
+            raise UsageError("a postgres-csv source is exported as CSV only")
+        return "csv"
+    return wanted or "custom"
+
+
+def _csv_settings_or_none(session: Session, name: str) -> PostgresCsvSourceSettings | None:
+    from medvault.config import PostgresCsvSourceSettings
+
+    settings = session.settings.source.get(name)
+    return settings if isinstance(settings, PostgresCsvSourceSettings) else None
+
+
+def _logical_settings(
+    session: Session, name: str
+) -> PostgresSourceSettings | PostgresCsvSourceSettings:
+    """A source a logical backup reads: postgres (pg_dump or CSV) or postgres-csv."""
+    csv = _csv_settings_or_none(session, name) if name in session.configured_sources() else None
+    return csv if csv is not None else _postgres_settings(session, name)
 
 
 def _is_redis(session: Session, name: str) -> bool:

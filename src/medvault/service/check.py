@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 class CheckOptions:
     read_data: bool = False  # decrypt and verify every blob of every pack
     subset: float | None = None  # verify a random N percent of packs (0 < N <= 100)
+    # One snapshot (any selector: an id, latest, verified, random:30d, ...) instead of the
+    # whole repository: its trees and blobs, and with read_data their bytes.
+    snapshot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class CheckResult:
     bytes_read: int
     wal_files: int
     wal_read: int
+    checked: str | None = None  # the snapshot checked alone, when one was asked for
 
     @property
     def ok(self) -> bool:
@@ -44,25 +48,38 @@ def check(
 ) -> CheckResult:
     """Damage found is returned, not raised (the shell shows all of it and picks its exit
     code); its run is recorded as failed, with the count and the first error."""
-    from medvault.repository.check import check_repository
+    from medvault.repository.check import check_repository, check_snapshot
     from medvault.service.audit import audit_log
+    from medvault.service.selectors import find_snapshot
 
     with session.run("check") as run:
         if options.subset is not None and not 0 < options.subset <= 100:
             raise UsageError("--read-data-subset must be between 0% and 100%")
+        if options.subset is not None and options.snapshot is not None:
+            raise UsageError("--read-data-subset samples the whole repository: not with SNAP")
         repo = session.open()
         run.repository = repo.url
-        # Heads this host wrote: anchors besides those the snapshots name (read first, so an
-        # append meanwhile is no truncation).
-        anchors = audit_log(session, repo).cached_heads()
-        with repo.lock(exclusive=False, purpose="check"):
-            report = check_repository(
-                repo,
-                read_data=options.read_data,
-                subset=options.subset,
-                on_progress=on_progress,
-                audit_anchors=anchors,
-            )
+        if options.snapshot is not None:
+            snap = find_snapshot(repo, options.snapshot, run)
+            run.source = snap.source
+            run.touched(snap.id)
+            run.details["snapshot"] = snap.id
+            with repo.lock(exclusive=False, purpose="check"):
+                report = check_snapshot(
+                    repo, snap, read_data=options.read_data, on_progress=on_progress
+                )
+        else:
+            # Heads this host wrote: anchors besides those the snapshots name (read first, so
+            # an append meanwhile is no truncation).
+            anchors = audit_log(session, repo).cached_heads()
+            with repo.lock(exclusive=False, purpose="check"):
+                report = check_repository(
+                    repo,
+                    read_data=options.read_data,
+                    subset=options.subset,
+                    on_progress=on_progress,
+                    audit_anchors=anchors,
+                )
         result = CheckResult(
             errors=tuple(report.errors),
             notes=tuple(report.notes),
@@ -74,6 +91,7 @@ def check(
             bytes_read=report.bytes_read,
             wal_files=report.wal_files,
             wal_read=report.wal_read,
+            checked=run.details.get("snapshot"),
         )
         run.add_bytes(read=report.bytes_read)
         run.details.update(

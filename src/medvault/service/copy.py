@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from medvault.errors import UsageError
+from medvault.service.selectors import find_snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -79,7 +80,7 @@ def copy(
         if origin.config.repo_id == target.config.repo_id:
             raise UsageError(f"--from and --to are the same repository ({origin.config.repo_id})")
         if options.snapshots:
-            snapshots = [origin.find_snapshot(selector) for selector in options.snapshots]
+            snapshots = [find_snapshot(origin, selector, run) for selector in options.snapshots]
         else:
             snapshots = origin.list_snapshots()
         if options.source is not None:

@@ -17,11 +17,17 @@ from medvault.errors import SnapshotNotFound, UsageError
 if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
+    from medvault.service.runs import Run
     from medvault.service.session import Session
     from medvault.verification.drills import DrillResult
 
 # --kind names, and the snapshot kind each drills.
-KINDS = {"physical": "postgres.physical", "logical": "postgres.logical", "files": "files"}
+KINDS = {
+    "physical": "postgres.physical",
+    "logical": "postgres.logical",
+    "files": "files",
+    "csv": "postgres.csv",
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class DrillHistory:
 
 def drill(session: Session, options: DrillOptions) -> DrillRun:
     """Run, validate and record one drill; a failed drill is returned with `failure` set."""
-    from medvault.config import PostgresSourceSettings
+    from medvault.config import PostgresCsvSourceSettings, PostgresSourceSettings
     from medvault.durations import parse_duration
     from medvault.postgres.server import dsn_field
     from medvault.verification.drills import run_drill, store_result
@@ -67,7 +73,7 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
         if options.random_within is not None:
             snap, run.details["pick"] = _random_pick(repo, options)
         else:
-            snap = _chosen(repo, options)
+            snap = _chosen(repo, options, run)
         run.touched(snap.id)
         settings = session.settings.source.get(source) if session.configured_sources() else None
         tier = session.settings.tier.get(settings.tier) if settings and settings.tier else None
@@ -85,7 +91,9 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
             snap,
             rto=rto,
             scratch=options.scratch or session.settings.drill.scratch,
-            dsn=postgres.dsn if postgres else None,
+            dsn=settings.dsn
+            if isinstance(settings, PostgresSourceSettings | PostgresCsvSourceSettings)
+            else None,
             pg_bin=postgres.pg_bin if postgres else None,
             to_latest=options.to_latest,
             options=checks,
@@ -113,7 +121,7 @@ def drill(session: Session, options: DrillOptions) -> DrillRun:
 
 def _validate(options: DrillOptions) -> None:
     if options.kind is not None and options.kind not in KINDS:
-        raise UsageError("--kind is physical, logical or files")
+        raise UsageError("--kind is physical, logical, files or csv")
     if options.snapshot is not None and options.kind is not None:
         raise UsageError("give --snapshot or --kind, not both")
     if options.to_latest and options.kind not in (None, "physical"):
@@ -123,33 +131,18 @@ def _validate(options: DrillOptions) -> None:
 
 
 def _random_pick(repo: Repository, options: DrillOptions) -> tuple[Snapshot, dict[str, object]]:
-    """The same snapshots and seed give the same pick: candidates in (time, id) order."""
-    import random
+    """The draw `random:SPAN:SOURCE` makes as a selector (service/selectors.py)."""
+    from medvault.service.selectors import random_pick
 
     assert options.random_within is not None
-    since = dt.datetime.now(dt.UTC) - options.random_within
-    candidates = sorted(
-        (s for s in repo.list_snapshots() if s.source == options.source and s.taken >= since),
-        key=lambda s: (s.taken, s.id),
-    )
-    if not candidates:
-        raise SnapshotNotFound(
-            f"the repository holds no snapshot of {options.source} taken since "
-            f"{since.isoformat(timespec='seconds')}"
-        )
-    seed = options.seed or ""
-    snap = random.Random(seed).choice(candidates)
-    return snap, {
-        "random_within_s": options.random_within.total_seconds(),
-        "since": since.isoformat(timespec="seconds"),
-        "seed": seed,
-        "candidates": len(candidates),
-    }
+    return random_pick(repo, options.random_within, options.source, options.seed or "")
 
 
-def _chosen(repo: Repository, options: DrillOptions) -> Snapshot:
+def _chosen(repo: Repository, options: DrillOptions, run: Run) -> Snapshot:
+    from medvault.service.selectors import find_snapshot
+
     if options.snapshot is not None:
-        return repo.find_snapshot(options.snapshot)
+        return find_snapshot(repo, options.snapshot, run)
     if options.kind is None and not options.to_latest:
         return repo.find_snapshot(f"latest:{options.source}")
     kind = options.kind or "physical"

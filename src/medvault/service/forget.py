@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from medvault import faults
 from medvault.errors import ObjectLocked, UsageError
+from medvault.service.selectors import find_snapshot
 
 if TYPE_CHECKING:
     from medvault.repository.records import Snapshot
@@ -66,7 +67,7 @@ def forget(session: Session, options: ForgetOptions) -> ForgetResult:
         if options.snapshots:
             chosen = {}
             for selector in options.snapshots:
-                snap = repo.find_snapshot(selector)
+                snap = find_snapshot(repo, selector, run, allow_random=False)
                 chosen[snap.id] = snap
             plan: list[Planned] = [(snap, True, ("named",)) for snap in chosen.values()]
         else:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from medvault.service.selectors import find_snapshot
+
 if TYPE_CHECKING:
     from medvault.policy.holds import Hold
     from medvault.repository.records import Snapshot
@@ -32,7 +34,7 @@ def hold_add(session: Session, *, snapshot: str, reason: str) -> HoldChange:
     with session.run("hold-add") as run:
         repo = session.open()
         run.repository = repo.url
-        snap = repo.find_snapshot(snapshot)
+        snap = find_snapshot(repo, snapshot, run)
         run.source = snap.source
         run.touched(snap.id)
         run.details["reason"] = reason
@@ -48,7 +50,7 @@ def hold_remove(session: Session, *, snapshot: str, reason: str) -> HoldChange:
     with session.run("hold-remove") as run:
         repo = session.open()
         run.repository = repo.url
-        snap = repo.find_snapshot(snapshot)
+        snap = find_snapshot(repo, snapshot, run)
         run.source = snap.source
         run.touched(snap.id)
         run.details["reason"] = reason

@@ -26,6 +26,7 @@ from medvault.service.restore import (
     note_reason,
     total_bytes,
 )
+from medvault.service.selectors import find_snapshot
 
 if TYPE_CHECKING:
     from medvault.config import PostgresSourceSettings
@@ -154,7 +155,7 @@ def restore_physical(
         note_reason(run, options.reason)
         repo = session.open()
         run.repository = repo.url
-        snap = repo.find_snapshot(options.snapshot)
+        snap = find_snapshot(repo, options.snapshot, run)
         run.source = snap.source
         run.touched(snap.id)
         run.details["kind"] = snap.kind

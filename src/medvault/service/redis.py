@@ -101,6 +101,7 @@ def backup_in_run(
 
     from medvault.redisdb.resp import parse_url
     from medvault.service.backup import _record, _replicate
+    from medvault.service.hooks import around
     from medvault.sources.redis import RedisSource
     from medvault.sources.redis import backup_redis as take
 
@@ -114,17 +115,19 @@ def backup_in_run(
     server = RedisSource(address, read_password(settings.password_file), settings.tier)
     repo = session.open(name)
     run.repository = repo.url
-    done = take(
-        repo,
-        source=name,
-        server=server,
-        tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
-        on_progress=on_progress,
-    )
-    snap = done.snapshot
-    _record(run, snap, read=done.bytes_read, stored=done.bytes_added)
-    run.details["keys"] = sum(done.facts.keys_after.values())
-    replication = _replicate(session, run, repo, snap.id, name, [])
+    with around(session, run, name) as hooks:
+        done = take(
+            repo,
+            source=name,
+            server=server,
+            tags=tuple(dict.fromkeys([*settings.tags, *options.tags])),
+            on_progress=on_progress,
+        )
+        snap = done.snapshot
+        hooks.snapshot = snap.id
+        _record(run, snap, read=done.bytes_read, stored=done.bytes_added)
+        run.details["keys"] = sum(done.facts.keys_after.values())
+        replication = _replicate(session, run, repo, snap.id, name, [])
     return RedisBackupResult(
         snap, done.facts, done.bytes_read, done.bytes_added, done.duration, replication
     )

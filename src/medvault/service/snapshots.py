@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from medvault.service.selectors import find_snapshot
+
 if TYPE_CHECKING:
     from medvault.repository.browse import Change
     from medvault.repository.records import Node, Snapshot
@@ -81,7 +83,7 @@ def ls(
     with session.run("ls") as run:
         repo = session.open()
         run.repository = repo.url
-        snap = repo.find_snapshot(options.snapshot)
+        snap = find_snapshot(repo, options.snapshot, run)
         run.source = snap.source
         run.touched(snap.id)
         run.details.update(path=options.path, recursive=options.recursive)
@@ -105,7 +107,7 @@ def diff(session: Session, *, first: str, second: str) -> Diff:
     with session.run("diff") as run:
         repo = session.open()
         run.repository = repo.url
-        old, new = repo.find_snapshot(first), repo.find_snapshot(second)
+        old, new = find_snapshot(repo, first, run), find_snapshot(repo, second, run)
         if old.source == new.source:
             run.source = old.source
         run.touched(old.id)

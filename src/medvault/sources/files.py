@@ -40,7 +40,7 @@ from medvault.repository.records import (
     encode_tree,
 )
 from medvault.repository.repo import Repository
-from medvault.repository.writer import BlobSink
+from medvault.repository.writer import BlobSink, DryRunSink
 
 BACKUP_TYPES = ("full", "incremental", "differential")
 PENDING_DIRS = 64
@@ -123,6 +123,27 @@ class BackupResult:
     @property
     def complete(self) -> bool:
         return not self.unreadable and not self.changed_while_read
+
+
+@dataclass
+class DryRunResult:
+    """What a backup would read and add, from a walk that wrote nothing."""
+
+    backup_type: str  # as the backup would be taken: full when there is no parent
+    parent: str | None
+    files_new: int
+    files_changed: int
+    files_unchanged: int
+    dirs: int
+    bytes_total: int  # of every file in the backup, read or not
+    bytes_read: int  # what the backup would read (new and changed files)
+    blobs_new: int
+    bytes_new: int  # new to the repository after deduplication, before compression
+    bytes_added: int  # what those would take in packs (compressed and sealed)
+    duration: float
+    unreadable: list[Problem] = field(default_factory=list)
+    changed_while_read: list[Problem] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
 
 
 @lru_cache(maxsize=1024)
@@ -272,7 +293,7 @@ class FileBackup:
                 workers=self.options.workers,
                 on_progress=self._on_progress,
             )
-            self._sink = sink
+            self._sink: BlobSink | DryRunSink = sink
             try:
                 root = self._walk_roots(roots, parent.tree if parent else None)
                 while self._pending:
@@ -329,6 +350,55 @@ class FileBackup:
             changed_while_read=self._changed,
             skipped=self._skipped,
             bad_blocks=self._bad_blocks,
+        )
+
+    def dry_run(self) -> DryRunResult:
+        """Walk and chunk as run() does, against the repository's index, and store nothing:
+        no pack, index or snapshot (the shared lock is held while reading, then removed)."""
+        roots = self._roots()
+        started = time.monotonic()
+        source = self.options.source
+        with self.repo.lock(exclusive=False, purpose=f"dry run of a backup of {source}"):
+            self.repo.index  # noqa: B018 - loaded before worker threads need it
+            parent = choose_parent(
+                self.repo,
+                source,
+                self.options.backup_type,
+                self.options.kind,
+                self.options.parent_filter,
+            )
+            if parent is not None:
+                self._parent_cutoff_ns = _parse_time_ns(parent.time) - RACY_WINDOW_NS
+            sink = DryRunSink(
+                self.repo, workers=self.options.workers, on_progress=self._on_progress
+            )
+            self._sink = sink
+            try:
+                root = self._walk_roots(roots, parent.tree if parent else None)
+                while self._pending:
+                    self._resolve(self._pending.popleft())
+                assert root.tree is not None
+                root.tree.result()
+                sink.flush()
+            except BaseException:
+                sink.abort()
+                raise
+        return DryRunResult(
+            backup_type=self.options.backup_type if parent else "full",
+            parent=parent.id if parent else None,
+            files_new=self._counts["new"],
+            files_changed=self._counts["changed"],
+            files_unchanged=self._counts["unchanged"],
+            dirs=self._counts["dirs"],
+            bytes_total=self._counts["total"],
+            bytes_read=self._counts["read"],
+            blobs_new=sink.stats.blobs_new,
+            bytes_new=sink.stats.bytes_new,
+            bytes_added=sink.stats.bytes_stored,
+            duration=time.monotonic() - started,
+            unreadable=self._unreadable,
+            changed_while_read=self._changed,
+            skipped=self._skipped,
         )
 
     def _roots(self) -> list[bytes]:
@@ -785,3 +855,9 @@ def backup_files(
     repo: Repository, options: BackupOptions, on_progress: Callable[[int], None] | None = None
 ) -> BackupResult:
     return FileBackup(repo, options, on_progress).run()
+
+
+def dry_run_files(
+    repo: Repository, options: BackupOptions, on_progress: Callable[[int], None] | None = None
+) -> DryRunResult:
+    return FileBackup(repo, options, on_progress).dry_run()

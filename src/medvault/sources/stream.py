@@ -1,4 +1,5 @@
-"""A byte stream (pg_dump output, a Redis RDB file) stored as a snapshot holding one file.
+"""A byte stream (pg_dump output, a Redis RDB file) stored as a snapshot holding one file;
+or several streams (one CSV per table) as the files of one snapshot.
 
 The stream is read straight from its producer (usually a pipe), chunked and written like any
 file: nothing touches the local disk. The snapshot is saved last, and only when the caller's
@@ -11,7 +12,7 @@ import os
 import pwd
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
@@ -90,7 +91,34 @@ def backup_stream(
     it checks the producer (exit status) and returns facts to add; if it raises, the sink is
     aborted and no snapshot is written (packs already stored stay for prune).
     """
-    check_name(filename)
+    return backup_streams(
+        repo,
+        iter([(filename, stream)]),
+        source=source,
+        kind=kind,
+        facts=facts,
+        tags=tags,
+        tier=tier,
+        on_progress=on_progress,
+        before_save=before_save,
+    )
+
+
+def backup_streams(
+    repo: Repository,
+    streams: Iterator[tuple[bytes, ReadsInto]],
+    *,
+    source: str,
+    kind: str,
+    facts: dict[str, Any],
+    tags: tuple[str, ...] = (),
+    tier: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    before_save: Callable[[], dict[str, Any]] | None = None,
+) -> StreamResult:
+    """Store several streams, one after the other, as the files of one snapshot (its tree
+    one flat directory). `streams` yields each file's name and stream when it is wanted, so
+    a producer may start the next stream only once the previous one ended."""
     started = time.monotonic()
     start_time = now_iso()
     chunker = Chunker(repo.config.chunker, repo.master.chunker_seed)
@@ -98,24 +126,14 @@ def backup_stream(
         repo.index  # noqa: B018 - load it once here, before worker threads need it
         sink = BlobSink(repo, on_progress=on_progress)
         try:
-            futures: list[Future[bytes]] = []
+            nodes: list[Node] = []
             total = 0
-            for chunk in chunker.chunks(FillingReader(stream)):
-                total += len(chunk)
-                futures.append(sink.submit(chunk, DATA_BLOB))
-            now_ns = time.time_ns()
-            node = Node(
-                name=filename,
-                type=FILE,
-                mode=STREAM_FILE_MODE,
-                uid=os.getuid(),
-                gid=os.getgid(),
-                mtime_ns=now_ns,
-                ctime_ns=now_ns,
-                size=total,
-                content=tuple(f.result() for f in futures),
-            )
-            tree_id = sink.submit(encode_tree([node]), TREE_BLOB).result()
+            for filename, stream in streams:
+                check_name(filename)
+                node = _store_file(chunker, sink, filename, stream)
+                total += node.size
+                nodes.append(node)
+            tree_id = sink.submit(encode_tree(nodes), TREE_BLOB).result()
             extra = before_save() if before_save is not None else {}
             sink.flush()
         except BaseException:
@@ -130,7 +148,7 @@ def backup_stream(
             source=source,
             kind=kind,
             backup_type="full",
-            paths=(filename.decode("utf-8", "backslashreplace"),),
+            paths=tuple(n.name.decode("utf-8", "backslashreplace") for n in nodes),
             tree=tree_id,
             tags=tags,
             tier=tier,
@@ -150,4 +168,24 @@ def backup_stream(
         bytes_read=total,
         bytes_added=sink.stats.bytes_stored,
         duration=duration,
+    )
+
+
+def _store_file(chunker: Chunker, sink: BlobSink, filename: bytes, stream: ReadsInto) -> Node:
+    futures: list[Future[bytes]] = []
+    size = 0
+    for chunk in chunker.chunks(FillingReader(stream)):
+        size += len(chunk)
+        futures.append(sink.submit(chunk, DATA_BLOB))
+    now_ns = time.time_ns()
+    return Node(
+        name=filename,
+        type=FILE,
+        mode=STREAM_FILE_MODE,
+        uid=os.getuid(),
+        gid=os.getgid(),
+        mtime_ns=now_ns,
+        ctime_ns=now_ns,
+        size=size,
+        content=tuple(f.result() for f in futures),
     )

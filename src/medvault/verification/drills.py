@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from medvault import faults
 from medvault.dirpath import walk
-from medvault.errors import IntegrityError, MedvaultError, ObjectNotFound, UsageError, first_line
+from medvault.errors import (
+    IntegrityError,
+    MedvaultError,
+    ObjectNotFound,
+    RecoveryFailed,
+    UsageError,
+    first_line,
+)
 from medvault.repository.keys import now_iso
 from medvault.repository.records import DRILLS, KIND_DRILL, json_object
 from medvault.verification.scratch import (
@@ -110,6 +117,12 @@ def run_drill(
                     f"source {snapshot.source} has no dsn in medvault.toml to restore into"
                 )
             _drill_logical(repo, snapshot, dsn, pg_bin, options, result)
+        elif snapshot.kind == "postgres.csv":
+            if dsn is None:
+                raise UsageError(
+                    f"source {snapshot.source} has no dsn in medvault.toml to restore into"
+                )
+            _drill_csv(repo, snapshot, dsn, result)
         elif snapshot.kind == "postgres.physical":
             from medvault.postgres.server import dsn_field
             from medvault.verification.physical_drill import run_physical_drill
@@ -289,6 +302,51 @@ def _drill_logical(
             problem = _drop_database(dsn, database)
         if problem is not None:
             # The copy holds patient data: a drill that cannot remove it has failed.
+            result.checks.append(
+                Check(
+                    "cleanup",
+                    False,
+                    f"the drill's copy, database {database}, could not be dropped: {problem}; "
+                    f'drop it by hand (DROP DATABASE "{database}" WITH (FORCE))',
+                )
+            )
+
+
+def _drill_csv(repo: Repository, snapshot: Snapshot, dsn: str, result: DrillResult) -> None:
+    """A CSV export loaded into a scratch database (made from the server's default
+    template, so types a DBA installed there exist): every table created from its recorded
+    columns and types, its rows loaded with COPY and counted."""
+    from psycopg import sql
+
+    from medvault.postgres.server import connect, server_errors
+    from medvault.recovery.postgres_csv import restore_csv
+
+    _drop_leftover_databases(dsn, result)
+    database = scratch_database_name()
+    began = time.monotonic()
+    try:
+        with (
+            connect(dsn, what="the drill's server") as conn,
+            server_errors("creating the drill's database", RecoveryFailed),
+        ):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        restored = restore_csv(repo, snapshot, dsn=dsn, database=database)
+        rows = sum(t.rows for t in restored.tables)
+        result.checks.append(
+            Check(
+                "row counts",
+                True,
+                f"{len(restored.tables)} tables, {rows} rows, equal to the counts at backup",
+                elapsed(began),
+            )
+        )
+    except IntegrityError as exc:
+        result.checks.append(Check("row counts", False, str(exc), elapsed(began)))
+    finally:
+        faults.point("drill.before-cleanup")
+        with cleanup_timer(result):
+            problem = _drop_database(dsn, database)
+        if problem is not None:
             result.checks.append(
                 Check(
                     "cleanup",

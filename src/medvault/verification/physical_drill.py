@@ -25,28 +25,14 @@ port, and stopping it), drill_wal.py (the WAL plan and its feeder), drill_valida
 
 from __future__ import annotations
 
-import os
-import pwd
-import shlex
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from medvault import faults
-from medvault.postgres.facts import PhysicalFacts
-from medvault.recovery.postgres import write_private_file
-from medvault.verification.drill_cluster import (
-    chown_tree,
-    free_port,
-    isolate,
-    server_account,
-    stop_server,
-)
 from medvault.verification.drill_validation import validate
-from medvault.verification.drill_wal import COMPLETE, PLAN, RESTORE_SCRIPT, WalFeeder, wal_plan
+from medvault.verification.scratch_cluster import ScratchCluster
 
 if TYPE_CHECKING:
-    from medvault.recovery.postgres import ServerAccess
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
     from medvault.verification.drills import DrillResult
@@ -76,55 +62,21 @@ def run_physical_drill(
     """Restore, recover, validate, appending each check to `result`. The server is gone
     when this returns or raises, and so is the scratch space, or a failed `cleanup` check
     names what is left."""
-    from medvault.postgres.programs import find_program
-    from medvault.recovery.postgres import (
-        PhysicalRestoreOptions,
-        ServerAccess,
-        make_target,
-        restore_physical,
-        start_and_wait,
-    )
+    from medvault.recovery.postgres import make_target
     from medvault.verification.drills import Check, cleanup_check, cleanup_timer
-    from medvault.verification.scratch import PGDATA, make_scratch, remove_scratch
 
     add = result.checks.append
-    facts = PhysicalFacts.of(snapshot)
-    pg_ctl = find_program("pg_ctl", pg_bin, facts.major)
-    scratch = make_scratch(
-        scratch_parent, kind="physical", source=snapshot.source, snapshot=snapshot.id
+    cluster = ScratchCluster(
+        repo,
+        snapshot,
+        scratch_parent,
+        target=make_target(target="latest" if to_latest else "immediate"),
+        pg_bin=pg_bin,
+        dsn_user=dsn_user,
+        shared_buffers=options.shared_buffers,
     )
-    pgdata = os.path.join(scratch, PGDATA)
-    spool = os.path.join(scratch, "wal")
-    socket_dir = os.path.join(scratch, "socket")
-    script = os.path.join(scratch, "restore_wal")
-    feeder: WalFeeder | None = None
-    access: ServerAccess | None = None
     try:
-        os.mkdir(spool, 0o700)
-        os.mkdir(socket_dir, 0o700)
-        write_private_file(
-            script,
-            RESTORE_SCRIPT.format(spool=shlex.quote(spool), plan=PLAN, complete=COMPLETE),
-            0o700,
-        )
-        target = make_target(target="latest" if to_latest else "immediate")
-        port = free_port()
-        spaces = {
-            str(oid): os.path.join(scratch, "tablespaces", str(oid)) for oid in facts.tablespaces
-        }
-        restored = restore_physical(
-            repo,
-            snapshot,
-            PhysicalRestoreOptions(
-                pgdata=pgdata,
-                target=target,
-                restore_command=f"{shlex.quote(script)} %f %p",
-                port=port,
-                tablespaces=spaces,
-                pg_bin=pg_bin,
-            ),
-        )
-        files = restored.files
+        files = cluster.restore().files
         add(
             Check(
                 "restore",
@@ -133,33 +85,8 @@ def run_physical_drill(
                 round(files.duration, 3),
             )
         )
-        isolate(pgdata, scratch, socket_dir, port, options.shared_buffers)
-        plan = wal_plan(repo, snapshot, restored.wal)
-        write_private_file(os.path.join(spool, PLAN), "\n".join(plan) + "\n")
-        run_as, uid, gid = server_account(pgdata)
-        if run_as is not None:
-            chown_tree(scratch, uid, gid)
-            os.chmod(scratch, 0o700)
-        # initdb names the superuser after the OS account that ran it, usually the data's
-        # owner; else the source's own role.
-        roles = tuple(
-            dict.fromkeys(r for r in (run_as or _login_name(), dsn_user, "postgres") if r)
-        )
-        access = ServerAccess(host=socket_dir, users=roles, run_as=run_as)
-        feeder = WalFeeder(
-            repo, snapshot.source, spool, plan, (uid, gid) if run_as is not None else None
-        )
-        feeder.start()
         began = time.monotonic()
-        reached = start_and_wait(
-            pgdata,
-            pg_ctl,
-            port,
-            "promote",
-            access=access,
-            failed=lambda: feeder.error if feeder is not None else None,
-        )
-        faults.point("drill.server-running")
+        reached = cluster.recover()
         how = "the newest archived WAL" if to_latest else "the end of the backup"
         took = time.monotonic() - began
         add(
@@ -167,34 +94,15 @@ def run_physical_drill(
                 "recovery",
                 True,
                 f"replayed to {how} (LSN {reached.lsn}"
-                f"{', ' + reached.time if reached.time else ''}; {feeder.fetched} archived WAL "
-                f"file(s) fetched) and promoted in {took:.1f} s",
+                f"{', ' + reached.time if reached.time else ''}; {cluster.wal_fetched} archived "
+                f"WAL file(s) fetched) and promoted in {took:.1f} s",
                 round(took, 3),
             )
         )
-        validate(access, port, options, add)
+        assert cluster.access is not None
+        validate(cluster.access, cluster.port, options, add)
     finally:
         with cleanup_timer(result):
-            still_running: int | None = None
-            try:
-                if feeder is not None:
-                    feeder.stop()
-                if access is not None or os.path.exists(os.path.join(pgdata, "postmaster.pid")):
-                    still_running = stop_server(pgdata, pg_ctl, access or ServerAccess())
-            finally:
-                # Never a data directory deleted under a running server: the next drill
-                # stops that server, then removes the scratch.
-                problem = (
-                    f"its PostgreSQL server (pid {still_running}) could not be stopped"
-                    if still_running is not None
-                    else remove_scratch(scratch)
-                )
-                if problem is not None:
-                    add(cleanup_check(scratch, problem))
-
-
-def _login_name() -> str | None:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return None
+            problem = cluster.close()
+            if problem is not None:
+                add(cleanup_check(cluster.scratch, problem))

@@ -11,6 +11,10 @@ and pg_dump's own lock request would then queue behind that DDL for ever (we onl
 transaction when pg_dump ends). Once pg_dump holds the locks, no TRUNCATE or table rewrite
 (which are not MVCC-safe) can change what either of us sees.
 
+Named tables: pg_dump's -t / -T patterns are resolved here first, by pg_dump's own rules
+(postgres/patterns.py), inside the exporting transaction: a pattern matching nothing is
+refused before pg_dump starts, and only the tables the dump holds are counted.
+
 The dump is uncompressed (-Z0): medvault compresses every chunk with zstd itself, and plain
 COPY data deduplicates between days where a compressed stream does not. No temporary file is
 written: pg_dump's stdout is a pipe into the chunker.
@@ -152,7 +156,7 @@ class _RowCounter(threading.Thread):
             time.sleep(LOCK_POLL_S)
 
 
-def _database_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+def database_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """The facts about the database known before the dump (LogicalFacts' first fields)."""
     row = conn.execute(
         "SELECT current_database(), current_setting('server_version'),"
@@ -198,13 +202,55 @@ def backup_logical(
     tags: tuple[str, ...] = (),
     tier: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    tables: tuple[str, ...] = (),
+    exclude_tables: tuple[str, ...] = (),
 ) -> LogicalBackupResult:
-    """Dump one database into a new snapshot of kind postgres.logical.
+    """Dump one database into a new snapshot of kind postgres.logical: every table, or
+    those pg_dump's -t patterns `tables` match, less those `exclude_tables` match.
 
     `repo` may be a function opening the repository: it is then called once pg_dump runs,
     so that the repository's opening overlaps pg_dump's reading of the catalogs."""
+    chosen = TableChoice(tables, exclude_tables)
     with server_errors(f"logical backup of source {source}"):
-        return _backup_logical(repo, source, dsn, database, pg_bin, tags, tier, on_progress)
+        return _backup_logical(repo, source, dsn, database, pg_bin, tags, tier, on_progress, chosen)
+
+
+@dataclass(frozen=True)
+class TableChoice:
+    """pg_dump's -t and -T patterns; none: every table."""
+
+    tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+
+    def pg_dump_args(self) -> list[str]:
+        args = [f"--table={t}" for t in self.tables]
+        args += [f"--exclude-table={t}" for t in self.exclude_tables]
+        # A -t pattern matching nothing fails pg_dump too (checked here first, by the same
+        # rules, so the message names the pattern before anything runs).
+        return [*args, "--strict-names"] if self.tables else args
+
+    def select(
+        self, conn: psycopg.Connection[Any], database: str, tables: list[tuple[int, str, str]]
+    ) -> list[tuple[int, str, str]]:
+        """The tables of `tables` (TABLES_SQL's) the patterns keep; a pattern matching no
+        relation pg_dump could dump is refused."""
+        from medvault.postgres.patterns import matching, no_match
+
+        keep: set[int] | None = None
+        if self.tables:
+            keep = set()
+            for pattern in self.tables:
+                found = matching(conn, pattern, database)
+                if not found:
+                    raise no_match(pattern, database)
+                keep.update(r.oid for r in found)
+        drop: set[int] = set()
+        for pattern in self.exclude_tables:
+            found = matching(conn, pattern, database)
+            if not found:
+                raise no_match(pattern, database, excluded=True)
+            drop.update(r.oid for r in found)
+        return [t for t in tables if (keep is None or t[0] in keep) and t[0] not in drop]
 
 
 def _backup_logical(
@@ -216,6 +262,7 @@ def _backup_logical(
     tags: tuple[str, ...],
     tier: str | None,
     on_progress: Callable[[int], None] | None,
+    chosen: TableChoice,
 ) -> LogicalBackupResult:
     from psycopg.conninfo import make_conninfo
 
@@ -228,14 +275,15 @@ def _backup_logical(
         # more than it saves on a count) and no parallel workers fanning out beside pg_dump.
         conn.execute("SET LOCAL jit = off")
         conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        database_facts = _database_facts(conn)
+        db_facts = database_facts(conn)
         recorded: list[LogicalFacts] = []
         snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snapshot_row is not None
         tables = [(int(r[0]), r[1], r[2]) for r in conn.execute(TABLES_SQL).fetchall()]
-        db = database_facts["database"]
+        db = db_facts["database"]
+        tables = chosen.select(conn, db, tables)
         target = make_conninfo(dsn, dbname=db)
-        pg_dump = find_program("pg_dump", pg_bin, database_facts["server_version_num"] // 10000)
+        pg_dump = find_program("pg_dump", pg_bin, db_facts["server_version_num"] // 10000)
         dump_version = program_version(pg_dump)
         app_name = f"medvault-pg_dump-{secrets.token_hex(6)}"
         # The passfile (if any) is inherited: pg_dump keeps it open after our copy closes.
@@ -248,6 +296,7 @@ def _backup_logical(
                     "--format=custom",
                     "--compress=0",
                     "--no-password",  # never prompt: libpq finds the password on its own
+                    *chosen.pg_dump_args(),
                     f"--dbname={client.dsn}",
                 ],
                 stdin=subprocess.DEVNULL,
@@ -272,11 +321,13 @@ def _backup_logical(
                 reason = first_line(counter.error)
                 raise SourceUnavailable(f"cannot count rows in {describe_dsn(target)}: {reason}")
             facts = LogicalFacts(
-                **database_facts,
+                **db_facts,
                 dump_format="custom",
                 dump_compression="none",
                 pg_dump_version=dump_version,
                 row_counts=counter.counts,
+                table_patterns=chosen.tables,
+                exclude_table_patterns=chosen.exclude_tables,
             )
             recorded.append(facts)
             return facts.to_map()
