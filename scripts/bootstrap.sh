@@ -12,6 +12,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql-1
 command -v pg_dump >/dev/null || packages+=(postgresql-client-15)
 # libfaketime: tests run backups on a "host" whose clock is minutes off.
 ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || packages+=(faketime)
+# redis-server: the tests back up, restore into and drill with throwaway Redis servers.
+command -v redis-server >/dev/null || packages+=(redis-server)
 # promtool checks the shipped Prometheus rules (deploy/prometheus/).
 command -v promtool >/dev/null || packages+=(prometheus)
 for extra in "$@"; do

@@ -41,10 +41,12 @@ ALLOWED: dict[str, set[str]] = {
     "backends": set(),
     "repository": {"backends"},
     "postgres": set(),
+    # Redis's own rules: RESP, the replication handshake, RDB framing, scratch servers.
+    "redisdb": set(),
     "policy": {"repository", "backends"},
-    "sources": {"repository", "postgres", "policy"},
-    "recovery": {"repository", "postgres"},
-    "verification": {"recovery", "repository", "postgres", "policy"},
+    "sources": {"repository", "postgres", "redisdb", "policy"},
+    "recovery": {"repository", "postgres", "redisdb"},
+    "verification": {"recovery", "repository", "postgres", "redisdb", "policy"},
     "config": {"backends", "policy", "scheduler"},
     # When jobs fire (cron expressions, intervals, time zones, catch-up) and the loop that
     # runs them: pure logic over an injectable clock; config validates schedules with it.
@@ -68,6 +70,7 @@ ALLOWED: dict[str, set[str]] = {
         "repository",
         "backends",
         "postgres",
+        "redisdb",
         "config",
         "credentials",
         "walconfig",

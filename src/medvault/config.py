@@ -415,6 +415,46 @@ def _check_dsn(dsn: str) -> None:
         raise ValueError(holds_password)
 
 
+class RedisSourceSettings(_Section):
+    """A Redis server (backed up as an RDB over the replication protocol). The URL carries
+    no password: it is read from password_file, with `username` for a Redis 6 ACL user."""
+
+    kind: Literal["redis"]
+    url: str = Field(min_length=1)  # redis://HOST:PORT/DB or unix:///path/to.sock
+    password_file: str | None = None
+    username: str | None = None
+    hooks: HooksSettings = HooksSettings()
+    repository: str | None = None
+    tags: list[str] = []
+    tier: str | None = None
+    retention: RetentionSettings | None = None  # overrides the tier's
+    classification: str | None = None  # overrides the tier's (audit records)
+    compliance: list[str] | None = None  # overrides the tier's
+    schedule: ScheduleSettings = ScheduleSettings()
+    # A backup smaller than this ("1MB", "100MB") fires backup_too_small; else [alerts] min_size.
+    min_size: str | None = None
+
+    _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL ({exc})") from None
+        if parts.password is not None or "password" in parts.query.lower():
+            raise ValueError("holds a password; remove it and keep the password in password_file")
+        if parts.scheme not in ("redis", "unix"):
+            raise ValueError("must start with redis:// or unix:// (TLS is not supported)")
+        if parts.scheme == "redis" and not parts.hostname:
+            raise ValueError("names no host (redis://HOST:PORT/DB)")
+        return value
+
+
 class RetentionSettings(_Section):
     """Which snapshots `forget` keeps (see policy/retention.py)."""
 
@@ -476,7 +516,7 @@ class TierSettings(_Section):
         return parse_duration(self.floor) if self.floor else None
 
 
-SOURCE_KINDS = ("files", "postgres", "postgres-csv")
+SOURCE_KINDS = ("files", "postgres", "postgres-csv", "redis")
 SCHEDULE_KINDS = (
     "full",
     "incremental",
@@ -488,7 +528,7 @@ SCHEDULE_KINDS = (
     "copy",
 )
 SourceSettings = Annotated[
-    FilesSourceSettings | PostgresSourceSettings | PostgresCsvSourceSettings,
+    FilesSourceSettings | PostgresSourceSettings | PostgresCsvSourceSettings | RedisSourceSettings,
     Field(discriminator="kind"),
 ]
 
@@ -809,6 +849,12 @@ class Settings(_Section):
                         raise ValueError(
                             f"{key}.{kind}: a postgres-csv source is exported with the "
                             "logical job only"
+                        )
+            if isinstance(source, RedisSourceSettings):
+                for kind in ("logical", "incremental", "differential"):
+                    if kind in jobs:
+                        raise ValueError(
+                            f"{key}.{kind}: a Redis backup is always a whole RDB: schedule full"
                         )
             if isinstance(source, PostgresSourceSettings) and source.pgdata is None:
                 for kind in ("incremental", "differential"):

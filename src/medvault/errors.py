@@ -117,6 +117,10 @@ class SourceUnavailable(MedvaultError):
     exit_code = 15
 
 
+class RedisReplyError(SourceUnavailable):
+    """A Redis server answered a command with an error reply (-ERR, -NOPERM, -WRONGPASS)."""
+
+
 class RestoreTargetError(MedvaultError):
     """The restore target is unusable: a file, not empty, or outside the allowed place."""
 

@@ -63,9 +63,10 @@ def backup(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     no_verify: bool = typer.Option(False, "--no-verify-blobs", hidden=True),
 ) -> None:
-    """Back up files and directories, or a configured source (files or PostgreSQL)."""
+    """Back up files and directories, or a configured source (files, PostgreSQL, Redis)."""
     from medvault.service.backup import (
         BackupOptions,
+        FilesBackupResult,
         LogicalBackupResult,
         PhysicalBackupResult,
     )
@@ -104,8 +105,12 @@ def backup(
         from medvault.cli.pg_logical import report_logical_backup
 
         report_logical_backup(result, as_json)
-    else:
+    elif isinstance(result, FilesBackupResult):
         _report(result, as_json)
+    else:
+        from medvault.cli.redis_cmd import report_redis_backup
+
+        report_redis_backup(result, as_json)
     if result.replication.error is not None:
         raise ReplicationFailed(result.replication.error)
     if not result.complete:

@@ -84,7 +84,26 @@ def restore(
         False, "--delta", help="Physical: reuse a data directory, rewriting only what differs."
     ),
     force: bool = typer.Option(
-        False, "--force", help="Physical: empty a non-empty data directory first."
+        False,
+        "--force",
+        help="Physical: empty a non-empty data directory first. Redis: replace --rdb-file.",
+    ),
+    redis_url: str | None = typer.Option(
+        None, "--redis-url", help="Redis: restore into this running server (redis://HOST:PORT)."
+    ),
+    redis_password_file: str | None = typer.Option(
+        None,
+        "--redis-password-file",
+        help="Redis: the target's password (default: the source's password_file).",
+    ),
+    flush: bool = typer.Option(
+        False, "--flush", help="Redis: remove every key of the target first (FLUSHALL)."
+    ),
+    replace_keys: bool = typer.Option(
+        False, "--replace", help="Redis: overwrite keys of the same name in the target."
+    ),
+    rdb_file: str | None = typer.Option(
+        None, "--rdb-file", help="Redis: write the RDB here (mode 0600), for a stopped server."
     ),
     keep_archiving: bool = typer.Option(
         False,
@@ -99,9 +118,10 @@ def restore(
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Restore a snapshot: files, a logical dump, or a physical backup with PITR."""
+    """Restore a snapshot: files, a logical dump, a physical backup with PITR, or Redis."""
     from medvault.cli.pg_recovery import recovery_setup
     from medvault.service.pitr import PhysicalRestoreResult
+    from medvault.service.redis import RedisRestoreOptions, RedisRestoreResult
     from medvault.service.restore import CsvRestoreResult, FilesRestoreResult, RestoreOptions
     from medvault.service.restore import restore as restore_snapshot
 
@@ -125,6 +145,11 @@ def restore(
             pgdata=pgdata,
             # The recovery options above, by name from ctx.params.
             recovery=recovery_setup(ctx, recovery_target),
+            redis=RedisRestoreOptions(
+                redis_url, redis_password_file, flush, replace_keys, rdb_file, force
+            )
+            if redis_url or rdb_file or flush or replace_keys
+            else None,
         ),
         progress=lambda total: progress_bar("restoring", total, not as_json),
     )
@@ -138,6 +163,10 @@ def restore(
         from medvault.cli.pg_logical import report_csv_restore
 
         report_csv_restore(result, as_json)
+    elif isinstance(result, RedisRestoreResult):
+        from medvault.cli.redis_cmd import report_redis_restore
+
+        report_redis_restore(result, as_json)
     else:
         from medvault.cli.pg_logical import restore_logical_cmd
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from medvault.postgres.facts import ChecksumFailure, PhysicalFacts
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
+    from medvault.service.redis import RedisBackupResult
     from medvault.service.runs import Run
     from medvault.service.session import Session
     from medvault.sources.files import BackupOptions as WalkOptions
@@ -187,7 +188,9 @@ class LogicalBackupResult:
         return self.hook_problem is None
 
 
-BackupResult: TypeAlias = FilesBackupResult | PhysicalBackupResult | LogicalBackupResult
+BackupResult: TypeAlias = (
+    "FilesBackupResult | PhysicalBackupResult | LogicalBackupResult | RedisBackupResult"
+)
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,12 @@ def backup(session: Session, options: BackupOptions, on_progress: Progress = Non
             if settings is not None and selective:
                 raise UsageError(
                     "--table, --exclude-table and --format apply to logical backups (--logical)"
+                )
+            if settings is None and _is_redis(session, name):
+                from medvault.service.redis import RedisBackupOptions, backup_in_run
+
+                return backup_in_run(
+                    session, run, RedisBackupOptions(name, options.tags), on_progress
                 )
             if settings is not None:
                 physical = PhysicalBackupOptions(
@@ -403,7 +412,7 @@ def _walk_options(session: Session, options: FilesBackupOptions) -> WalkOptions:
     settings = session.settings.source[name]
     if not isinstance(settings, FilesSourceSettings):
         raise UsageError(
-            f"source {name} is a PostgreSQL source: take a physical or logical backup of it"
+            f"source {name} is a {settings.kind} source, not a files source: back it up by name"
         )
     return WalkOptions(
         source=name,
@@ -610,6 +619,12 @@ def _logical_settings(
     """A source a logical backup reads: postgres (pg_dump or CSV) or postgres-csv."""
     csv = _csv_settings_or_none(session, name) if name in session.configured_sources() else None
     return csv if csv is not None else _postgres_settings(session, name)
+
+
+def _is_redis(session: Session, name: str) -> bool:
+    from medvault.config import RedisSourceSettings
+
+    return isinstance(session.settings.source.get(name), RedisSourceSettings)
 
 
 def _postgres_settings_or_none(session: Session, name: str) -> PostgresSourceSettings | None:

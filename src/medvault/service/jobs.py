@@ -130,6 +130,10 @@ def _backup(session: Session, job: Job) -> JobResult:
     result: backup.BackupResult
     if job.kind == "logical":
         result = backup.backup_logical(session, backup.LogicalBackupOptions(job.source))
+    elif settings.kind == "redis":
+        from medvault.service.redis import RedisBackupOptions, backup_redis
+
+        result = backup_redis(session, RedisBackupOptions(job.source))
     elif isinstance(settings, PostgresSourceSettings):
         method = "local" if settings.pgdata else "stream"
         options = backup.PhysicalBackupOptions(job.source, job.kind, method)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from medvault.repository.repo import Repository
     from medvault.service.hooks import HookPhase
     from medvault.service.pitr import PhysicalRestoreResult, RecoverySetup
+    from medvault.service.redis import RedisRestoreOptions, RedisRestoreResult
     from medvault.service.runs import Run
     from medvault.service.session import Session
 
@@ -84,6 +85,7 @@ class RestoreOptions:
     into: str | None = None  # logical: the one --table, restored under this SCHEMA.NAME
     pgdata: str | None = None
     recovery: RecoverySetup | None = None  # physical: target, start, ...; None: defaults
+    redis: RedisRestoreOptions | None = None  # Redis: a server (--redis-url) or an RDB file
     reason: str | None = None
 
 
@@ -223,9 +225,11 @@ def restore(
     | LogicalListing
     | PhysicalRestoreResult
     | CsvRestoreResult
+    | RedisRestoreResult
 ):
     """Restore a snapshot whichever its kind: files into `target`, a logical dump into
-    `database`, a physical backup into `pgdata` (with point-in-time recovery)."""
+    `database`, a physical backup into `pgdata` (with point-in-time recovery), a Redis RDB
+    into a running server or a file."""
     from medvault.service import pitr
 
     shown = progress or no_progress
@@ -240,9 +244,11 @@ def restore(
             raise UsageError("--into applies to one --table of a logical snapshot")
         if options.append and snap.kind != "postgres.csv":
             raise UsageError("--append applies to CSV snapshots only")
+        if options.redis is not None and snap.kind != "redis":
+            raise UsageError("--redis-url and --rdb-file apply to Redis snapshots only")
         if snap.kind == "postgres.physical" and options.pgdata is None:
             raise UsageError("a physical PostgreSQL snapshot is restored with --pgdata DIR")
-        databases = ("postgres.physical", "postgres.logical", "postgres.csv")
+        databases = ("postgres.physical", "postgres.logical", "postgres.csv", "redis")
         if snap.kind not in databases and options.target is None:
             raise UsageError("give the directory to restore into with --target DIR")
         logical_whole = snap.kind == "postgres.logical" and options.into is None
@@ -256,6 +262,8 @@ def restore(
         target = options.pgdata or options.target
         if snap.kind in ("postgres.logical", "postgres.csv") and options.database:
             target = f"database {options.database}"
+        if snap.kind == "redis" and options.redis is not None:
+            target = options.redis.url or options.redis.rdb_file
         with _hooks(session, run, snap, target) as hooks:
             done = _restore_kind(session, run, repo, snap, options, shown)
         return _with_hook_problem(done, hooks.after_failure)
@@ -274,10 +282,18 @@ def _restore_kind(
     | LogicalListing
     | PhysicalRestoreResult
     | CsvRestoreResult
+    | RedisRestoreResult
 ):
     from medvault.service import pitr
 
     setup = options.recovery or pitr.RecoverySetup()
+    if snap.kind == "redis":
+        from medvault.service.redis import RedisRestoreOptions, restore_in_run
+
+        with shown(total_bytes(snap)) as advance:
+            return restore_in_run(
+                session, run, repo, snap, options.redis or RedisRestoreOptions(), advance
+            )
     if snap.kind == "postgres.csv":
         return _csv(session, run, repo, snap, options, shown)
     if snap.kind == "postgres.logical":

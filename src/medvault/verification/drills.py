@@ -137,6 +137,10 @@ def run_drill(
                 options=options,
                 result=result,
             )
+        elif snapshot.kind == "redis":
+            from medvault.verification.redis_drill import drill_redis
+
+            drill_redis(repo, snapshot, scratch, result)
         else:
             raise UsageError(f"there is no drill for {snapshot.kind} snapshots")
         result.ok = all(check.ok for check in result.checks)
