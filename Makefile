@@ -13,6 +13,7 @@ install:
 demo: install
 	@$(BIN)/python demo/demo.py
 	@$(BIN)/python demo/pg_demo.py
+	@$(BIN)/python demo/redis_demo.py
 	@$(BIN)/python demo/serve_demo.py
 
 PYDIRS := $(wildcard src tests bench demo)
