@@ -102,6 +102,8 @@ def report_physical(result: PhysicalRestoreResult, as_json: bool) -> None:
             },
             "signal": result.signal,
             "reached": None,
+            "checks": list(result.checks),
+            "checks_not_run": result.checks_not_run,
         }
         if reached is not None:
             doc["reached"] = {
@@ -130,6 +132,7 @@ def report_physical(result: PhysicalRestoreResult, as_json: bool) -> None:
     )
     if reached is None:
         print(f"start it with: pg_ctl -D {shlex.quote(result.pgdata)} start")
+        _report_checks(result)
         return
     where = f"LSN {reached.lsn or '?'}"
     when = f", time {reached.time}" if reached.time else ""
@@ -143,6 +146,14 @@ def report_physical(result: PhysicalRestoreResult, as_json: bool) -> None:
     print(f"recovered to {where}{when}{tli}: {state}")
     if reached.stop_reason:
         print(f"server: {reached.stop_reason}")
+    _report_checks(result)
+
+
+def _report_checks(result: PhysicalRestoreResult) -> None:
+    for check in result.checks:
+        print(f"  {'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
+    if result.checks_not_run is not None:
+        print(f"restore checks not run: {result.checks_not_run}")
 
 
 # -- pitr -------------------------------------------------------------------------------
@@ -220,6 +231,9 @@ def pitr(
         progress=lambda total: progress_bar("restoring", total, not as_json),
     )
     report_physical(result, as_json)
+    from medvault.cli.restore import exit_after_restore
+
+    exit_after_restore(result)
 
 
 # -- mark -------------------------------------------------------------------------------

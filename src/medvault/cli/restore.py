@@ -171,12 +171,18 @@ def restore(
         from medvault.cli.pg_logical import restore_logical_cmd
 
         restore_logical_cmd(result, as_json)
-    # The data is back either way: a failed smoke check fails the command, a failed
-    # after_restore hook makes it incomplete (the session's warnings name both).
-    if getattr(result, "check_failure", None):
+    exit_after_restore(result)
+
+
+def exit_after_restore(result: object) -> None:
+    """The data is back either way: a failed smoke check fails the command (`restore`,
+    `pitr`), a failed after_restore hook makes it incomplete (the session's warnings name
+    both)."""
+    failure = getattr(result, "check_failure", None)
+    if failure:
         from medvault.errors import RestoreCheckFailed
 
-        raise RestoreCheckFailed(result.check_failure)  # type: ignore[union-attr]
+        raise RestoreCheckFailed(failure)
     if getattr(result, "hook_problem", None):
         from medvault.errors import EXIT_INCOMPLETE
 

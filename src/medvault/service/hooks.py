@@ -201,15 +201,24 @@ class _Tail:
 # -- post-restore checks ----------------------------------------------------------------------
 
 
+def configured_checks(session: Session, source: str | None) -> tuple[str, ...]:
+    """`[source.NAME.restore] checks` of a PostgreSQL source; () when it has none."""
+    from medvault.config import PostgresSourceSettings
+
+    known = source is not None and source in session.configured_sources()
+    settings = session.settings.source[source] if known and source is not None else None
+    if not isinstance(settings, PostgresSourceSettings):
+        return ()
+    return tuple(settings.restore.checks)
+
+
 def restore_checks(
     session: Session, run: Run, source: str, dsn: str, database: str
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Run `[source.NAME.restore] checks` in the restored database as drills run theirs
     (verification/user_checks.py): each outcome, and the first failure in one line."""
-    from medvault.config import PostgresSourceSettings
-
-    settings = session.settings.source.get(source) if session.configured_sources() else None
-    if not isinstance(settings, PostgresSourceSettings) or not settings.restore.checks:
+    queries = configured_checks(session, source)
+    if not queries:
         return [], None
     from medvault.postgres.server import connect
     from medvault.verification.drills import Check
@@ -217,7 +226,7 @@ def restore_checks(
 
     found: list[Check] = []
     with connect(dsn, dbname=database, what="the restored database") as conn:
-        run_user_checks(conn, tuple(settings.restore.checks), found.append)
+        run_user_checks(conn, queries, found.append)
     outcomes = [
         {"name": c.name, "ok": c.ok, "detail": c.detail, "seconds": c.seconds} for c in found
     ]
@@ -228,3 +237,15 @@ def restore_checks(
     failure = f"restore {failed.name} failed: {failed.detail}"
     run.fail(failure)
     return outcomes, failure
+
+
+def checks_not_run(session: Session, run: Run, source: str, why: str) -> str | None:
+    """Say, in the run's record and the session's notes, that the source's checks could not
+    run (no server to run them in): never skipped silently. None when it has none."""
+    queries = configured_checks(session, source)
+    if not queries:
+        return None
+    note = f"{len(queries)} restore check(s) of source {source} not run: {why}"
+    run.details["checks_not_run"] = why
+    session.notes.append(note)
+    return why

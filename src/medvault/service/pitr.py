@@ -24,13 +24,15 @@ from medvault.service.restore import (
     RestoredFiles,
     no_progress,
     note_reason,
+    restore_hooks,
     total_bytes,
+    with_hook_problem,
 )
 from medvault.service.selectors import find_snapshot
 
 if TYPE_CHECKING:
     from medvault.config import PostgresSourceSettings
-    from medvault.recovery.postgres import RecoveryTarget, WalRange
+    from medvault.recovery.postgres import Reached, RecoveryTarget, WalRange
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
     from medvault.service.runs import Run
@@ -125,6 +127,11 @@ class PhysicalRestoreResult:
     wal: WalRange  # archived WAL from the backup's start to the target
     signal: str  # recovery.signal or standby.signal
     reached: ServerReached | None  # None: not started
+    # `[source.NAME.restore] checks`, run in the started server: name, ok, detail, seconds.
+    checks: tuple[dict[str, object], ...] = ()
+    check_failure: str | None = None  # the first that did not pass (the run failed)
+    checks_not_run: str | None = None  # why configured checks could not run (no --start)
+    hook_problem: str | None = None  # an after_restore hook that failed (the data stays)
 
 
 @dataclass(frozen=True)
@@ -159,9 +166,11 @@ def restore_physical(
         run.source = snap.source
         run.touched(snap.id)
         run.details["kind"] = snap.kind
-        return restore_found(
-            session, run, repo, snap, options.pgdata, options.recovery, None, progress
-        )
+        with restore_hooks(session, run, snap, options.pgdata) as hooks:
+            done = restore_found(
+                session, run, repo, snap, options.pgdata, options.recovery, None, progress
+            )
+        return with_hook_problem(done, hooks.after_failure)
 
 
 def pitr(
@@ -185,9 +194,11 @@ def pitr(
         run.touched(snap.id)
         if on_chosen is not None:
             on_chosen(BaseBackup(snap.id, snap.short_id, PhysicalFacts.of(snap).stop_time))
-        return restore_found(
-            session, run, repo, snap, options.pgdata, options.recovery, target, progress
-        )
+        with restore_hooks(session, run, snap, options.pgdata) as hooks:
+            done = restore_found(
+                session, run, repo, snap, options.pgdata, options.recovery, target, progress
+            )
+        return with_hook_problem(done, hooks.after_failure)
 
 
 def mark(session: Session, options: MarkOptions) -> MarkResult:
@@ -308,6 +319,7 @@ def restore_found(
     reached = done.reached
     if reached is not None:
         run.details["reached"] = {"state": reached.state, "lsn": reached.lsn, "time": reached.time}
+    checks, failure, not_run = _checks(session, run, snap.source, reached)
     return PhysicalRestoreResult(
         snapshot_id=snap.id,
         short_id=snap.short_id,
@@ -330,7 +342,38 @@ def restore_found(
             log=reached.log,
             stop_reason=reached.stop_reason,
         ),
+        checks=tuple(checks),
+        check_failure=failure,
+        checks_not_run=not_run,
     )
+
+
+def _checks(
+    session: Session, run: Run, source: str, reached: Reached | None
+) -> tuple[list[dict[str, object]], str | None, str | None]:
+    """The source's restore checks, in the server started after the restore as its report
+    says (127.0.0.1, its port), logged in as the source's dsn logs in (the restored cluster
+    has production's roles); or why they could not run."""
+    from medvault.service.hooks import checks_not_run, restore_checks
+
+    if reached is None:
+        return [], None, checks_not_run(session, run, source, "checks need --start")
+    if reached.state == "shut down" or reached.port is None:
+        why = "checks need a running server (it shut down at the target)"
+        return [], None, checks_not_run(session, run, source, why)
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from medvault.config import PostgresSourceSettings
+    from medvault.postgres.server import dsn_field
+
+    settings = session.settings.source.get(source) if session.configured_sources() else None
+    if not isinstance(settings, PostgresSourceSettings):
+        return [], None, None
+    login = {k: v for k, v in conninfo_to_dict(settings.dsn).items() if k != "hostaddr"}
+    dsn = make_conninfo("", **(login | {"host": "127.0.0.1", "port": str(reached.port)}))
+    database = dsn_field(settings.dsn, "dbname") or "postgres"
+    checks, failure = restore_checks(session, run, source, dsn, database)
+    return checks, failure, None
 
 
 def _local_url(url: str) -> str:

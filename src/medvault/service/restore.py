@@ -197,7 +197,7 @@ def restore_files(
         note_reason(run, options.reason)
         _check_includes(options.includes)
         repo, snap = _find(session, run, options.snapshot)
-        with _hooks(session, run, snap, options.target) as hooks:
+        with restore_hooks(session, run, snap, options.target) as hooks:
             done = _files(run, repo, snap, options, progress or no_progress)
         return replace(done, hook_problem=hooks.after_failure)
 
@@ -212,9 +212,9 @@ def restore_logical(
         repo, snap = _find(session, run, options.snapshot)
         if options.list_only:
             return _logical(session, run, repo, snap, options, progress or no_progress)
-        with _hooks(session, run, snap, f"database {options.database}") as hooks:
+        with restore_hooks(session, run, snap, f"database {options.database}") as hooks:
             done = _logical(session, run, repo, snap, options, progress or no_progress)
-        return _with_hook_problem(done, hooks.after_failure)
+        return with_hook_problem(done, hooks.after_failure)
 
 
 def restore(
@@ -264,9 +264,9 @@ def restore(
             target = f"database {options.database}"
         if snap.kind == "redis" and options.redis is not None:
             target = options.redis.url or options.redis.rdb_file
-        with _hooks(session, run, snap, target) as hooks:
+        with restore_hooks(session, run, snap, target) as hooks:
             done = _restore_kind(session, run, repo, snap, options, shown)
-        return _with_hook_problem(done, hooks.after_failure)
+        return with_hook_problem(done, hooks.after_failure)
 
 
 def _restore_kind(
@@ -332,21 +332,22 @@ def _restore_kind(
 # -- the work -------------------------------------------------------------------------------
 
 
-def _hooks(
+def restore_hooks(
     session: Session, run: Run, snap: Snapshot, target: str | None
 ) -> AbstractContextManager[HookPhase]:
-    """The snapshot's source's before_restore and after_restore hooks around a restore."""
+    """The snapshot's source's before_restore and after_restore hooks around a restore (of
+    any kind: `restore`, and `pitr` too)."""
     from medvault.service.hooks import around
 
     return around(session, run, snap.source, restore=True, snapshot=snap.id, target=target)
 
 
-def _with_hook_problem(done: _Restored, problem: str | None) -> _Restored:
-    """The result, saying which after_restore hook failed (a physical restore's says it in
-    the session's notes and the run's record only)."""
-    if problem is None or not isinstance(done, FilesRestoreResult | LogicalRestoreResult):
+def with_hook_problem(done: _Restored, problem: str | None) -> _Restored:
+    """The result, saying which after_restore hook failed (the shell exits incomplete); a
+    result without the field (a listing) says it in the session's notes only."""
+    if problem is None or not hasattr(done, "hook_problem"):
         return done
-    return replace(done, hook_problem=problem)
+    return replace(done, hook_problem=problem)  # type: ignore[type-var]
 
 
 def note_reason(run: Run, reason: str | None) -> None:
