@@ -55,9 +55,11 @@ def test_logical_dry_run_counts_what_the_dump_would_add_and_writes_nothing(
     assert dry["kind"] == "postgres.logical" and dry["tables"] == 2 and dry["rows"] == 180000
     assert dry["bytes_read"] == dry["bytes_total"] and int(dry["bytes_new"]) > 0  # type: ignore[call-overload]
 
-    # Nothing changed in between: the real dump adds exactly what the dry run counted.
+    # Nothing changed in between: the real dump adds what the dry run counted, but for the
+    # dump's header chunk and the tree, which hold the time and may compress a few bytes
+    # differently.
     done = json.loads(pg_world.cli("backup", "emr", "--logical", "--json").stdout)
-    assert _bytes_added(pg_world, done["snapshot"]) == dry["bytes_added"]
+    assert abs(_bytes_added(pg_world, done["snapshot"]) - int(dry["bytes_added"])) <= 64  # type: ignore[call-overload]
 
     # Only the chunks holding the dump's header (its time) and its end are new again.
     again = _dry_run(pg_world, "--logical")
