@@ -27,10 +27,11 @@ def _listing(repo: Path, leave_out: str | None = None) -> list[str]:
     return [p for p in found if leave_out is None or not p.startswith(leave_out)]
 
 
-def _bytes_added(world: PgWorld, snapshot_id: str) -> int:
+def _stats(world: PgWorld, snapshot_id: str) -> dict[str, int]:
     secret = read_keyfile(world.key_file)
     repo = Repository.open(open_backend(str(world.repo)), Credential(keyfile_secret=secret))
-    return int(repo.find_snapshot(snapshot_id).stats["bytes_added"])
+    stats = repo.find_snapshot(snapshot_id).stats
+    return {key: int(stats[key]) for key in ("bytes_added", "blobs_added")}
 
 
 def _dry_run(world: PgWorld, *args: str) -> dict[str, object]:
@@ -59,7 +60,9 @@ def test_logical_dry_run_counts_what_the_dump_would_add_and_writes_nothing(
     # dump's header chunk and the tree, which hold the time and may compress a few bytes
     # differently.
     done = json.loads(pg_world.cli("backup", "emr", "--logical", "--json").stdout)
-    assert abs(_bytes_added(pg_world, done["snapshot"]) - int(dry["bytes_added"])) <= 64  # type: ignore[call-overload]
+    real = _stats(pg_world, done["snapshot"])
+    assert real["blobs_added"] == dry["blobs_new"]
+    assert abs(real["bytes_added"] - int(dry["bytes_added"])) <= 64  # type: ignore[call-overload]
 
     # Only the chunks holding the dump's header (its time) and its end are new again.
     again = _dry_run(pg_world, "--logical")
@@ -100,12 +103,15 @@ def test_physical_dry_run_walks_the_data_directory_without_starting_a_backup(
     )
 
     done = json.loads(pg_world.cli("backup", "emr", "--type", "full", "--json").stdout)
-    added = _bytes_added(pg_world, done["snapshot"])
+    added = _stats(pg_world, done["snapshot"])["bytes_added"]
     # The real backup begins with a checkpoint and writes a backup label, and the server
     # touches a few pages (pg_control, the statistics) in between: a tolerance of 10 %.
     assert abs(added - int(dry["bytes_added"])) <= added // 10  # type: ignore[call-overload]
 
     time.sleep(1.1)
+    text = pg_world.cli("backup", "emr", "--dry-run").stdout
+    assert "physical backup of emr" in text and "nothing was written" in text
+    assert "note: the WAL" in text
     again = _dry_run(pg_world)
     assert again["parent"] == done["snapshot"]
     assert int(again["bytes_new"]) < int(dry["bytes_new"]) // 10  # type: ignore[call-overload]

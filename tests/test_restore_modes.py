@@ -113,7 +113,9 @@ def test_dry_run_writes_nothing_and_predicts_the_backup_after_it(tmp_path: Path,
     assert "nothing was written" in text and "would read" in text
 
 
-def test_dry_run_refuses_a_physical_backup_without_a_data_directory_in_one_line(tmp_path: Path, make_tree) -> None:
+def test_dry_run_refuses_a_physical_backup_without_a_data_directory_in_one_line(
+    tmp_path: Path, make_tree
+) -> None:
     cli = files_cli(tmp_path, make_tree({"a.txt": b"a"}))
     config = Path(cli.env["MEDVAULT_CONFIG"])
     config.write_text(
