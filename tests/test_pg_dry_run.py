@@ -64,7 +64,7 @@ def test_logical_dry_run_counts_what_the_dump_would_add_and_writes_nothing(
     assert real["blobs_added"] == dry["blobs_new"]
     assert abs(real["bytes_added"] - int(dry["bytes_added"])) <= 64  # type: ignore[call-overload]
 
-    # Only the chunks holding the dump's header (its time) and its end are new again.
+    # Only the chunk holding the dump's header (its time) and the tree are new again.
     again = _dry_run(pg_world, "--logical")
     assert int(again["bytes_new"]) < int(dry["bytes_new"]) // 4  # type: ignore[call-overload]
 
