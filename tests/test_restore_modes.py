@@ -113,7 +113,9 @@ def test_dry_run_writes_nothing_and_predicts_the_backup_after_it(tmp_path: Path,
     assert "nothing was written" in text and "would read" in text
 
 
-def test_dry_run_refuses_postgres_sources_in_one_line(tmp_path: Path, make_tree) -> None:
+def test_dry_run_refuses_a_physical_backup_without_a_data_directory_in_one_line(
+    tmp_path: Path, make_tree
+) -> None:
     cli = files_cli(tmp_path, make_tree({"a.txt": b"a"}))
     config = Path(cli.env["MEDVAULT_CONFIG"])
     config.write_text(
@@ -122,7 +124,9 @@ def test_dry_run_refuses_postgres_sources_in_one_line(tmp_path: Path, make_tree)
     done = cli("backup", "emr", "--dry-run", check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "medvault: error: --dry-run covers files backups (paths or a files source) only"
+        "medvault: error: --dry-run of a physical backup walks the data directory: set "
+        "source.emr.pgdata and use --method local (a streamed copy cannot be read without "
+        "starting a base backup on the server)"
     ]
 
 

@@ -58,7 +58,7 @@ def backup(
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
-        help="Files: report what would be read and how much is new; write nothing.",
+        help="Files, PostgreSQL: report what would be read and how much is new; write nothing.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     no_verify: bool = typer.Option(False, "--no-verify-blobs", hidden=True),

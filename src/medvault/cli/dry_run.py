@@ -31,15 +31,25 @@ def dry_run_backup(session: Session, options: BackupOptions, as_json: bool) -> N
         for problem in found.skipped:
             warn(f"note: would skip {problem.path}: {problem.reason}")
         parent = f", parent {found.parent[:12]}" if found.parent else ""
-        print(
-            f"dry run of a {found.backup_type} backup of {found.source}{parent}: files "
-            f"{found.files_new} new, {found.files_changed} changed, {found.files_unchanged} "
-            f"unchanged in {found.dirs} directories ({human_bytes(found.bytes_total)})"
-        )
+        if found.database is not None:
+            what = "CSV export" if found.kind == "postgres.csv" else "logical backup"
+            print(
+                f"dry run of a {what} of {found.source}: database {found.database}, "
+                f"{found.tables} tables, {found.rows} rows ({human_bytes(found.bytes_total)})"
+            )
+        else:
+            what = "physical backup" if found.kind == "postgres.physical" else "backup"
+            print(
+                f"dry run of a {found.backup_type} {what} of {found.source}{parent}: files "
+                f"{found.files_new} new, {found.files_changed} changed, {found.files_unchanged} "
+                f"unchanged in {found.dirs} directories ({human_bytes(found.bytes_total)})"
+            )
         print(
             f"would read {human_bytes(found.bytes_read)}; new to the repository "
             f"{human_bytes(found.bytes_new)} in {found.blobs_new} blobs, "
             f"{human_bytes(found.bytes_added)} once compressed and sealed; nothing was written"
         )
+        for note in found.notes:
+            print(f"note: {note}")
     if found.unreadable:
         raise typer.Exit(EXIT_INCOMPLETE)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from medvault.errors import ReplicationFailed, UsageError
 from medvault.service.hooks import around
@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     from medvault.sources.files import Problem
 
 Progress: TypeAlias = Callable[[int], None] | None
+
+
+class DryRunFigures(Protocol):
+    """What every dry run of a source counts."""
+
+    bytes_new: int
+    bytes_added: int
+
 
 # The same as sources.files.BACKUP_TYPES, which a shell need not import to check an option.
 BACKUP_TYPES = ("full", "incremental", "differential")
@@ -212,6 +220,11 @@ class DryRunBackupResult:
     duration: float
     unreadable: tuple[Problem, ...] = ()
     skipped: tuple[Problem, ...] = ()
+    kind: str = "files"  # or postgres.physical, postgres.logical, postgres.csv
+    database: str | None = None  # logical: the database dumped, its tables and rows
+    tables: int | None = None
+    rows: int | None = None
+    notes: tuple[str, ...] = ()  # what the figures leave out
 
 
 # -- the operations ------------------------------------------------------------------------
@@ -277,8 +290,10 @@ def backup_dry_run(
 ) -> DryRunBackupResult:
     """What `backup()` of the same request would read and add to the repository, from a walk
     that chunks and looks every blob up in the index and writes nothing (the run, "backup-dry-run",
-    is kept by the catalog; the audit trail seals only one that failed). Files backups
-    only: a PostgreSQL backup cannot be rehearsed without starting one on the server."""
+    is kept by the catalog; the audit trail seals only one that failed). A logical backup
+    runs its dump into a counting sink; a physical one (local method) walks the data
+    directory without pg_backup_start, so its WAL is not counted; the stream method has no
+    data directory to walk and is refused."""
     from medvault.sources.files import dry_run_files
 
     with session.run("backup-dry-run", source=options.source) as run:
@@ -287,13 +302,21 @@ def backup_dry_run(
         if len(targets) == 1 and name is None and targets[0] in session.configured_sources():
             name, targets = targets[0], ()
         run.source = name
-        postgres = name is not None and not targets and name in session.configured_sources()
-        if (
-            options.logical
-            or options.database
-            or (postgres and _postgres_settings_or_none(session, name or "") is not None)
-        ):
-            raise UsageError("--dry-run covers files backups (paths or a files source) only")
+        selective = options.tables or options.exclude_tables or options.format
+        if name is not None and not targets and name in session.configured_sources():
+            settings = _postgres_settings_or_none(session, name)
+            if _csv_settings_or_none(session, name) is not None or (
+                settings is not None and options.logical
+            ):
+                return _logical_dry_run(session, run, name, options, on_progress)
+            if settings is not None and selective:
+                raise UsageError(
+                    "--table, --exclude-table and --format apply to logical backups (--logical)"
+                )
+            if settings is not None:
+                return _physical_dry_run(session, run, name, options, on_progress)
+        elif options.logical or options.database or selective:
+            raise UsageError("--logical and --database need a PostgreSQL source from medvault.toml")
         files = FilesBackupOptions(
             paths=targets,
             source=name,
@@ -308,14 +331,7 @@ def backup_dry_run(
         if repo.local_path:
             plan.skip_paths = (*plan.skip_paths, repo.local_path)
         found = dry_run_files(repo, plan, on_progress)
-        run.add_bytes(read=found.bytes_read)
-        run.details.update(
-            dry_run=True,
-            type=found.backup_type,
-            parent=found.parent,
-            bytes_new=found.bytes_new,
-            bytes_added=found.bytes_added,
-        )
+        _record_dry_run(run, found.backup_type, found.parent, found.bytes_read, found)
         return DryRunBackupResult(
             source=plan.source,
             backup_type=found.backup_type,
@@ -333,6 +349,138 @@ def backup_dry_run(
             unreadable=(*found.unreadable, *found.changed_while_read),
             skipped=tuple(found.skipped),
         )
+
+
+def _physical_dry_run(
+    session: Session, run: Run, name: str, options: BackupOptions, on_progress: Progress
+) -> DryRunBackupResult:
+    from medvault.sources.postgres.physical import PhysicalSource
+    from medvault.sources.postgres.physical_local import dry_run_physical
+
+    settings = _postgres_settings(session, name)
+    if options.method not in METHODS:
+        raise UsageError(f"--method must be local or stream, not {options.method!r}")
+    if options.method == "stream" or not settings.pgdata:
+        raise UsageError(
+            f"--dry-run of a physical backup walks the data directory: set "
+            f"source.{name}.pgdata and use --method local (a streamed copy cannot be read "
+            "without starting a base backup on the server)"
+        )
+    repo = session.open(name)
+    run.repository = repo.url
+    source = PhysicalSource(
+        dsn=settings.dsn,
+        pgdata=settings.pgdata,
+        pg_bin=settings.pg_bin,
+        checkpoint=settings.checkpoint,
+        tier=settings.tier,
+        archive_timeout_s=settings.archive_timeout_s,
+    )
+    found = dry_run_physical(repo, name, source, options.backup_type, on_progress)
+    _record_dry_run(run, found.backup_type, found.parent, found.bytes_read, found)
+    return DryRunBackupResult(
+        source=name,
+        backup_type=found.backup_type,
+        parent=found.parent,
+        files_new=found.files_new,
+        files_changed=found.files_changed,
+        files_unchanged=found.files_unchanged,
+        dirs=found.dirs,
+        bytes_total=found.bytes_total,
+        bytes_read=found.bytes_read,
+        blobs_new=found.blobs_new,
+        bytes_new=found.bytes_new,
+        bytes_added=found.bytes_added,
+        duration=found.duration,
+        skipped=tuple(found.skipped),
+        kind="postgres.physical",
+        notes=(
+            "the WAL that makes the copy consistent (from pg_backup_start to pg_backup_stop) "
+            "and the backup label are not counted; pages were not checked",
+        ),
+    )
+
+
+def _logical_dry_run(
+    session: Session, run: Run, name: str, options: BackupOptions, on_progress: Progress
+) -> DryRunBackupResult:
+    from medvault.config import PostgresSourceSettings
+    from medvault.sources.postgres.csv_export import dry_run_csv
+    from medvault.sources.postgres.logical import dry_run_logical
+
+    settings = _logical_settings(session, name)
+    tables = options.tables or tuple(settings.tables)
+    excludes = tuple(dict.fromkeys([*settings.exclude_tables, *options.exclude_tables]))
+    csv = _logical_format(settings, options.format) == "csv"
+    if csv and not tables:
+        raise UsageError(
+            f"a CSV export names its tables: --table PATTERN, or tables = [...] in [source.{name}]"
+        )
+
+    def open_repository() -> Repository:
+        repo = session.open(name)
+        run.repository = repo.url
+        return repo
+
+    repo = open_repository() if options.open_repository_first else open_repository
+    if csv:
+        found, database, exported = dry_run_csv(
+            repo,
+            source=name,
+            dsn=settings.dsn,
+            tables=tables,
+            exclude_tables=excludes,
+            database=options.database,
+            on_progress=on_progress,
+        )
+        count, rows = len(exported), sum(e.rows for e in exported)
+    else:
+        assert isinstance(settings, PostgresSourceSettings)  # _logical_format said so
+        dumped = dry_run_logical(
+            repo,
+            source=name,
+            dsn=settings.dsn,
+            database=options.database,
+            pg_bin=settings.pg_bin,
+            on_progress=on_progress,
+            tables=tables,
+            exclude_tables=excludes,
+        )
+        found, database, count, rows = dumped.stored, dumped.database, dumped.tables, dumped.rows
+    _record_dry_run(run, "full", None, found.bytes_read, found)
+    run.details["database"] = database
+    return DryRunBackupResult(
+        source=name,
+        backup_type="full",
+        parent=None,
+        files_new=found.files,
+        files_changed=0,
+        files_unchanged=0,
+        dirs=1,
+        bytes_total=found.bytes_read,
+        bytes_read=found.bytes_read,
+        blobs_new=found.blobs_new,
+        bytes_new=found.bytes_new,
+        bytes_added=found.bytes_added,
+        duration=found.duration,
+        kind="postgres.csv" if csv else "postgres.logical",
+        database=database,
+        tables=count,
+        rows=rows,
+    )
+
+
+def _record_dry_run(
+    run: Run, backup_type: str, parent: str | None, read: int, found: DryRunFigures
+) -> None:
+    run.add_bytes(read=read)
+    run.details.update(
+        dry_run=True,
+        type=backup_type,
+        parent=parent,
+        bytes_new=found.bytes_new,
+        bytes_added=found.bytes_added,
+    )
 
 
 def backup_files(

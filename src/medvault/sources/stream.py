@@ -23,7 +23,7 @@ from medvault.repository.keys import now_iso
 from medvault.repository.packs import DATA_BLOB, TREE_BLOB
 from medvault.repository.records import FILE, Node, Snapshot, check_name, encode_tree
 from medvault.repository.repo import Repository
-from medvault.repository.writer import BlobSink
+from medvault.repository.writer import BlobSink, DryRunSink
 
 STREAM_FILE_MODE = 0o600
 SMALL_READ = 128 * 1024
@@ -43,6 +43,22 @@ class StreamResult:
     bytes_read: int
     bytes_added: int
     duration: float
+
+
+@dataclass
+class StreamDryRun:
+    """What backup_streams would store, from a run that chunked everything and wrote nothing."""
+
+    files: int
+    bytes_read: int
+    blobs_new: int
+    bytes_new: int  # new to the repository after deduplication, before compression
+    bytes_added: int  # what the new blobs would take in packs: compressed and sealed
+    duration: float
+
+
+# Runs once the streams ended: checks their producer and returns the facts to record.
+Finisher = Callable[[], dict[str, Any]]
 
 
 class FillingReader:
@@ -121,24 +137,11 @@ def backup_streams(
     a producer may start the next stream only once the previous one ended."""
     started = time.monotonic()
     start_time = now_iso()
-    chunker = Chunker(repo.config.chunker, repo.master.chunker_seed)
     with repo.lock(exclusive=False, purpose=f"backup of {source}") as lock:
         repo.index  # noqa: B018 - load it once here, before worker threads need it
         sink = BlobSink(repo, on_progress=on_progress)
-        try:
-            nodes: list[Node] = []
-            total = 0
-            for filename, stream in streams:
-                check_name(filename)
-                node = _store_file(chunker, sink, filename, stream)
-                total += node.size
-                nodes.append(node)
-            tree_id = sink.submit(encode_tree(nodes), TREE_BLOB).result()
-            extra = before_save() if before_save is not None else {}
-            sink.flush()
-        except BaseException:
-            sink.abort()
-            raise
+        nodes, tree_id, extra = _store_all(repo, sink, streams, before_save)
+        total = sum(n.size for n in nodes)
         duration = time.monotonic() - started
         snapshot = Snapshot(
             time=start_time,
@@ -171,7 +174,57 @@ def backup_streams(
     )
 
 
-def _store_file(chunker: Chunker, sink: BlobSink, filename: bytes, stream: ReadsInto) -> Node:
+def dry_run_streams(
+    repo: Repository,
+    streams: Iterator[tuple[bytes, ReadsInto]],
+    *,
+    source: str,
+    on_progress: Callable[[int], None] | None = None,
+    before_save: Finisher | None = None,
+) -> StreamDryRun:
+    """Read and chunk the streams as backup_streams does, each blob looked up in the index and
+    counted, and store nothing: no pack, index or snapshot (a shared lock is held while
+    reading). `before_save` still checks the producer, so a failed dump fails the dry run."""
+    started = time.monotonic()
+    with repo.lock(exclusive=False, purpose=f"dry run of a backup of {source}"):
+        repo.index  # noqa: B018 - load it once here, before worker threads need it
+        sink = DryRunSink(repo, on_progress=on_progress)
+        nodes, _tree_id, _extra = _store_all(repo, sink, streams, before_save)
+    return StreamDryRun(
+        files=len(nodes),
+        bytes_read=sum(n.size for n in nodes),
+        blobs_new=sink.stats.blobs_new,
+        bytes_new=sink.stats.bytes_new,
+        bytes_added=sink.stats.bytes_stored,
+        duration=time.monotonic() - started,
+    )
+
+
+def _store_all(
+    repo: Repository,
+    sink: BlobSink | DryRunSink,
+    streams: Iterator[tuple[bytes, ReadsInto]],
+    before_save: Finisher | None,
+) -> tuple[list[Node], bytes, dict[str, Any]]:
+    """Chunk every stream into `sink`, then its tree; check the producer, then flush."""
+    chunker = Chunker(repo.config.chunker, repo.master.chunker_seed)
+    try:
+        nodes: list[Node] = []
+        for filename, stream in streams:
+            check_name(filename)
+            nodes.append(_store_file(chunker, sink, filename, stream))
+        tree_id = sink.submit(encode_tree(nodes), TREE_BLOB).result()
+        extra = before_save() if before_save is not None else {}
+        sink.flush()
+    except BaseException:
+        sink.abort()
+        raise
+    return nodes, tree_id, extra
+
+
+def _store_file(
+    chunker: Chunker, sink: BlobSink | DryRunSink, filename: bytes, stream: ReadsInto
+) -> Node:
     futures: list[Future[bytes]] = []
     size = 0
     for chunk in chunker.chunks(FillingReader(stream)):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from medvault.errors import IntegrityError
 from medvault.postgres.facts import (
@@ -28,12 +28,19 @@ from medvault.postgres.facts import (
 )
 from medvault.postgres.patterns import Relation, matching, no_match
 from medvault.postgres.server import connect, server_errors
-from medvault.sources.postgres.logical import database_facts
-from medvault.sources.stream import backup_streams
+from medvault.sources.postgres.logical import Store, database_facts
+from medvault.sources.stream import (
+    Finisher,
+    StreamDryRun,
+    StreamResult,
+    backup_streams,
+    dry_run_streams,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
+    from medvault.repository.chunker import ReadsInto
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
 
@@ -161,21 +168,69 @@ def export_csv(
     """Export the tables `tables` (pg_dump -t patterns) names, less `exclude_tables`, into a
     new snapshot of kind postgres.csv. `repo` may be a function opening the repository,
     called once the tables are locked."""
+
+    def store(
+        repo: Repository, streams: Iterator[tuple[bytes, ReadsInto]], finish: Finisher
+    ) -> StreamResult:
+        return backup_streams(
+            repo,
+            streams,
+            source=source,
+            kind=KIND_CSV,
+            facts={},
+            tags=tags,
+            tier=tier,
+            on_progress=on_progress,
+            before_save=finish,
+        )
+
     with server_errors(f"CSV export of source {source}"):
-        return _export(repo, source, dsn, tables, exclude_tables, database, tags, tier, on_progress)
+        result, db, exported = _export(repo, dsn, tables, exclude_tables, database, store)
+    return CsvExportResult(
+        snapshot=result.snapshot,
+        database=db,
+        exports=exported,
+        bytes_read=result.bytes_read,
+        bytes_added=result.bytes_added,
+        duration=result.duration,
+    )
+
+
+def dry_run_csv(
+    repo: Repository | Callable[[], Repository],
+    *,
+    source: str,
+    dsn: str,
+    tables: tuple[str, ...],
+    exclude_tables: tuple[str, ...] = (),
+    database: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[StreamDryRun, str, tuple[CsvTable, ...]]:
+    """Run the export export_csv would, chunked and counted against the repository's index:
+    nothing is written. What was found, the database's name and the tables read."""
+
+    def store(
+        repo: Repository, streams: Iterator[tuple[bytes, ReadsInto]], finish: Finisher
+    ) -> StreamDryRun:
+        return dry_run_streams(
+            repo, streams, source=source, on_progress=on_progress, before_save=finish
+        )
+
+    with server_errors(f"dry run of a CSV export of source {source}"):
+        return _export(repo, dsn, tables, exclude_tables, database, store)
+
+
+T = TypeVar("T")
 
 
 def _export(
     repo: Repository | Callable[[], Repository],
-    source: str,
     dsn: str,
     tables: tuple[str, ...],
     exclude_tables: tuple[str, ...],
     database: str | None,
-    tags: tuple[str, ...],
-    tier: str | None,
-    on_progress: Callable[[int], None] | None,
-) -> CsvExportResult:
+    store: Store[T],
+) -> tuple[T, str, tuple[CsvTable, ...]]:
     from psycopg import sql
 
     conn = connect(dsn, dbname=database)
@@ -233,27 +288,10 @@ def _export(
             ).to_map()
 
         streams = produce()
-        result = backup_streams(
-            repo,
-            streams,
-            source=source,
-            kind=KIND_CSV,
-            facts={},
-            tags=tags,
-            tier=tier,
-            on_progress=on_progress,
-            before_save=finish,
-        )
+        result = store(repo, streams, finish)
     finally:
         if streams is not None:
             with contextlib.suppress(Exception):
                 streams.close()
         conn.close()
-    return CsvExportResult(
-        snapshot=result.snapshot,
-        database=db,
-        exports=tuple(exported),
-        bytes_read=result.bytes_read,
-        bytes_added=result.bytes_added,
-        duration=result.duration,
-    )
+    return result, db, tuple(exported)

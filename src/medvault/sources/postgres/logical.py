@@ -29,16 +29,22 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from medvault import childenv
 from medvault.errors import MedvaultError, SourceUnavailable, first_line
 from medvault.postgres.facts import KIND_LOGICAL, LogicalFacts
 from medvault.postgres.programs import StderrTail, find_program, program_version
 from medvault.postgres.server import connect, describe_dsn, server_errors
-from medvault.sources.stream import backup_stream
+from medvault.sources.stream import (
+    Finisher,
+    StreamDryRun,
+    StreamResult,
+    backup_streams,
+    dry_run_streams,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -86,6 +92,21 @@ class LogicalBackupResult:
     bytes_read: int
     bytes_added: int
     duration: float
+
+
+@dataclass
+class LogicalDryRun:
+    """What a logical backup would read and add: pg_dump ran, nothing was written."""
+
+    database: str
+    tables: int
+    rows: int
+    stored: StreamDryRun
+
+
+T = TypeVar("T")
+# Where the dump goes: the repository's sink (a backup), or a counting one (a dry run).
+Store = Callable[["Repository", Iterator[tuple[bytes, "ReadsInto"]], Finisher], T]
 
 
 def table_key(schema: str, table: str) -> str:
@@ -211,8 +232,60 @@ def backup_logical(
     `repo` may be a function opening the repository: it is then called once pg_dump runs,
     so that the repository's opening overlaps pg_dump's reading of the catalogs."""
     chosen = TableChoice(tables, exclude_tables)
+
+    def store(
+        repo: Repository, streams: Iterator[tuple[bytes, ReadsInto]], finish: Finisher
+    ) -> StreamResult:
+        return backup_streams(
+            repo,
+            streams,
+            source=source,
+            kind=KIND_LOGICAL,
+            facts={},
+            tags=tags,
+            tier=tier,
+            on_progress=on_progress,
+            before_save=finish,
+        )
+
     with server_errors(f"logical backup of source {source}"):
-        return _backup_logical(repo, source, dsn, database, pg_bin, tags, tier, on_progress, chosen)
+        stored, db, counts = _backup_logical(repo, dsn, database, pg_bin, chosen, store)
+    return LogicalBackupResult(
+        snapshot=stored.snapshot,
+        database=db,
+        tables=len(counts),
+        rows=sum(counts.values()),
+        bytes_read=stored.bytes_read,
+        bytes_added=stored.bytes_added,
+        duration=stored.duration,
+    )
+
+
+def dry_run_logical(
+    repo: Repository | Callable[[], Repository],
+    *,
+    source: str,
+    dsn: str,
+    database: str | None = None,
+    pg_bin: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    tables: tuple[str, ...] = (),
+    exclude_tables: tuple[str, ...] = (),
+) -> LogicalDryRun:
+    """Run the dump backup_logical would, chunked against the repository's index and counted:
+    no pack, index or snapshot is written, and the server sees only a read-only dump."""
+    chosen = TableChoice(tables, exclude_tables)
+
+    def store(
+        repo: Repository, streams: Iterator[tuple[bytes, ReadsInto]], finish: Finisher
+    ) -> StreamDryRun:
+        return dry_run_streams(
+            repo, streams, source=source, on_progress=on_progress, before_save=finish
+        )
+
+    with server_errors(f"dry run of a logical backup of source {source}"):
+        found, db, counts = _backup_logical(repo, dsn, database, pg_bin, chosen, store)
+    return LogicalDryRun(db, len(counts), sum(counts.values()), found)
 
 
 @dataclass(frozen=True)
@@ -255,15 +328,13 @@ class TableChoice:
 
 def _backup_logical(
     repo: Repository | Callable[[], Repository],
-    source: str,
     dsn: str,
     database: str | None,
     pg_bin: str | None,
-    tags: tuple[str, ...],
-    tier: str | None,
-    on_progress: Callable[[int], None] | None,
     chosen: TableChoice,
-) -> LogicalBackupResult:
+    store: Store[T],
+) -> tuple[T, str, dict[str, int]]:
+    """Dump into `store`; what it returned, the database's name and the rows counted."""
     from psycopg.conninfo import make_conninfo
 
     conn = connect(dsn, dbname=database)
@@ -335,18 +406,8 @@ def _backup_logical(
         try:
             if callable(repo):
                 repo = repo()
-            result = backup_stream(
-                repo,
-                cast("ReadsInto", dump.stdout),  # bufsize=0: a raw FileIO
-                source=source,
-                kind=KIND_LOGICAL,
-                filename=f"{db.replace('/', '_')}.dump".encode(),
-                facts={},
-                tags=tags,
-                tier=tier,
-                on_progress=on_progress,
-                before_save=finish,
-            )
+            stream = cast("ReadsInto", dump.stdout)  # bufsize=0: a raw FileIO
+            result = store(repo, iter([(f"{db.replace('/', '_')}.dump".encode(), stream)]), finish)
         finally:
             counter.stop.set()
             if dump.poll() is None:
@@ -359,13 +420,4 @@ def _backup_logical(
                 counter.join()
     finally:
         conn.close()
-    counts = recorded[-1].row_counts
-    return LogicalBackupResult(
-        snapshot=result.snapshot,
-        database=db,
-        tables=len(counts),
-        rows=sum(counts.values()),
-        bytes_read=result.bytes_read,
-        bytes_added=result.bytes_added,
-        duration=result.duration,
-    )
+    return result, db, dict(recorded[-1].row_counts)

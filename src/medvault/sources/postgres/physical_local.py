@@ -19,7 +19,7 @@ from medvault.postgres.datadir import read_system_identifier
 from medvault.postgres.facts import KIND_PHYSICAL, PhysicalFacts, iso_utc
 from medvault.postgres.lsn import parse_lsn, segment_name, segments_between
 from medvault.postgres.server import ServerFacts, connect, server_errors, server_facts
-from medvault.sources.files import BackupOptions, BlockVerifier, FileBackup
+from medvault.sources.files import BackupOptions, BlockVerifier, DryRunResult, FileBackup
 from medvault.sources.postgres.physical import (
     PhysicalResult,
     PhysicalSource,
@@ -188,29 +188,48 @@ class PhysicalBackup:
                 "pgdata": pgdata,
                 "tablespaces": tablespaces,
             }
-            layout = {"pgdata": pgdata} | {f"tablespaces/{o}": p for o, p in tablespaces.items()}
-            roots = {os.fsencode(p) for p in layout.values()}
-            options = BackupOptions(
-                source=self.source,
-                paths=[pgdata],
-                backup_type=self.backup_type,
-                tags=self.tags,
-                tier=self.settings.tier,
-                kind=KIND_PHYSICAL,
-                layout=layout,
-                prune=prune_rules(roots),
-                verifier_for=self._verifier_factory(pgdata, tablespaces, start_lsn, server),
-                volatile=True,
-                finalize=self._finish,
-                parent_filter=of_cluster(server.system_identifier),
-            )
-            options.skip_paths = self._repository_paths()
+            options = self._walk_options(pgdata, tablespaces, server)
+            options.verifier_for = self._verifier_factory(pgdata, tablespaces, start_lsn, server)
+            options.finalize = self._finish
             result = FileBackup(self.repo, options, self.on_progress).run()
         finally:
             conn.close()  # also aborts a backup still in progress on the server
         assert self._facts is not None  # a snapshot is saved only once _finish has run
         failures = list(self._facts.checksum_failures or ())
         return PhysicalResult(result, self._facts, failures)
+
+    def dry_run(self) -> DryRunResult:
+        """Walk and chunk the data directory (and tablespaces) as run() would, against the
+        repository's index, and store nothing. No pg_backup_start: the server is only asked
+        the preflight's questions, so pages are not checked (that needs the start LSN) and the
+        WAL that would make the copy consistent is not counted."""
+        conn = connect(self.settings.dsn, what=f"PostgreSQL source {self.source}")
+        try:
+            server = self._preflight(conn)
+        finally:
+            conn.close()
+        pgdata = os.path.realpath(str(self.settings.pgdata))
+        options = self._walk_options(pgdata, self._tablespaces(pgdata), server)
+        return FileBackup(self.repo, options, self.on_progress).dry_run()
+
+    def _walk_options(
+        self, pgdata: str, tablespaces: dict[str, str], server: ServerFacts
+    ) -> BackupOptions:
+        layout = {"pgdata": pgdata} | {f"tablespaces/{o}": p for o, p in tablespaces.items()}
+        roots = {os.fsencode(p) for p in layout.values()}
+        return BackupOptions(
+            source=self.source,
+            paths=[pgdata],
+            backup_type=self.backup_type,
+            tags=self.tags,
+            tier=self.settings.tier,
+            kind=KIND_PHYSICAL,
+            layout=layout,
+            prune=prune_rules(roots),
+            volatile=True,
+            parent_filter=of_cluster(server.system_identifier),
+            skip_paths=self._repository_paths(),
+        )
 
     def _repository_paths(self) -> tuple[str, ...]:
         local = self.repo.local_path
@@ -285,3 +304,14 @@ def backup_physical(
     # is said in one line, as a connection failure is.
     with server_errors(f"physical backup of source {source}"):
         return PhysicalBackup(repo, source, settings, backup_type, tags, on_progress).run()
+
+
+def dry_run_physical(
+    repo: Repository,
+    source: str,
+    settings: PhysicalSource,
+    backup_type: str = "incremental",
+    on_progress: Callable[[int], None] | None = None,
+) -> DryRunResult:
+    with server_errors(f"dry run of a physical backup of source {source}"):
+        return PhysicalBackup(repo, source, settings, backup_type, (), on_progress).dry_run()
