@@ -45,6 +45,10 @@ REPOSITORY_KEYS = frozenset(
         "read_timeout_s",
         "secondary",
         "replicate",
+        "account",
+        "credential_file",
+        "account_key",
+        "sas_token",
     }
 )
 # Those the light reader handles itself: a plain local repository and how to open its key.
