@@ -512,3 +512,21 @@ def test_a_failing_before_hook_fails_the_redis_backup_and_saves_nothing(
     done = initialized_cli("backup", "sessions", check=False)
     assert done.returncode == 30 and done.stderr.strip().count("\n") == 0
     assert initialized_cli.objects("snapshots") == []
+
+
+def test_a_failing_after_restore_hook_makes_the_restore_incomplete_and_keeps_the_keys(
+    initialized_cli: Cli, servers: list[RedisServer], tmp_path: Path
+) -> None:
+    source = start(servers, tmp_path)
+    fill(source)
+    configure(tmp_path, source)
+    snap = backup(initialized_cli)["snapshot"]
+    hook = tmp_path / "start-app"
+    hook.write_text("#!/bin/sh\necho 'the application would not start' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    with (tmp_path / "medvault.toml").open("a") as config:
+        config.write(f'[source.sessions.hooks]\nafter_restore = ["{hook}"]\n')
+    target = start(servers, tmp_path)
+    done = initialized_cli("restore", snap, "--redis-url", target.url, check=False)
+    assert done.returncode == 3, done.stderr
+    assert contents(target) == contents(source)

@@ -64,6 +64,7 @@ class RedisRestoreResult:
     bytes_read: int = 0
     duration: float = 0.0
     rdb_file: bool = False
+    hook_problem: str | None = None  # an after_restore hook that failed (the keys stay)
 
 
 def redis_settings(session: Session, name: str) -> RedisSourceSettings | None:

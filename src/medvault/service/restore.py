@@ -160,6 +160,7 @@ class CsvRestoreResult:
     files: tuple[str, ...]
     bytes_read: int
     duration: float
+    hook_problem: str | None = None  # an after_restore hook that failed (the rows stay)
 
     @property
     def rows(self) -> int:
