@@ -530,3 +530,22 @@ def test_a_failing_after_restore_hook_makes_the_restore_incomplete_and_keeps_the
     done = initialized_cli("restore", snap, "--redis-url", target.url, check=False)
     assert done.returncode == 3, done.stderr
     assert contents(target) == contents(source)
+
+
+def test_a_dry_run_counts_the_rdb_and_writes_nothing(
+    initialized_cli: Cli, servers: list[RedisServer], tmp_path: Path
+) -> None:
+    source = start(servers, tmp_path)
+    fill(source)
+    configure(tmp_path, source)
+    before = {folder: initialized_cli.objects(folder) for folder in ("data", "index", "snapshots")}
+    dry = json.loads(initialized_cli("backup", "sessions", "--dry-run", "--json").stdout)
+    assert dry["kind"] == "redis" and dry["bytes_read"] > 0 and dry["bytes_added"] > 0
+    after = {folder: initialized_cli.objects(folder) for folder in ("data", "index", "snapshots")}
+    assert after == before
+    real = backup(initialized_cli)
+    assert real["bytes_read"] == dry["bytes_read"]  # the same RDB: nothing changed between
+    again = json.loads(initialized_cli("backup", "sessions", "--dry-run", "--json").stdout)
+    assert again["bytes_added"] < dry["bytes_added"] / 4  # the repository has it now
+    text = initialized_cli("backup", "sessions", "--dry-run").stdout
+    assert "dry run of a Redis backup of sessions" in text and "nothing was written" in text

@@ -31,7 +31,12 @@ def dry_run_backup(session: Session, options: BackupOptions, as_json: bool) -> N
         for problem in found.skipped:
             warn(f"note: would skip {problem.path}: {problem.reason}")
         parent = f", parent {found.parent[:12]}" if found.parent else ""
-        if found.database is not None:
+        if found.kind == "redis":
+            print(
+                f"dry run of a Redis backup of {found.source}: an RDB of "
+                f"{human_bytes(found.bytes_total)}"
+            )
+        elif found.database is not None:
             what = "CSV export" if found.kind == "postgres.csv" else "logical backup"
             print(
                 f"dry run of a {what} of {found.source}: database {found.database}, "

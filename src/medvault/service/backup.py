@@ -304,6 +304,12 @@ def backup_dry_run(
         run.source = name
         selective = options.tables or options.exclude_tables or options.format
         if name is not None and not targets and name in session.configured_sources():
+            from medvault.service.redis import dry_run_in_run, redis_settings
+
+            if redis_settings(session, name) is not None:
+                if options.logical or options.database or selective:
+                    raise UsageError("--logical, --database and --table apply to PostgreSQL")
+                return dry_run_in_run(session, run, name, on_progress)
             settings = _postgres_settings_or_none(session, name)
             if _csv_settings_or_none(session, name) is not None or (
                 settings is not None and options.logical

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from medvault.redisdb.facts import RedisFacts
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
-    from medvault.service.backup import Replication
+    from medvault.service.backup import DryRunBackupResult, Replication
     from medvault.service.runs import Run
     from medvault.service.session import Session
+    from medvault.sources.redis import RedisSource
 
 Progress = Callable[[int], None] | None
 
@@ -98,22 +99,14 @@ def backup_redis(
 def backup_in_run(
     session: Session, run: Run, options: RedisBackupOptions, on_progress: Progress
 ) -> RedisBackupResult:
-    from dataclasses import replace
-
-    from medvault.redisdb.resp import parse_url
     from medvault.service.backup import _record, _replicate
     from medvault.service.hooks import around
-    from medvault.sources.redis import RedisSource
     from medvault.sources.redis import backup_redis as take
 
     name = options.source
+    server = _server(session, name)
     settings = redis_settings(session, name)
-    if settings is None:
-        raise UsageError(f"source {name} is not a Redis source of medvault.toml")
-    address = parse_url(settings.url, f"source.{name}.url")
-    if settings.username:
-        address = replace(address, username=settings.username)
-    server = RedisSource(address, read_password(settings.password_file), settings.tier)
+    assert settings is not None  # _server said so
     repo = session.open(name)
     run.repository = repo.url
     with around(session, run, name) as hooks:
@@ -132,6 +125,57 @@ def backup_in_run(
     return RedisBackupResult(
         snap, done.facts, done.bytes_read, done.bytes_added, done.duration, replication
     )
+
+
+def dry_run_in_run(
+    session: Session, run: Run, name: str, on_progress: Progress
+) -> DryRunBackupResult:
+    """`backup --dry-run` of a Redis source: the RDB transferred and counted, nothing
+    stored; the server forks for it as for a backup."""
+    from medvault.service.backup import DryRunBackupResult, _record_dry_run
+    from medvault.sources.redis import dry_run_redis
+
+    server = _server(session, name)
+    repo = session.open(name)
+    run.repository = repo.url
+    found, facts = dry_run_redis(repo, source=name, server=server, on_progress=on_progress)
+    _record_dry_run(run, "full", None, found.bytes_read, found)
+    keys = sum(facts.keys_after.values())
+    run.details["keys"] = keys
+    return DryRunBackupResult(
+        source=name,
+        backup_type="full",
+        parent=None,
+        files_new=found.files,
+        files_changed=0,
+        files_unchanged=0,
+        dirs=1,
+        bytes_total=found.bytes_read,
+        bytes_read=found.bytes_read,
+        blobs_new=found.blobs_new,
+        bytes_new=found.bytes_new,
+        bytes_added=found.bytes_added,
+        duration=found.duration,
+        kind="redis",
+        rows=keys,
+        notes=(f"{keys} keys in the RDB's databases; the server forked to write it",),
+    )
+
+
+def _server(session: Session, name: str) -> RedisSource:
+    """The configured Redis source as the sources layer takes it."""
+    from dataclasses import replace
+
+    from medvault.redisdb.resp import parse_url
+    from medvault.sources.redis import RedisSource
+
+    settings = redis_settings(session, name)
+    if settings is None:
+        raise UsageError(f"source {name} is not a Redis source of medvault.toml")
+    address = parse_url(settings.url, f"source.{name}.url")
+    if settings.username:
+        address = replace(address, username=settings.username)
+    return RedisSource(address, read_password(settings.password_file), settings.tier)
 
 
 def restore_in_run(

@@ -17,15 +17,22 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from medvault.errors import RedisReplyError, SourceUnavailable
 from medvault.redisdb.facts import KIND_REDIS, RedisFacts
 from medvault.redisdb.replication import RdbReader
 from medvault.redisdb.resp import RedisAddress, connect, info, keyspace
-from medvault.sources.stream import backup_stream
+from medvault.sources.stream import (
+    Finisher,
+    StreamDryRun,
+    StreamResult,
+    backup_stream,
+    dry_run_streams,
+)
 
 if TYPE_CHECKING:
+    from medvault.repository.chunker import ReadsInto
     from medvault.repository.records import Snapshot
     from medvault.repository.repo import Repository
 
@@ -119,6 +126,57 @@ def backup_redis(
     tags: tuple[str, ...] = (),
     on_progress: Callable[[int], None] | None = None,
 ) -> RedisBackupResult:
+    def store(ahead: ReadsInto, finish: Finisher) -> StreamResult:
+        return backup_stream(
+            repo,
+            ahead,
+            source=source,
+            kind=KIND_REDIS,
+            filename=RDB_NAME,
+            facts={},
+            tags=tags,
+            tier=server.tier,
+            on_progress=on_progress,
+            before_save=finish,
+        )
+
+    result, facts = _with_rdb(server, store)
+    return RedisBackupResult(
+        snapshot=result.snapshot,
+        facts=facts,
+        bytes_read=result.bytes_read,
+        bytes_added=result.bytes_added,
+        duration=result.duration,
+    )
+
+
+def dry_run_redis(
+    repo: Repository,
+    *,
+    source: str,
+    server: RedisSource,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[StreamDryRun, RedisFacts]:
+    """The RDB transferred and chunked as a backup would, each blob looked up and counted,
+    nothing stored (the server still forks for the RDB, as for a backup)."""
+
+    def count(ahead: ReadsInto, finish: Finisher) -> StreamDryRun:
+        streams = iter([(RDB_NAME, ahead)])
+        return dry_run_streams(
+            repo, streams, source=source, on_progress=on_progress, before_save=finish
+        )
+
+    return _with_rdb(server, count)
+
+
+_Stored = TypeVar("_Stored")
+
+
+def _with_rdb(
+    server: RedisSource, store: Callable[[ReadsInto, Finisher], _Stored]
+) -> tuple[_Stored, RedisFacts]:
+    """Ask the server for its RDB and hand the transfer (read ahead of the chunker) to
+    `store`, with the check that records the facts once the RDB has ended."""
     conn = connect(server.address, server.password, select=False)
     try:
         try:
@@ -151,18 +209,7 @@ def backup_redis(
         ahead = ReadAhead(reader)
         ahead.start()
         try:
-            result = backup_stream(
-                repo,
-                ahead,
-                source=source,
-                kind=KIND_REDIS,
-                filename=RDB_NAME,
-                facts={},
-                tags=tags,
-                tier=server.tier,
-                on_progress=on_progress,
-                before_save=finish,
-            )
+            result = store(ahead, finish)
         except (OSError, ConnectionError) as exc:
             raise SourceUnavailable(
                 f"Redis server {conn.describe}: the RDB transfer failed: {exc}"
@@ -174,10 +221,4 @@ def backup_redis(
             ahead.close()
     finally:
         conn.close()
-    return RedisBackupResult(
-        snapshot=result.snapshot,
-        facts=recorded[-1],
-        bytes_read=result.bytes_read,
-        bytes_added=result.bytes_added,
-        duration=result.duration,
-    )
+    return result, recorded[-1]
