@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from medvault.errors import ReplicationFailed, UsageError
 from medvault.service.hooks import around
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from medvault.service.session import Session
     from medvault.sources.files import BackupOptions as WalkOptions
     from medvault.sources.files import BackupResult as WalkResult
-    from medvault.sources.files import Problem
+    from medvault.sources.files import DryRunResult, Problem
+    from medvault.sources.stream import StreamDryRun
 
 Progress: TypeAlias = Callable[[int], None] | None
 
@@ -226,6 +227,47 @@ class DryRunBackupResult:
     rows: int | None = None
     notes: tuple[str, ...] = ()  # what the figures leave out
 
+    @classmethod
+    def of_walk(cls, source: str, found: DryRunResult, **more: Any) -> DryRunBackupResult:
+        """A dry run that walked files (a files source, or a data directory)."""
+        return cls(
+            source=source,
+            backup_type=found.backup_type,
+            parent=found.parent,
+            files_new=found.files_new,
+            files_changed=found.files_changed,
+            files_unchanged=found.files_unchanged,
+            dirs=found.dirs,
+            bytes_total=found.bytes_total,
+            bytes_read=found.bytes_read,
+            blobs_new=found.blobs_new,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+            duration=found.duration,
+            skipped=tuple(found.skipped),
+            **more,
+        )
+
+    @classmethod
+    def of_stream(cls, source: str, found: StreamDryRun, **more: Any) -> DryRunBackupResult:
+        """A dry run that read streams (a dump, CSV exports, an RDB): always full."""
+        return cls(
+            source=source,
+            backup_type="full",
+            parent=None,
+            files_new=found.files,
+            files_changed=0,
+            files_unchanged=0,
+            dirs=1,
+            bytes_total=found.bytes_read,
+            bytes_read=found.bytes_read,
+            blobs_new=found.blobs_new,
+            bytes_new=found.bytes_new,
+            bytes_added=found.bytes_added,
+            duration=found.duration,
+            **more,
+        )
+
 
 # -- the operations ------------------------------------------------------------------------
 
@@ -338,22 +380,8 @@ def backup_dry_run(
             plan.skip_paths = (*plan.skip_paths, repo.local_path)
         found = dry_run_files(repo, plan, on_progress)
         _record_dry_run(run, found.backup_type, found.parent, found.bytes_read, found)
-        return DryRunBackupResult(
-            source=plan.source,
-            backup_type=found.backup_type,
-            parent=found.parent,
-            files_new=found.files_new,
-            files_changed=found.files_changed,
-            files_unchanged=found.files_unchanged,
-            dirs=found.dirs,
-            bytes_total=found.bytes_total,
-            bytes_read=found.bytes_read,
-            blobs_new=found.blobs_new,
-            bytes_new=found.bytes_new,
-            bytes_added=found.bytes_added,
-            duration=found.duration,
-            unreadable=(*found.unreadable, *found.changed_while_read),
-            skipped=tuple(found.skipped),
+        return DryRunBackupResult.of_walk(
+            plan.source, found, unreadable=(*found.unreadable, *found.changed_while_read)
         )
 
 
@@ -384,21 +412,9 @@ def _physical_dry_run(
     )
     found = dry_run_physical(repo, name, source, options.backup_type, on_progress)
     _record_dry_run(run, found.backup_type, found.parent, found.bytes_read, found)
-    return DryRunBackupResult(
-        source=name,
-        backup_type=found.backup_type,
-        parent=found.parent,
-        files_new=found.files_new,
-        files_changed=found.files_changed,
-        files_unchanged=found.files_unchanged,
-        dirs=found.dirs,
-        bytes_total=found.bytes_total,
-        bytes_read=found.bytes_read,
-        blobs_new=found.blobs_new,
-        bytes_new=found.bytes_new,
-        bytes_added=found.bytes_added,
-        duration=found.duration,
-        skipped=tuple(found.skipped),
+    return DryRunBackupResult.of_walk(
+        name,
+        found,
         kind="postgres.physical",
         notes=(
             "the WAL that makes the copy consistent (from pg_backup_start to pg_backup_stop) "
@@ -455,20 +471,9 @@ def _logical_dry_run(
         found, database, count, rows = dumped.stored, dumped.database, dumped.tables, dumped.rows
     _record_dry_run(run, "full", None, found.bytes_read, found)
     run.details["database"] = database
-    return DryRunBackupResult(
-        source=name,
-        backup_type="full",
-        parent=None,
-        files_new=found.files,
-        files_changed=0,
-        files_unchanged=0,
-        dirs=1,
-        bytes_total=found.bytes_read,
-        bytes_read=found.bytes_read,
-        blobs_new=found.blobs_new,
-        bytes_new=found.bytes_new,
-        bytes_added=found.bytes_added,
-        duration=found.duration,
+    return DryRunBackupResult.of_stream(
+        name,
+        found,
         kind="postgres.csv" if csv else "postgres.logical",
         database=database,
         tables=count,

@@ -142,20 +142,9 @@ def dry_run_in_run(
     _record_dry_run(run, "full", None, found.bytes_read, found)
     keys = sum(facts.keys_after.values())
     run.details["keys"] = keys
-    return DryRunBackupResult(
-        source=name,
-        backup_type="full",
-        parent=None,
-        files_new=found.files,
-        files_changed=0,
-        files_unchanged=0,
-        dirs=1,
-        bytes_total=found.bytes_read,
-        bytes_read=found.bytes_read,
-        blobs_new=found.blobs_new,
-        bytes_new=found.bytes_new,
-        bytes_added=found.bytes_added,
-        duration=found.duration,
+    return DryRunBackupResult.of_stream(
+        name,
+        found,
         kind="redis",
         rows=keys,
         notes=(f"{keys} keys in the RDB's databases; the server forked to write it",),
