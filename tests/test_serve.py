@@ -307,3 +307,32 @@ def test_an_alert_a_channel_did_not_take_is_sent_again_at_the_next_reading(
     third = daemon.reading()
     assert third is not None
     assert len([b for b in receiver.at("/hook") if b["rule"] == "backup_stale"]) == 2
+
+
+def test_serve_asks_for_the_passphrase_once_not_at_every_reading(
+    initialized_cli: Cli, serving: list[Served], tmp_path: Path
+) -> None:
+    """A reading a minute opens the repositories; the key derivation runs at the first only."""
+    cli = initialized_cli
+    asked = tmp_path / "asked"
+    command = tmp_path / "passphrase"
+    command.write_text(f"#!/bin/sh\necho once >> {asked}\nprintf '%s' '{PASSWORD}'\n")
+    command.chmod(0o700)
+    config = write_config(cli, '[alerts]\nevaluate_every = "1s"\n')
+    served = Served(
+        cli, config, env={"MEDVAULT_PASSWORD": "", "MEDVAULT_PASSWORD_COMMAND": str(command)}
+    )
+    serving.append(served)
+    readings: set[str] = set()
+
+    def several() -> bool:
+        _, body = served.get("/healthz")
+        health = json.loads(body or b"{}")
+        if health.get("last_reading"):
+            readings.add(health["last_reading"])
+        return len(readings) >= 4
+
+    eventually("four readings", several)
+    assert served.metric("medvault_repository_up", repository="main") == 1.0
+    assert asked.read_text().splitlines() == ["once"]
+    served.stop()

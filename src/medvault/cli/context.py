@@ -40,6 +40,8 @@ class CliContext:
     interactive: bool = True
     # Who runs the operations, in run records: "cli", or "serve" for the long-running service.
     shell: str = "cli"
+    # A long-lived shell (serve) keeps each repository's master key after its first opening.
+    keep_keys: bool = False
     _session: Session | None = None
 
     @property
@@ -58,6 +60,7 @@ class CliContext:
                 repository=self.repo_option,
                 config=self.config_option,
                 state_dir=default_state_dir(os.environ, os.getuid()),
+                keep_keys=self.keep_keys,
             )
             # Every run, whatever it did, is sealed into the audit trail, and spooled for
             # the catalog (`medvault runs`).

@@ -27,6 +27,7 @@ def serve(
     cli = obtain(ctx)
     cli.shell = "serve"
     cli.interactive = False  # nobody is there to answer a prompt
+    cli.keep_keys = True  # a reading a minute must not derive the key every time
     session = cli.session
     if not session.configured:
         raise UsageError("serve needs a medvault.toml (--config FILE): it holds the schedules")
