@@ -421,3 +421,26 @@ def test_logical_facts_store_table_patterns_only_when_given() -> None:
     assert facts.to_map() == named
     with pytest.raises(IntegrityError):
         LogicalFacts.from_map({**stored, "tables": "public.t"})
+
+
+def test_restore_checks_run_after_a_csv_load(tables: Tables) -> None:
+    world = tables.world
+    original = world.config.read_text()
+    world.cluster.execute("CREATE DATABASE csv_checked")
+    world.cluster.execute("CREATE DATABASE csv_checked_2")
+    try:
+        world.config.write_text(
+            original + '\n[source.rx.restore]\nchecks = ["SELECT count(*) = 5 FROM typed"]\n'
+        )
+        args = ("restore", tables.csv_snapshot, "--table", "typed", "--json")
+        passed = json.loads(world.cli(*args, "--database", "csv_checked").stdout)
+        assert [c["ok"] for c in passed["checks"]] == [True]
+        world.config.write_text(
+            original + '\n[source.rx.restore]\nchecks = ["SELECT count(*) = 6 FROM typed"]\n'
+        )
+        failed = world.cli(*args, "--database", "csv_checked_2", check=False)
+        assert failed.returncode == 31, failed.stderr
+        assert "count(*) = 6" in failed.stderr
+        assert rows_of(world, "csv_checked_2", "typed")  # the rows stay for a person to look at
+    finally:
+        world.config.write_text(original)

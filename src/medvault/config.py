@@ -384,6 +384,8 @@ class PostgresCsvSourceSettings(_Section):
     compliance: list[str] | None = None
     schedule: ScheduleSettings = ScheduleSettings()
     min_size: str | None = None
+    hooks: HooksSettings = HooksSettings()
+    restore: RestoreCheckSettings = RestoreCheckSettings()  # checks after every load
 
     _min_size_is_size = field_validator("min_size")(lambda v: _is_size(v))
 

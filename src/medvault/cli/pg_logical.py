@@ -116,6 +116,7 @@ def report_csv_restore(result: CsvRestoreResult, as_json: bool) -> None:
                 "database": result.database,
                 "target": result.directory,
                 "tables": {t.table: {"rows": t.rows, "created": t.created} for t in result.tables},
+                "checks": list(result.checks),
                 "files": list(result.files),
                 "rows": result.rows,
                 "bytes_read": result.bytes_read,
@@ -140,3 +141,5 @@ def report_csv_restore(result: CsvRestoreResult, as_json: bool) -> None:
     for table in result.tables:
         made = " (created)" if table.created else ""
         print(f"  {table.table}: {table.rows} rows{made}")
+    for check in result.checks:
+        print(f"  {'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")

@@ -202,12 +202,13 @@ class _Tail:
 
 
 def configured_checks(session: Session, source: str | None) -> tuple[str, ...]:
-    """`[source.NAME.restore] checks` of a PostgreSQL source; () when it has none."""
-    from medvault.config import PostgresSourceSettings
+    """`[source.NAME.restore] checks` of a PostgreSQL source (dumps or CSV exports); () when
+    it has none."""
+    from medvault.config import PostgresCsvSourceSettings, PostgresSourceSettings
 
     known = source is not None and source in session.configured_sources()
     settings = session.settings.source[source] if known and source is not None else None
-    if not isinstance(settings, PostgresSourceSettings):
+    if not isinstance(settings, PostgresSourceSettings | PostgresCsvSourceSettings):
         return ()
     return tuple(settings.restore.checks)
 

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from medvault.errors import UsageError
 from medvault.service.selectors import find_snapshot
@@ -161,6 +161,9 @@ class CsvRestoreResult:
     bytes_read: int
     duration: float
     hook_problem: str | None = None  # an after_restore hook that failed (the rows stay)
+    # `[source.NAME.restore] checks` run in the database loaded: name, ok, detail, seconds.
+    checks: tuple[dict[str, Any], ...] = ()
+    check_failure: str | None = None  # the first that did not pass (the run failed)
 
     @property
     def rows(self) -> int:
@@ -525,6 +528,12 @@ def _csv(
             run.destination = f"database {done.database}"
     run.add_bytes(restored=done.bytes_read)
     run.details["rows"] = sum(t.rows for t in done.tables)
+    checks: list[dict[str, Any]] = []
+    failure = None
+    if done.database is not None:
+        from medvault.service.hooks import restore_checks
+
+        checks, failure = restore_checks(session, run, snap.source, dsn, done.database)
     return CsvRestoreResult(
         snapshot_id=snap.id,
         short_id=snap.short_id,
@@ -534,6 +543,8 @@ def _csv(
         files=done.files,
         bytes_read=done.bytes_read,
         duration=done.duration,
+        checks=tuple(checks),
+        check_failure=failure,
     )
 
 
